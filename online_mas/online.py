@@ -1,0 +1,467 @@
+"""OnlineMAS: label-free importance kept online, anchors, consolidation and the penalty.
+
+Wired into an existing training loop in three lines::
+
+    mas = om.OnlineMAS(model, lam=1.0)
+    loss = task_loss + mas.penalty()        # lam * sum_k Omega_k (theta_k - theta*_k)^2
+    loss.backward(); opt.step()
+    event = mas.observe(x)                  # inputs only, never labels
+
+``observe`` updates a running estimate of the MAS importance (Aljundi et al., ECCV 2018,
+arXiv:1711.09601) from the inputs alone and lets a detector decide when the stream has moved on
+(task-free continual learning, Aljundi, Kelchtermans, Tuytelaars, CVPR 2019). A consolidation
+snapshots ``theta*`` and folds the running importance into the consolidated ``Omega`` that the
+penalty uses.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from online_mas.accumulate import AVERAGES, NORMALIZE, RULES, RunningImportance, combine, normalize
+from online_mas.importance import METHODS, NonFiniteError, OutputFn, importance_sums
+from online_mas.penalty import check_lam, penalty, penalty_grad_, proximal_
+
+__all__ = ["Event", "MASConfig", "OnlineMAS"]
+
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class MASConfig:
+    """How OnlineMAS estimates, averages and consolidates importance."""
+
+    method: str = "exact"  # importance estimator: exact, vmap, loop, batch, local (om.importance)
+    average: str = "mean"  # running importance: "mean" since the last consolidation, or "ema"
+    half_life: float = 10_000.0  # EMA half-life in samples (average="ema")
+    every: int = 1  # estimate importance on every k-th call of observe()
+    subsample: int | None = None  # estimate on at most this many samples of each batch (seeded)
+    rule: str = "sum"  # consolidation: sum (paper), mean (task-free code), ema (Avalanche), max
+    alpha: float = 0.5  # weight of the old Omega for rule="ema", in [0, 1]
+    normalize: str | None = None  # rescale a segment's Omega before combining: None, "max", "mean"
+    chunk_size: int | None = None  # max samples whose per-sample gradients exist at once
+    seed: int = 0  # seed of the subsample generator
+
+    def __post_init__(self) -> None:
+        _choice("method", self.method, METHODS)
+        _choice("average", self.average, AVERAGES)
+        _choice("rule", self.rule, RULES)
+        _choice("normalize", self.normalize, NORMALIZE)
+        if not _real(self.half_life) or not self.half_life > 0:
+            raise ValueError(f"half_life must be a finite number > 0, got {self.half_life!r}")
+        if not _int(self.every) or self.every < 1:
+            raise ValueError(f"every must be an int >= 1, got {self.every!r}")
+        if self.subsample is not None and (not _int(self.subsample) or self.subsample < 1):
+            raise ValueError(f"subsample must be an int >= 1 or None, got {self.subsample!r}")
+        if not _real(self.alpha) or not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be a number in [0, 1], got {self.alpha!r}")
+        if self.chunk_size is not None and (not _int(self.chunk_size) or self.chunk_size < 1):
+            raise ValueError(f"chunk_size must be an int >= 1 or None, got {self.chunk_size!r}")
+        if not _int(self.seed):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
+
+
+@dataclass
+class Event:
+    """A consolidation: when it happened, why, and what it consolidated."""
+
+    step: int  # the observe() call (1-based) that consolidated
+    reason: str  # "manual", "detector", "boundary", ...
+    stats: dict[str, float] = field(default_factory=dict)  # samples, segment, omega mean/max, ...
+
+    def to_dict(self) -> dict[str, object]:
+        return {"step": self.step, "reason": self.reason, "stats": dict(self.stats)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> Event:
+        stats = d.get("stats", {})
+        return cls(int(d["step"]), str(d["reason"]), dict(stats))  # type: ignore[call-overload]
+
+
+class OnlineMAS:
+    """Online Memory Aware Synapses over an unlabeled stream.
+
+    Parameters
+    ----------
+    model
+        The user's model. OnlineMAS reads its trainable parameters by name on every call, so
+        parameters added later (a new head) start with zero importance and frozen ones are skipped.
+    lam
+        Penalty strength, a finite number >= 0.
+    config
+        :class:`MASConfig`; defaults to ``MASConfig()``.
+    detector
+        Optional object with river's detector contract (``update(value)``, ``drift_detected``); when
+        it fires, ``observe`` consolidates. ``None`` never consolidates on its own.
+    output
+        Optional ``output(model, x) -> Tensor`` choosing the tensor whose squared norm MAS uses.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> import online_mas as om
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Linear(4, 2)
+    >>> mas = om.OnlineMAS(model, lam=1.0)
+    >>> mas.observe(torch.randn(8, 4)) is None
+    True
+    >>> event = mas.consolidate()
+    >>> event.step, event.reason, event.stats["samples"]
+    (1, 'manual', 8.0)
+    >>> mas.penalty().item()   # at the anchor
+    0.0
+    >>> with torch.no_grad():
+    ...     model.weight += 0.1
+    >>> bool(mas.penalty() > 0)
+    True
+
+    References
+    ----------
+    Aljundi, Babiloni, Elhoseiny, Rohrbach, Tuytelaars. Memory Aware Synapses: Learning what (not)
+    to forget. ECCV 2018. Aljundi, Kelchtermans, Tuytelaars. Task-Free Continual Learning. CVPR 2019.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        lam: float = 1.0,
+        *,
+        config: MASConfig | None = None,
+        detector: object | None = None,
+        output: OutputFn | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model)!r}")
+        if config is not None and not isinstance(config, MASConfig):
+            raise TypeError(f"config must be a MASConfig or None, got {type(config)!r}")
+        if detector is not None and not (
+            callable(getattr(detector, "update", None)) and hasattr(detector, "drift_detected")
+        ):
+            raise TypeError(
+                "detector must have update(value) and a drift_detected property (river's "
+                f"contract), got {type(detector)!r}"
+            )
+        if output is not None and not callable(output):
+            raise TypeError(f"output must be callable as output(model, x) or None, got {output!r}")
+        self.model = model
+        self.lam = check_lam(lam)
+        self.config = config if config is not None else MASConfig()
+        self.detector = detector
+        self.output = output
+        self.events: list[Event] = []
+        self._running = RunningImportance(self.config.average, half_life=self.config.half_life)
+        self._omega: dict[str, Tensor] = {}
+        self._anchor: dict[str, Tensor] = {}
+        self._names: list[str] = []
+        self._params: list[Tensor] = []
+        self._key: tuple[object, ...] = ()
+        self._step = 0
+        self._segments = 0
+        self._n_skipped = 0
+        self._warned = False
+        self._generator = torch.Generator().manual_seed(self.config.seed)
+        self._sync()
+
+    # ------------------------------------------------------------------ readable state
+
+    @property
+    def step(self) -> int:
+        """How many times ``observe`` was called."""
+        return self._step
+
+    @property
+    def segments(self) -> int:
+        """How many consolidations folded importance into ``omega``."""
+        return self._segments
+
+    @property
+    def n_skipped(self) -> int:
+        """Batches skipped because the input, output or importance was not finite."""
+        return self._n_skipped
+
+    @property
+    def omega(self) -> dict[str, Tensor]:
+        """Consolidated importance used by the penalty (float32, keyed by parameter name)."""
+        self._sync()
+        return {n: self._omega[n] for n in self._names}
+
+    @property
+    def running_omega(self) -> dict[str, Tensor]:
+        """Running importance since the last consolidation (zeros where nothing was seen yet)."""
+        self._sync()
+        value = self._running.value()
+        return {n: value.get(n, torch.zeros_like(self._omega[n])) for n in self._names}
+
+    @property
+    def anchors(self) -> dict[str, Tensor]:
+        """The anchor ``theta*`` of the penalty (parameter dtype)."""
+        self._sync()
+        return {n: self._anchor[n] for n in self._names}
+
+    # ------------------------------------------------------------------ the three calls
+
+    def penalty(self) -> Tensor:
+        """Differentiable ``lam * sum_k Omega_k (theta_k - theta*_k)^2`` (0 before any consolidation)."""
+        self._sync()
+        if self._segments == 0 or self.lam == 0.0:
+            return torch.zeros((), device=self._device())
+        return penalty(self._params, self._anchors(), self._omegas(), self.lam)
+
+    def penalty_grad_(self) -> None:
+        """Add the penalty's gradient ``2 lam Omega (theta - theta*)`` to ``.grad`` in place.
+
+        Use instead of ``penalty()`` in the loss: call after ``loss.backward()`` and before
+        ``optimizer.step()``. Builds no autograd graph.
+        """
+        self._sync()
+        if self._segments and self.lam:
+            penalty_grad_(self._params, self._anchors(), self._omegas(), self.lam)
+
+    def proximal_(self, lr: float) -> None:
+        """Apply the penalty as an implicit (proximal) step; call after ``optimizer.step()``.
+
+        ``theta <- (theta + c Omega theta*) / (1 + c Omega)`` with ``c = 2 lr lam``: stable for any
+        ``lam``, unlike the explicit gradient. ``lr`` is the optimizer's learning rate.
+        """
+        self._sync()
+        if self._segments and self.lam:
+            proximal_(self._params, self._anchors(), self._omegas(), self.lam, lr)
+
+    def observe(self, x: Tensor, *, loss: float | Tensor | None = None) -> Event | None:
+        """Update the running importance from a batch of inputs; consolidate if the detector fires.
+
+        Parameters
+        ----------
+        x
+            A batch of inputs (never labels), batch dimension first.
+        loss
+            Optional training loss of this step, for detectors that watch it.
+
+        Returns
+        -------
+        Event or None
+            The consolidation event if this call consolidated.
+        """
+        self._step += 1
+        self._sync()
+        if self._step % self.config.every == 0:
+            xs = self._subsample(x)
+            try:
+                sums, n, _ = importance_sums(
+                    self.model, xs, method=self.config.method, output=self.output,
+                    chunk_size=self.config.chunk_size,
+                )
+            except NonFiniteError as err:
+                self._skip(str(err))
+                return None
+            self._running.update(sums, n)
+        elif isinstance(x, Tensor) and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            self._skip("x contains non-finite values (nan or inf)")
+            return None
+        if self.detector is not None and loss is not None:
+            value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
+            self.detector.update(value)  # type: ignore[attr-defined]
+            if self.detector.drift_detected:
+                return self.consolidate(reason="detector")
+        return None
+
+    def consolidate(self, *, reason: str = "manual") -> Event:
+        """Snapshot ``theta*`` and fold the running importance into ``omega``.
+
+        The running importance of the segment that ends (normalised if ``config.normalize``) is
+        combined with the consolidated one by ``config.rule``; then the running average restarts.
+        If no sample was seen since the last consolidation, ``omega`` is left as it is and only the
+        anchor moves.
+        """
+        self._sync()
+        samples = self._running.count
+        if samples > 0:
+            new = normalize(self.running_omega, self.config.normalize)
+            for n in self._names:
+                self._omega[n] = combine(
+                    self._omega[n], new[n], rule=self.config.rule, segments=self._segments,
+                    alpha=self.config.alpha,
+                )
+            self._segments += 1
+        with torch.no_grad():
+            for n, p in zip(self._names, self._params, strict=True):
+                self._anchor[n].copy_(p)
+        self._running.reset()
+        omegas = self._omegas()
+        total = sum(int(o.numel()) for o in omegas)
+        stats = {
+            "samples": float(samples),
+            "segments": float(self._segments),
+            "omega_mean": sum(float(o.sum()) for o in omegas) / max(1, total),
+            "omega_max": max((float(o.max()) for o in omegas if o.numel()), default=0.0),
+        }
+        event = Event(self._step, reason, stats)
+        self.events.append(event)
+        return event
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, object]:
+        """Tensors and primitives only, keyed by parameter name; loads with ``weights_only=True``."""
+        self._sync()
+        detector_state = None
+        if self.detector is not None and callable(getattr(self.detector, "state_dict", None)):
+            detector_state = self.detector.state_dict()  # type: ignore[attr-defined]
+        return {
+            "version": STATE_VERSION,
+            "lam": self.lam,
+            "config": asdict(self.config),
+            "step": self._step,
+            "segments": self._segments,
+            "n_skipped": self._n_skipped,
+            "omega": {n: t.clone() for n, t in self._omega.items()},
+            "anchor": {n: t.clone() for n, t in self._anchor.items()},
+            "running": self._running.state_dict(),
+            "events": [e.to_dict() for e in self.events],
+            "generator": self._generator.get_state(),
+            "detector": detector_state,
+        }
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        """Restore from :meth:`state_dict`; names and shapes must match the model's parameters."""
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict from OnlineMAS.state_dict(), got {type(state)!r}")
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"OnlineMAS state version {state.get('version')!r} is not supported "
+                f"(this version reads {STATE_VERSION})"
+            )
+        omega, anchor = state["omega"], state["anchor"]
+        if not isinstance(omega, dict) or not isinstance(anchor, dict):
+            raise TypeError("state['omega'] and state['anchor'] must be dicts of tensors")
+        self._sync()
+        current = dict(zip(self._names, self._params, strict=True))
+        missing = sorted(set(current) - set(omega))
+        unexpected = sorted(set(omega) - set(current))
+        shapes = sorted(
+            f"{n}: saved {tuple(omega[n].shape)}, model {tuple(current[n].shape)}"
+            for n in set(current) & set(omega)
+            if omega[n].shape != current[n].shape
+        )
+        if missing or unexpected or shapes:
+            raise ValueError(
+                "OnlineMAS state does not match the model: "
+                f"missing {missing}, unexpected {unexpected}, shape mismatches {shapes}"
+            )
+        config = state.get("config")
+        if isinstance(config, dict) and config.get("average") != self.config.average:
+            raise ValueError(
+                f"state was saved with average={config.get('average')!r}, this OnlineMAS uses "
+                f"average={self.config.average!r}"
+            )
+        self.lam = check_lam(state["lam"])
+        self._step = int(state["step"])  # type: ignore[call-overload]
+        self._segments = int(state["segments"])  # type: ignore[call-overload]
+        self._n_skipped = int(state["n_skipped"])  # type: ignore[call-overload]
+        for n, p in current.items():
+            self._omega[n] = omega[n].detach().to(device=p.device, dtype=torch.float32).clone()
+            self._anchor[n] = anchor[n].detach().to(device=p.device, dtype=p.dtype).clone()
+        self._running.load_state_dict(state["running"])  # type: ignore[arg-type]
+        events = state.get("events", [])
+        if not isinstance(events, list):
+            raise TypeError("state['events'] must be a list")
+        self.events = [Event.from_dict(e) for e in events]
+        generator = state.get("generator")
+        if isinstance(generator, Tensor):
+            self._generator.set_state(generator)
+        detector_state = state.get("detector")
+        if detector_state is not None and self.detector is not None:
+            load = getattr(self.detector, "load_state_dict", None)
+            if callable(load):
+                load(detector_state)
+        self._key = ()
+
+    # ------------------------------------------------------------------ internals
+
+    def _sync(self) -> None:
+        """Follow the model's trainable parameters: new ones start at zero importance."""
+        named = [(n, p) for n, p in _named_parameters(self.model) if p.requires_grad]
+        key = tuple((n, id(p), p.shape, p.dtype, p.device) for n, p in named)
+        if key == self._key:
+            return
+        running = self._running.value()
+        for n, p in named:
+            o = self._omega.get(n)
+            if o is not None and o.shape != p.shape:
+                warnings.warn(
+                    f"parameter {n!r} changed shape from {tuple(o.shape)} to {tuple(p.shape)}: "
+                    "its importance restarts at zero and its anchor at the current value",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                o = None
+                running.pop(n, None)
+            if o is None:
+                self._omega[n] = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+                self._anchor[n] = p.detach().clone()
+                continue
+            if o.device != p.device:
+                self._omega[n] = o.to(p.device)
+                if n in running:
+                    running[n] = running[n].to(p.device)
+            a = self._anchor[n]
+            if a.device != p.device or a.dtype != p.dtype:
+                self._anchor[n] = a.to(device=p.device, dtype=p.dtype)
+        self._names = [n for n, _ in named]
+        self._params = [p for _, p in named]
+        self._key = key
+
+    def _omegas(self) -> list[Tensor]:
+        return [self._omega[n] for n in self._names]
+
+    def _anchors(self) -> list[Tensor]:
+        return [self._anchor[n] for n in self._names]
+
+    def _device(self) -> torch.device:
+        return self._params[0].device if self._params else torch.device("cpu")
+
+    def _subsample(self, x: Tensor) -> Tensor:
+        k = self.config.subsample
+        if k is None or not isinstance(x, Tensor) or x.dim() == 0 or x.shape[0] <= k:
+            return x
+        idx = torch.randperm(x.shape[0], generator=self._generator)[:k]
+        return x[idx.to(x.device)]
+
+    def _skip(self, why: str) -> None:
+        self._n_skipped += 1
+        if not self._warned:
+            warnings.warn(
+                f"OnlineMAS skipped a batch: {why}; importance and anchors are unchanged "
+                "(further skips are only counted in n_skipped)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self._warned = True
+
+
+def _named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """Parameter names without the ``module.`` prefix of DistributedDataParallel/DataParallel."""
+    inner = model.module if isinstance(
+        model, nn.parallel.DistributedDataParallel | nn.DataParallel
+    ) else model
+    return list(inner.named_parameters())
+
+
+def _choice(name: str, value: object, allowed: tuple[object, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _real(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+

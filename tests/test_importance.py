@@ -1,0 +1,213 @@
+"""Exact label-free importance against a plain per-sample loop, on every model family."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from models import MLP, families
+from torch import nn
+
+import online_mas as om
+
+imp = sys.modules["online_mas.importance"]
+FAMILIES = families()
+FAST_ONLY = {"mlp", "cnn2d", "cnn1d", "embedding"}
+
+
+def _loop_reference(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Independent computation: one autograd call per sample, in eval mode, |grad| averaged."""
+    model.eval()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    acc = {n: torch.zeros_like(p) for n, p in named}
+    for i in range(x.shape[0]):
+        out = model(x[i : i + 1])
+        grads = torch.autograd.grad(out.pow(2).sum(), [p for _, p in named], allow_unused=True)
+        for (n, _), g in zip(named, grads, strict=True):
+            if g is not None:
+                acc[n] += g.abs()
+    return {n: a / x.shape[0] for n, a in acc.items()}
+
+
+def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), (k, (a[k] - b[k]).abs().max())
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("method", ["exact", "vmap", "loop"])
+def test_exact_methods_equal_per_sample_loop(family: str, method: str) -> None:
+    model, x = FAMILIES[family]
+    reference = _loop_reference(model, x)
+    _assert_close(om.importance(model, x, method=method), reference)
+
+
+@pytest.mark.parametrize("family", sorted(FAST_ONLY))
+def test_fast_paths_cover_standard_layers(family: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+    original = imp._func_sums
+
+    def spy(model, named, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(sorted(named))
+        return original(model, named, *args, **kwargs)
+
+    monkeypatch.setattr(imp, "_func_sums", spy)
+    model, x = FAMILIES[family]
+    om.importance(model, x)
+    assert calls == []
+
+
+def test_uncovered_parameters_take_the_torch_func_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+    original = imp._func_sums
+
+    def spy(model, named, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(sorted(named))
+        return original(model, named, *args, **kwargs)
+
+    monkeypatch.setattr(imp, "_func_sums", spy)
+    model, x = FAMILIES["shared"]
+    om.importance(model, x)  # a layer called twice and a tied weight
+    assert calls == [["inp.bias", "inp.weight", "twice.bias", "twice.weight"]]
+    calls.clear()
+    model, x = FAMILIES["transformer"]
+    om.importance(model, x)
+    assert "pos" in calls[0] and "block.self_attn.in_proj_weight" in calls[0]
+    assert "block.linear1.weight" not in calls[0]
+
+
+def test_chunk_size_does_not_change_the_result() -> None:
+    model, x = FAMILIES["cnn2d"]
+    _assert_close(om.importance(model, x, chunk_size=1), om.importance(model, x, chunk_size=64))
+    model, x = FAMILIES["transformer"]
+    _assert_close(om.importance(model, x, chunk_size=2), om.importance(model, x))
+
+
+def test_batch_method_is_abs_of_mean_gradient_and_underestimates() -> None:
+    model, x = FAMILIES["mlp"]
+    model.eval()
+    params = list(model.parameters())
+    grads = torch.autograd.grad(model(x).pow(2).sum(1).mean(), params)
+    batch = om.importance(model, x, method="batch")
+    exact = om.importance(model, x)
+    for (n, _), g in zip(model.named_parameters(), grads, strict=True):
+        assert torch.allclose(batch[n], g.abs(), rtol=1e-5, atol=1e-7)
+        assert bool((batch[n] <= exact[n] + 1e-6).all())
+    assert any(bool((batch[n] < exact[n] - 1e-4).any()) for n in exact)
+
+
+def test_local_equals_direct_layerwise_computation() -> None:
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.LayerNorm(4), nn.Linear(4, 3))
+    x = torch.randn(6, 5)
+    local = om.importance(model, x, method="local")
+    # Direct: record each layer's input, then per sample |d ||layer(a_n)||^2 / d theta|.
+    a0 = x
+    a2 = torch.relu(model[0](x)).detach()
+    a3 = model[2](a2).detach()
+    expected: dict[str, torch.Tensor] = {}
+    for idx, a in ((0, a0), (2, a2), (3, a3)):
+        layer = model[idx]
+        for pname, p in layer.named_parameters():
+            total = torch.zeros_like(p)
+            for i in range(x.shape[0]):
+                (g,) = torch.autograd.grad(layer(a[i : i + 1]).pow(2).sum(), [p])
+                total += g.abs()
+            expected[f"{idx}.{pname}"] = total / x.shape[0]
+    _assert_close(local, expected)
+    # For a Linear layer it is twice the mean Hebbian product |post| |pre|^T.
+    z = model[0](x).detach()
+    hebb = 2 * (z.abs().unsqueeze(2) * x.abs().unsqueeze(1)).mean(0)
+    assert torch.allclose(local["0.weight"], hebb, rtol=1e-5)
+
+
+def test_local_handles_every_family() -> None:
+    for model, x in FAMILIES.values():
+        local = om.importance(model, x, method="local")
+        names = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert set(local) == names
+        assert all(bool(torch.isfinite(v).all()) and bool((v >= 0).all()) for v in local.values())
+
+
+def test_output_selects_the_tensor_whose_norm_is_used() -> None:
+    torch.manual_seed(0)
+    model = MLP()
+    x = torch.randn(5, 10)
+    feats = lambda m, inp: m[:3](inp)  # noqa: E731
+    omega = om.importance(model, x, output=feats)
+    assert float(omega["4.weight"].abs().sum()) == 0.0  # the head does not touch the features
+    _assert_close(omega, om.importance(model, x, output=feats, method="loop"))
+
+
+def test_tuple_output_needs_an_output_function() -> None:
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.lin(x), x
+
+    model = Two()
+    with pytest.raises(TypeError, match="output=lambda"):
+        om.importance(model, torch.randn(4, 3))
+    omega = om.importance(model, torch.randn(4, 3), output=lambda m, x: m(x)[0])
+    assert set(omega) == {"lin.weight", "lin.bias"}
+
+
+def test_no_grad_left_training_flags_restored_and_frozen_skipped() -> None:
+    model, x = FAMILIES["cnn2d"]
+    model.train()
+    model.bn.eval()
+    model.head.bias.requires_grad_(False)
+    try:
+        for method in om.METHODS:
+            omega = om.importance(model, x, method=method)
+            assert "head.bias" not in omega
+            assert all(p.grad is None for p in model.parameters())
+            assert model.training and not model.bn.training and model.conv1.training
+    finally:
+        model.head.bias.requires_grad_(True)
+
+
+def test_works_under_no_grad_and_returns_float32_for_float64_models() -> None:
+    torch.manual_seed(0)
+    model = MLP().double()
+    x = torch.randn(4, 10, dtype=torch.float64)
+    with torch.no_grad():
+        omega = om.importance(model, x)
+    assert all(v.dtype == torch.float32 for v in omega.values())
+    ref = _loop_reference(model, x)
+    _assert_close(omega, {k: v.float() for k, v in ref.items()})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "x", "error", "match"),
+    [
+        ({"method": "fisher"}, torch.randn(3, 10), ValueError, "method must be one of"),
+        ({}, torch.randn(0, 10), ValueError, "non-empty batch"),
+        ({}, [[0.0] * 10], TypeError, "must be a torch.Tensor"),
+        ({}, torch.zeros(3, 10, dtype=torch.bool), TypeError, "floating point or integer"),
+        ({}, torch.full((3, 10), float("nan")), ValueError, "non-finite"),
+        ({"chunk_size": 0}, torch.randn(3, 10), ValueError, "chunk_size must be"),
+        ({"output": lambda m, x: m(x).sum()}, torch.randn(3, 10), ValueError, "batch dimension"),
+    ],
+)
+def test_bad_input(kwargs: dict, x: object, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        om.importance(MLP(), x, **kwargs)  # type: ignore[arg-type]
+
+
+def test_non_finite_output_is_reported() -> None:
+    model = MLP()
+    with torch.no_grad():
+        model[4].bias[0] = float("inf")
+    with pytest.raises(om.NonFiniteError, match="output contains non-finite"):
+        om.importance(model, torch.ones(3, 10))
+    with torch.no_grad():
+        model[4].bias[0] = 0.0
+        model[0].weight[0, 0] = float("inf")  # saturates: the output is finite, gradients are not
+    with pytest.raises(om.NonFiniteError, match="importance is not finite"):
+        om.importance(model, torch.ones(3, 10))
