@@ -166,8 +166,8 @@ def importance_sums(
             sums, out = _batch(named, model, x, fn)
         else:
             sums, out = _local(model, named, x, chunk)
-    bad = [n for n, s in sums.items() if not bool(torch.isfinite(s).all())]
-    if bad:
+    if sums and not _finite(torch.stack([s.sum() for s in sums.values()])):
+        bad = [n for n, s in sums.items() if not _finite(s)]
         raise NonFiniteError(f"importance is not finite for {bad} (the gradients overflowed)")
     return sums, x.shape[0], out
 
@@ -187,7 +187,7 @@ def _check_input(x: Tensor) -> None:
     if x.dim() == 0 or x.shape[0] == 0:
         raise ValueError(f"x must be a non-empty batch (batch dimension first), got shape "
                          f"{tuple(x.shape)}")
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+    if x.is_floating_point() and not _finite(x):
         raise NonFiniteError("x contains non-finite values (nan or inf)")
 
 
@@ -214,9 +214,15 @@ def _forward(model: nn.Module, x: Tensor, fn: OutputFn) -> Tensor:
         )
     if not out.is_floating_point():
         raise TypeError(f"the output must be floating point, got {out.dtype}")
-    if not bool(torch.isfinite(out).all()):
+    if not _finite(out):
         raise NonFiniteError("the model output contains non-finite values (nan or inf)")
     return out
+
+
+def _finite(t: Tensor) -> bool:
+    """No nan or inf in ``t``. One reduction: a sum is finite unless an element is not (or the sum
+    overflows float range, which only values near 1e38 can do; those count as not finite too)."""
+    return bool(torch.isfinite(t.sum()))
 
 
 def _sq_norm_total(out: Tensor) -> Tensor:
