@@ -130,8 +130,8 @@ def importance(
     Aljundi, Babiloni, Elhoseiny, Rohrbach, Tuytelaars. Memory Aware Synapses: Learning what (not)
     to forget. ECCV 2018. arXiv:1711.09601.
     """
-    sums, n, _ = importance_sums(model, x, method=method, output=output, chunk_size=chunk_size)
-    return {name: s / n for name, s in sums.items()}
+    sums, _, _ = _sums(model, x, method, output, chunk_size, mean=True)
+    return sums
 
 
 def importance_sums(
@@ -148,6 +148,21 @@ def importance_sums(
     counts to weight batches by their size). The returned output is detached and computed in eval
     mode, so callers can derive label-free signals from it without another forward pass.
     """
+    return _sums(model, x, method, output, chunk_size, mean=False)
+
+
+def _sums(
+    model: nn.Module,
+    x: Tensor,
+    method: str,
+    output: OutputFn | None,
+    chunk_size: int | None,
+    *,
+    mean: bool,
+) -> tuple[dict[str, Tensor], int, Tensor]:
+    """Summed (``mean=False``) or averaged importance. The average divides where it is cheapest
+    (the exact paths scale the small output gradients, never a parameter-sized tensor) instead of
+    allocating a parameter-sized quotient."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     _check_input(x)
@@ -155,8 +170,10 @@ def importance_sums(
     fn: OutputFn = output if output is not None else _call
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     with _eval_mode(model), torch.enable_grad():
+        scale = 1.0 / x.shape[0] if mean else 1.0
         if method == "exact":
-            sums, out = _exact(model, named, x, fn, chunk)
+            sums, out = _exact(model, named, x, fn, chunk, scale)
+            scale = 1.0  # applied inside
         elif method == "vmap":
             out = _forward(model, x, fn).detach()
             sums = _func_sums(model, named, x, fn, chunk)
@@ -166,6 +183,8 @@ def importance_sums(
             sums, out = _batch(named, model, x, fn)
         else:
             sums, out = _local(model, named, x, chunk)
+        if scale != 1.0 and sums:
+            torch._foreach_mul_(list(sums.values()), scale)  # fresh tensors: in place is safe
     if sums and not _finite(torch.stack([s.sum() for s in sums.values()])):
         bad = [n for n, s in sums.items() if not _finite(s)]
         raise NonFiniteError(f"importance is not finite for {bad} (the gradients overflowed)")
@@ -232,13 +251,25 @@ def _sq_norm_total(out: Tensor) -> Tensor:
 
 @contextlib.contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[None]:
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
+    """Eval mode inside; every module's own ``training`` flag restored on exit.
+
+    When no module overrides ``train()``, the flags are set directly (what ``nn.Module.train``
+    does, without its per-call recursion); otherwise ``model.eval()`` runs so overrides are honoured.
+    """
+    mods = list(model.modules())
+    flags = [m.training for m in mods]
+    if any(flags):
+        if all(type(m).train is nn.Module.train for m in mods):
+            for m in mods:
+                object.__setattr__(m, "training", False)
+        else:
+            model.eval()
     try:
         yield
     finally:
-        for m, flag in flags:
-            m.training = flag
+        for m, flag in zip(mods, flags, strict=True):
+            if m.training is not flag:
+                object.__setattr__(m, "training", flag)
 
 
 def _zeros(named: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -336,24 +367,25 @@ class _Call:
     extra: dict[str, Tensor] = field(default_factory=dict)
 
 
-def _owners(model: nn.Module) -> dict[int, list[nn.Module]]:
-    owners: dict[int, list[nn.Module]] = {}
-    for m in model.modules():
-        for p in m.parameters(recurse=False):
-            owners.setdefault(id(p), []).append(m)
-    return owners
+def _own_params(m: nn.Module) -> dict[str, nn.Parameter]:
+    """A module's own parameters (``parameters(recurse=False)`` without its generator overhead)."""
+    return {k: p for k, p in m._parameters.items() if p is not None}
 
 
 def _fast_candidates(model: nn.Module, named: Mapping[str, Tensor]) -> dict[nn.Module, list[str]]:
     """Modules with a fast path whose trainable parameters belong to them alone."""
-    owners = _owners(model)
+    mods = list(model.modules())
+    owners: dict[int, int] = {}
+    for m in mods:
+        for p in _own_params(m).values():
+            owners[id(p)] = owners.get(id(p), 0) + 1
     name_of = {id(p): n for n, p in named.items()}
     cands: dict[nn.Module, list[str]] = {}
-    for m in model.modules():
+    for m in mods:
         if not isinstance(m, _FAST) or not _fast_supported(m):
             continue
-        own = [p for p in m.parameters(recurse=False) if id(p) in name_of]
-        if own and all(len(owners[id(p)]) == 1 for p in own):
+        own = [p for p in _own_params(m).values() if id(p) in name_of]
+        if own and all(owners[id(p)] == 1 for p in own):
             cands[m] = [name_of[id(p)] for p in own]
     return cands
 
@@ -396,8 +428,9 @@ def _recording(cands: dict[nn.Module, list[str]]) -> Iterator[dict[nn.Module, _C
 
 
 def _exact(
-    model: nn.Module, named: Mapping[str, Tensor], x: Tensor, fn: OutputFn, chunk: int
+    model: nn.Module, named: Mapping[str, Tensor], x: Tensor, fn: OutputFn, chunk: int, scale: float
 ) -> tuple[dict[str, Tensor], Tensor]:
+    """Fast paths where they apply, torch.func for the rest; every result is multiplied by ``scale``."""
     cands = _fast_candidates(model, named)
     with _recording(cands) as calls:
         out = _forward(model, x, fn)
@@ -417,18 +450,27 @@ def _exact(
         for c, g in zip(covered, grads, strict=True):
             a = c.inputs[0].detach()
             g = torch.zeros_like(c.output) if g is None else g
-            sums.update(_fast_sums(c.module, cands[c.module], a, g.detach(), chunk))
+            sums.update(_fast_sums(c.module, cands[c.module], a, g.detach(), chunk, scale))
     rest = {n: p for n, p in named.items() if n not in sums}
     if rest:
-        sums.update(_func_sums(model, rest, x, fn, chunk))
+        slow = _func_sums(model, rest, x, fn, chunk)
+        if scale != 1.0:
+            torch._foreach_mul_(list(slow.values()), scale)
+        sums.update(slow)
     return {n: sums[n] for n in named}, out.detach()
 
 
 def _fast_sums(
-    m: nn.Module, names: list[str], a: Tensor, g: Tensor, chunk: int
+    m: nn.Module, names: list[str], a: Tensor, g: Tensor, chunk: int, scale: float = 1.0
 ) -> dict[str, Tensor]:
-    """Sum over samples of |per-sample grad| for one layer, from its input ``a`` and grad ``g``."""
+    """Sum over samples of |per-sample grad| for one layer, from its input ``a`` and grad ``g``,
+    times ``scale > 0``. Every per-sample gradient is linear in ``g``, so the scale goes on ``g``
+    when ``g`` is the smaller tensor (a Linear layer's), else on the results."""
     g = g.float()
+    own = _own_params(m)
+    post = scale
+    if scale != 1.0 and g.numel() <= sum(p.numel() for p in own.values()):
+        g, post = g * scale, 1.0
     w: Tensor | None
     b: Tensor | None
     if isinstance(m, nn.Linear):
@@ -440,14 +482,13 @@ def _fast_sums(
     else:
         w, b = _norm(m, a.float(), g)
     by_param = {"weight": w, "bias": b}
-    own = dict(m.named_parameters(recurse=False))
     result = {}
     for name in names:
         short = name.rsplit(".", 1)[-1]
         t = by_param[short]
         if t is None or t.shape != own[short].shape:
             raise RuntimeError(f"internal error: fast path for {type(m).__name__} gave no {short}")
-        result[name] = t
+        result[name] = t if post == 1.0 else t.mul_(post)
     return result
 
 
@@ -463,27 +504,41 @@ def _linear(a: Tensor, g: Tensor, chunk: int, *, bias: bool) -> tuple[Tensor, Te
 
 
 def _conv(m: nn.Conv1d | nn.Conv2d, a: Tensor, g: Tensor, chunk: int) -> tuple[Tensor, Tensor | None]:
+    """Per-sample convolution weight gradients, one kernel offset at a time.
+
+    For kernel offset ``(i, j)`` the per-sample gradient is ``dW_n[:, :, i, j] = G_n S_n^T`` with
+    ``G_n`` the output gradient (out channels x positions) and ``S_n`` the input window that the
+    offset sees (in channels x positions): one batched matmul per offset, whose ``|.|`` is summed
+    over samples at once. Same arithmetic as unfolding (im2col) the input, without the
+    ``k*k``-times larger unfolded copy; transient memory is one window and one ``(samples, out,
+    in)`` product per chunk of samples.
+    """
+    padding = tuple(int(p) for p in m.padding)  # str padding never reaches here
     if isinstance(m, nn.Conv1d):  # a 1-D convolution is a 2-D one of height 1
         a, g = a.unsqueeze(-2), g.unsqueeze(-2)
-        k, s, d = (1, *m.kernel_size), (1, *m.stride), (1, *m.dilation)
-        p = (0, *m.padding)  # str padding never reaches here
+        (kh, kw), (sh, sw), (dh, dw) = (1, *m.kernel_size), (1, *m.stride), (1, *m.dilation)
+        ph, pw = 0, padding[0]
     else:
-        k, s, d = m.kernel_size, m.stride, m.dilation
-        p = m.padding  # type: ignore[assignment]
-    if a.dim() == 3:  # unbatched call: not a batch of samples
+        (kh, kw), (sh, sw), (dh, dw) = m.kernel_size, m.stride, m.dilation
+        ph, pw = padding
+    if a.dim() != 4:  # unbatched call: not a batch of samples
         raise RuntimeError("internal error: unbatched convolution reached the fast path")
-    groups = m.groups
-    out_c = g.shape[1]
-    w = torch.zeros(m.weight.shape, device=a.device)
+    groups, out_c, in_c = m.groups, g.shape[1], a.shape[1]
+    og, cg = out_c // groups, in_c // groups
+    ho, wo = g.shape[-2:]
+    w = torch.zeros(kh, kw, out_c, cg, device=a.device)
     for ac, gc in zip(a.split(chunk), g.split(chunk), strict=True):
-        cols = F.unfold(ac, k, dilation=d, padding=p, stride=s)  # (c, C*kh*kw, L)
-        c = cols.shape[0]
-        cols = cols.view(c, groups, -1, cols.shape[-1])
-        gg = gc.reshape(c, groups, out_c // groups, -1)
-        per = torch.einsum("bgol,bgkl->bgok", gg, cols)  # per-sample weight grads
-        w += per.abs_().sum(0).reshape(m.weight.shape)
+        n = ac.shape[0]
+        ap = F.pad(ac, (pw, pw, ph, ph)) if ph or pw else ac
+        gl = gc.reshape(n * groups, og, ho * wo)
+        for i in range(kh):
+            for j in range(kw):
+                r, c = i * dh, j * dw
+                window = ap[:, :, r : r + sh * (ho - 1) + 1 : sh, c : c + sw * (wo - 1) + 1 : sw]
+                per = torch.bmm(gl, window.reshape(n * groups, cg, ho * wo).transpose(1, 2))
+                w[i, j] += per.abs_().view(n, out_c, cg).sum(0)
     b = g.flatten(2).sum(-1).abs().sum(0) if m.bias is not None else None
-    return w, b
+    return w.permute(2, 3, 0, 1).reshape(m.weight.shape), b
 
 
 def _embedding(m: nn.Embedding, idx: Tensor, g: Tensor) -> Tensor:

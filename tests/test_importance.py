@@ -211,3 +211,49 @@ def test_non_finite_output_is_reported() -> None:
         model[0].weight[0, 0] = float("inf")  # saturates: the output is finite, gradients are not
     with pytest.raises(om.NonFiniteError, match="importance is not finite"):
         om.importance(model, torch.ones(3, 10))
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(3, 4, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2)),
+        nn.Conv2d(4, 6, 3, stride=3, padding=2, groups=2, bias=False),
+        nn.Conv2d(4, 4, 1, groups=4),  # depthwise 1x1
+        nn.Conv2d(2, 3, 5, padding=0),  # kernel nearly as large as the input
+        nn.Conv1d(2, 4, 3, stride=2, padding=3, dilation=2, groups=2),
+    ],
+    ids=["rect-stride-dilation", "grouped-stride3", "depthwise", "large-kernel", "conv1d-grouped"],
+)
+def test_conv_fast_path_geometries_equal_per_sample_loop(conv: nn.Module) -> None:
+    torch.manual_seed(0)
+    shape = (5, conv.in_channels, 7) if isinstance(conv, nn.Conv1d) else (5, conv.in_channels, 7, 6)
+    model = nn.Sequential(conv, nn.Tanh(), nn.Flatten())
+    x = torch.randn(*shape)
+    reference = _loop_reference(model, x)
+    for chunk in (2, 64):
+        _assert_close(om.importance(model, x, chunk_size=chunk), reference)
+
+
+def test_importance_is_sums_over_batch_size_for_every_method() -> None:
+    model, x = FAMILIES["cnn2d"]
+    for method in om.METHODS:
+        sums, n, _ = imp.importance_sums(model, x, method=method)
+        mean = om.importance(model, x, method=method)
+        _assert_close(mean, {k: v / n for k, v in sums.items()})
+
+
+def test_a_module_overriding_train_is_switched_by_eval_and_restored() -> None:
+    class Sticky(nn.Linear):
+        """Stays in training mode unless eval() is called through train()."""
+
+        calls = 0
+
+        def train(self, mode: bool = True) -> Sticky:
+            Sticky.calls += 1
+            return super().train(mode)
+
+    model = nn.Sequential(Sticky(3, 2))
+    model.train()
+    Sticky.calls = 0
+    om.importance(model, torch.randn(4, 3))
+    assert Sticky.calls == 1 and model.training and model[0].training
