@@ -300,10 +300,10 @@ def _batch(
 ) -> tuple[dict[str, Tensor], Tensor]:
     out = _forward(model, x, fn)
     params = list(named.values())
-    grads = torch.autograd.grad(_sq_norm_total(out) / x.shape[0], params, allow_unused=True)
-    n = x.shape[0]
+    # N * |d (1/N sum_n ||f(x_n)||^2) / d theta| = |d sum_n ||f(x_n)||^2 / d theta|
+    grads = torch.autograd.grad(_sq_norm_total(out), params, allow_unused=True)
     sums = {
-        name: (g.float().abs() * n if g is not None else torch.zeros_like(p, dtype=torch.float32))
+        name: (g.float().abs() if g is not None else torch.zeros_like(p, dtype=torch.float32))
         for (name, p), g in zip(named.items(), grads, strict=True)
     }
     return sums, out.detach()
