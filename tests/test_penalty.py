@@ -82,3 +82,50 @@ def test_bad_lr_and_lengths() -> None:
         proximal_(params, anchors, omegas, 1.0, 0.0)
     with pytest.raises(ValueError, match="same length"):
         penalty_grad_(params, anchors[:1], omegas, 1.0)
+
+
+def _reference(params, anchors, omegas, lam):  # type: ignore[no-untyped-def]
+    """The plain autograd formula the fast loss form must match."""
+    return lam * sum((o * (p.float() - a.float()).pow(2)).sum()
+                     for p, a, o in zip(params, anchors, omegas, strict=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_fast_loss_form_matches_autograd_formula(dtype: torch.dtype) -> None:
+    params, anchors, omegas = _setup(dtype=dtype)
+    fast = penalty(params, anchors, omegas, 0.3)
+    fast_grads = torch.autograd.grad(fast, params)
+    ref = _reference(params, anchors, omegas, 0.3)
+    ref_grads = torch.autograd.grad(ref, params)
+    tol = 1e-2 if dtype == torch.bfloat16 else 1e-6
+    assert fast.dtype == torch.float32
+    assert torch.allclose(fast, ref, rtol=tol)
+    for f, r, p in zip(fast_grads, ref_grads, params, strict=True):
+        assert f.dtype == p.dtype
+        assert torch.allclose(f, r, rtol=tol, atol=tol)
+
+
+def test_fast_loss_form_backward_twice_and_second_derivatives() -> None:
+    params, anchors, omegas = _setup()
+    loss = penalty(params, anchors, omegas, 0.7)
+    first = torch.autograd.grad(loss, params, retain_graph=True)
+    again = torch.autograd.grad(loss, params)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    # Hessian-vector product: d/dtheta <grad, v> = 2 lam Omega * v
+    grads = torch.autograd.grad(penalty(params, anchors, omegas, 0.7), params, create_graph=True)
+    vs = [torch.randn_like(p) for p in params]
+    hvp = torch.autograd.grad(sum((g * v).sum() for g, v in zip(grads, vs, strict=True)), params)
+    for h, o, v in zip(hvp, omegas, vs, strict=True):
+        assert torch.allclose(h, 2 * 0.7 * o * v, rtol=1e-5, atol=1e-6)
+
+
+def test_loss_form_differentiates_anchors_and_importance_when_they_require_grad() -> None:
+    params, anchors, omegas = _setup()
+    anchors = [a.requires_grad_() for a in anchors]
+    omegas = [o.requires_grad_() for o in omegas]
+    loss = penalty(params, anchors, omegas, 2.0)
+    ga = torch.autograd.grad(loss, [*anchors, *omegas])
+    for g, p, a, o in zip(ga, params, anchors, omegas, strict=False):
+        assert torch.allclose(g, -2 * 2.0 * o.detach() * (p.detach() - a.detach()), rtol=1e-5)
+    for g, p, a in zip(ga[len(anchors):], params, anchors, strict=True):
+        assert torch.allclose(g, 2.0 * (p.detach() - a.detach()) ** 2, rtol=1e-5)
