@@ -340,7 +340,7 @@ def test_non_finite_value_lowers_a_detection() -> None:
 def test_non_numeric_input_raises_type_error(name: str, bad: object) -> None:
     detector = OURS[name]()
     with pytest.raises(TypeError, match="update\\(\\) expects a real number"):
-        detector.update(bad)  # type: ignore[arg-type]
+        detector.update(bad)
     assert detector.n_skipped == 0
 
 
@@ -368,7 +368,7 @@ def test_real_scalars_are_accepted(value: object) -> None:
     ("make", "match"),
     [
         (lambda: PageHinkley(min_instances=0), r"min_instances must be an integer >= 1, got 0"),
-        (lambda: PageHinkley(min_instances=2.5), r"min_instances must be an integer >= 1, got 2.5"),
+        (lambda: PageHinkley(min_instances=2.5), r"min_instances must be .*, got 2.5"),  # type: ignore[arg-type]
         (lambda: PageHinkley(min_instances=True), r"min_instances must be .*, got True"),
         (lambda: PageHinkley(delta=-0.1), r"delta must be a finite number >= 0.0, got -0.1"),
         (lambda: PageHinkley(threshold=0.0), r"threshold must be a finite number > 0.0, got 0.0"),
@@ -393,9 +393,9 @@ def test_real_scalars_are_accepted(value: object) -> None:
             lambda: Plateau(variance_threshold=-1.0),
             r"variance_threshold must be a finite number > 0.0, got -1.0",
         ),
-        (lambda: Plateau(relative="yes"), r"relative must be True or False, got 'yes'"),
+        (lambda: Plateau(relative="yes"), r"relative must be True or False, got 'yes'"),  # type: ignore[arg-type]
         (lambda: Periodic(every=0), r"every must be an integer >= 1, got 0"),
-        (lambda: Periodic(every=2.0), r"every must be an integer >= 1, got 2.0"),
+        (lambda: Periodic(every=2.0), r"every must be an integer >= 1, got 2.0"),  # type: ignore[arg-type]
     ],
 )
 def test_bad_hyperparameters_raise(make: Callable[[], Any], match: str) -> None:
@@ -447,11 +447,11 @@ def test_detector_contract(name: str) -> None:
     assert isinstance(detector, Detector)
     assert detector.drift_detected is False
     with pytest.raises(AttributeError):
-        detector.drift_detected = True
+        detector.drift_detected = True  # type: ignore[misc]
 
     flags = []
     for x in STEP:
-        assert detector.update(float(x)) is None
+        assert detector.update(float(x)) is None  # type: ignore[func-returns-value]
         assert isinstance(detector.drift_detected, bool)
         flags.append(detector.drift_detected)
     found = [i for i, f in enumerate(flags) if f]
