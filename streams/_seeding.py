@@ -14,7 +14,7 @@ _MASK = (1 << 64) - 1
 
 # Tags keep the random streams of different purposes apart.
 TAG_ORDER = 1  # per-segment sample order (permutation of a pass)
-TAG_SIDE = 2  # sample order for blurry draws outside a segment's own span
+TAG_SIDE = 2  # random picks for blurry draws outside a segment's own span
 TAG_DRAW = 3  # per-batch draw of which segment each sample comes from
 TAG_TRANSFORM = 4  # per-batch randomness of stochastic transforms (noise)
 TAG_EVAL = 5  # randomness of evaluation sets

@@ -99,7 +99,10 @@ class Stream:
         self.flatten = bool(flatten)
         self.name = name
         self._step = 0
-        self._perms: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
+        self._perms: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        # permutations in use at once: the current segment's (two at a pass boundary), both
+        # segments' in a gradual window; blurry draws from outside a segment's span need none
+        self._cache_size = 4 if schedule.kind == "gradual" else 2
         self._truth = GroundTruth(
             schedule, batch_size=batch_size, seed=seed,
             segment_names=[s.name for s in segments],
@@ -188,7 +191,7 @@ class Stream:
             y = torch.empty(b, dtype=torch.int64)
             for k in present:
                 mask = segs == k
-                pos = self._positions(k, u[mask], side[mask])
+                pos = self._positions(k, u[mask], side[mask], step)
                 rows = torch.from_numpy(np.flatnonzero(mask))
                 x[rows], y[rows] = self._fetch(k, pos, step)
         if self.flatten:
@@ -202,20 +205,24 @@ class Stream:
         while count > 0:
             p, r = divmod(u0, n)
             take = min(count, n - r)
-            pieces.append(self._perm(TAG_ORDER, k, p)[r : r + take])
+            pieces.append(self._perm(k, p)[r : r + take])
             u0, count = u0 + take, count - take
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
-    def _positions(self, k: int, u: np.ndarray, side: np.ndarray) -> np.ndarray:
-        """Positions in segment ``k``'s pool of own-sequence (or side-sequence) entries ``u``."""
+    def _positions(self, k: int, u: np.ndarray, side: np.ndarray, step: int) -> np.ndarray:
+        """Positions in segment ``k``'s pool: own-sequence entries ``u``, and uniform draws (with
+        replacement, keyed by the step) where ``side`` marks a blurry draw outside its span."""
         n = self.segments[k].n_train
-        passes, within = np.divmod(u, n)
         pos = np.empty_like(u)
+        own = ~side
+        passes, within = np.divmod(u[own], n)
+        part = np.empty_like(within)
         for p in np.unique(passes).tolist():
-            for tag, where in ((TAG_ORDER, ~side), (TAG_SIDE, side)):
-                hit = where & (passes == p)
-                if hit.any():
-                    pos[hit] = self._perm(tag, k, p)[within[hit]]
+            hit = passes == p
+            part[hit] = self._perm(k, p)[within[hit]]
+        pos[own] = part
+        if side.any():
+            pos[side] = numpy_rng(self.seed, TAG_SIDE, step, k).integers(0, n, int(side.sum()))
         return pos
 
     def _fetch(self, k: int, pos: np.ndarray, step: int) -> tuple[Tensor, Tensor]:
@@ -225,14 +232,15 @@ class Stream:
             gen = torch_generator(self.seed, TAG_TRANSFORM, step, k)
         return seg.fetch(torch.from_numpy(pos), generator=gen)
 
-    def _perm(self, tag: int, k: int, p: int) -> np.ndarray:
+    def _perm(self, k: int, p: int) -> np.ndarray:
         """Seeded permutation of segment ``k``'s pool for pass ``p`` (small LRU cache)."""
-        key = (tag, k, p)
+        key = (k, p)
         perm = self._perms.get(key)
         if perm is None:
-            perm = numpy_rng(self.seed, tag, k, p).permutation(self.segments[k].n_train)
+            n = self.segments[k].n_train
+            perm = numpy_rng(self.seed, TAG_ORDER, k, p).permutation(n).astype(np.int32)
             self._perms[key] = perm
-            while len(self._perms) > 2 * len(self.segments) + 2:
+            while len(self._perms) > self._cache_size:
                 self._perms.popitem(last=False)
         else:
             self._perms.move_to_end(key)

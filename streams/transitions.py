@@ -17,7 +17,7 @@ Lengths are fixed or drawn at random: :func:`segment_lengths`.
 Each sample's segment is drawn independently from the mixing weights with a generator keyed by
 ``(seed, step)``, so any batch's draws can be rebuilt alone. Within its own span (occurrence plus
 transition windows) a segment reads its samples in order from seeded per-pass permutations;
-blurry draws from outside the span read from a separate seeded sequence.
+blurry draws from outside the span pick samples uniformly at random (with replacement).
 """
 
 from __future__ import annotations
@@ -211,8 +211,8 @@ class Schedule:
 
         Returns numpy arrays ``(u, side)``: ``u`` is the position in the segment's own sequence
         (consecutive within its span: the occurrence plus its transition windows, continued
-        across its later occurrences), or, where ``side`` is true (a blurry draw outside the
-        span), the position in the segment's separate side sequence, which is ``t`` itself.
+        across its later occurrences); where ``side`` is true (a blurry draw outside the span)
+        ``u`` is ``t`` itself and the stream picks a sample at random instead.
 
         Examples
         --------
@@ -226,7 +226,8 @@ class Schedule:
         occ = np.searchsorted(starts, t, side="right")  # occurrence index + 1
         u = t.copy()
         side = np.ones(len(segs), dtype=bool)
-        for shift in (0, -1, 1):  # own occurrence first, then the neighbours (gradual windows)
+        # own occurrence first, then (gradual windows only) the neighbouring occurrences
+        for shift in (0, -1, 1) if self.kind == "gradual" else (0,):
             j = occ + shift
             hit = side & (order[j] == segs)
             u[hit] = (t - span[j] + prior[j])[hit]
