@@ -39,7 +39,13 @@ from streams.sources import (
 from streams.stream import Batch, Stream
 from streams.torchvision_sources import TORCHVISION_NAMES, expected_files, torchvision_source
 from streams.transforms import CORRUPTIONS, MAX_SEVERITY, Corrupt, Permute, Rotate, Transform
-from streams.transitions import TRANSITIONS, Schedule, recurring_order, segment_lengths
+from streams.transitions import (
+    TRANSITIONS,
+    Schedule,
+    make_schedule,
+    recurring_order,
+    segment_lengths,
+)
 from streams.truth import EvalSets, GroundTruth
 
 __all__ = [
@@ -71,6 +77,7 @@ __all__ = [
     "digits_source",
     "expected_files",
     "label_shift",
+    "make_schedule",
     "make_stream",
     "permutations",
     "recurring_order",

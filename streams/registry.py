@@ -19,13 +19,12 @@ from streams.sources import Source, digits_source
 from streams.stream import Stream
 from streams.torchvision_sources import TORCHVISION_NAMES, torchvision_source
 from streams.transforms import CORRUPTIONS, MAX_SEVERITY
-from streams.transitions import Schedule, recurring_order, segment_lengths
+from streams.transitions import make_schedule
 
 __all__ = ["STREAM_NAMES", "StreamConfig", "build_stream", "make_stream"]
 
 _RECIPES = ("permuted", "rotated", "split", "corrupted")
 _DATA = ("digits", *TORCHVISION_NAMES)
-_ORDERS = ("recurring", "return")
 
 #: Every name :func:`make_stream` accepts.
 STREAM_NAMES: tuple[str, ...] = tuple(
@@ -70,9 +69,9 @@ class StreamConfig:
         if self.transition not in ("abrupt", "gradual", "blurry", "recurring"):
             raise ValueError(f"transition must be one of 'abrupt', 'gradual', 'blurry', "
                              f"'recurring', got {self.transition!r}")
-        if isinstance(self.order, str) and self.order not in _ORDERS:
-            raise ValueError(f"order must be None, a list of segment ids or one of {_ORDERS}, "
-                             f"got {self.order!r}")
+        if isinstance(self.order, str) and self.order not in ("recurring", "return"):
+            raise ValueError(f"order must be None, a list of segment ids, 'recurring' or "
+                             f"'return', got {self.order!r}")
         if self.corruption not in CORRUPTIONS:
             raise ValueError(f"corruption must be one of {CORRUPTIONS}, got {self.corruption!r}")
         if not 0.0 <= self.max_severity <= MAX_SEVERITY:
@@ -170,17 +169,10 @@ def build_stream(config: StreamConfig) -> Stream:
         raise ValueError(f"batch_size must be an int >= 1, got {config.batch_size!r}")
     source = _source(config)
     segments = _segments(config, source)
-    k = len(segments)
-    order = _order(config, k)
-    lengths = segment_lengths([s.n_train for s in segments], order, passes=config.passes,
-                              batch_size=config.batch_size, random=config.random_lengths,
-                              seed=config.seed)
-    kind = "abrupt" if config.transition == "recurring" else config.transition
-    width = 0
-    if kind == "gradual":
-        width = min(lengths) // 2 if config.window is None else config.window
-    schedule = Schedule(tuple(order), tuple(lengths), kind=kind, width=width,
-                        share=config.share if kind == "blurry" else 0.0, n_segments=k)
+    schedule = make_schedule([s.n_train for s in segments], batch_size=config.batch_size,
+                             passes=config.passes, transition=config.transition,
+                             order=config.order, random_lengths=config.random_lengths,
+                             window=config.window, share=config.share, seed=config.seed)
     return Stream(segments, schedule, batch_size=config.batch_size, seed=config.seed,
                   labels=config.labels, flatten=config.flatten, max_eval=config.max_eval,
                   name=config.name)
@@ -209,20 +201,3 @@ def _segments(config: StreamConfig, source: Source) -> list[Segment]:
         raise ValueError(f"{config.name} needs n_segments dividing the {len(source.classes)} "
                          f"classes into equal groups, got {k}")
     return class_splits(source, k, labels="domain" if config.recipe == "split-domain" else "class")
-
-
-def _order(config: StreamConfig, k: int) -> list[int]:
-    order = config.order
-    if order is None:
-        order = "recurring" if config.transition == "recurring" else None
-    if order is None:
-        return list(range(k))
-    if order == "recurring":
-        return recurring_order(k, seed=0)  # the same for every seed: runs can be averaged
-    if order == "return":
-        return [*range(k), 0] if k > 1 else [0]
-    ids: list[int] = [int(i) for i in order] if all(
-        isinstance(i, int) and not isinstance(i, bool) for i in order) else []
-    if not ids or any(not 0 <= i < k for i in ids):
-        raise ValueError(f"order must list segment ids in [0, {k}), got {list(order)}")
-    return ids

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from streams._seeding import TAG_DRAW, TAG_SCHEDULE, numpy_rng, torch_generator
 
-__all__ = ["TRANSITIONS", "Schedule", "recurring_order", "segment_lengths"]
+__all__ = ["TRANSITIONS", "Schedule", "make_schedule", "recurring_order", "segment_lengths"]
 
 #: Transition rules accepted by :class:`Schedule`.
 TRANSITIONS = ("abrupt", "gradual", "blurry")
@@ -281,6 +281,76 @@ def recurring_order(n_segments: int, *, seed: int = 0) -> list[int]:
     for k in range(1, n):
         order += [k, int(rng.integers(0, k))]
     return order
+
+
+def make_schedule(sizes: Sequence[int], *, batch_size: int, passes: float = 1.0,
+                  transition: str = "abrupt", order: str | Sequence[int] | None = None,
+                  random_lengths: bool = False, window: int | None = None, share: float = 0.1,
+                  seed: int = 0) -> Schedule:
+    """A schedule for segments with ``sizes`` training samples, as the named streams use.
+
+    Parameters
+    ----------
+    sizes : sequence of int
+        Training samples of each segment (``[s.n_train for s in segments]``).
+    batch_size : int
+        Lengths are whole batches of this size.
+    passes : float
+        Passes over a segment's training data per occurrence.
+    transition : str
+        ``"abrupt"``, ``"gradual"``, ``"blurry"``, or ``"recurring"`` (abrupt, with the
+        order of :func:`recurring_order` unless ``order`` is given).
+    order : None, "recurring", "return" or sequence of int
+        ``None``: each segment once, ``0..K-1``; ``"recurring"``: :func:`recurring_order` with
+        seed 0 (the same for every stream seed, so runs can be averaged occurrence by
+        occurrence); ``"return"``: ``0..K-1`` then ``0`` again; or explicit segment ids.
+    random_lengths : bool
+        Scale each occurrence's length by a seeded uniform factor in ``[0.5, 1.5]``.
+    window : int or None
+        ``"gradual"``: samples per transition window (default: half the shortest occurrence).
+    share : float
+        ``"blurry"``: share of samples from the other segments.
+    seed : int
+        Seed of the random lengths.
+
+    Examples
+    --------
+    >>> s = make_schedule([100, 100, 100], batch_size=10, transition="recurring")
+    >>> s.order, s.lengths, s.kind
+    ((0, 1, 0, 2, 1), (100, 100, 100, 100, 100), 'abrupt')
+    >>> make_schedule([100, 80], batch_size=10, transition="gradual").width
+    40
+    """
+    allowed = (*TRANSITIONS, "recurring")
+    if transition not in allowed:
+        raise ValueError(f"transition must be one of {allowed}, got {transition!r}")
+    ids = _order(order if order is not None or transition != "recurring" else "recurring",
+                 len(sizes))
+    lengths = segment_lengths(sizes, ids, passes=passes, batch_size=batch_size,
+                              random=random_lengths, seed=seed)
+    kind = "abrupt" if transition == "recurring" else transition
+    width = 0
+    if kind == "gradual":
+        width = min(lengths) // 2 if window is None else window
+    return Schedule(tuple(ids), tuple(lengths), kind=kind, width=width,
+                    share=share if kind == "blurry" else 0.0, n_segments=len(sizes))
+
+
+def _order(order: str | Sequence[int] | None, k: int) -> list[int]:
+    if order is None:
+        return list(range(k))
+    if order == "recurring":
+        return recurring_order(k, seed=0)
+    if order == "return":
+        return [*range(k), 0] if k > 1 else [0]
+    if isinstance(order, str):
+        raise ValueError(f"order must be None, a list of segment ids, 'recurring' or 'return', "
+                         f"got {order!r}")
+    ids = [int(i) if isinstance(i, numbers.Integral) and not isinstance(i, bool) else -1
+           for i in order]
+    if not ids or any(not 0 <= i < k for i in ids):
+        raise ValueError(f"order must list segment ids in [0, {k}), got {list(order)}")
+    return ids
 
 
 def _int(value: object, what: str, low: int) -> int:

@@ -245,3 +245,23 @@ def test_truth_describes_the_stream() -> None:
     assert truth.segment_names == ["rotation 0", "rotation 30", "rotation 60"]
     with pytest.raises(ValueError, match=r"step must be an int in \[0, 360\), got 360"):
         truth.segment_at(360)
+
+
+def test_a_list_of_datasets_as_segments_with_a_gradual_handover() -> None:
+    from streams import dataset_segments, make_schedule
+
+    a = tensor_source(torch.zeros(100, 2, 2), torch.zeros(100, dtype=torch.int64), name="a")
+    b = tensor_source(torch.ones(100, 2, 2), torch.ones(100, dtype=torch.int64), name="b")
+    segs = dataset_segments([a, b])
+    schedule = make_schedule([s.n_train for s in segs], batch_size=10, passes=2,
+                             transition="gradual", window=40)
+    stream = Stream(segs, schedule, batch_size=10, seed=0)
+    assert len(stream) == 32 and stream.change_points == [16]
+    from_b = [float(x.mean()) for x, _ in stream]
+    assert from_b[:14] == [0.0] * 14 and from_b[18:] == [1.0] * 14
+    assert all(torch.equal(y.float(), x.flatten(1).mean(1)) for x, y in
+               (stream.batch(s) for s in range(14, 18)))  # each sample keeps its own label
+    with pytest.raises(ValueError, match="transition must be one of"):
+        make_schedule([10, 10], batch_size=5, transition="sudden")
+    with pytest.raises(ValueError, match=r"order must list segment ids in \[0, 2\)"):
+        make_schedule([10, 10], batch_size=5, order=[0, 2])
