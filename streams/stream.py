@@ -166,7 +166,16 @@ class Stream:
             yield batch
 
     def seek(self, step: int) -> None:
-        """Move the cursor so that iteration continues at batch ``step`` (``0..len``)."""
+        """Move the cursor so that iteration continues at batch ``step`` (``0..len``).
+
+        Examples
+        --------
+        >>> from streams import make_stream
+        >>> stream = make_stream("split-digits")
+        >>> stream.seek(44)
+        >>> [y.tolist()[:4] for _, y in stream], stream.step
+        ([[8, 8, 9, 9]], 45)
+        """
         if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= len(self):
             raise ValueError(f"step must be an int in [0, {len(self)}], got {step!r}")
         self._step = step
@@ -176,7 +185,16 @@ class Stream:
         self._step = 0
 
     def batch(self, step: int) -> Batch:
-        """Batch ``step``, rebuilt from scratch (the cursor does not move)."""
+        """Batch ``step``, rebuilt from scratch (the cursor does not move).
+
+        Examples
+        --------
+        >>> from streams import make_stream
+        >>> stream = make_stream("split-digits", seed=3)
+        >>> _, y = stream.batch(9)
+        >>> y[:8].tolist(), stream.step
+        ([3, 3, 3, 3, 3, 3, 3, 3], 0)
+        """
         if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < len(self):
             raise ValueError(f"step must be an int in [0, {len(self)}), got {step!r}")
         start, b = step * self.batch_size, self.batch_size
@@ -269,6 +287,16 @@ class Stream:
 
         Raises ValueError naming the entries that differ when ``state`` comes from another stream
         (other seed, batch size, schedule or name).
+
+        Examples
+        --------
+        >>> from streams import make_stream
+        >>> a = make_stream("rotated-digits", seed=1)
+        >>> _ = [next(iter(a)) for _ in range(3)]
+        >>> b = make_stream("rotated-digits", seed=1)
+        >>> b.load_state_dict(a.state_dict())
+        >>> b.step, bool((next(iter(b))[0] == a.batch(3)[0]).all())
+        (3, True)
         """
         if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
             raise ValueError(f"state must be a dict from Stream.state_dict() with version "

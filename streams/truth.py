@@ -137,17 +137,42 @@ class GroundTruth:
         return self.schedule.order[self.schedule.occurrence(self._start(step))]
 
     def weights_at(self, step: int) -> Tensor:
-        """Mean mixing weights of batch ``step`` over the segments, float64 ``(n_segments,)``."""
+        """Mean mixing weights of batch ``step`` over the segments, float64 ``(n_segments,)``.
+
+        Examples
+        --------
+        >>> from streams import make_stream
+        >>> truth = make_stream("split-digits", n_segments=2, transition="gradual").truth
+        >>> truth.change_points, truth.windows
+        ([23], [(17.5, 28.5)])
+        >>> [round(float(truth.weights_at(s)[1]), 3) for s in (16, 17, 18, 22, 23, 28, 29)]
+        [0.0, 0.011, 0.091, 0.455, 0.545, 0.989, 1.0]
+        """
         start = self._start(step)
         return self.schedule.weights(start, start + self.batch_size).mean(0)
 
     def batch_segments(self, step: int) -> Tensor:
-        """Segment that each sample of batch ``step`` was drawn from, int64 ``(batch_size,)``."""
+        """Segment that each sample of batch ``step`` was drawn from, int64 ``(batch_size,)``.
+
+        Examples
+        --------
+        >>> from streams import make_stream
+        >>> truth = make_stream("split-digits", transition="blurry", share=0.2).truth
+        >>> truth.segment_at(3), truth.batch_segments(3).tolist()[:10]
+        (0, [0, 0, 0, 3, 0, 0, 0, 0, 0, 0])
+        """
         self._start(step)
         return self.schedule.draw(step, self.batch_size, self.seed)
 
     def segments(self) -> Tensor:
-        """:meth:`segment_at` for every step, int64 ``(n_steps,)`` (for plots)."""
+        """:meth:`segment_at` for every step, int64 ``(n_steps,)`` (for plots).
+
+        Examples
+        --------
+        >>> from streams import make_stream
+        >>> make_stream("split-digits", n_segments=2, passes=0.1).truth.segments().tolist()
+        [0, 0, 1, 1]
+        """
         reps = torch.tensor(self.schedule.lengths) // self.batch_size
         return torch.tensor(self.schedule.order).repeat_interleave(reps)
 
