@@ -184,6 +184,7 @@ def check_severity(severity: float) -> float:
     ...
     ValueError: severity must lie in [0, 5.0], got 6
     """
-    if not isinstance(severity, int | float) or not 0.0 <= float(severity) <= MAX_SEVERITY:
+    if (isinstance(severity, bool) or not isinstance(severity, int | float)
+            or not 0.0 <= float(severity) <= MAX_SEVERITY):
         raise ValueError(f"severity must lie in [0, {MAX_SEVERITY}], got {severity!r}")
     return float(severity)

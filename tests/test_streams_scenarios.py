@@ -80,7 +80,7 @@ def test_noise_is_reproducible_from_the_generator() -> None:
     assert torch.equal(a, b) and not torch.equal(a, x)
 
 
-@pytest.mark.parametrize("severity", [-0.1, 5.5, float("nan"), "3"])
+@pytest.mark.parametrize("severity", [-0.1, 5.5, float("nan"), "3", True])
 def test_severity_out_of_range_is_rejected(severity: object, streams_digits) -> None:
     with pytest.raises(ValueError, match=r"severity must lie in \[0, 5.0\]"):
         corruptions(streams_digits, [0, severity])  # type: ignore[list-item]
