@@ -151,12 +151,12 @@ class OnlineMAS:
     ``stable_every`` periods earlier, before the first steps on the new data pulled the model
     away (on permuted digits this is worth about 8 points of average accuracy over anchoring the
     current parameters); it costs two parameter copies on top of the three float32 buffers
-    (running Omega, Omega, theta*). ``anchor="current"`` keeps memory at those three. :class:`~online_mas.detectors.Plateau` on ``signal="loss"`` consolidates
-    when the loss settles after a peak (the task-free paper);
-    :class:`~online_mas.detectors.Periodic` on a fixed schedule; ``boundaries=`` at known
-    boundaries. The label-free signals are computed from the importance forward pass, so the
-    detector sees one value per importance update (every ``config.every`` steps); ``"loss"`` is
-    read on every call that passes ``loss=``.
+    (running Omega, Omega, theta*). ``anchor="current"`` keeps memory at those three.
+    :class:`~online_mas.detectors.Plateau` on ``signal="loss"`` consolidates when the loss settles
+    after a peak (the task-free paper); :class:`~online_mas.detectors.Periodic` on a fixed
+    schedule; ``boundaries=`` at known boundaries. The label-free signals are computed from the
+    importance forward pass, so the detector sees one value per importance update (every
+    ``config.every`` steps); ``"loss"`` is read on every call that passes ``loss=``.
 
     Examples
     --------
