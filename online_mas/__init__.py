@@ -6,25 +6,70 @@ Tuytelaars, Task-Free Continual Learning, CVPR 2019.
 
 from __future__ import annotations
 
+from online_mas import checkpoint, metrics, signals
 from online_mas.accumulate import RunningImportance, combine
+from online_mas.buffer import HardBuffer
+from online_mas.detectors import (
+    CUSUM,
+    Detector,
+    NeverFires,
+    PageHinkley,
+    Periodic,
+    Plateau,
+    detector_state_dict,
+    load_detector_state,
+)
 from online_mas.importance import METHODS, NonFiniteError, OutputFn, importance
-from online_mas.online import Event, MASConfig, OnlineMAS
+from online_mas.metrics import (
+    DetectionScores,
+    accuracy_matrix_summary,
+    average_accuracy,
+    backward_transfer,
+    detection_scores,
+    forgetting,
+    forward_transfer,
+)
+from online_mas.online import DEFAULT, Event, MASConfig, OnlineMAS, default_detector
 from online_mas.penalty import penalty, penalty_grad_, proximal_
+from online_mas.signals import SIGNALS, FeatureShift
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CUSUM",
+    "DEFAULT",
     "METHODS",
+    "SIGNALS",
+    "DetectionScores",
+    "Detector",
     "Event",
+    "FeatureShift",
+    "HardBuffer",
     "MASConfig",
+    "NeverFires",
     "NonFiniteError",
     "OnlineMAS",
     "OutputFn",
+    "PageHinkley",
+    "Periodic",
+    "Plateau",
     "RunningImportance",
     "__version__",
+    "accuracy_matrix_summary",
+    "average_accuracy",
+    "backward_transfer",
+    "checkpoint",
     "combine",
+    "default_detector",
+    "detection_scores",
+    "detector_state_dict",
+    "forgetting",
+    "forward_transfer",
     "importance",
+    "load_detector_state",
+    "metrics",
     "penalty",
     "penalty_grad_",
     "proximal_",
+    "signals",
 ]

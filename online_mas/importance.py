@@ -165,7 +165,7 @@ def _sums(
     allocating a parameter-sized quotient."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    _check_input(x)
+    check_input(x)
     chunk = _check_chunk_size(chunk_size)
     fn: OutputFn = output if output is not None else _call
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -198,7 +198,8 @@ def _call(model: nn.Module, x: Tensor) -> Tensor:
     return model(x)
 
 
-def _check_input(x: Tensor) -> None:
+def check_input(x: Tensor) -> None:
+    """Raise TypeError/ValueError for what is not a batch, NonFiniteError for nan/inf."""
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor with the batch dimension first, got {type(x)!r}")
     if x.dtype == torch.bool or x.is_complex():

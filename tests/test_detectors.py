@@ -1,0 +1,573 @@
+"""Tests for online_mas.detectors: exact detection indices, conventions, the shared contract."""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from river import drift
+
+from online_mas.detectors import (
+    CUSUM,
+    Detector,
+    NeverFires,
+    PageHinkley,
+    Periodic,
+    Plateau,
+    detector_state_dict,
+    load_detector_state,
+)
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def gauss_series(seed: int, segments: Sequence[tuple[float, int]], sd: float = 1.0) -> list[float]:
+    """Piecewise-constant mean plus seeded Gaussian noise: segments of (mean, length)."""
+    rng = random.Random(seed)
+    out: list[float] = []
+    for mean, length in segments:
+        out += [rng.gauss(mean, sd) for _ in range(length)]
+    return out
+
+
+def detections(detector: Any, values: Sequence[float]) -> list[int]:
+    """Indices of the updates after which ``detector.drift_detected`` was True."""
+    found = []
+    for i, x in enumerate(values):
+        detector.update(x)
+        if detector.drift_detected:
+            found.append(i)
+    return found
+
+
+# Mean shifts of 2 standard deviations at index 1000 (and back at 2000 for BOTH).
+UP = gauss_series(1, [(0.0, 1000), (2.0, 1000)])
+DOWN = gauss_series(2, [(0.0, 1000), (-2.0, 1000)])
+BOTH = gauss_series(3, [(0.0, 1000), (2.0, 1000), (0.0, 1000)])
+
+# A deterministic "noisy" step: a zero-mean pattern -0.1, 0, 0.1, ... then +10 from index 500.
+STEP = [0.1 * (i % 3 - 1) for i in range(500)] + [10.0 + 0.1 * (i % 3 - 1) for i in range(500)]
+CONSTANT = [5.0] * 1000
+
+# The hand-made loss curve of the Plateau docstring: task 1 learned, new task at index 20.
+CURVE = [2.0, 1.5, 1.0, 0.6, 0.3, 0.15] + [0.1] * 14 + [2.0, 1.8, 1.2, 0.7, 0.4, 0.2] + [0.1] * 14
+
+
+# ----------------------------------------------------------------------------------------------
+# PageHinkley
+
+
+def test_page_hinkley_by_hand() -> None:
+    # alpha=1, delta=0: after [0, 0, 0] the running mean is 0 and the sums are 0; x=10 makes the
+    # mean 2.5 and m+ = 10 - 2.5 = 7.5 > 5 = threshold, with min m+ = 0.
+    ph = PageHinkley(min_instances=1, delta=0.0, threshold=5.0, alpha=1.0, mode="up")
+    assert detections(ph, [0.0, 0.0, 0.0, 10.0]) == [3]
+    # m+ = 6 - 1.5 = 4.5 is not > 5.
+    ph = PageHinkley(min_instances=1, delta=0.0, threshold=5.0, alpha=1.0, mode="up")
+    assert detections(ph, [0.0, 0.0, 0.0, 6.0]) == []
+    # Symmetric decrease: max m- = 0, m- = -7.5.
+    ph = PageHinkley(min_instances=1, delta=0.0, threshold=5.0, alpha=1.0, mode="down")
+    assert detections(ph, [0.0, 0.0, 0.0, -10.0]) == [3]
+
+
+def test_page_hinkley_min_instances_delays_detection() -> None:
+    ph = PageHinkley(min_instances=5, delta=0.0, threshold=5.0, alpha=1.0, mode="up")
+    # The jump at index 3 exceeds the threshold, but the test only starts at the 5th value,
+    # where m+ - min m+ = (10 - 2.5) + (10 - 4) = 13.5 > 5 still.
+    assert detections(ph, [0.0, 0.0, 0.0, 10.0, 10.0]) == [4]
+
+
+@pytest.mark.parametrize(
+    ("mode", "up", "down", "both"),
+    [
+        ("up", [1010], [], [1006]),
+        # mode="down" on BOTH: the running mean never reset, so the return to 0 at 2000 is a
+        # decrease relative to the mean of both regimes.
+        ("down", [], [1010], [2016]),
+        ("both", [1010], [1010], [1006, 2006]),
+    ],
+)
+def test_page_hinkley_exact_indices(
+    mode: str, up: list[int], down: list[int], both: list[int]
+) -> None:
+    def make() -> PageHinkley:
+        return PageHinkley(delta=0.5, threshold=15.0, mode=mode)
+
+    assert detections(make(), UP) == up
+    assert detections(make(), DOWN) == down
+    assert detections(make(), BOTH) == both
+
+
+# ----------------------------------------------------------------------------------------------
+# CUSUM
+
+
+def test_cusum_by_hand() -> None:
+    # target 0, std 1, k=0.5, h=2; index 0 is the warm-up; each 1.0 adds 1 - 0.5 to S+:
+    # S+ = 0.5, 1.0, 1.5, 2.0, 2.5 at indices 1..5, and 2.5 > 2 first at index 5.
+    cusum = CUSUM(min_instances=1, slack=0.5, threshold=2.0, target=0.0, std=1.0, mode="up")
+    assert detections(cusum, [0.0] + [1.0] * 6) == [5]
+    # Deviations of 0.5 are absorbed entirely by the slack.
+    cusum = CUSUM(min_instances=1, slack=0.5, threshold=2.0, target=0.0, std=1.0)
+    assert detections(cusum, [0.0] + [0.5] * 100) == []
+    # Two-sided: the same by hand downwards.
+    cusum = CUSUM(min_instances=1, slack=0.5, threshold=2.0, target=0.0, std=1.0, mode="both")
+    assert detections(cusum, [0.0] + [-1.0] * 6) == [5]
+
+
+def test_cusum_estimates_target_and_std_from_warm_up() -> None:
+    # Warm-up [1, 3]: mean 2, sample std sqrt(2); k*sigma = 0.5*sqrt(2) ~ 0.707,
+    # h*sigma = 2*sqrt(2) ~ 2.83. Each 4.0 adds 2 - 0.707 = 1.293: S+ = 1.29, 2.59, 3.88.
+    cusum = CUSUM(min_instances=2, slack=0.5, threshold=2.0, mode="up")
+    assert detections(cusum, [1.0, 3.0, 4.0, 4.0, 4.0]) == [4]
+    assert cusum.state_dict()["state"]["mu"] == 2.0
+    assert cusum.state_dict()["state"]["sigma"] == pytest.approx(math.sqrt(2.0))
+
+
+def test_cusum_min_std_floors_the_scale() -> None:
+    # A constant warm-up gives sigma = 0: any deviation is a change unless min_std is set.
+    assert detections(CUSUM(min_instances=3), [1.0, 1.0, 1.0, 1.001]) == [3]
+    assert detections(CUSUM(min_instances=3, min_std=0.1), [1.0, 1.0, 1.0, 1.001]) == []
+
+
+@pytest.mark.parametrize(
+    ("mode", "up", "down", "both"),
+    [
+        ("up", [1003], [], [1004]),
+        # the target stays the warm-up mean 0, so returning to 0 at 2000 is no change
+        ("down", [], [1009], []),
+        ("both", [1003], [1009], [1004, 2004]),
+    ],
+)
+def test_cusum_exact_indices(mode: str, up: list[int], down: list[int], both: list[int]) -> None:
+    def make() -> CUSUM:
+        return CUSUM(min_instances=100, mode=mode)
+
+    assert detections(make(), UP) == up
+    assert detections(make(), DOWN) == down
+    assert detections(make(), BOTH) == both
+
+
+# ----------------------------------------------------------------------------------------------
+# Plateau
+
+
+def test_plateau_hand_made_curve() -> None:
+    # Window means (window=5) by hand:
+    #   index 7: [.6, .3, .15, .1, .1] -> 0.25, not < 0.2
+    #   index 8: [.3, .15, .1, .1, .1] -> 0.15 < 0.2, variance 0.006 < 0.1 -> fires (first
+    #            plateau: the start of the stream counts as a peak)
+    #   index 20: [.1, .1, .1, .1, 2.0] -> 0.48 > 0.15 + sqrt(0.006) = 0.227 -> new peak
+    #   index 27: [.7, .4, .2, .1, .1] -> 0.3, not < 0.2
+    #   index 28: [.4, .2, .1, .1, .1] -> 0.18 < 0.2, variance 0.0136 < 0.1 -> fires
+    plateau = Plateau(window=5, mean_threshold=0.2, variance_threshold=0.1)
+    assert detections(plateau, CURVE) == [8, 28]
+
+
+def test_plateau_window_statistics() -> None:
+    plateau = Plateau(window=5)
+    for x in CURVE[:9]:
+        plateau.update(x)
+    assert plateau.window_mean == pytest.approx(0.15)
+    assert plateau.window_variance == pytest.approx(0.006)
+    assert math.isnan(Plateau(window=5).window_mean)
+
+
+def test_plateau_fires_once_per_plateau_and_needs_a_new_peak() -> None:
+    plateau = Plateau(window=5, mean_threshold=0.2, variance_threshold=0.1)
+    # A long plateau fires once; a bump that stays below last mean + std does not re-arm it.
+    flat = [0.1] * 100
+    bump = [0.1, 0.15, 0.1]  # window mean at most 0.12 < 0.15 + 0.077
+    assert detections(plateau, CURVE[:20] + flat + bump + flat) == [8]
+
+
+def test_plateau_first_plateau_fires_immediately_on_a_low_stream() -> None:
+    # The start of the stream counts as a peak: a stream that starts low is consolidated as
+    # soon as the window is full, and only once.
+    assert detections(Plateau(window=5), [0.1] * 50) == [4]
+
+
+def test_plateau_nothing_before_the_window_is_full() -> None:
+    assert detections(Plateau(window=5), [0.0] * 4) == []
+
+
+def test_plateau_relative_is_scale_free() -> None:
+    def make() -> Plateau:
+        return Plateau(window=5, mean_threshold=0.1, variance_threshold=0.01, relative=True)
+
+    expected = detections(make(), CURVE)
+    # peak 1.08 (window at index 4): 0.1 * 1.08 = 0.108 is first beaten at index 10 (0.1);
+    # after the jump the peak is 1.22 (index 24) and 0.12 < 0.122 at index 29.
+    assert expected == [10, 29]
+    for scale in (2.0**-10, 8.0, 2.0**12):  # powers of two keep the arithmetic exact
+        assert detections(make(), [scale * x for x in CURVE]) == expected
+    # The absolute thresholds are tied to the loss scale: the same curve times 1000 never fires.
+    assert detections(Plateau(window=5), [1000.0 * x for x in CURVE]) == []
+
+
+def test_plateau_relative_never_fires_without_positive_peak() -> None:
+    plateau = Plateau(window=3, relative=True)
+    assert detections(plateau, [-1.0] * 20 + [0.0] * 20) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# baselines
+
+
+@pytest.mark.parametrize("every", [1, 3, 7])
+def test_periodic_fires_at_multiples(every: int) -> None:
+    found = detections(Periodic(every), [0.0] * 30)
+    assert [i + 1 for i in found] == list(range(every, 31, every))
+
+
+def test_periodic_does_not_count_non_finite_values() -> None:
+    periodic = Periodic(every=2)
+    assert detections(periodic, [0.0, math.nan, 0.0, 0.0, math.inf, 0.0]) == [2, 5]
+    assert periodic.n_skipped == 2
+
+
+def test_never_fires() -> None:
+    never = NeverFires()
+    assert detections(never, STEP + UP + [math.inf, -1e300, 1e300]) == []
+    assert never.n_skipped == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# reset after detection, non-finite values, input types
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: PageHinkley(delta=0.5, threshold=15.0),
+        lambda: CUSUM(min_instances=100),
+        lambda: Periodic(every=70),
+    ],
+    ids=["PageHinkley", "CUSUM", "Periodic"],
+)
+def test_update_after_detection_resets(make: Callable[[], Any]) -> None:
+    detector = make()
+    first = detections(detector, UP)[0]
+    assert detector.drift_detected is False  # later updates lowered the flag
+    # Replay up to the first detection, then one more value: the state equals a fresh
+    # detector's state after that one value.
+    detector = make()
+    for x in UP[: first + 1]:
+        detector.update(x)
+    assert detector.drift_detected
+    fresh = make()
+    detector.update(UP[first + 1])
+    fresh.update(UP[first + 1])
+    assert detector.drift_detected is False
+    assert detector.state_dict() == fresh.state_dict()
+
+
+def test_plateau_update_after_detection_keeps_memory() -> None:
+    plateau = Plateau(window=5)
+    for x in CURVE[:9]:
+        plateau.update(x)
+    assert plateau.drift_detected
+    plateau.update(0.1)
+    assert plateau.drift_detected is False
+    state = plateau.state_dict()["state"]
+    assert state["values"] == [0.15, 0.1, 0.1, 0.1, 0.1]
+    assert state["new_peak"] is False
+    assert state["last_mean"] == pytest.approx(0.15)
+
+
+OURS: dict[str, Callable[[], Any]] = {
+    "PageHinkley": lambda: PageHinkley(min_instances=1, delta=0.0, threshold=5.0),
+    "CUSUM": lambda: CUSUM(min_instances=2, threshold=2.0),
+    "Plateau": lambda: Plateau(window=2),
+    "NeverFires": NeverFires,
+    "Periodic": lambda: Periodic(every=4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OURS))
+def test_non_finite_values_are_skipped_and_counted(name: str) -> None:
+    values = gauss_series(5, [(0.0, 300), (5.0, 300)])
+    noisy: list[float] = []
+    for i, x in enumerate(values):
+        noisy.append(x)
+        if i % 50 == 0:
+            noisy += [math.nan, math.inf, -math.inf]
+    clean_detector, noisy_detector = OURS[name](), OURS[name]()
+    clean = detections(clean_detector, values)
+    # Map the detections on the noisy stream back to indices of finite values.
+    finite_positions = [i for i, x in enumerate(noisy) if math.isfinite(x)]
+    found = detections(noisy_detector, noisy)
+    assert all(math.isfinite(noisy[i]) for i in found)
+    assert [finite_positions.index(i) for i in found] == clean
+    assert noisy_detector.n_skipped == 3 * 12
+    assert clean_detector.n_skipped == 0
+
+
+@pytest.mark.parametrize("name", sorted(OURS))
+def test_only_non_finite_values_never_detect(name: str) -> None:
+    detector = OURS[name]()
+    assert detections(detector, [math.nan, math.inf, -math.inf] * 100) == []
+    assert detector.n_skipped == 300
+
+
+def test_int_beyond_float_range_is_skipped() -> None:
+    never = NeverFires()
+    never.update(10**400)
+    assert never.n_skipped == 1
+
+
+def test_non_finite_value_lowers_a_detection() -> None:
+    periodic = Periodic(every=1)
+    periodic.update(1.0)
+    assert periodic.drift_detected
+    periodic.update(math.nan)
+    assert periodic.drift_detected is False
+
+
+@pytest.mark.parametrize("name", sorted(OURS))
+@pytest.mark.parametrize(
+    "bad",
+    ["1.0", None, [1.0], 1j, torch.ones(2), np.ones(3), torch.tensor(1j)],
+    ids=["str", "None", "list", "complex", "tensor2", "array3", "complex_tensor"],
+)
+def test_non_numeric_input_raises_type_error(name: str, bad: object) -> None:
+    detector = OURS[name]()
+    with pytest.raises(TypeError, match="update\\(\\) expects a real number"):
+        detector.update(bad)
+    assert detector.n_skipped == 0
+
+
+@pytest.mark.parametrize(
+    "value",
+    [3, np.float32(3.0), np.int64(3), np.float64(3.0), torch.tensor(3.0), np.array(3.0)],
+    ids=["int", "np.float32", "np.int64", "np.float64", "tensor0d", "array0d"],
+)
+def test_real_scalars_are_accepted(value: object) -> None:
+    ph = PageHinkley(min_instances=1, delta=0.0, threshold=5.0, alpha=1.0, mode="up")
+    for _ in range(3):
+        ph.update(0.0)
+    ph.update(value)  # type: ignore[arg-type]
+    ph.update(value)  # type: ignore[arg-type]
+    # mean (0+0+0+3+3)/5 = 1.2; m+ = (3 - 0.75) + (3 - 1.2) = 4.05 < 5: no detection
+    assert ph.drift_detected is False
+    assert ph.state_dict()["state"]["sum_up"] == pytest.approx(4.05)
+
+
+# ----------------------------------------------------------------------------------------------
+# hyperparameter validation
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: PageHinkley(min_instances=0), r"min_instances must be an integer >= 1, got 0"),
+        (lambda: PageHinkley(min_instances=2.5), r"min_instances must be .*, got 2.5"),  # type: ignore[arg-type]
+        (lambda: PageHinkley(min_instances=True), r"min_instances must be .*, got True"),
+        (lambda: PageHinkley(delta=-0.1), r"delta must be a finite number >= 0.0, got -0.1"),
+        (lambda: PageHinkley(threshold=0.0), r"threshold must be a finite number > 0.0, got 0.0"),
+        (lambda: PageHinkley(threshold=math.inf), r"threshold must be .*, got inf"),
+        (lambda: PageHinkley(alpha=0.0), r"alpha must be a finite number > 0.0 and <= 1.0, got 0"),
+        (lambda: PageHinkley(alpha=1.5), r"alpha must be .* <= 1.0, got 1.5"),
+        (
+            lambda: PageHinkley(mode="sideways"),
+            r"mode must be one of \('up', 'down', 'both'\), got 'sideways'",
+        ),
+        (lambda: CUSUM(min_instances=1), r"min_instances must be an integer >= 2, got 1"),
+        (lambda: CUSUM(min_instances=0, std=1.0), r"min_instances must be an integer >= 1, got 0"),
+        (lambda: CUSUM(slack=-1.0), r"slack must be a finite number >= 0.0, got -1.0"),
+        (lambda: CUSUM(threshold=-5.0), r"threshold must be a finite number > 0.0, got -5.0"),
+        (lambda: CUSUM(target=math.nan), r"target must be a finite number, got nan"),
+        (lambda: CUSUM(std=0.0), r"std must be a finite number > 0.0, got 0.0"),
+        (lambda: CUSUM(min_std=-1e-3), r"min_std must be a finite number >= 0.0, got -0.001"),
+        (lambda: CUSUM(mode="UP"), r"mode must be one of .*, got 'UP'"),
+        (lambda: Plateau(window=0), r"window must be an integer >= 1, got 0"),
+        (lambda: Plateau(mean_threshold=0.0), r"mean_threshold must be a finite number > 0.0"),
+        (
+            lambda: Plateau(variance_threshold=-1.0),
+            r"variance_threshold must be a finite number > 0.0, got -1.0",
+        ),
+        (lambda: Plateau(relative="yes"), r"relative must be True or False, got 'yes'"),  # type: ignore[arg-type]
+        (lambda: Periodic(every=0), r"every must be an integer >= 1, got 0"),
+        (lambda: Periodic(every=2.0), r"every must be an integer >= 1, got 2.0"),  # type: ignore[arg-type]
+    ],
+)
+def test_bad_hyperparameters_raise(make: Callable[[], Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_hyperparameters_are_public_attributes() -> None:
+    ph = PageHinkley(min_instances=10, delta=0.1, threshold=3.0, alpha=0.9, mode="down")
+    assert (ph.min_instances, ph.delta, ph.threshold, ph.alpha, ph.mode) == (
+        10,
+        0.1,
+        3.0,
+        0.9,
+        "down",
+    )
+    assert repr(ph) == (
+        "PageHinkley(min_instances=10, delta=0.1, threshold=3.0, alpha=0.9, mode='down')"
+    )
+    assert repr(Periodic(every=3)) == "Periodic(every=3)"
+
+
+# ----------------------------------------------------------------------------------------------
+# the contract, for every detector (ours and river's)
+
+STEP_DETECTED = "a detection within 20 updates of the step at 500"
+
+CONTRACT: dict[str, tuple[Callable[[], Any], str | list[int]]] = {
+    # name: (factory, what it does on STEP)
+    "PageHinkley": (PageHinkley, STEP_DETECTED),
+    "CUSUM": (CUSUM, STEP_DETECTED),
+    # Plateau consolidates, it does not detect changes: STEP starts on a low, flat stretch,
+    # which is the first plateau (the start of the stream counts as a peak); the step is not.
+    "Plateau": (Plateau, [4]),
+    # relative: the peak of the zero-mean pattern is ~0.02, its variance is far above 1% of that
+    "Plateau-relative": (lambda: Plateau(relative=True), []),
+    "NeverFires": (NeverFires, []),
+    "Periodic": (lambda: Periodic(every=100), [99, 199, 299, 399, 499, 599, 699, 799, 899, 999]),
+    "river.ADWIN": (drift.ADWIN, STEP_DETECTED),
+    "river.KSWIN": (lambda: drift.KSWIN(seed=1), STEP_DETECTED),
+    "river.PageHinkley": (drift.PageHinkley, STEP_DETECTED),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONTRACT))
+def test_detector_contract(name: str) -> None:
+    make, expected = CONTRACT[name]
+    detector = make()
+    assert isinstance(detector, Detector)
+    assert detector.drift_detected is False
+    with pytest.raises(AttributeError):
+        detector.drift_detected = True  # type: ignore[misc]
+
+    flags = []
+    for x in STEP:
+        assert detector.update(float(x)) is None  # type: ignore[func-returns-value]
+        assert isinstance(detector.drift_detected, bool)
+        flags.append(detector.drift_detected)
+    found = [i for i, f in enumerate(flags) if f]
+    if expected == STEP_DETECTED:
+        assert any(500 <= i < 520 for i in found), found
+        if not name.startswith("river."):
+            assert all(i >= 500 for i in found), found  # no false alarm on the pattern
+    else:
+        assert found == expected
+
+    if not name.startswith("river.") and name != "Periodic":
+        # A constant series (well above Plateau's mean threshold) never triggers our detectors.
+        assert detections(make(), CONSTANT) == []
+
+
+@pytest.mark.parametrize("name", ["river.ADWIN", "river.KSWIN", "river.PageHinkley"])
+def test_river_detectors_are_quiet_on_a_constant_series(name: str) -> None:
+    assert detections(CONTRACT[name][0](), CONSTANT) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# state dicts
+
+ROUND_TRIP: dict[str, tuple[Callable[[], Any], list[float]]] = {
+    "PageHinkley": (lambda: PageHinkley(delta=0.5, threshold=15.0), BOTH),
+    "CUSUM": (lambda: CUSUM(min_instances=100), BOTH),
+    "CUSUM-given": (lambda: CUSUM(min_instances=1, target=0.0, std=1.0), BOTH),
+    "Plateau": (lambda: Plateau(window=5), CURVE * 3),
+    "Plateau-relative": (lambda: Plateau(relative=True, mean_threshold=0.1), CURVE * 3),
+    "NeverFires": (NeverFires, BOTH),
+    "Periodic": (lambda: Periodic(every=7), BOTH[:100]),
+}
+
+
+def _through_bytes(state: dict[str, Any]) -> dict[str, Any]:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    loaded: dict[str, Any] = torch.load(buffer, weights_only=True)
+    return loaded
+
+
+@pytest.mark.parametrize("name", sorted(ROUND_TRIP))
+def test_state_dict_round_trip(name: str) -> None:
+    make, values = ROUND_TRIP[name]
+    reference = detections(make(), values)
+    # Split anywhere, including just after a detection (the raised flag must survive the round
+    # trip, so that the next update resets). A leading nan exercises n_skipped.
+    after_detection = [d + 1 for d in reference[:2]]
+    splits = sorted({1, len(values) // 3, len(values) - 1, *after_detection})
+    for split in splits:
+        detector = make()
+        head = detections(detector, [math.nan, *values[:split]])
+        assert detector.drift_detected == (split in after_detection)
+        state = _through_bytes(detector.state_dict())
+        assert state["version"] == 1
+        restored = make()
+        restored.load_state_dict(state)
+        assert restored.n_skipped == detector.n_skipped == 1
+        assert restored.drift_detected == detector.drift_detected
+        assert restored.state_dict() == detector.state_dict()
+        tail_original = detections(detector, values[split:])
+        tail_restored = detections(restored, values[split:])
+        assert tail_restored == tail_original
+        assert [i - 1 for i in head] + [split + i for i in tail_original] == reference
+
+
+def test_state_dict_holds_only_primitives() -> None:
+    def check(value: object) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                assert isinstance(k, str)
+                check(v)
+        elif isinstance(value, list):
+            for v in value:
+                check(v)
+        else:
+            assert value is None or type(value) in (int, float, bool, str)
+
+    for make, values in ROUND_TRIP.values():
+        detector = make()
+        detections(detector, values[:50])
+        check(detector.state_dict())
+
+
+def test_load_state_dict_checks_what_it_loads() -> None:
+    saved = PageHinkley(threshold=10.0).state_dict()
+    with pytest.raises(ValueError, match=r"hyperparameters differ: threshold: saved 10\.0, this"):
+        PageHinkley(threshold=20.0).load_state_dict(saved)
+    with pytest.raises(ValueError, match="state_dict is for a 'PageHinkley', cannot load it"):
+        CUSUM().load_state_dict(saved)
+    with pytest.raises(ValueError, match="unsupported state_dict version 99"):
+        PageHinkley(threshold=10.0).load_state_dict({**saved, "version": 99})
+    with pytest.raises(ValueError, match="state_dict keys must be"):
+        PageHinkley(threshold=10.0).load_state_dict({"version": 1})
+    broken = {**saved, "state": {**saved["state"], "n": 1.5}}
+    with pytest.raises(ValueError, match="state entry 'n' must be of type int, got float"):
+        PageHinkley(threshold=10.0).load_state_dict(broken)
+    missing = {**saved, "state": {k: v for k, v in saved["state"].items() if k != "mean"}}
+    with pytest.raises(ValueError, match=r"state names differ: missing \['mean'\]"):
+        PageHinkley(threshold=10.0).load_state_dict(missing)
+    plateau = Plateau(window=2).state_dict()
+    too_long = {**plateau, "state": {**plateau["state"], "values": [1.0, 2.0, 3.0]}}
+    with pytest.raises(ValueError, match="'values' must be a list of at most 2 floats"):
+        Plateau(window=2).load_state_dict(too_long)
+
+
+def test_detector_state_helpers() -> None:
+    periodic = Periodic(every=3)
+    detections(periodic, [0.0] * 4)
+    restored = Periodic(every=3)
+    load_detector_state(restored, _through_bytes(detector_state_dict(periodic)))
+    assert detections(restored, [0.0] * 5) == detections(periodic, [0.0] * 5) == [1, 4]
+    for river_detector in (drift.ADWIN(), drift.KSWIN(), drift.PageHinkley()):
+        name = type(river_detector).__name__
+        with pytest.raises(TypeError, match=f"{name} has no state_dict"):
+            detector_state_dict(river_detector)
+        with pytest.raises(TypeError, match=f"{name} has no state_dict"):
+            load_detector_state(river_detector, {})

@@ -1,0 +1,149 @@
+"""Trigger policies of OnlineMAS on streams with known boundaries; stable anchors; hard buffer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import online_mas as om
+from online_mas.buffer import HardBuffer
+from online_mas.detectors import PageHinkley, Periodic
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def _stream(n_steps: int, change_at: int, *, seed: int = 0) -> list[torch.Tensor]:
+    """Inputs whose scale jumps (x5) from step ``change_at`` (1-based) on."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(16, 4, generator=g) * (5.0 if step >= change_at else 1.0)
+            for step in range(1, n_steps + 1)]
+
+
+def _fire_steps(mas: om.OnlineMAS, xs: list[torch.Tensor]) -> list[int]:
+    return [e.step for x in xs if (e := mas.observe(x)) is not None]
+
+
+def test_default_detector_is_page_hinkley_on_entropy() -> None:
+    mas = om.OnlineMAS(_model())
+    assert isinstance(mas.detector, PageHinkley) and mas.config.signal == "entropy"
+    mas.observe(torch.randn(8, 4))
+    assert mas.last_signal is not None and 0.0 <= mas.last_signal <= 1.0986123 + 1e-6
+
+
+def test_detector_on_output_norm_fires_right_after_the_change() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(4, 3)  # the output norm grows 25-fold with the input scale
+    mas = om.OnlineMAS(linear, config=om.MASConfig(signal="output_norm"),
+                       detector=PageHinkley(delta=5.0, threshold=20.0, mode="up"))
+    fired = _fire_steps(mas, _stream(200, change_at=101))
+    assert len(fired) == 1 and 101 <= fired[0] <= 105, fired
+    assert mas.events[0].reason == "detector" and "signal" in mas.events[0].stats
+
+
+def test_periodic_and_oracle_policies_fire_exactly_on_schedule() -> None:
+    xs = _stream(30, change_at=31)
+    assert _fire_steps(om.OnlineMAS(_model(), detector=Periodic(every=7)), xs) == [7, 14, 21, 28]
+    oracle = om.OnlineMAS(_model(), boundaries=[10, 25])
+    assert _fire_steps(oracle, xs) == [10, 25]
+    assert [e.reason for e in oracle.events] == ["boundary", "boundary"]
+    assert _fire_steps(om.OnlineMAS(_model(), detector=None), xs) == []
+
+
+def test_periodic_detector_is_fed_once_per_importance_update() -> None:
+    mas = om.OnlineMAS(_model(), config=om.MASConfig(every=2), detector=Periodic(every=3))
+    assert _fire_steps(mas, _stream(20, change_at=21)) == [6, 12, 18]
+
+
+def test_loss_signal_needs_the_loss_and_drives_the_plateau_rule() -> None:
+    mas = om.OnlineMAS(_model(), config=om.MASConfig(signal="loss"),
+                       detector=om.Plateau(window=3, mean_threshold=0.5, variance_threshold=0.1))
+    with pytest.raises(ValueError, match="needs observe"):
+        mas.observe(torch.randn(4, 4))
+    losses = [2.0, 1.5, 1.0, 0.3, 0.2, 0.2, 0.2, 0.2, 3.0, 2.5, 2.0, 1.0, 0.2, 0.1, 0.1, 0.1]
+    fired = [e.step for loss in losses if (e := mas.observe(torch.randn(4, 4), loss=loss))]
+    assert fired == [6, 15]  # first plateau (the start counts as a peak), then after the new peak
+
+
+def test_stable_anchor_is_the_older_snapshot() -> None:
+    model = _model()
+    cfg = om.MASConfig(anchor="stable", stable_every=3)
+    mas = om.OnlineMAS(model, config=cfg, detector=Periodic(every=10))
+    history = {}
+    for step in range(1, 11):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)  # the parameters differ at every step
+        event = mas.observe(torch.randn(4, 4))
+        history[step] = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert event is not None and event.step == 10
+    # snapshots were taken at steps 3, 6, 9; the older of the two kept is step 6's
+    for n, a in mas.anchors.items():
+        assert torch.equal(a, history[6][n])
+    manual = mas.consolidate()  # a manual consolidation anchors the current parameters
+    assert manual.reason == "manual"
+    for n, p in model.named_parameters():
+        assert torch.equal(mas.anchors[n], p.detach())
+
+
+def test_hard_buffer_adds_the_most_surprising_samples_at_consolidation() -> None:
+    model = _model()
+    mas = om.OnlineMAS(model, config=om.MASConfig(buffer_size=4, buffer_decay=1.0), detector=None)
+    xs = _stream(5, change_at=6)
+    for x in xs:
+        mas.observe(x)
+    buffered = mas._buffer.samples  # type: ignore[union-attr]
+    assert buffered is not None and buffered.shape == (4, 4)
+    model.eval()
+    with torch.no_grad():
+        ent = om.signals.per_sample("entropy", model(torch.cat(xs)))
+    expected = torch.cat(xs)[torch.topk(ent, 4).indices]
+    assert torch.equal(buffered, expected)
+    event = mas.consolidate()
+    assert event.stats["samples"] == 5 * 16 + 4
+    assert len(mas._buffer) == 0  # type: ignore[arg-type]
+
+
+def test_hard_buffer_unit() -> None:
+    buf = HardBuffer(3, decay=0.5)
+    buf.add(torch.arange(3.0).unsqueeze(1), torch.tensor([3.0, 2.0, 1.0]))
+    buf.add(torch.tensor([[9.0]]), torch.tensor([1.2]))  # old scores halve: 1.5, 1.0, 0.5
+    assert buf.samples.flatten().tolist() == [0.0, 9.0, 1.0]  # type: ignore[union-attr]
+    buf.add(torch.tensor([[7.0]]), torch.tensor([float("nan")]))  # non-finite scores are dropped
+    assert 7.0 not in buf.samples.flatten().tolist()  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="size must be an int >= 1"):
+        HardBuffer(0)
+    with pytest.raises(ValueError, match=r"decay must be a number in \(0, 1\]"):
+        HardBuffer(2, decay=0.0)
+
+
+def test_state_round_trip_with_detector_buffer_and_snapshots() -> None:
+    cfg = om.MASConfig(anchor="stable", stable_every=2, buffer_size=3, signal="feature_shift")
+    xs = _stream(40, change_at=21)
+    a = om.OnlineMAS(_model(), config=cfg, detector=PageHinkley(threshold=3.0, min_instances=5))
+    for x in xs[:15]:
+        a.observe(x)
+    state = a.state_dict()
+    b = om.OnlineMAS(_model(), config=cfg, detector=PageHinkley(threshold=3.0, min_instances=5))
+    b.load_state_dict(state)
+    rest_a = _fire_steps(a, xs[15:])
+    rest_b = _fire_steps(b, xs[15:])
+    assert rest_a == rest_b and len(rest_a) >= 1
+    for n in a.omega:
+        assert torch.equal(a.omega[n], b.omega[n]) and torch.equal(a.anchors[n], b.anchors[n])
+
+
+def test_bad_trigger_arguments() -> None:
+    with pytest.raises(ValueError, match="either boundaries"):
+        om.OnlineMAS(_model(), detector=Periodic(every=2), boundaries=[3])
+    with pytest.raises(ValueError, match="step numbers >= 1"):
+        om.OnlineMAS(_model(), boundaries=[0, 5])
+    with pytest.raises(TypeError, match="sequence of int steps"):
+        om.OnlineMAS(_model(), boundaries="12")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="signal must be one of"):
+        om.MASConfig(signal="accuracy")
+    with pytest.raises(ValueError, match="anchor must be one of"):
+        om.MASConfig(anchor="oldest")
