@@ -16,10 +16,12 @@ Estimators (``method=``):
     ``nn.GroupNorm`` and eval-mode ``nn.BatchNorm1d/2d`` layers; one backward pass of
     ``sum_n ||f(x_n)||^2`` gives every sample's gradient with respect to those layers' outputs, from
     which per-sample parameter gradients follow in closed form (for a 2-D ``nn.Linear`` the sum of
-    per-sample ``|g_n a_n^T|`` is the single matmul ``|G|^T |A|``). Parameters these fast paths do not
-    cover (attention projections, custom parameters, layers called twice, tied weights) get their
-    per-sample gradients from ``torch.func`` (``vmap`` of ``grad``) in chunks of ``chunk_size``
-    samples, which is still exact.
+    per-sample ``|g_n a_n^T|`` is the single matmul ``|G|^T |A|``; a convolution takes one batched
+    matmul per kernel offset). Batches larger than ``chunk_size`` go through in chunks, so transient
+    memory does not grow with the batch. Parameters these fast paths do not cover (attention
+    projections, custom parameters, layers called twice, tied weights) get their per-sample
+    gradients from ``torch.func`` (``vmap`` of ``grad``) in chunks of ``chunk_size`` samples, which
+    is still exact.
 ``"vmap"``
     ``torch.func`` per-sample gradients for every parameter (the reference fast method).
 ``"loop"``
@@ -92,8 +94,10 @@ def importance(
         (features, an embedding, one head). Default: ``model(x)``. It must return one tensor with
         the batch dimension first; models returning tuples or dicts need ``output=`` to pick one.
     chunk_size
-        Maximum number of samples whose per-sample gradients are materialised at once (bounds the
-        transient memory of the conv, sequence and ``torch.func`` paths). Default: 64.
+        Maximum number of samples processed at once: the exact method runs its forward, backward
+        and per-sample gradients on ``chunk_size`` samples at a time, and the ``torch.func`` paths
+        materialise per-sample gradients for that many samples, so transient memory is bounded
+        by ``chunk_size`` whatever the batch size. The result does not depend on it. Default: 64.
 
     Returns
     -------
@@ -431,80 +435,104 @@ def _recording(cands: dict[nn.Module, list[str]]) -> Iterator[dict[nn.Module, _C
 def _exact(
     model: nn.Module, named: Mapping[str, Tensor], x: Tensor, fn: OutputFn, chunk: int, scale: float
 ) -> tuple[dict[str, Tensor], Tensor]:
-    """Fast paths where they apply, torch.func for the rest; every result is multiplied by ``scale``."""
+    """Fast paths where they apply, torch.func for the rest; every result is multiplied by ``scale``.
+
+    The batch goes through ``chunk`` samples at a time (forward, backward and per-sample
+    gradients), so every transient buffer is bounded by ``chunk``, whatever the batch size; the
+    sums accumulate in place across chunks. Samples are independent in eval mode, so chunking
+    does not change the result.
+    """
     cands = _fast_candidates(model, named)
-    with _recording(cands) as calls:
-        out = _forward(model, x, fn)
-    covered = [
-        c
-        for c in calls.values()
-        if c.count == 1
-        and c.output.requires_grad
-        and all(t._version == v for t, v in zip(c.inputs, c.versions, strict=True))
-        and c.inputs[0].shape[:1] == x.shape[:1]
-    ]
     sums: dict[str, Tensor] = {}
-    if covered:
-        grads = torch.autograd.grad(
-            _sq_norm_total(out), [c.output for c in covered], allow_unused=True
-        )
-        for c, g in zip(covered, grads, strict=True):
-            a = c.inputs[0].detach()
-            g = torch.zeros_like(c.output) if g is None else g
-            sums.update(_fast_sums(c.module, cands[c.module], a, g.detach(), chunk, scale))
+    hits: dict[str, int] = {}
+    pieces = x.split(chunk)
+    outs = []
+    with _recording(cands) as calls:
+        for xc in pieces:
+            calls.clear()
+            out = _forward(model, xc, fn)
+            outs.append(out.detach())
+            covered = [
+                c
+                for c in calls.values()
+                if c.count == 1
+                and c.output.requires_grad
+                and all(t._version == v for t, v in zip(c.inputs, c.versions, strict=True))
+                and c.inputs[0].shape[:1] == xc.shape[:1]
+            ]
+            if covered:
+                grads = torch.autograd.grad(
+                    _sq_norm_total(out), [c.output for c in covered], allow_unused=True
+                )
+                del out  # the graph is freed; keep only this layer's input and output grad
+                for c, g in zip(covered, grads, strict=True):
+                    a = c.inputs[0].detach()
+                    g = torch.zeros_like(c.output) if g is None else g
+                    _fast_sums(c.module, cands[c.module], a, g.detach(), scale, sums)
+                    for n in cands[c.module]:
+                        hits[n] = hits.get(n, 0) + 1
+                del grads, covered
+    for n in [n for n, k in hits.items() if k != len(pieces)]:  # covered in some chunks only
+        del sums[n]
     rest = {n: p for n, p in named.items() if n not in sums}
     if rest:
         slow = _func_sums(model, rest, x, fn, chunk)
         if scale != 1.0:
             torch._foreach_mul_(list(slow.values()), scale)
         sums.update(slow)
-    return {n: sums[n] for n in named}, out.detach()
+    out_all = outs[0] if len(outs) == 1 else torch.cat(outs)
+    return {n: sums[n] for n in named}, out_all
 
 
 def _fast_sums(
-    m: nn.Module, names: list[str], a: Tensor, g: Tensor, chunk: int, scale: float = 1.0
-) -> dict[str, Tensor]:
-    """Sum over samples of |per-sample grad| for one layer, from its input ``a`` and grad ``g``,
-    times ``scale > 0``. Every per-sample gradient is linear in ``g``, so the scale goes on ``g``
-    when ``g`` is the smaller tensor (a Linear layer's), else on the results."""
+    m: nn.Module, names: list[str], a: Tensor, g: Tensor, scale: float, acc: dict[str, Tensor]
+) -> None:
+    """Add ``scale`` times the sum over samples of |per-sample grad| of one layer to ``acc``, from
+    the layer's input ``a`` and output gradient ``g``. Every per-sample gradient is linear in ``g``,
+    so the scale goes on ``g``."""
     g = g.float()
+    if scale != 1.0:
+        g = g * scale
     own = _own_params(m)
-    post = scale
-    if scale != 1.0 and g.numel() <= sum(p.numel() for p in own.values()):
-        g, post = g * scale, 1.0
     w: Tensor | None
     b: Tensor | None
+    short = {name: name.rsplit(".", 1)[-1] for name in names}
     if isinstance(m, nn.Linear):
-        w, b = _linear(a.float(), g, chunk, bias=m.bias is not None)
+        w_name = next((n for n in names if short[n] == "weight"), None)
+        w, b = _linear(a.float(), g, bias=m.bias is not None,
+                       into=acc.get(w_name) if w_name is not None else None)
     elif isinstance(m, nn.Conv1d | nn.Conv2d):
-        w, b = _conv(m, a.float(), g, chunk)
+        w, b = _conv(m, a.float(), g)
     elif isinstance(m, nn.Embedding):
         w, b = _embedding(m, a, g), None
     else:
         w, b = _norm(m, a.float(), g)
     by_param = {"weight": w, "bias": b}
-    result = {}
     for name in names:
-        short = name.rsplit(".", 1)[-1]
-        t = by_param[short]
-        if t is None or t.shape != own[short].shape:
-            raise RuntimeError(f"internal error: fast path for {type(m).__name__} gave no {short}")
-        result[name] = t if post == 1.0 else t.mul_(post)
-    return result
+        t = by_param[short[name]]
+        if t is None or t.shape != own[short[name]].shape:
+            raise RuntimeError(f"internal error: fast path for {type(m).__name__} gave no {short[name]}")
+        prev = acc.get(name)
+        if prev is None:
+            acc[name] = t
+        elif prev is not t:
+            prev.add_(t)
 
 
-def _linear(a: Tensor, g: Tensor, chunk: int, *, bias: bool) -> tuple[Tensor, Tensor | None]:
+def _linear(a: Tensor, g: Tensor, *, bias: bool, into: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """Weight and bias sums of a Linear layer; the weight sum is added to ``into`` in place if given."""
     if a.dim() == 2:
         # sum_n |g_n a_n^T| = sum_n |g_n| |a_n|^T = |G|^T |A|: one matmul.
-        return g.abs().t() @ a.abs(), (g.abs().sum(0) if bias else None)
+        ga = g.abs()
+        w = ga.t() @ a.abs() if into is None else into.addmm_(ga.t(), a.abs())
+        return w, (ga.sum(0) if bias else None)
     a3, g3 = a.reshape(a.shape[0], -1, a.shape[-1]), g.reshape(g.shape[0], -1, g.shape[-1])
-    w = torch.zeros(g3.shape[-1], a3.shape[-1], device=a.device)
-    for ac, gc in zip(a3.split(chunk), g3.split(chunk), strict=True):
-        w += torch.bmm(gc.transpose(1, 2), ac).abs_().sum(0)
+    per = torch.bmm(g3.transpose(1, 2), a3).abs_()  # per-sample gradients of this chunk
+    w = per.sum(0) if into is None else into.add_(per.sum(0))
     return w, (g3.sum(1).abs().sum(0) if bias else None)
 
 
-def _conv(m: nn.Conv1d | nn.Conv2d, a: Tensor, g: Tensor, chunk: int) -> tuple[Tensor, Tensor | None]:
+def _conv(m: nn.Conv1d | nn.Conv2d, a: Tensor, g: Tensor) -> tuple[Tensor, Tensor | None]:
     """Per-sample convolution weight gradients, one kernel offset at a time.
 
     For kernel offset ``(i, j)`` the per-sample gradient is ``dW_n[:, :, i, j] = G_n S_n^T`` with
@@ -527,17 +555,16 @@ def _conv(m: nn.Conv1d | nn.Conv2d, a: Tensor, g: Tensor, chunk: int) -> tuple[T
     groups, out_c, in_c = m.groups, g.shape[1], a.shape[1]
     og, cg = out_c // groups, in_c // groups
     ho, wo = g.shape[-2:]
-    w = torch.zeros(kh, kw, out_c, cg, device=a.device)
-    for ac, gc in zip(a.split(chunk), g.split(chunk), strict=True):
-        n = ac.shape[0]
-        ap = F.pad(ac, (pw, pw, ph, ph)) if ph or pw else ac
-        gl = gc.reshape(n * groups, og, ho * wo)
-        for i in range(kh):
-            for j in range(kw):
-                r, c = i * dh, j * dw
-                window = ap[:, :, r : r + sh * (ho - 1) + 1 : sh, c : c + sw * (wo - 1) + 1 : sw]
-                per = torch.bmm(gl, window.reshape(n * groups, cg, ho * wo).transpose(1, 2))
-                w[i, j] += per.abs_().view(n, out_c, cg).sum(0)
+    w = torch.empty(kh, kw, out_c, cg, device=a.device)
+    n = a.shape[0]
+    ap = F.pad(a, (pw, pw, ph, ph)) if ph or pw else a
+    gl = g.reshape(n * groups, og, ho * wo)
+    for i in range(kh):
+        for j in range(kw):
+            r, c = i * dh, j * dw
+            window = ap[:, :, r : r + sh * (ho - 1) + 1 : sh, c : c + sw * (wo - 1) + 1 : sw]
+            per = torch.bmm(gl, window.reshape(n * groups, cg, ho * wo).transpose(1, 2))
+            torch.sum(per.abs_().view(n, out_c, cg), 0, out=w[i, j])
     b = g.flatten(2).sum(-1).abs().sum(0) if m.bias is not None else None
     return w.permute(2, 3, 0, 1).reshape(m.weight.shape), b
 

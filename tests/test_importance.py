@@ -257,3 +257,48 @@ def test_a_module_overriding_train_is_switched_by_eval_and_restored() -> None:
     Sticky.calls = 0
     om.importance(model, torch.randn(4, 3))
     assert Sticky.calls == 1 and model.training and model[0].training
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_chunked_exact_equals_one_pass_for_every_family(family: str) -> None:
+    model, x = FAMILIES[family]
+    whole = om.importance(model, x, chunk_size=x.shape[0])
+    for chunk in (1, 2, 3):  # uneven last chunk
+        _assert_close(om.importance(model, x, chunk_size=chunk), whole)
+    _, _, out = imp.importance_sums(model, x, chunk_size=2)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(out, model(x), rtol=1e-5, atol=1e-6)  # the output of every chunk
+
+
+def test_a_layer_covered_in_some_chunks_only_falls_back_to_torch_func(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Sometimes(nn.Module):
+        """Calls its layer a second time (with no effect on the output) on odd-sized batches, so
+        the layer is not covered by the fast path in those chunks."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 3)
+            self.head = nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.lin(x)
+            if x.shape[0] % 2:
+                h = h + 0.0 * self.lin(x)
+            return self.head(torch.tanh(h))
+
+    calls: list[list[str]] = []
+    original = imp._func_sums
+
+    def spy(model, named, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(sorted(named))
+        return original(model, named, *args, **kwargs)
+
+    monkeypatch.setattr(imp, "_func_sums", spy)
+    torch.manual_seed(0)
+    model = Sometimes()
+    x = torch.randn(5, 3)  # chunks of 2, 2 and 1: the last one calls lin twice
+    _assert_close(om.importance(model, x, chunk_size=2), _loop_reference(model, x))
+    assert calls == [["lin.bias", "lin.weight"]]
