@@ -1,0 +1,602 @@
+"""Cost, memory and stability of online MAS, against a plain training step.
+
+Parts (``--parts``, comma-separated):
+
+``timing``     ratios to a plain training step (forward, cross-entropy, backward, SGD step) on the
+               same model and batch, for an MLP 784-256-256-10 and a small CNN at batch 64: a full
+               online step (training step + penalty + ``observe``) with importance every step, every
+               k-th step or on a subsample; the penalty alone (loss term, in-place gradient,
+               proximal step); consolidation. Interleaved rounds, median ratios.
+``state``      OnlineMAS tensor bytes / parameter bytes after 1,000 consolidations.
+``transient``  peak tensor memory of exact importance against ``chunk_size`` and batch size.
+``lam``        two-segment permuted digits: segment-1 accuracy after segment 2 over lam 1e-3..1e4,
+               explicit penalty (loss term) vs proximal step, SGD with momentum 0.9.
+``profile``    where the time of an online step goes (per phase, and torch.profiler's top ops).
+``stream``     a 10^6-sample permuted-digits stream through the digits MLP with OnlineMAS: resident
+               memory (RSS) at start and end, samples/s. Minutes; only with ``--memory``.
+
+Run from the repository root (package installed with ``pip install -e .``, or ``PYTHONPATH=.``)::
+
+    python scripts/bench.py                      # timing, state, transient, lam, profile
+    python scripts/bench.py --memory             # ... and the 10^6-sample stream
+    python scripts/bench.py --parts timing --rounds 40 --threads 1
+
+Results print as markdown tables and land in ``<out>/bench.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from _bench_models import (
+    CLOCKS,
+    MODELS,
+    environment,
+    interleaved,
+    make_batch,
+    markdown_table,
+    train_step,
+    write_json,
+)
+from torch import Tensor, nn
+from tqdm import tqdm, trange
+
+import online_mas as om
+from online_mas.importance import importance_sums
+from streams import make_stream
+
+PARTS = ("timing", "state", "transient", "lam", "profile", "stream")
+TARGETS = {  # issue 6, on the MLP
+    "online_every_step": 1.7,  # online step with importance every step / training step
+    "online_default": 1.15,  # ... with the default interval or subsample
+    "penalty_grad": 0.1,  # penalty in gradient form
+    "consolidate": 1.0,  # consolidation
+}
+
+
+@dataclass
+class Config:
+    parts: tuple[str, ...] = ("timing", "state", "transient", "lam", "profile")  # what to run
+    models: tuple[str, ...] = ("mlp", "cnn")  # timing models (_bench_models.MODELS)
+    batch: int = 64  # timing batch size
+    intervals: tuple[int, ...] = (1, 2, 4, 8, 16, 32)  # MASConfig.every values timed
+    subsamples: tuple[int, ...] = (32, 16, 8)  # MASConfig.subsample values timed (every=1)
+    lam: float = 1.0  # penalty strength in the timing and memory parts
+    lr: float = 1e-3  # SGD learning rate in the timing part
+    rounds: int = 20  # interleaved timing rounds
+    block_ms: float = 20.0  # each timed function runs about this long per round
+    clock: str = "cpu"  # "cpu" (process CPU time, robust on a shared machine) or "wall"
+    threads: int = 1  # torch.set_num_threads
+    consolidations: int = 1000  # state part: consolidations before counting bytes
+    transient_batches: tuple[int, ...] = (64, 256, 1024)  # transient part: batch sizes
+    transient_chunks: tuple[int, ...] = (8, 64)  # transient part: chunk sizes
+    lams: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 1e1, 1e2, 1e3, 1e4)  # lam sweep
+    sweep_lr: float = 0.05  # lam sweep: SGD learning rate (momentum 0.9)
+    sweep_passes: float = 5.0  # lam sweep: passes over each segment's training data
+    profile_steps: int = 200  # profile part: online steps measured
+    stream_samples: int = 1_000_000  # stream part: samples in the stream
+    seed: int = 0  # seeds models, batches and streams
+    out: str = "runs/bench"  # run directory
+
+
+# ----------------------------------------------------------------------------- shared pieces
+
+
+def digits_mlp() -> nn.Module:
+    """The digits MLP: 64-128-128-10 on flattened 8x8 sklearn digits."""
+    return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
+
+
+def online_step(
+    model: nn.Module, opt: torch.optim.Optimizer, mas: om.OnlineMAS, x: Tensor, y: Tensor, form: str
+) -> None:
+    """One step of the online loop; ``form`` is how the penalty enters: ``loss`` term or ``grad``."""
+    opt.zero_grad()
+    loss = F.cross_entropy(model(x), y)
+    if form == "loss":
+        (loss + mas.penalty()).backward()
+    else:
+        loss.backward()
+        mas.penalty_grad_()
+    opt.step()
+    mas.observe(x)
+
+
+def consolidated(model: nn.Module, x: Tensor, lam: float, config: om.MASConfig) -> om.OnlineMAS:
+    """An OnlineMAS past one consolidation, so its penalty is live (non-zero importance)."""
+    mas = om.OnlineMAS(model, lam=lam, config=config)
+    mas.observe(x)
+    mas.consolidate()
+    return mas
+
+
+def tensor_bytes(obj: object) -> int:
+    """Bytes of every tensor in nested dicts, lists and tuples."""
+    if isinstance(obj, Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+def rss_mb() -> float:
+    """Resident set size of this process (VmRSS), MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status (Linux only)")
+
+
+def _fmt(r: dict[str, float]) -> str:
+    return f"{r['ratio']:.3f}x ({r['ratio_q1']:.2f}-{r['ratio_q3']:.2f})"
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def bench_timing(cfg: Config) -> dict[str, object]:
+    return {name: bench_timing_model(name, cfg) for name in cfg.models}
+
+
+def bench_timing_model(name: str, cfg: Config) -> dict[str, object]:
+    torch.manual_seed(cfg.seed)
+    model = MODELS[name]()
+    x, y = make_batch(cfg.batch, cfg.seed)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    fns: dict[str, Callable[[], object]] = {"train_step": lambda: train_step(model, opt, x, y)}
+    steps: dict[str, int] = {}
+    settings = [(k, None) for k in cfg.intervals] + [(1, s) for s in cfg.subsamples]
+    for every, sub in settings:
+        mas = consolidated(model, x, cfg.lam, om.MASConfig(every=every, subsample=sub))
+        for form in ("loss", "grad"):
+            key = f"online {form} every={every}" + (f" subsample={sub}" if sub else "")
+
+            def run(mas: om.OnlineMAS = mas, form: str = form, every: int = every) -> None:
+                for _ in range(every):  # one timed call = one importance estimate
+                    online_step(model, opt, mas, x, y, form)
+
+            fns[key], steps[key] = run, every
+    pen = consolidated(model, x, cfg.lam, om.MASConfig())
+    fns["penalty loss term (forward+backward)"] = lambda: pen.penalty().backward()
+    fns["penalty grad form"] = pen.penalty_grad_
+    fns["penalty proximal step"] = lambda: pen.proximal_(cfg.lr)
+    sums, n, _ = importance_sums(model, x)
+    # consolidate() folds the running importance in and empties it; refill it (the running
+    # update an observe() makes, through the private accumulator) so every timed
+    # consolidation snapshots theta* AND combines Omega. The refill is timed on its own too.
+    fns["running update (refill)"] = lambda: pen._running.update(sums, n)
+    fns["consolidate (+ refill)"] = lambda: (pen._running.update(sums, n), pen.consolidate())
+    with tqdm(total=cfg.rounds, desc=f"timing {name}", unit="round") as bar:
+        res, _ = interleaved(fns, baseline="train_step", rounds=cfg.rounds, block_ms=cfg.block_ms,
+                             clock=cfg.clock, steps=steps, progress=bar.update)
+    return {"timings": res, "params": sum(p.numel() for p in model.parameters())}
+
+
+def timing_verdicts(results: dict[str, object]) -> dict[str, object]:
+    """The issue's targets on the MLP, and the cheapest setting meeting the default-step target."""
+    mlp = results.get("mlp")
+    if not isinstance(mlp, dict):
+        return {}
+    t = mlp["timings"]
+    verdict: dict[str, object] = {}
+    for form in ("loss", "grad"):
+        r = t[f"online {form} every=1"]["ratio"]
+        verdict[f"online {form} every=1"] = {"ratio": r, "target": TARGETS["online_every_step"],
+                                             "met": r <= TARGETS["online_every_step"]}
+        ok = [(k, v["ratio"]) for k, v in t.items()
+              if k.startswith(f"online {form} ") and v["ratio"] <= TARGETS["online_default"]]
+        verdict[f"settings with online {form} <= {TARGETS['online_default']}x"] = [k for k, _ in ok]
+    r = t["penalty grad form"]["ratio"]
+    verdict["penalty grad form"] = {"ratio": r, "target": TARGETS["penalty_grad"],
+                                    "met": r <= TARGETS["penalty_grad"]}
+    r = t["consolidate (+ refill)"]["ratio"]
+    verdict["consolidate (+ refill)"] = {"ratio": r, "target": TARGETS["consolidate"],
+                                         "met": r < TARGETS["consolidate"]}
+    return verdict
+
+
+def timing_table(results: dict[str, object]) -> str:
+    names = list(results)
+    keys = list(results[names[0]]["timings"])  # type: ignore[index]
+    rows = []
+    for k in keys:
+        row = [k]
+        for name in names:
+            r = results[name]["timings"][k]  # type: ignore[index]
+            row.append(f"{r['ms']:.3f}" if k == "train_step" else _fmt(r))
+        rows.append(row)
+    header = ["measured / plain training step", *[f"{n} (median ratio, IQR)" for n in names]]
+    rows[0][0] = "train_step (ms per step)"
+    return markdown_table(header, rows)
+
+
+# ----------------------------------------------------------------------------- state memory
+
+
+def bench_state(cfg: Config) -> dict[str, object]:
+    torch.manual_seed(cfg.seed)
+    model = MODELS["mlp"]()
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    x, _ = make_batch(8, cfg.seed)
+    out: dict[str, object] = {"param_bytes": param_bytes, "consolidations": cfg.consolidations}
+    for label, config in (("default", om.MASConfig()), ("anchor=current", om.MASConfig(anchor="current"))):
+        mas = om.OnlineMAS(model, lam=cfg.lam, config=config)
+        for _ in trange(cfg.consolidations, desc=f"state {label}", unit="consolidation"):
+            mas.observe(x)
+            mas.consolidate()
+        entry: dict[str, object] = {"segments": mas.segments, "events": len(mas.events)}
+        entry["after_consolidation"] = _state_breakdown(mas.state_dict(), param_bytes)
+        for _ in range(2 * config.stable_every):  # mid-segment: running Omega (and snapshots) live
+            mas.observe(x)
+        entry["mid_segment"] = _state_breakdown(mas.state_dict(), param_bytes)
+        out[label] = entry
+    return out
+
+
+def _state_breakdown(state: dict[str, object], param_bytes: int) -> dict[str, object]:
+    by_key = {k: tensor_bytes(v) for k, v in state.items() if k != "events"}
+    by_key = {k: v for k, v in by_key.items() if v}
+    total = sum(by_key.values())
+    return {"bytes": by_key, "total_bytes": total, "param_sized_buffers": total / param_bytes}
+
+
+def state_table(res: dict[str, object]) -> str:
+    rows = []
+    for label in ("default", "anchor=current"):
+        e = res[label]
+        assert isinstance(e, dict)
+        for when in ("after_consolidation", "mid_segment"):
+            b = e[when]
+            parts = ", ".join(f"{k} {v / res['param_bytes']:.2f}" for k, v in b["bytes"].items())  # type: ignore[operator]
+            rows.append([label, when.replace("_", " "), f"{b['param_sized_buffers']:.3f}", parts])
+    return markdown_table(["config", "when", "tensor bytes / parameter bytes", "by state key"], rows)
+
+
+# ----------------------------------------------------------------------------- transient memory
+
+
+class SeqModel(nn.Module):
+    """Embedding -> Linear(128, 256) -> ReLU -> Linear(256, 128) per token, mean, head: the
+    Linear layers see (batch, tokens, features), the chunked per-sample path."""
+
+    def __init__(self, vocab: int = 100, tokens: int = 16) -> None:
+        super().__init__()
+        self.tokens = tokens
+        self.emb = nn.Embedding(vocab, 128)
+        self.up = nn.Linear(128, 256)
+        self.down = nn.Linear(256, 128)
+        self.head = nn.Linear(128, 10)
+
+    def forward(self, idx: Tensor) -> Tensor:
+        h = self.down(torch.relu(self.up(self.emb(idx))))
+        return self.head(h.mean(1))
+
+
+def peak_bytes(fn: Callable[[], object]) -> int:
+    """Peak of live tensor bytes allocated while ``fn`` runs (torch.profiler memory events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]  # type: ignore[union-attr]
+    live = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def bench_transient(cfg: Config) -> dict[str, object]:
+    torch.manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)
+    models: dict[str, tuple[nn.Module, Callable[[int], Tensor]]] = {
+        "cnn": (MODELS["cnn"](), lambda b: torch.randn(b, 1, 28, 28, generator=g)),
+        "seq": (SeqModel(), lambda b: torch.randint(0, 100, (b, 16), generator=g)),
+    }
+    rows = []
+    total = len(models) * len(cfg.transient_batches) * (len(cfg.transient_chunks) + 1)
+    with tqdm(total=total, desc="transient", unit="measure") as bar:
+        for name, (model, make) in models.items():
+            for b in cfg.transient_batches:
+                x = make(b)
+
+                def train(model: nn.Module = model, x: Tensor = x) -> None:
+                    out = model(x)
+                    F.cross_entropy(out, torch.zeros(x.shape[0], dtype=torch.long)).backward()
+                    model.zero_grad(set_to_none=True)
+
+                base = peak_bytes(train)
+                bar.update()
+                for c in cfg.transient_chunks:
+                    peak = peak_bytes(lambda model=model, x=x, c=c: om.importance(model, x, chunk_size=c))
+                    bar.update()
+                    rows.append({"model": name, "batch": b, "chunk_size": c,
+                                 "importance_peak_mb": peak / 2**20, "train_step_peak_mb": base / 2**20,
+                                 "extra_mb": (peak - base) / 2**20})
+    return {"rows": rows}
+
+
+def transient_table(res: dict[str, object]) -> str:
+    rows = [[r["model"], str(r["batch"]), str(r["chunk_size"]), f"{r['importance_peak_mb']:.1f}",
+             f"{r['train_step_peak_mb']:.1f}", f"{r['extra_mb']:+.1f}"] for r in res["rows"]]  # type: ignore[union-attr]
+    return markdown_table(["model", "batch", "chunk_size", "exact importance peak (MiB)",
+                           "forward+backward peak (MiB)", "importance - forward+backward (MiB)"], rows)
+
+
+# ----------------------------------------------------------------------------- lam sweep
+
+
+def accuracy(model: nn.Module, data: tuple[Tensor, Tensor]) -> float:
+    x, y = data
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean())
+
+
+def bench_lam(cfg: Config) -> dict[str, object]:
+    stream = make_stream("permuted-digits", seed=cfg.seed, batch_size=32, n_segments=2,
+                         passes=cfg.sweep_passes, flatten=True, identity_first=False)
+    change = stream.change_points[0]
+    batches = list(stream)
+    evals = [stream.eval_sets[0], stream.eval_sets[1]]
+    torch.manual_seed(cfg.seed)
+    model = digits_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.sweep_lr, momentum=0.9)
+    mas = om.OnlineMAS(model, lam=1.0, detector=None)
+    for x, y in tqdm(batches[:change], desc="lam sweep: segment 1", unit="step"):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        mas.observe(x)
+    mas.consolidate(reason="boundary")
+    seg1_before = accuracy(model, evals[0])
+    # deep copies, here and on every load: optimizer state_dict()/load_state_dict() share the
+    # momentum buffers with the live optimizer
+    saved = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()), mas.state_dict())
+    omega_max = max(float(o.max()) for o in mas.omega.values())
+    rows = []
+    runs = [(form, lam) for lam in (0.0, *cfg.lams) for form in ("explicit", "proximal")]
+    for form, lam in tqdm(runs, desc="lam sweep: segment 2", unit="run"):
+        model.load_state_dict(saved[0])
+        opt.load_state_dict(copy.deepcopy(saved[1]))
+        mas = om.OnlineMAS(model, lam=lam, detector=None)
+        mas.load_state_dict({**saved[2], "lam": lam})
+        diverged_at = None
+        for i, (x, y) in enumerate(batches[change:]):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            if form == "explicit":
+                loss = loss + mas.penalty()
+            if not math.isfinite(float(loss.detach())):
+                diverged_at = i
+                break
+            loss.backward()
+            opt.step()
+            if form == "proximal":
+                mas.proximal_(cfg.sweep_lr)
+        finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+        rows.append({"form": form, "lam": lam, "seg1_acc": accuracy(model, evals[0]),
+                     "seg2_acc": accuracy(model, evals[1]), "diverged": diverged_at is not None or not finite,
+                     "diverged_at_step": diverged_at})
+    return {"seg1_acc_before_seg2": seg1_before, "omega_max": omega_max, "lr": cfg.sweep_lr,
+            "momentum": 0.9, "steps_per_segment": change, "rows": rows}
+
+
+def lam_table(res: dict[str, object]) -> str:
+    rows_in = res["rows"]
+    assert isinstance(rows_in, list)
+    lams = sorted({r["lam"] for r in rows_in})
+    rows = []
+    for lam in lams:
+        row = [f"{lam:g}"]
+        for form in ("explicit", "proximal"):
+            r = next(r for r in rows_in if r["lam"] == lam and r["form"] == form)
+            tag = " (diverged)" if r["diverged"] else ""
+            row += [f"{r['seg1_acc']:.3f}{tag}", f"{r['seg2_acc']:.3f}"]
+        rows.append(row)
+    return markdown_table(["lam", "explicit: seg-1 acc", "explicit: seg-2 acc", "proximal: seg-1 acc",
+                           "proximal: seg-2 acc"], rows)
+
+
+# ----------------------------------------------------------------------------- profile
+
+
+def bench_profile(cfg: Config) -> dict[str, object]:
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    torch.manual_seed(cfg.seed)
+    model = MODELS["mlp"]()
+    x, y = make_batch(cfg.batch, cfg.seed)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    mas = consolidated(model, x, cfg.lam, om.MASConfig())
+    now = CLOCKS[cfg.clock]
+    phases = ("zero_grad", "forward+loss", "penalty (loss term)", "backward", "optimizer.step", "observe")
+    spent = dict.fromkeys(phases, 0.0)
+    base = 0.0
+
+    def step(timed: bool) -> None:
+        marks = [now()]
+        opt.zero_grad()
+        marks.append(now())
+        loss = F.cross_entropy(model(x), y)
+        marks.append(now())
+        loss = loss + mas.penalty()
+        marks.append(now())
+        loss.backward()
+        marks.append(now())
+        opt.step()
+        marks.append(now())
+        mas.observe(x)
+        marks.append(now())
+        if timed:
+            for p, a, b in zip(phases, marks, marks[1:], strict=False):
+                spent[p] += b - a
+
+    for _ in range(20):
+        step(False)
+    for _ in trange(cfg.profile_steps, desc="profile", unit="step"):
+        step(True)
+        t = now()
+        train_step(model, opt, x, y)
+        base += now() - t
+    shares = {p: s / base for p, s in spent.items()}
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(min(50, cfg.profile_steps)):
+            with record_function("online step"):
+                step(False)
+    ops = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+    return {"phase_over_train_step": shares, "train_step_ms": base / cfg.profile_steps * 1e3,
+            "top_ops": ops}
+
+
+def profile_table(res: dict[str, object]) -> str:
+    shares = res["phase_over_train_step"]
+    assert isinstance(shares, dict)
+    rows = [[p, f"{v:.3f}"] for p, v in shares.items()]
+    rows.append(["total", f"{sum(shares.values()):.3f}"])
+    return markdown_table(["phase of an online step (default config, loss-term penalty)",
+                           "time / plain training step"], rows)
+
+
+# ----------------------------------------------------------------------------- stream
+
+
+def bench_stream(cfg: Config) -> dict[str, object]:
+    batch = 64
+    steps_per_pass = 1440 // batch  # ~1437 training digits per segment
+    n_segments = 5
+    passes = cfg.stream_samples / (n_segments * steps_per_pass * batch)
+    stream = make_stream("permuted-digits", seed=cfg.seed, batch_size=batch, n_segments=n_segments,
+                         passes=passes, flatten=True)
+    torch.manual_seed(cfg.seed)
+    model = digits_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    mas = om.OnlineMAS(model, lam=cfg.lam)  # defaults: exact importance every step, Page-Hinkley
+    rss = []
+    steps = len(stream)
+    warm = min(100, steps // 10)  # RSS "start" and the clock start after a short warm-up
+    checkpoints = {int(steps * f) for f in (0.01, 0.1, 0.25, 0.5, 0.75)} | {steps - 1}
+    t0, start_rss = time.perf_counter(), rss_mb()
+    for i, (x, y) in enumerate(tqdm(stream, desc="stream", unit="sample", unit_scale=batch)):
+        online_step(model, opt, mas, x, y, "loss")
+        if i == warm:
+            t0, start_rss = time.perf_counter(), rss_mb()
+        if i in checkpoints:
+            rss.append({"step": i, "samples": (i + 1) * batch, "rss_mb": rss_mb()})
+    seconds = time.perf_counter() - t0
+    samples = len(stream) * batch
+    state_bytes = tensor_bytes({k: v for k, v in mas.state_dict().items() if k != "events"})
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    return {"samples": samples, "batch": batch, "steps": len(stream), "change_points": stream.change_points,
+            "consolidations": len(mas.events), "events": [e.to_dict() for e in mas.events][:20],
+            "rss_start_mb": start_rss, "rss_end_mb": rss_mb(), "rss_trace": rss,
+            "samples_per_s": (samples - (warm + 1) * batch) / seconds, "warmup_steps": warm + 1,
+            "state_param_sized_buffers": state_bytes / param_bytes}
+
+
+def stream_table(res: dict[str, object]) -> str:
+    return markdown_table(
+        ["samples", "RSS start (MiB)", "RSS end (MiB)", "samples/s", "consolidations"],
+        [[str(res["samples"]), f"{res['rss_start_mb']:.1f}", f"{res['rss_end_mb']:.1f}",
+          f"{res['samples_per_s']:.0f}", str(res["consolidations"])]])
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    d = Config()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--parts", default=",".join(d.parts), help=f"comma-separated, of {PARTS}")
+    p.add_argument("--memory", action="store_true", help="also run the 10^6-sample stream (minutes)")
+    p.add_argument("--models", default=",".join(d.models))
+    p.add_argument("--batch", type=int, default=d.batch)
+    p.add_argument("--intervals", default=",".join(map(str, d.intervals)))
+    p.add_argument("--subsamples", default=",".join(map(str, d.subsamples)))
+    p.add_argument("--rounds", type=int, default=d.rounds)
+    p.add_argument("--block-ms", type=float, default=d.block_ms)
+    p.add_argument("--clock", choices=sorted(CLOCKS), default=d.clock)
+    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--consolidations", type=int, default=d.consolidations)
+    p.add_argument("--transient-batches", default=",".join(map(str, d.transient_batches)))
+    p.add_argument("--transient-chunks", default=",".join(map(str, d.transient_chunks)))
+    p.add_argument("--lams", default=",".join(f"{v:g}" for v in d.lams))
+    p.add_argument("--sweep-passes", type=float, default=d.sweep_passes)
+    p.add_argument("--profile-steps", type=int, default=d.profile_steps)
+    p.add_argument("--stream-samples", type=int, default=d.stream_samples)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--out", default=d.out)
+    a = p.parse_args(argv)
+    ints = lambda s: tuple(int(v) for v in s.split(",") if v)  # noqa: E731
+    parts = tuple(v for v in a.parts.split(",") if v) + (("stream",) if a.memory else ())
+    bad = [v for v in parts if v not in PARTS] + [m for m in a.models.split(",") if m not in MODELS]
+    if bad:
+        p.error(f"unknown parts/models {bad}; parts: {PARTS}, models: {sorted(MODELS)}")
+    cfg = Config(
+        parts=parts, models=tuple(a.models.split(",")), batch=a.batch, intervals=ints(a.intervals),
+        subsamples=ints(a.subsamples), rounds=a.rounds, block_ms=a.block_ms, clock=a.clock,
+        threads=a.threads, consolidations=a.consolidations,
+        transient_batches=ints(a.transient_batches), transient_chunks=ints(a.transient_chunks),
+        lams=tuple(float(v) for v in a.lams.split(",") if v), sweep_passes=a.sweep_passes,
+        profile_steps=a.profile_steps, stream_samples=a.stream_samples, seed=a.seed, out=a.out,
+    )
+    torch.set_num_threads(cfg.threads)
+    report: dict[str, object] = {"config": asdict(cfg), "environment": environment(cfg.threads)}
+    tables: dict[str, str] = {}
+    t0 = time.time()
+    if "timing" in parts:
+        res = bench_timing(cfg)
+        report["timing"] = res
+        report["timing_verdicts"] = timing_verdicts(res)
+        tables["timing"] = timing_table(res)
+    if "state" in parts:
+        report["state"] = res_state = bench_state(cfg)
+        tables["state"] = state_table(res_state)
+    if "transient" in parts:
+        report["transient"] = res_tr = bench_transient(cfg)
+        tables["transient"] = transient_table(res_tr)
+    if "lam" in parts:
+        report["lam"] = res_lam = bench_lam(cfg)
+        tables["lam"] = lam_table(res_lam)
+    if "profile" in parts:
+        report["profile"] = res_prof = bench_profile(cfg)
+        tables["profile"] = profile_table(res_prof)
+    if "stream" in parts:
+        report["stream"] = res_stream = bench_stream(cfg)
+        tables["stream"] = stream_table(res_stream)
+    report["seconds"] = time.time() - t0
+    report["tables"] = tables
+    titles = {
+        "timing": f"Time / plain training step, batch {cfg.batch}, {cfg.threads} thread(s), {cfg.clock} "
+                  f"time, median of {cfg.rounds} interleaved rounds (IQR)",
+        "state": f"OnlineMAS state after {cfg.consolidations} consolidations (MLP 784-256-256-10)",
+        "transient": "Peak tensor memory of exact importance vs chunk_size and batch",
+        "lam": "Segment accuracies after segment 2 (two-segment permuted digits, SGD momentum 0.9)",
+        "profile": "Where an online step's time goes (MLP, batch 64)",
+        "stream": "Permuted-digits stream through the digits MLP with OnlineMAS (defaults)",
+    }
+    for key, md in tables.items():
+        print(f"\n{titles[key]}\n\n{md}")
+    if "timing_verdicts" in report:
+        print("\ntargets (MLP):")
+        for k, v in report["timing_verdicts"].items():  # type: ignore[union-attr]
+            print(f"  {k}: {v}")
+    if "profile" in report:
+        print("\n" + str(report["profile"]["top_ops"]))  # type: ignore[index]
+    path = Path(cfg.out) / "bench.json"
+    write_json(path, report)
+    print(f"wrote {path}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

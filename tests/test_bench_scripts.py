@@ -1,0 +1,115 @@
+"""The benchmark scripts run end to end with tiny settings and report real measurements.
+
+Performance targets live in the benchmarks, not here: these tests check that every figure a
+script prints and writes comes from a measurement (positive, finite, consistent with the rest of
+the report and with the JSON file), never that it meets a target.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _load(name: str):  # type: ignore[no-untyped-def]
+    if str(SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS))
+    return importlib.import_module(name)
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():  # type: ignore[no-untyped-def]
+    """The scripts set torch's thread count; give the rest of the session its own back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _positive(v: object) -> bool:
+    return isinstance(v, float | int) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def _check_timings(timings: dict, baseline: str) -> None:
+    assert timings[baseline]["ratio"] == 1.0
+    for name, r in timings.items():
+        assert _positive(r["ms"]) and _positive(r["ratio"]), name
+        assert r["ratio_q1"] <= r["ratio"] <= r["ratio_q3"], name
+        assert r["calls"] >= 1 and r["rounds"] >= 1, name
+
+
+def test_bench_importance_reports_measured_ratios(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    script = _load("bench_importance")
+    report = script.main(["--rounds", "2", "--block-ms", "1", "--batch", "8", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert json.loads((tmp_path / "bench_importance.json").read_text()) == json.loads(json.dumps(report))
+    assert report["environment"]["threads"] == 1
+    for model in ("mlp", "cnn"):
+        res = report["results"][model]
+        timings = res["timings"]
+        assert set(timings) == {"train_step", "exact", "vmap", "loop", "batch"}
+        _check_timings(timings, "train_step")
+        assert isinstance(res["exact_meets_target"], bool)
+        assert _positive(res["vmap_over_exact"])
+        row = next(line for line in printed.splitlines() if line.startswith(f"| {model} |"))
+        assert f"{timings['exact']['ratio']:.2f}x" in row  # the table prints the measured figures
+
+
+def test_bench_reports_every_part(tmp_path: Path) -> None:
+    script = _load("bench")
+    report = script.main([
+        "--parts", "timing,state,transient,lam,profile,stream", "--models", "mlp", "--batch", "16",
+        "--intervals", "1,2", "--subsamples", "4", "--rounds", "2", "--block-ms", "1",
+        "--consolidations", "5", "--transient-batches", "8,32", "--transient-chunks", "2,8",
+        "--lams", "1,10000", "--sweep-passes", "0.3", "--profile-steps", "3",
+        "--stream-samples", "3000", "--out", str(tmp_path),
+    ])
+    assert json.loads((tmp_path / "bench.json").read_text()) == json.loads(json.dumps(report))
+
+    timings = report["timing"]["mlp"]["timings"]
+    _check_timings(timings, "train_step")
+    assert timings["online grad every=2"]["steps_per_call"] == 2
+    assert {"online loss every=1", "online grad every=1 subsample=4", "penalty grad form",
+            "consolidate (+ refill)"} <= set(timings)
+    verdicts = report["timing_verdicts"]
+    assert verdicts["penalty grad form"]["ratio"] == timings["penalty grad form"]["ratio"]
+
+    state = report["state"]
+    assert state["param_bytes"] == 4 * (784 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10)
+    for label in ("default", "anchor=current"):
+        after, mid = state[label]["after_consolidation"], state[label]["mid_segment"]
+        assert after["bytes"]["omega"] == after["bytes"]["anchor"] == state["param_bytes"]
+        assert "running" not in after["bytes"] and mid["bytes"]["running"] == state["param_bytes"]
+        assert after["total_bytes"] == sum(after["bytes"].values())
+        assert state[label]["segments"] == 5
+    assert 3.0 <= state["anchor=current"]["mid_segment"]["param_sized_buffers"] < 3.05
+
+    rows = report["transient"]["rows"]
+    assert len(rows) == 2 * 2 * 2
+    for r in rows:
+        assert _positive(r["importance_peak_mb"]) and _positive(r["train_step_peak_mb"])
+    for model in ("cnn", "seq"):  # a smaller chunk never needs more memory
+        peak = {(r["batch"], r["chunk_size"]): r["importance_peak_mb"] for r in rows if r["model"] == model}
+        assert peak[(32, 2)] <= peak[(32, 8)]
+
+    lam = report["lam"]
+    assert {(r["form"], r["lam"]) for r in lam["rows"]} == {
+        (f, v) for f in ("explicit", "proximal") for v in (0.0, 1.0, 10000.0)}
+    for r in lam["rows"]:
+        assert 0.0 <= r["seg1_acc"] <= 1.0 and isinstance(r["diverged"], bool)
+    assert not next(r for r in lam["rows"] if r["form"] == "proximal" and r["lam"] == 1e4)["diverged"]
+
+    shares = report["profile"]["phase_over_train_step"]
+    assert all(v >= 0 for v in shares.values()) and _positive(shares["observe"])
+
+    stream = report["stream"]
+    assert stream["samples"] >= 3000 - 64 and _positive(stream["samples_per_s"])
+    assert _positive(stream["rss_start_mb"]) and _positive(stream["rss_end_mb"])
+    assert set(report["tables"]) == {"timing", "state", "transient", "lam", "profile", "stream"}
