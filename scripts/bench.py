@@ -67,11 +67,11 @@ class Config:
     parts: tuple[str, ...] = ("timing", "state", "transient", "lam", "profile")  # what to run
     models: tuple[str, ...] = ("mlp", "cnn")  # timing models (_bench_models.MODELS)
     batch: int = 64  # timing batch size
-    intervals: tuple[int, ...] = (1, 2, 4, 8, 16, 32)  # MASConfig.every values timed
+    intervals: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)  # MASConfig.every values timed
     subsamples: tuple[int, ...] = (32, 16, 8)  # MASConfig.subsample values timed (every=1)
     lam: float = 1.0  # penalty strength in the timing and memory parts
     lr: float = 1e-3  # SGD learning rate in the timing part
-    rounds: int = 20  # interleaved timing rounds
+    rounds: int = 30  # interleaved timing rounds
     block_ms: float = 20.0  # each timed function runs about this long per round
     clock: str = "cpu"  # "cpu" (process CPU time, robust on a shared machine) or "wall"
     threads: int = 1  # torch.set_num_threads
