@@ -142,7 +142,8 @@ class OnlineMAS:
         Oracle mode, for comparison: consolidate at the end of these ``observe`` steps (the last
         step of each segment) and use no detector.
     output
-        Optional ``output(model, x) -> Tensor`` choosing the tensor whose squared norm MAS uses.
+        Optional ``output(model, x) -> Tensor`` choosing the tensor whose squared norm MAS uses
+        (``model`` without its DistributedDataParallel/DataParallel wrapper, if it has one).
 
     Notes
     -----
@@ -333,7 +334,7 @@ class OnlineMAS:
             xs = self._subsample(x)
             try:
                 sums, n, out = importance_sums(
-                    self.model, xs, method=self.config.method, output=self.output,
+                    _unwrap(self.model), xs, method=self.config.method, output=self.output,
                     chunk_size=self.config.chunk_size,
                 )
             except NonFiniteError as err:
@@ -382,7 +383,7 @@ class OnlineMAS:
             if samples_x is not None:
                 try:
                     sums, count, _ = importance_sums(
-                        self.model, samples_x, method=self.config.method, output=self.output,
+                        _unwrap(self.model), samples_x, method=self.config.method, output=self.output,
                         chunk_size=self.config.chunk_size,
                     )
                     self._running.update(sums, count)
@@ -602,10 +603,18 @@ class OnlineMAS:
 
 def _named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """Parameter names without the ``module.`` prefix of DistributedDataParallel/DataParallel."""
-    inner = model.module if isinstance(
-        model, nn.parallel.DistributedDataParallel | nn.DataParallel
-    ) else model
-    return list(inner.named_parameters())
+    return list(_unwrap(model).named_parameters())
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel/DataParallel, else the model itself.
+
+    Importance is estimated on it: its parameter names carry no ``module.`` prefix, and its forward
+    runs on this process alone, without the wrapper's gradient hooks or scatter to replicas.
+    """
+    if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+        return model.module
+    return model
 
 
 def _check_boundaries(boundaries: Sequence[int]) -> frozenset[int]:
