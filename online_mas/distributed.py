@@ -41,7 +41,9 @@ __all__ = ["CommStats", "all_reduce_flat", "is_main_process", "reduce_weighted_m
 class CommStats:
     """Running totals of the all-reduces made through :func:`all_reduce_flat` with ``stats=``.
 
-    Divide by the number of training steps for the cost per step.
+    Divide by the number of training steps for the cost per step. The time is measured on the
+    host: with NCCL the reduction runs asynchronously on the GPU stream, so synchronise (or use
+    ``scripts/bench_distributed.py``) for exact device times.
     """
 
     calls: int = 0  # all-reduce calls (one per flat buffer)
@@ -78,6 +80,8 @@ def world(process_group: dist.ProcessGroup | None = None) -> tuple[int, int, dis
         if not (dist.is_available() and dist.is_initialized()):
             return 0, 1, None
         return dist.get_rank(), dist.get_world_size(), None
+    if dist.is_available() and process_group is dist.GroupMember.NON_GROUP_MEMBER:
+        raise ValueError("this process is not a member of the process_group it was given")
     if not (dist.is_available() and isinstance(process_group, dist.ProcessGroup)):
         raise TypeError(
             f"process_group must be a torch.distributed.ProcessGroup or None, got {type(process_group)!r}"
