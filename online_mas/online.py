@@ -423,7 +423,8 @@ class OnlineMAS:
         The running importance of the segment that ends (normalised if ``config.normalize``) is
         combined with the consolidated one by ``config.rule``; then the running average restarts.
         If no sample was seen since the last consolidation, ``omega`` is left as it is and only the
-        anchor moves.
+        anchor moves. Under torch.distributed this reduces the pending importance across ranks: call
+        it on every rank at the same step (``observe`` does so when it consolidates).
         """
         self._sync()
         _, world_size, group = world(self.process_group)

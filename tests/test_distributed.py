@@ -120,6 +120,21 @@ def _nan_run(rank: int | None) -> om.OnlineMAS:
     return mas
 
 
+def _signal_run(signal: str, buffer_size: int, rank: int | None) -> om.OnlineMAS:
+    """No training; the detector never fires (loss, feature shift) or fires at 3 and 6 (buffer)."""
+    torch.manual_seed(0)
+    model = MLP()
+    detector = om.Periodic(every=3) if buffer_size else om.NeverFires()
+    mas = om.OnlineMAS(model, detector=detector,
+                       config=om.MASConfig(signal=signal, buffer_size=buffer_size, buffer_decay=1.0))
+    for t in range(1, STEPS + 1):
+        x = _batch(t) if rank is None else _shard(_batch(t), rank)
+        with torch.no_grad():
+            loss = F.cross_entropy(model(x), (x[:, 0] > 0).long())
+        mas.observe(x, loss=loss)
+    return mas
+
+
 def _snapshot(mas: om.OnlineMAS) -> dict[str, object]:
     return {
         "running": {n: t.clone() for n, t in mas.running_omega.items()},
@@ -145,6 +160,9 @@ def _worker(rank: int, port: int, out: str) -> None:
         for name in CONFIGS:
             res[name] = _snapshot(_importance_run(name, rank))
         res["nan"] = _snapshot(_nan_run(rank))
+        res["loss"] = _snapshot(_signal_run("loss", 0, rank))
+        res["feature_shift"] = _snapshot(_signal_run("feature_shift", 0, rank))
+        res["buffer"] = _snapshot(_signal_run("entropy", 4, rank))
         res["periodic"] = _snapshot(_detector_run(om.Periodic(every=4), "current", 12, rank))
         res["page_hinkley"] = _snapshot(_detector_run(om.default_detector(), "stable", STEPS_PH, rank))
         torch.save(res, Path(out) / f"rank{rank}.pt")
@@ -298,6 +316,20 @@ def test_a_rank_with_a_non_finite_batch_takes_part_with_zeros(ranks: list[dict[s
     assert (r0["n_skipped"], r1["n_skipped"]) == (0, 1)
     _identical(r0["running"], r1["running"])
     _close(r0["running"], ref.running_omega)
+
+
+def test_signals_and_buffer_are_reduced(ranks: list[dict[str, object]]) -> None:
+    for name in ("loss", "feature_shift", "buffer"):
+        r0, r1 = (res[name] for res in ranks)
+        assert isinstance(r0, dict) and isinstance(r1, dict)
+        assert r0["last_signal"] is not None and r0["last_signal"] == r1["last_signal"], name
+        assert r0["events"] == r1["events"], name
+        _identical(r0["omega"], r1["omega"])
+    with _one_thread():
+        ref = _signal_run("loss", 0, None)  # the loss of the whole batch: sum_r n_r loss_r / sum_r n_r
+    assert ranks[0]["loss"]["last_signal"] == pytest.approx(ref.last_signal, rel=1e-6)  # type: ignore[index]
+    # each rank's 4 buffered samples join the 3 batches of 8 at both consolidations
+    assert ranks[0]["buffer"]["events"] == [(3, "detector", 32.0), (6, "detector", 32.0)]  # type: ignore[index]
 
 
 @pytest.mark.parametrize("name", ["periodic", "page_hinkley"])
