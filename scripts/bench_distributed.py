@@ -13,8 +13,9 @@ For each model (an MLP 784-256-256-10 and the digits MLP 64-100-100-10) the rank
    calls, each after a barrier so that the ranks start together.
 2. ``OnlineMAS.observe`` inside a DDP training loop (default Page-Hinkley detector, a batch of
    ``batch`` samples per rank) with ``sync_every`` = 1, 4 and 16, and the same loop in one process
-   without torch.distributed: median ms per ``observe`` and the all-reduce time per step from
-   ``OnlineMAS.comm_stats`` (which includes waiting for the slower rank), next to the time per
+   without torch.distributed: median ms per ``observe`` (the ranks start it together after a
+   barrier) and the all-reduce time per step from ``OnlineMAS.comm_stats`` (which still includes
+   waiting for the slower rank's importance computation), next to the time per
    step the barrier-timed medians of 1. predict (``isolated``: one full buffer per window of
    ``sync_every`` updates, the scalars in between).
 
@@ -106,6 +107,8 @@ def time_steps(sizes: tuple[int, ...], sync_every: int | None, cfg: BenchConfig,
         opt.step()
         if step == 10:
             mas.comm_stats = CommStats()
+        if sync_every is not None:
+            dist.barrier()  # start observe together: time the reduction, not the skew of training
         t0 = time.perf_counter()
         mas.observe(x)
         if step >= 10:
