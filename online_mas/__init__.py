@@ -6,7 +6,7 @@ Tuytelaars, Task-Free Continual Learning, CVPR 2019.
 
 from __future__ import annotations
 
-from online_mas import checkpoint, metrics, signals
+from online_mas import checkpoint, distributed, metrics, signals
 from online_mas.accumulate import RunningImportance, combine
 from online_mas.buffer import HardBuffer
 from online_mas.detectors import (
@@ -63,6 +63,7 @@ __all__ = [
     "default_detector",
     "detection_scores",
     "detector_state_dict",
+    "distributed",
     "forgetting",
     "forward_transfer",
     "importance",

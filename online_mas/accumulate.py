@@ -73,6 +73,10 @@ class RunningImportance:
         """Add importance summed over ``n`` samples (``n >= 1``)."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be an int >= 1 (samples in the batch), got {n!r}")
+        if not isinstance(sums, dict) or not all(
+            isinstance(k, str) and isinstance(v, Tensor) for k, v in sums.items()
+        ):
+            raise TypeError(f"sums must be a dict of parameter name -> Tensor, got {sums!r}")
         if self.average == "mean":
             w = n / (self._count + n)  # incremental mean: m += n/(N+n) * (batch mean - m)
         else:
@@ -159,6 +163,15 @@ def combine(
     """
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    if isinstance(segments, bool) or not isinstance(segments, int) or segments < 0:
+        raise ValueError(f"segments must be an int >= 0, got {segments!r}")
+    if not isinstance(old, Tensor) or not isinstance(new, Tensor):
+        raise TypeError(f"old and new must be tensors, got {type(old)!r} and {type(new)!r}")
+    if old.shape != new.shape:
+        raise ValueError(f"old and new must have the same shape, got {tuple(old.shape)} and "
+                         f"{tuple(new.shape)}")
+    if not _real(alpha) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
     if segments == 0:
         return new.clone()
     if rule == "sum":
@@ -187,6 +200,10 @@ def normalize(omega: dict[str, Tensor], how: str | None) -> dict[str, Tensor]:
     if scale <= 0.0 or not math.isfinite(scale):
         return omega
     return {k: t / scale for k, t in omega.items()}
+
+
+def _real(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _positive_finite(v: object) -> bool:

@@ -167,8 +167,12 @@ def _sums(
     """Summed (``mean=False``) or averaged importance. The average divides where it is cheapest
     (the exact paths scale the small output gradients, never a parameter-sized tensor) instead of
     allocating a parameter-sized quotient."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model)!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if output is not None and not callable(output):
+        raise TypeError(f"output must be callable as output(model, x) or None, got {output!r}")
     check_input(x)
     chunk = _check_chunk_size(chunk_size)
     fn: OutputFn = output if output is not None else _call
@@ -224,7 +228,14 @@ def _check_chunk_size(chunk_size: int | None) -> int:
 
 
 def _forward(model: nn.Module, x: Tensor, fn: OutputFn) -> Tensor:
-    out = fn(model, x)
+    try:
+        out = fn(model, x)
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as err:  # shape or dtype the model does not accept
+        raise ValueError(
+            f"the model cannot run on x of shape {tuple(x.shape)} and dtype {x.dtype}: {err}"
+        ) from err
     if not isinstance(out, Tensor):
         raise TypeError(
             f"the model output is a {type(out).__name__}, not a tensor: pass "

@@ -20,6 +20,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -27,9 +28,13 @@ from torch import Tensor, nn
 from online_mas.accumulate import AVERAGES, NORMALIZE, RULES, RunningImportance, combine, normalize
 from online_mas.buffer import HardBuffer
 from online_mas.detectors import PageHinkley
+from online_mas.distributed import CommStats, all_reduce_flat, world
 from online_mas.importance import METHODS, NonFiniteError, OutputFn, check_input, importance_sums
 from online_mas.penalty import check_lam, penalty, penalty_grad_, proximal_
 from online_mas.signals import SIGNALS, FeatureShift, per_sample
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 __all__ = ["DEFAULT", "Event", "MASConfig", "OnlineMAS", "default_detector"]
 
@@ -76,6 +81,7 @@ class MASConfig:
     stable_every: int = 5  # anchor="stable": steps between the two rotating parameter snapshots
     buffer_size: int = 0  # hard-sample buffer of the most surprising recent samples (0: off)
     buffer_decay: float = 0.99  # per-update fading of the buffer's surprise scores, in (0, 1]
+    sync_every: int = 1  # torch.distributed: all-reduce importance every k-th importance update
 
     def __post_init__(self) -> None:
         _choice("method", self.method, METHODS)
@@ -102,6 +108,8 @@ class MASConfig:
             raise ValueError(f"buffer_size must be an int >= 0, got {self.buffer_size!r}")
         if not _real(self.buffer_decay) or not 0.0 < self.buffer_decay <= 1.0:
             raise ValueError(f"buffer_decay must be a number in (0, 1], got {self.buffer_decay!r}")
+        if not _int(self.sync_every) or self.sync_every < 1:
+            raise ValueError(f"sync_every must be an int >= 1, got {self.sync_every!r}")
 
 
 @dataclass
@@ -142,7 +150,11 @@ class OnlineMAS:
         Oracle mode, for comparison: consolidate at the end of these ``observe`` steps (the last
         step of each segment) and use no detector.
     output
-        Optional ``output(model, x) -> Tensor`` choosing the tensor whose squared norm MAS uses.
+        Optional ``output(model, x) -> Tensor`` choosing the tensor whose squared norm MAS uses
+        (``model`` without its DistributedDataParallel/DataParallel wrapper, if it has one).
+    process_group
+        Reduce across the ranks of this ``torch.distributed`` group; by default the default group
+        whenever ``torch.distributed`` is initialised (see Notes). Ignored in a single process.
 
     Notes
     -----
@@ -157,6 +169,25 @@ class OnlineMAS:
     schedule; ``boundaries=`` at known boundaries. The label-free signals are computed from the
     importance forward pass, so the detector sees one value per importance update (every
     ``config.every`` steps); ``"loss"`` is read on every call that passes ``loss=``.
+
+    Data parallel (DistributedDataParallel, one process per rank): when ``torch.distributed`` is
+    initialised with more than one rank, every rank's importance sums and sample count are
+    all-reduced (one flat buffer, see :mod:`online_mas.distributed`), so the running importance is
+    the single-process value on the global batch, with ``average="mean"`` exactly (up to float
+    rounding). The detector's signal is reduced the same way, as ``sum_r n_r s_r / sum_r n_r``:
+    the global-batch value for the stateless signals; for ``"feature_shift"`` each rank keeps its
+    own statistics and the per-rank values are averaged; for ``"loss"`` the losses are weighted by
+    batch size. Every rank therefore feeds its detector the same float, consolidates at the same
+    step and, with DDP keeping the parameters identical, holds the same ``theta*`` and ``Omega``.
+    Every rank must call ``observe`` the same number of times (as DDP requires), and ``consolidate``
+    and ``flush`` together. ``config.sync_every=k`` all-reduces the importance every k-th update
+    (and before every consolidation) and only the three scalars in between (none without a
+    detector); with ``average="ema"`` the k batches of a window then enter the average as one batch.
+    Between reductions, :attr:`running_omega` leaves out the pending updates and :meth:`state_dict`
+    raises until :meth:`flush`. ``comm_stats`` (:class:`~online_mas.distributed.CommStats`) counts
+    the all-reduces and their time. OnlineMAS writes no files: guard checkpoints and logs with
+    :func:`~online_mas.distributed.is_main_process`. The hard-sample buffer is kept per rank
+    (``buffer_size`` samples each); its importance is reduced at consolidation.
 
     Examples
     --------
@@ -193,6 +224,7 @@ class OnlineMAS:
         detector: object | None = DEFAULT,
         boundaries: Sequence[int] | None = None,
         output: OutputFn | None = None,
+        process_group: ProcessGroup | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model)!r}")
@@ -213,6 +245,8 @@ class OnlineMAS:
             )
         if output is not None and not callable(output):
             raise TypeError(f"output must be callable as output(model, x) or None, got {output!r}")
+        if process_group is not None:
+            world(process_group)  # a ProcessGroup this process belongs to
         self.model = model
         self.lam = check_lam(lam)
         self.config = config if config is not None else MASConfig()
@@ -236,6 +270,11 @@ class OnlineMAS:
         self._buffer = HardBuffer(self.config.buffer_size, decay=self.config.buffer_decay) \
             if self.config.buffer_size else None
         self._stable: list[dict[str, Tensor]] = []  # anchor="stable": [older, newer] snapshots
+        self.process_group = process_group
+        self.comm_stats = CommStats()  # all-reduces made across ranks (none in a single process)
+        self._pending: dict[str, Tensor] = {}  # sync_every > 1: importance sums not yet reduced
+        self._pending_n = 0
+        self._pending_updates = 0  # importance updates since the last reduction
         self._sync()
 
     # ------------------------------------------------------------------ readable state
@@ -263,7 +302,11 @@ class OnlineMAS:
 
     @property
     def running_omega(self) -> dict[str, Tensor]:
-        """Running importance since the last consolidation (zeros where nothing was seen yet)."""
+        """Running importance since the last consolidation (zeros where nothing was seen yet).
+
+        Across ranks with ``config.sync_every > 1``, updates not yet all-reduced are left out
+        (call :meth:`flush` on every rank first).
+        """
         self._sync()
         value = self._running.value()
         return {n: value.get(n, torch.zeros_like(self._omega[n])) for n in self._names}
@@ -320,6 +363,8 @@ class OnlineMAS:
         """
         if self.config.signal == "loss" and self.detector is not None and loss is None:
             raise ValueError("config.signal='loss' needs observe(x, loss=...) on every call")
+        if world(self.process_group)[1] > 1:
+            return self._observe_across_ranks(x, loss)
         try:
             check_input(x)  # wrong types and shapes raise before anything changes
         except NonFiniteError as err:
@@ -333,7 +378,7 @@ class OnlineMAS:
             xs = self._subsample(x)
             try:
                 sums, n, out = importance_sums(
-                    self.model, xs, method=self.config.method, output=self.output,
+                    _unwrap(self.model), xs, method=self.config.method, output=self.output,
                     chunk_size=self.config.chunk_size,
                 )
             except NonFiniteError as err:
@@ -347,6 +392,10 @@ class OnlineMAS:
                 self._buffer.add(xs, per_sample(surprise, out))
         if self.config.signal == "loss" and loss is not None:
             value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
+        return self._trigger(value)
+
+    def _trigger(self, value: float | None) -> Event | None:
+        """After the importance update of a step: consolidate at a boundary or when the detector fires."""
         if self.boundaries is not None:
             return self._at_boundary()
         if self.detector is None:
@@ -374,21 +423,28 @@ class OnlineMAS:
         The running importance of the segment that ends (normalised if ``config.normalize``) is
         combined with the consolidated one by ``config.rule``; then the running average restarts.
         If no sample was seen since the last consolidation, ``omega`` is left as it is and only the
-        anchor moves.
+        anchor moves. Under torch.distributed this reduces the pending importance across ranks: call
+        it on every rank at the same step (``observe`` does so when it consolidates).
         """
         self._sync()
+        _, world_size, group = world(self.process_group)
         if self._buffer is not None and len(self._buffer):
             samples_x = self._buffer.samples
             if samples_x is not None:
                 try:
                     sums, count, _ = importance_sums(
-                        self.model, samples_x, method=self.config.method, output=self.output,
+                        _unwrap(self.model), samples_x, method=self.config.method, output=self.output,
                         chunk_size=self.config.chunk_size,
                     )
-                    self._running.update(sums, count)
+                    if world_size > 1:
+                        self._add_pending(sums, count)
+                    else:
+                        self._running.update(sums, count)
                 except NonFiniteError as err:
                     self._skip(str(err))
             self._buffer.clear()
+        if world_size > 1 and (self._pending_updates or self._buffer is not None):
+            self._flush(group)  # a collective: the condition is the same on every rank
         samples = self._running.count
         if samples > 0:
             new = normalize(self.running_omega, self.config.normalize)
@@ -418,10 +474,28 @@ class OnlineMAS:
         self.events.append(event)
         return event
 
+    def flush(self) -> None:
+        """All-reduce the importance this rank accumulated since the last reduction.
+
+        Only useful under ``torch.distributed`` with ``config.sync_every > 1``, before reading
+        :attr:`running_omega` or calling :meth:`state_dict` between reductions. A collective: call
+        it on every rank at the same step. Does nothing in a single process.
+        """
+        self._sync()
+        _, world_size, group = world(self.process_group)
+        if world_size > 1:
+            self._flush(group)
+
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, object]:
         """Tensors and primitives only, keyed by parameter name; loads with ``weights_only=True``."""
+        if self._pending_updates:
+            raise RuntimeError(
+                f"OnlineMAS holds importance of {self._pending_updates} updates not yet reduced "
+                f"across ranks (config.sync_every={self.config.sync_every}): call flush() on every "
+                "rank before state_dict()"
+            )
         self._sync()
         detector_state = None
         if self.detector is not None and callable(getattr(self.detector, "state_dict", None)):
@@ -506,6 +580,7 @@ class OnlineMAS:
             self._buffer.load_state_dict(buffer)
         stable = state.get("stable", [])
         self._stable = [dict(snap) for snap in stable] if isinstance(stable, list) else []
+        self._pending, self._pending_n, self._pending_updates = {}, 0, 0
         self._key = ()
 
     # ------------------------------------------------------------------ internals
@@ -542,6 +617,100 @@ class OnlineMAS:
         self._names = [n for n, _ in named]
         self._params = [p for _, p in named]
         self._key = key
+
+    def _observe_across_ranks(self, x: Tensor, loss: float | Tensor | None) -> Event | None:
+        """``observe`` under torch.distributed: every rank runs the same collectives in order.
+
+        One all-reduce per importance update carries the flat importance sums (on every
+        ``sync_every``-th update; local sums wait in ``_pending`` in between) and three scalars: the
+        sample count, ``signal * weight`` and ``weight``. The detector gets ``sum(signal * weight) /
+        sum(weight)``, the same float on every rank, so every rank consolidates at the same step. A
+        rank whose batch is not finite takes part with zeros.
+        """
+        finite, why = True, ""
+        try:
+            check_input(x)  # wrong types and shapes raise before anything changes
+        except NonFiniteError as err:
+            finite, why = False, str(err)
+        self._step += 1
+        self._sync()
+        update = self._step % self.config.every == 0
+        sums: dict[str, Tensor] = {}
+        n, weighted, weight = 0, 0.0, 0.0
+        if finite and update:
+            xs = self._subsample(x)
+            try:
+                sums, n, out = importance_sums(
+                    _unwrap(self.model), xs, method=self.config.method, output=self.output,
+                    chunk_size=self.config.chunk_size,
+                )
+                value = self._signal(out)
+                if value is not None and math.isfinite(value):
+                    weighted, weight = value * n, float(n)
+                if self._buffer is not None:
+                    surprise = self.config.signal if self.config.signal in ("output_norm", "entropy") \
+                        else "entropy"
+                    self._buffer.add(xs, per_sample(surprise, out))
+            except NonFiniteError as err:
+                finite, why, sums, n = False, str(err), {}, 0
+        if not finite:
+            self._skip(why)
+        by_loss = self.config.signal == "loss" and self.detector is not None
+        if by_loss and loss is not None:
+            lv = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
+            weighted, weight = (lv * x.shape[0], float(x.shape[0])) if math.isfinite(lv) else (0.0, 0.0)
+        group = world(self.process_group)[2]
+        if update:
+            self._pending_updates += 1
+            if self.config.sync_every > 1:  # sync_every=1 reduces this update's sums directly
+                self._add_pending(sums, n)
+                sums, n = self._pending, self._pending_n
+            if self._pending_updates >= self.config.sync_every:
+                return self._trigger(self._reduce(sums, n, weighted, weight, group))
+        if self.detector is not None and (update or by_loss):
+            return self._trigger(self._reduce(None, 0, weighted, weight, group))
+        return self._trigger(None)
+
+    def _add_pending(self, sums: dict[str, Tensor], n: int) -> None:
+        for name, s in sums.items():
+            p = self._pending.get(name)
+            if p is None or p.shape != s.shape:
+                self._pending[name] = s.detach().float()
+            else:
+                p.add_(s)
+        self._pending_n += n
+
+    def _flush(self, group: ProcessGroup | None) -> None:
+        self._reduce(self._pending, self._pending_n, 0.0, 0.0, group)
+
+    def _reduce(
+        self,
+        sums: dict[str, Tensor] | None,
+        n: int,
+        weighted: float,
+        weight: float,
+        group: ProcessGroup | None,
+    ) -> float | None:
+        """One all-reduce of ``[importance sums..., n, signal * weight, weight]`` over the ranks.
+
+        With ``sums`` (zeros stand in for names this rank has none of) the totals enter the running
+        importance as one update of ``sum(n)`` samples and the pending window restarts; without,
+        only the scalars travel. Returns the detector's value ``sum(signal * weight) / sum(weight)``
+        (None if no rank has one): the same float on every rank. The buffer is float32, so counts
+        are exact up to 2**24 samples per reduction.
+        """
+        local = [] if sums is None else [
+            sums[name] if name in sums else _zeros(p)
+            for name, p in zip(self._names, self._params, strict=True)
+        ]
+        scalars = torch.tensor([float(n), weighted, weight], dtype=torch.float32, device=self._device())
+        *total, scalars = all_reduce_flat([*local, scalars], group, stats=self.comm_stats)
+        count, weighted, weight = scalars.tolist()
+        if sums is not None:
+            self._pending, self._pending_n, self._pending_updates = {}, 0, 0
+            if round(count) >= 1:
+                self._running.update(dict(zip(self._names, total, strict=True)), round(count))
+        return weighted / weight if weight > 0 else None
 
     def _omegas(self) -> list[Tensor]:
         return [self._omega[n] for n in self._names]
@@ -602,10 +771,22 @@ class OnlineMAS:
 
 def _named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """Parameter names without the ``module.`` prefix of DistributedDataParallel/DataParallel."""
-    inner = model.module if isinstance(
-        model, nn.parallel.DistributedDataParallel | nn.DataParallel
-    ) else model
-    return list(inner.named_parameters())
+    return list(_unwrap(model).named_parameters())
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel/DataParallel, else the model itself.
+
+    Importance is estimated on it: its parameter names carry no ``module.`` prefix, and its forward
+    runs on this process alone, without the wrapper's gradient hooks or scatter to replicas.
+    """
+    if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+        return model.module
+    return model
+
+
+def _zeros(p: Tensor) -> Tensor:
+    return torch.zeros(p.shape, dtype=torch.float32, device=p.device)
 
 
 def _check_boundaries(boundaries: Sequence[int]) -> frozenset[int]:

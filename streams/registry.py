@@ -80,8 +80,10 @@ class StreamConfig:
         if not math.isfinite(self.angle_step):
             raise ValueError(f"angle_step must be a finite number, got {self.angle_step!r}")
         if self.n_segments is not None and (not isinstance(self.n_segments, int)
-                                            or self.n_segments < 1):
-            raise ValueError(f"n_segments must be None or an int >= 1, got {self.n_segments!r}")
+                                            or isinstance(self.n_segments, bool)
+                                            or not 1 <= self.n_segments <= MAX_SEGMENTS):
+            raise ValueError(f"n_segments must be None or an int in [1, {MAX_SEGMENTS}], got "
+                             f"{self.n_segments!r}")
 
     @property
     def recipe(self) -> str:
@@ -103,6 +105,9 @@ class StreamConfig:
         if self.recipe == "corrupted":
             return 6
         return 10 if self.recipe.startswith("split") and n_classes >= 100 else 5
+
+
+MAX_SEGMENTS = 10_000  # each segment holds its transform (a permutation, an angle): keep it bounded
 
 
 def make_stream(name: str, *, seed: int = 0, batch_size: int = 32, n_segments: int | None = None,
@@ -169,6 +174,10 @@ def build_stream(config: StreamConfig) -> Stream:
         raise ValueError(f"batch_size must be an int >= 1, got {config.batch_size!r}")
     source = _source(config)
     segments = _segments(config, source)
+    smallest = min(s.n_train for s in segments)
+    if config.batch_size > smallest:
+        raise ValueError(f"batch_size must be at most the smallest segment's training data "
+                         f"({smallest} samples), got {config.batch_size!r}")
     schedule = make_schedule([s.n_train for s in segments], batch_size=config.batch_size,
                              passes=config.passes, transition=config.transition,
                              order=config.order, random_lengths=config.random_lengths,

@@ -1,0 +1,206 @@
+"""What online MAS's all-reduce costs per step, on 2 processes with gloo on CPU.
+
+Run from the repository root::
+
+    python scripts/bench_distributed.py                      # 2 ranks, both models
+    python scripts/bench_distributed.py --steps 400 --reps 400 --out runs/bench_distributed
+
+For each model (an MLP 784-256-256-10 and the digits MLP 64-100-100-10) the ranks measure:
+
+1. one ``all_reduce_flat`` of a float32 buffer the size of the model's importance plus the three
+   scalars (count, signal sum, signal weight): what a reducing update sends; and of the three
+   scalars alone: what is sent between reductions with ``sync_every > 1``. Median over ``reps``
+   calls, each after a barrier so that the ranks start together.
+2. ``OnlineMAS.observe`` inside a DDP training loop (default Page-Hinkley detector, a batch of
+   ``batch`` samples per rank) with ``sync_every`` = 1, 4 and 16, and the same loop in one process
+   without torch.distributed: median ms per ``observe`` (the ranks start it together after a
+   barrier) and the all-reduce time per step from ``OnlineMAS.comm_stats`` (which still includes
+   waiting for the slower rank's importance computation), next to the time per
+   step the barrier-timed medians of 1. predict (``isolated``: one full buffer per window of
+   ``sync_every`` updates, the scalars in between).
+
+Every process uses one thread. The table is printed and written with the raw numbers to
+``<out>/bench_distributed.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import online_mas as om
+from online_mas.distributed import CommStats, all_reduce_flat
+
+
+@dataclass
+class BenchConfig:
+    world: int = 2  # processes
+    steps: int = 200  # timed training steps per setting (after 10 warm-up steps)
+    reps: int = 200  # timed all-reduces per buffer size
+    batch: int = 32  # samples per rank per step
+    sync_every: tuple[int, ...] = (1, 4, 16)  # MASConfig.sync_every settings
+    models: dict[str, tuple[int, ...]] = field(default_factory=lambda: {
+        "mlp 784-256-256-10": (784, 256, 256, 10),
+        "digits mlp 64-100-100-10": (64, 100, 100, 10),
+    })
+    out: str = "runs/bench_distributed"  # run directory for the JSON
+
+
+def mlp(sizes: tuple[int, ...]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in itertools.pairwise(sizes):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+def time_all_reduce(numel: int, reps: int, bar: tqdm | None) -> float:
+    """Median ms of one all_reduce_flat of a float32 buffer of ``numel`` elements."""
+    buf = [torch.randn(numel)]
+    times = []
+    for i in range(reps + 5):
+        dist.barrier()
+        t0 = time.perf_counter()
+        all_reduce_flat(buf)
+        if i >= 5:
+            times.append((time.perf_counter() - t0) * 1e3)
+        if bar is not None:
+            bar.update()
+    return statistics.median(times)
+
+
+def time_steps(sizes: tuple[int, ...], sync_every: int | None, cfg: BenchConfig, rank: int,
+               bar: tqdm | None) -> dict[str, float]:
+    """A training loop with OnlineMAS; ``sync_every=None``: one process, no torch.distributed."""
+    torch.manual_seed(0)
+    inner = mlp(sizes)
+    model = inner if sync_every is None else nn.parallel.DistributedDataParallel(inner)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    mas = om.OnlineMAS(model, lam=1.0, config=om.MASConfig(sync_every=sync_every or 1))
+    g = torch.Generator().manual_seed(rank)
+    observe_ms = []
+    for step in range(cfg.steps + 10):
+        x = torch.randn(cfg.batch, sizes[0], generator=g)
+        y = torch.randint(0, sizes[-1], (cfg.batch,), generator=g)
+        loss = F.cross_entropy(model(x), y) + mas.penalty()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step == 10:
+            mas.comm_stats = CommStats()
+        if sync_every is not None:
+            dist.barrier()  # start observe together: time the reduction, not the skew of training
+        t0 = time.perf_counter()
+        mas.observe(x)
+        if step >= 10:
+            observe_ms.append((time.perf_counter() - t0) * 1e3)
+        if bar is not None:
+            bar.update()
+    s = mas.comm_stats
+    return {
+        "observe_ms": statistics.median(observe_ms),
+        "comm_ms_per_step": s.seconds * 1e3 / cfg.steps,
+        "calls_per_step": s.calls / cfg.steps,
+        "kb_per_step": s.nbytes / 1024 / cfg.steps,
+        "consolidations": len(mas.events),
+    }
+
+
+def worker(rank: int, cfg: BenchConfig, port: int) -> None:
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=cfg.world, timeout=timedelta(seconds=120))
+    total = len(cfg.models) * (2 * (cfg.reps + 5) + len(cfg.sync_every) * (cfg.steps + 10))
+    bar = tqdm(total=total, desc="bench", unit="it") if rank == 0 else None
+    results: list[dict[str, Any]] = []
+    try:
+        for name, sizes in cfg.models.items():
+            numel = sum(p.numel() for p in mlp(sizes).parameters())
+            row: dict[str, Any] = {
+                "model": name, "params": numel,
+                "all_reduce_full_ms": time_all_reduce(numel + 3, cfg.reps, bar),
+                "all_reduce_scalars_ms": time_all_reduce(3, cfg.reps, bar),
+            }
+            row["steps"] = {k: time_steps(sizes, k, cfg, rank, bar) for k in cfg.sync_every}
+            results.append(row)
+    finally:
+        if bar is not None:
+            bar.close()
+        dist.destroy_process_group()
+    if rank == 0:  # one writer
+        for row in results:
+            row["steps"]["single process"] = time_steps(cfg.models[row["model"]], None, cfg, 0, None)
+        report(cfg, results)
+
+
+def report(cfg: BenchConfig, results: list[dict[str, Any]]) -> None:
+    lines = [
+        f"gloo, {cfg.world} processes x 1 thread, CPU; batch {cfg.batch}/rank; median of {cfg.reps} "
+        f"all-reduces, {cfg.steps} steps",
+        "",
+        f"{'model':<26}{'params':>9}{'all-reduce full':>17}{'scalars only':>14}",
+    ]
+    for r in results:
+        lines.append(f"{r['model']:<26}{r['params']:>9}{r['all_reduce_full_ms']:>14.3f} ms"
+                     f"{r['all_reduce_scalars_ms']:>11.3f} ms")
+    lines += ["", f"{'model':<26}{'sync_every':>16}{'observe ms':>12}{'all-reduce ms/step':>20}"
+                  f"{'isolated':>10}{'calls/step':>12}{'KB/step':>10}"]
+    for r in results:
+        full, scalars = r["all_reduce_full_ms"], r["all_reduce_scalars_ms"]
+        for k, s in r["steps"].items():
+            # from the barrier-timed medians: one full buffer per window, the scalars in between
+            s["isolated_ms_per_step"] = (full + (k - 1) * scalars) / k if isinstance(k, int) else 0.0
+            lines.append(f"{r['model']:<26}{k!s:>16}{s['observe_ms']:>12.3f}{s['comm_ms_per_step']:>20.3f}"
+                         f"{s['isolated_ms_per_step']:>10.3f}{s['calls_per_step']:>12.2f}"
+                         f"{s['kb_per_step']:>10.1f}")
+    table = "\n".join(lines)
+    print(table)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"torch": torch.__version__, "python": platform.python_version(),
+            "machine": platform.machine(), "cpus": os.cpu_count()}
+    payload = {"config": asdict(cfg), "meta": meta, "results": results, "table": table}
+    (out / "bench_distributed.json").write_text(json.dumps(payload, indent=2, default=str))
+    print(f"\nwrote {out / 'bench_distributed.json'}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = BenchConfig()
+    p.add_argument("--world", type=int, default=d.world)
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--reps", type=int, default=d.reps)
+    p.add_argument("--batch", type=int, default=d.batch)
+    p.add_argument("--sync-every", type=int, nargs="+", default=list(d.sync_every))
+    p.add_argument("--out", default=d.out)
+    a = p.parse_args()
+    cfg = BenchConfig(world=a.world, steps=a.steps, reps=a.reps, batch=a.batch,
+                      sync_every=tuple(a.sync_every), out=a.out)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    mp.start_processes(worker, args=(cfg, port), nprocs=cfg.world, join=True, start_method="spawn")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,437 @@
+"""Online MAS across ranks: reductions with torch.distributed (gloo, 2 processes on CPU).
+
+The two-process tests share one launch (the ``ranks`` fixture): both workers run every scenario
+below and save what they saw; the tests compare the ranks with each other and with a
+single-process run on the concatenated batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+import warnings
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from models import MLP
+from torch import Tensor, nn
+
+import online_mas as om
+from online_mas.distributed import (
+    CommStats,
+    _staging_device,
+    all_reduce_flat,
+    is_main_process,
+    reduce_weighted_mean,
+    world,
+)
+
+WORLD = 2
+ROWS, SPLIT = 8, 3  # a global batch of 8 rows: rank 0 gets the first 3, rank 1 the other 5
+STEPS, CONSOLIDATE = 8, 4  # observe 8 steps, consolidate by hand after step 4
+CONFIGS = {  # name: (config, all-reduces per rank: updates or windows, consolidation, final flush)
+    "mean": (om.MASConfig(), 8 + 0 + 1),
+    "mean_sync3": (om.MASConfig(sync_every=3), 2 + 1 + 1),  # windows end at steps 3 and 7
+    "ema": (om.MASConfig(average="ema", half_life=20.0), 8 + 0 + 1),
+    "every2_sync2": (om.MASConfig(every=2, sync_every=2), 2 + 0 + 1),  # updates at 2, 4, 6, 8
+}
+SHIFT, STEPS_PH = 50, 60  # rank 1's data shrinks towards 0 after step 50: its entropy rises
+
+
+def _batch(t: int) -> Tensor:
+    return torch.randn(ROWS, 10, generator=torch.Generator().manual_seed(100 + t))
+
+
+def _shard(x: Tensor, rank: int) -> Tensor:
+    return x[:SPLIT] if rank == 0 else x[SPLIT:]
+
+
+def _ph_batch(t: int) -> Tensor:
+    x = torch.randn(ROWS, 10, generator=torch.Generator().manual_seed(1000 + t)) * 3
+    if t > SHIFT:
+        x[SPLIT:] *= 0.01
+    return x
+
+
+def _train(model: nn.Module, opt: torch.optim.Optimizer, parts: list[Tensor], mas: om.OnlineMAS) -> None:
+    """One step. DDP averages the ranks' gradients, so the reference averages the shards' losses."""
+    loss = sum(F.cross_entropy(model(p), (p[:, 0] > 0).long()) for p in parts) / len(parts)
+    opt.zero_grad()
+    (loss + mas.penalty()).backward()
+    opt.step()
+
+
+def _importance_run(name: str, rank: int | None) -> om.OnlineMAS:
+    """``rank=None``: the single-process reference on whole batches."""
+    torch.manual_seed(0)
+    inner = MLP()
+    model = inner if rank is None else nn.parallel.DistributedDataParallel(inner)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mas = om.OnlineMAS(model, lam=0.5, detector=None, config=CONFIGS[name][0])
+    for t in range(1, STEPS + 1):
+        x = _batch(t)
+        parts = [_shard(x, 0), _shard(x, 1)] if rank is None else [_shard(x, rank)]
+        _train(model, opt, parts, mas)
+        mas.observe(x if rank is None else _shard(x, rank))
+        if t == CONSOLIDATE:
+            mas.consolidate()
+    mas.flush()
+    return mas
+
+
+def _detector_run(detector: object, anchor: str, steps: int, rank: int | None) -> om.OnlineMAS:
+    torch.manual_seed(0)
+    inner = MLP()
+    model = inner if rank is None else nn.parallel.DistributedDataParallel(inner)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    mas = om.OnlineMAS(model, lam=0.1, detector=detector, config=om.MASConfig(anchor=anchor))
+    for t in range(1, steps + 1):
+        x = _ph_batch(t)
+        parts = [_shard(x, 0), _shard(x, 1)] if rank is None else [_shard(x, rank)]
+        _train(model, opt, parts, mas)
+        mas.observe(x if rank is None else _shard(x, rank))
+    return mas
+
+
+def _nan_run(rank: int | None) -> om.OnlineMAS:
+    """No training; at step 3 rank 1's half is not finite, so only rank 0's rows count."""
+    torch.manual_seed(0)
+    mas = om.OnlineMAS(MLP(), detector=None)
+    for t in range(1, STEPS + 1):
+        x = _batch(t)
+        if rank is None:
+            mas.observe(_shard(x, 0) if t == 3 else x)
+            continue
+        x = _shard(x, rank)
+        if t == 3 and rank == 1:
+            x = torch.full_like(x, float("nan"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # "skipped a batch", counted below
+            mas.observe(x)
+    return mas
+
+
+def _signal_run(signal: str, buffer_size: int, rank: int | None) -> om.OnlineMAS:
+    """No training; the detector never fires (loss, feature shift) or fires at 3 and 6 (buffer)."""
+    torch.manual_seed(0)
+    model = MLP()
+    detector = om.Periodic(every=3) if buffer_size else om.NeverFires()
+    mas = om.OnlineMAS(model, detector=detector,
+                       config=om.MASConfig(signal=signal, buffer_size=buffer_size, buffer_decay=1.0))
+    for t in range(1, STEPS + 1):
+        x = _batch(t) if rank is None else _shard(_batch(t), rank)
+        with torch.no_grad():
+            loss = F.cross_entropy(model(x), (x[:, 0] > 0).long())
+        mas.observe(x, loss=loss)
+    return mas
+
+
+def _snapshot(mas: om.OnlineMAS) -> dict[str, object]:
+    return {
+        "running": {n: t.clone() for n, t in mas.running_omega.items()},
+        "omega": {n: t.clone() for n, t in mas.omega.items()},
+        "anchors": {n: t.clone() for n, t in mas.anchors.items()},
+        "events": [(e.step, e.reason, e.stats.get("samples")) for e in mas.events],
+        "calls": mas.comm_stats.calls,
+        "n_skipped": mas.n_skipped,
+        "last_signal": mas.last_signal,
+    }
+
+
+# ----------------------------------------------------------------------------- the workers
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=WORLD, timeout=timedelta(seconds=30))
+    try:
+        res: dict[str, object] = {"primitives": _primitives(rank), "names": _names(rank)}
+        for name in CONFIGS:
+            res[name] = _snapshot(_importance_run(name, rank))
+        res["nan"] = _snapshot(_nan_run(rank))
+        res["loss"] = _snapshot(_signal_run("loss", 0, rank))
+        res["feature_shift"] = _snapshot(_signal_run("feature_shift", 0, rank))
+        res["buffer"] = _snapshot(_signal_run("entropy", 4, rank))
+        res["periodic"] = _snapshot(_detector_run(om.Periodic(every=4), "current", 12, rank))
+        res["page_hinkley"] = _snapshot(_detector_run(om.default_detector(), "stable", STEPS_PH, rank))
+        torch.save(res, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _primitives(rank: int) -> dict[str, object]:
+    calls = []
+    all_reduce = dist.all_reduce
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return all_reduce(*args, **kwargs)
+
+    dist.all_reduce = counting
+    try:
+        a = torch.full((2, 3), float(rank + 1))
+        b = torch.arange(5.0) * rank
+        stats = CommStats()
+        summed = all_reduce_flat([a, b], stats=stats)
+        unchanged = torch.equal(a, torch.full((2, 3), float(rank + 1)))
+        means, total = reduce_weighted_mean({"acc": torch.tensor([0.5, 1.0][rank])}, [2, 6][rank])
+        group = dist.new_group([0, 1])
+        assert isinstance(group, dist.ProcessGroup)
+        return {
+            "world": world(), "main": is_main_process(), "group_world": world(group)[:2],
+            "summed": summed, "unchanged": unchanged, "calls": len(calls),
+            "stats": (stats.calls, stats.elements, stats.nbytes),
+            "mean": float(means["acc"]), "total": total,
+        }
+    finally:
+        dist.all_reduce = all_reduce
+
+
+def _names(rank: int) -> dict[str, object]:
+    """DDP-wrapped, plain and explicit-group OnlineMAS on the same data; state dicts across them."""
+    torch.manual_seed(0)
+    inner = MLP()
+    ddp = nn.parallel.DistributedDataParallel(inner)
+    plain = MLP()
+    plain.load_state_dict(inner.state_dict())
+    group = dist.new_group([0, 1])
+    assert isinstance(group, dist.ProcessGroup)
+    masses = [om.OnlineMAS(ddp, detector=None), om.OnlineMAS(plain, detector=None),
+              om.OnlineMAS(ddp, detector=None, process_group=group)]
+    for t in range(1, 3):
+        for mas in masses:
+            mas.observe(_shard(_batch(t), rank))
+    for mas in masses:
+        mas.consolidate()
+    ddp_state, plain_state = masses[0].state_dict(), masses[1].state_dict()
+    into_plain = om.OnlineMAS(MLP(), detector=None)
+    into_plain.load_state_dict(ddp_state)
+    into_ddp = om.OnlineMAS(nn.parallel.DistributedDataParallel(MLP()), detector=None)
+    into_ddp.load_state_dict(plain_state)
+    return {
+        "keys": sorted(ddp_state["omega"]),  # type: ignore[call-overload]
+        "omegas": [m.omega for m in (*masses, into_plain, into_ddp)],
+        "anchors": [m.anchors for m in (*masses, into_plain)],
+    }
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """The references run tiny models: one thread is much faster on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, object]]:
+    out = tmp_path_factory.mktemp("ranks")
+    ctx = mp.start_processes(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=False,
+                             start_method="spawn")
+    deadline = time.monotonic() + 90
+    try:
+        while not ctx.join(timeout=max(0.1, deadline - time.monotonic())):
+            if time.monotonic() > deadline:
+                pytest.fail("the 2-process gloo workers did not finish in 90 s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+# ----------------------------------------------------------------------------- two processes
+
+
+def _close(a: dict[str, Tensor], b: dict[str, Tensor]) -> None:
+    assert list(a) == list(b)
+    for n in a:
+        torch.testing.assert_close(a[n], b[n], rtol=1e-5, atol=0.0)
+
+
+def _identical(a: dict[str, Tensor], b: dict[str, Tensor]) -> None:
+    assert list(a) == list(b)
+    assert all(torch.equal(a[n], b[n]) for n in a), "ranks differ"
+
+
+def test_primitives_sum_over_ranks_in_one_all_reduce(ranks: list[dict[str, object]]) -> None:
+    for rank, res in enumerate(ranks):
+        p = res["primitives"]
+        assert isinstance(p, dict)
+        assert p["world"] == (rank, 2, None) and p["main"] == (rank == 0)
+        assert p["group_world"] == (rank, 2)
+        a, b = p["summed"]
+        assert torch.equal(a, torch.full((2, 3), 3.0)) and torch.equal(b, torch.arange(5.0))
+        assert p["unchanged"]
+        assert p["calls"] == 2  # all_reduce_flat: one; reduce_weighted_mean: one
+        assert p["stats"] == (1, 11, 44)
+        assert p["mean"] == pytest.approx((0.5 * 2 + 1.0 * 6) / 8) and p["total"] == 8.0
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_importance_equals_single_process_on_the_concatenated_batches(
+    ranks: list[dict[str, object]], name: str
+) -> None:
+    with _one_thread():
+        ref = _importance_run(name, None)
+    r0, r1 = (res[name] for res in ranks)
+    assert isinstance(r0, dict) and isinstance(r1, dict)
+    _identical(r0["running"], r1["running"])
+    _identical(r0["omega"], r1["omega"])
+    _identical(r0["anchors"], r1["anchors"])
+    samples = 2 * ROWS if name == "every2_sync2" else CONSOLIDATE * ROWS
+    assert r0["events"] == [(CONSOLIDATE, "manual", float(samples))]
+    _close(r0["running"], ref.running_omega)
+    _close(r0["omega"], ref.omega)
+    _close(r0["anchors"], ref.anchors)
+    assert r0["calls"] == r1["calls"] == CONFIGS[name][1]
+
+
+def test_a_rank_with_a_non_finite_batch_takes_part_with_zeros(ranks: list[dict[str, object]]) -> None:
+    with _one_thread():
+        ref = _nan_run(None)
+    r0, r1 = (res["nan"] for res in ranks)
+    assert isinstance(r0, dict) and isinstance(r1, dict)
+    assert (r0["n_skipped"], r1["n_skipped"]) == (0, 1)
+    _identical(r0["running"], r1["running"])
+    _close(r0["running"], ref.running_omega)
+
+
+def test_signals_and_buffer_are_reduced(ranks: list[dict[str, object]]) -> None:
+    for name in ("loss", "feature_shift", "buffer"):
+        r0, r1 = (res[name] for res in ranks)
+        assert isinstance(r0, dict) and isinstance(r1, dict)
+        assert r0["last_signal"] is not None and r0["last_signal"] == r1["last_signal"], name
+        assert r0["events"] == r1["events"], name
+        _identical(r0["omega"], r1["omega"])
+    with _one_thread():
+        ref = _signal_run("loss", 0, None)  # the loss of the whole batch: sum_r n_r loss_r / sum_r n_r
+    assert ranks[0]["loss"]["last_signal"] == pytest.approx(ref.last_signal, rel=1e-6)  # type: ignore[index]
+    # each rank's 4 buffered samples join the 3 batches of 8 at both consolidations
+    assert ranks[0]["buffer"]["events"] == [(3, "detector", 32.0), (6, "detector", 32.0)]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("name", ["periodic", "page_hinkley"])
+def test_ranks_consolidate_at_the_same_step_with_identical_anchor_and_omega(
+    ranks: list[dict[str, object]], name: str
+) -> None:
+    r0, r1 = (res[name] for res in ranks)
+    assert isinstance(r0, dict) and isinstance(r1, dict)
+    assert r0["events"] == r1["events"]
+    assert r0["last_signal"] == r1["last_signal"]
+    _identical(r0["anchors"], r1["anchors"])
+    _identical(r0["omega"], r1["omega"])
+    events = r0["events"]
+    assert isinstance(events, list)
+    steps = [e[0] for e in events]
+    if name == "periodic":
+        assert steps == [4, 8, 12]
+        return
+    # only rank 1's data changes, yet both ranks fire, where one process on the whole batch does
+    with _one_thread():
+        ref = _detector_run(om.default_detector(), "stable", STEPS_PH, None)
+    assert steps == [e.step for e in ref.events] and len(steps) == 1 and SHIFT < steps[0] <= SHIFT + 10
+    _close(r0["omega"], ref.omega)
+    _close(r0["anchors"], ref.anchors)
+
+
+def test_ddp_wrapped_plain_and_explicit_group_agree(ranks: list[dict[str, object]]) -> None:
+    for res in ranks:
+        names = res["names"]
+        assert isinstance(names, dict)
+        assert names["keys"] == sorted(n for n, _ in MLP().named_parameters())
+        first, *others = names["omegas"]
+        for other in others:
+            _identical(first, other)
+        first, *others = names["anchors"]
+        for other in others:
+            _identical(first, other)
+
+
+# ----------------------------------------------------------------------------- one process
+
+
+def test_wrapped_model_has_the_importance_and_state_of_the_plain_one() -> None:
+    torch.manual_seed(0)
+    plain = MLP()
+    wrapped = nn.DataParallel(MLP())  # no GPU: a pass-through wrapper with "module." names
+    wrapped.module.load_state_dict(plain.state_dict())
+    x = torch.randn(12, 10)
+    a = om.OnlineMAS(plain, detector=None)
+    b = om.OnlineMAS(wrapped, detector=None)
+    a.observe(x)
+    b.observe(x)
+    assert list(b.running_omega) == [n for n, _ in plain.named_parameters()]
+    for n, v in a.running_omega.items():
+        assert v.sum() > 0
+        torch.testing.assert_close(b.running_omega[n], v)
+    a.consolidate()
+    b.consolidate()
+    for src, dst in ((a, om.OnlineMAS(nn.DataParallel(MLP()), detector=None)),
+                     (b, om.OnlineMAS(MLP(), detector=None))):
+        dst.load_state_dict(src.state_dict())
+        for n, v in src.omega.items():
+            assert torch.equal(dst.omega[n], v) and torch.equal(dst.anchors[n], src.anchors[n])
+
+
+def test_single_process_never_communicates_and_ignores_sync_every(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_all_reduce(*args: object, **kwargs: object) -> None:
+        raise AssertionError("all_reduce called in a single process")
+
+    monkeypatch.setattr(dist, "all_reduce", no_all_reduce)
+    assert world() == (0, 1, None) and is_main_process()
+    runs = []
+    for sync_every in (1, 3):
+        torch.manual_seed(0)
+        mas = om.OnlineMAS(MLP(), detector=om.Periodic(every=4),
+                           config=om.MASConfig(sync_every=sync_every, buffer_size=4))
+        for t in range(1, 7):
+            mas.observe(_batch(t))
+        mas.flush()
+        runs.append(mas)
+        assert mas.comm_stats.calls == 0 and [e.step for e in mas.events] == [4]
+        mas.state_dict()  # nothing pending in a single process
+    _identical(runs[0].running_omega, runs[1].running_omega)
+    _identical(runs[0].omega, runs[1].omega)
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="sync_every must be an int >= 1, got 0"):
+        om.MASConfig(sync_every=0)
+    with pytest.raises(TypeError, match=r"process_group must be a torch\.distributed\.ProcessGroup"):
+        om.OnlineMAS(MLP(), process_group="world")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="one dtype"):
+        all_reduce_flat([torch.zeros(2), torch.zeros(2, dtype=torch.float64)])
+    with pytest.raises(ValueError, match="n must be a number >= 0"):
+        reduce_weighted_mean({"a": torch.zeros(1)}, -1)
+
+
+def test_staging_device_for_backends_that_cannot_take_the_tensor() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert _staging_device(cpu, "gloo") == cpu and _staging_device(cuda, "gloo") == cuda
+    assert _staging_device(cuda, "nccl") == cuda
+    assert _staging_device(torch.device("mps"), "gloo") == cpu
+    assert _staging_device(cpu, "cpu:gloo,cuda:nccl") == cpu
+    assert _staging_device(cuda, "cpu:gloo,cuda:nccl") == cuda
+    assert _staging_device(torch.device("xpu"), "cpu:gloo,cuda:nccl") == cpu
