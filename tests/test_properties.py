@@ -41,13 +41,17 @@ def test_importance_is_finite_non_negative_and_exact_matches_loop(mb, method: st
     for v in omega.values():
         assert v.dtype == torch.float32 and bool(torch.isfinite(v).all()) and bool((v >= 0).all())
     if method == "exact":
-        # Random models include ill-conditioned ones (LayerNorm after dead ReLUs): compare with a
-        # float64 per-sample loop, relative to each tensor's scale (the model families in
-        # test_importance.py are held to rtol=1e-4 elementwise).
-        loop = om.importance(model.double(), x.double(), method="loop")
+        # Random models include ill-conditioned ones (LayerNorm after dead ReLUs), where float32
+        # itself is inexact. The exact path must be as accurate as the float32 per-sample loop:
+        # both are compared with a float64 loop (the model families in test_importance.py are
+        # held to rtol=1e-4 elementwise against the float32 loop).
+        loop32 = om.importance(model, x, method="loop")
+        ref = om.importance(model.double(), x.double(), method="loop")
         for k in omega:
-            scale = float(loop[k].abs().max()) + 1e-12
-            assert float((omega[k] - loop[k]).abs().max()) <= 1e-3 * scale + 1e-6, k
+            scale = float(ref[k].abs().max()) + 1e-12
+            err_exact = float((omega[k] - ref[k]).abs().max())
+            err_loop = float((loop32[k] - ref[k]).abs().max())
+            assert err_exact <= 2 * err_loop + 1e-4 * scale + 1e-9, (k, err_exact, err_loop)
 
 
 @settings(max_examples=30, deadline=None)
