@@ -43,6 +43,7 @@ __all__ = [
     "entropy",
     "entropy_loss",
     "norm_parameters",
+    "norm_statistics",
 ]
 
 STATE_VERSION = 1
