@@ -23,7 +23,7 @@ of every occurrence, and held-out clean accuracy at the end of the stream.
 
 Run::
 
-    python scripts/adapt_digits.py                       # 3 seeds, the README's table
+    python scripts/adapt_digits.py                       # 3 seeds, the README's table (~10 min)
     python scripts/adapt_digits.py --seeds 0 --passes 2  # a quick look
     python scripts/adapt_digits.py --methods source tent tent+mas@0.05 --detector page-hinkley
 
@@ -118,10 +118,15 @@ def train_source(cfg: Config, seed: int) -> tuple[nn.Module, Tensor, Tensor]:
 
 @torch.no_grad()
 def accuracy(model: nn.Module, x: Tensor, y: Tensor, norm: str, batch_size: int) -> float:
-    """Held-out accuracy in batches of the stream's size (batch statistics depend on it)."""
+    """Held-out accuracy in batches of about the stream's size (batch statistics depend on it).
+
+    The set is cut into ``len // batch_size`` near-equal batches, so no small remainder batch gets
+    poor statistics.
+    """
     correct = 0
+    k = max(1, len(y) // batch_size)
     with norm_statistics(model, norm):
-        for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True):
+        for xb, yb in zip(x.tensor_split(k), y.tensor_split(k), strict=True):
             correct += int((model(xb).argmax(1) == yb).sum())
     return 100.0 * correct / len(y)
 
@@ -232,7 +237,7 @@ def table(cfg: Config, results: list[dict[str, Any]]) -> str:
                mean_std([r["online_shifted"] for r in rs]),
                mean_std([r["heldout_shifted"] for r in rs]),
                mean_std([r["clean_end"] for r in rs]), mean_std(delta),
-               f"{_mean([r['resets'] for r in rs]):g}"]
+               f"{_mean([r['resets'] for r in rs]):.1f}"]
         lines.append("| " + " | ".join(row) + " |")
     src = [r["clean_source"] for r in results if r["method"] == cfg.methods[0]]
     lines += ["", f"Accuracy in %, mean ± std over seeds {cfg.seeds}; per-occurrence columns: "
