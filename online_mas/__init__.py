@@ -6,8 +6,19 @@ Tuytelaars, Task-Free Continual Learning, CVPR 2019.
 
 from __future__ import annotations
 
-from online_mas import checkpoint, distributed, metrics, signals
+from online_mas import adapt, checkpoint, distributed, metrics, signals
 from online_mas.accumulate import RunningImportance, combine
+from online_mas.adapt import (
+    AdaptConfig,
+    Adapter,
+    AdaptStep,
+    collapse_stats,
+    configure_model,
+    entropy,
+    entropy_loss,
+    norm_parameters,
+    norm_statistics,
+)
 from online_mas.buffer import HardBuffer
 from online_mas.detectors import (
     CUSUM,
@@ -40,6 +51,9 @@ __all__ = [
     "DEFAULT",
     "METHODS",
     "SIGNALS",
+    "AdaptConfig",
+    "AdaptStep",
+    "Adapter",
     "DetectionScores",
     "Detector",
     "Event",
@@ -56,19 +70,26 @@ __all__ = [
     "RunningImportance",
     "__version__",
     "accuracy_matrix_summary",
+    "adapt",
     "average_accuracy",
     "backward_transfer",
     "checkpoint",
+    "collapse_stats",
     "combine",
+    "configure_model",
     "default_detector",
     "detection_scores",
     "detector_state_dict",
     "distributed",
+    "entropy",
+    "entropy_loss",
     "forgetting",
     "forward_transfer",
     "importance",
     "load_detector_state",
     "metrics",
+    "norm_parameters",
+    "norm_statistics",
     "penalty",
     "penalty_grad_",
     "proximal_",
