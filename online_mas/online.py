@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
@@ -127,6 +128,34 @@ class Event:
     def from_dict(cls, d: dict[str, object]) -> Event:
         stats = d.get("stats", {})
         return cls(int(d["step"]), str(d["reason"]), dict(stats))  # type: ignore[call-overload]
+
+
+class _LastForward:
+    """The latest input and (detached) output of the user's own forward pass.
+
+    A forward hook on the model keeps them so that ``observe(x)`` can compute the label-free signal
+    of a batch from the forward the training step already made, on every step and at no cost,
+    instead of only on the steps that estimate importance.
+    """
+
+    __slots__ = ("active", "out", "x")
+
+    def __init__(self) -> None:
+        self.x: Tensor | None = None
+        self.out: Tensor | None = None
+        self.active = True
+
+    def hook(self, module: nn.Module, args: tuple[object, ...], out: object) -> None:
+        if self.active and args and isinstance(args[0], Tensor) and isinstance(out, Tensor):
+            self.x, self.out = args[0], out.detach()
+
+    def take(self, x: Tensor) -> Tensor | None:
+        """The output recorded for this very tensor ``x`` (then forgotten), or None."""
+        out = self.out if self.x is x else None
+        self.x = self.out = None
+        if out is not None and (out.dim() == 0 or out.shape[0] != x.shape[0]):
+            return None
+        return out
 
 
 class OnlineMAS:
@@ -275,6 +304,10 @@ class OnlineMAS:
         self._pending: dict[str, Tensor] = {}  # sync_every > 1: importance sums not yet reduced
         self._pending_n = 0
         self._pending_updates = 0  # importance updates since the last reduction
+        self._seen = _LastForward()
+        if output is None and detector is not None and self.config.signal != "loss":
+            handle = model.register_forward_hook(self._seen.hook)
+            weakref.finalize(self, handle.remove)
         self._sync()
 
     # ------------------------------------------------------------------ readable state
@@ -373,19 +406,18 @@ class OnlineMAS:
             return None
         self._step += 1
         self._sync()
-        value: float | None = None
+        seen = self._seen.take(x)
+        value = self._signal(seen) if seen is not None else None
         if self._step % self.config.every == 0:
             xs = self._subsample(x)
             try:
-                sums, n, out = importance_sums(
-                    _unwrap(self.model), xs, method=self.config.method, output=self.output,
-                    chunk_size=self.config.chunk_size,
-                )
+                sums, n, out = self._estimate(xs)
             except NonFiniteError as err:
                 self._skip(str(err))
                 return None
             self._running.update(sums, n)
-            value = self._signal(out)
+            if seen is None:
+                value = self._signal(out)
             if self._buffer is not None:
                 surprise = self.config.signal if self.config.signal in ("output_norm", "entropy") \
                     else "entropy"
@@ -637,14 +669,16 @@ class OnlineMAS:
         update = self._step % self.config.every == 0
         sums: dict[str, Tensor] = {}
         n, weighted, weight = 0, 0.0, 0.0
+        seen = self._seen.take(x) if finite else None
+        if seen is not None:
+            value = self._signal(seen)
+            if value is not None and math.isfinite(value):
+                weighted, weight = value * x.shape[0], float(x.shape[0])
         if finite and update:
             xs = self._subsample(x)
             try:
-                sums, n, out = importance_sums(
-                    _unwrap(self.model), xs, method=self.config.method, output=self.output,
-                    chunk_size=self.config.chunk_size,
-                )
-                value = self._signal(out)
+                sums, n, out = self._estimate(xs)
+                value = self._signal(out) if seen is None else None
                 if value is not None and math.isfinite(value):
                     weighted, weight = value * n, float(n)
                 if self._buffer is not None:
@@ -667,7 +701,7 @@ class OnlineMAS:
                 sums, n = self._pending, self._pending_n
             if self._pending_updates >= self.config.sync_every:
                 return self._trigger(self._reduce(sums, n, weighted, weight, group))
-        if self.detector is not None and (update or by_loss):
+        if self.detector is not None and (update or by_loss or self._seen_every_step()):
             return self._trigger(self._reduce(None, 0, weighted, weight, group))
         return self._trigger(None)
 
@@ -720,6 +754,21 @@ class OnlineMAS:
 
     def _device(self) -> torch.device:
         return self._params[0].device if self._params else torch.device("cpu")
+
+    def _estimate(self, xs: Tensor) -> tuple[dict[str, Tensor], int, Tensor]:
+        """Importance sums of a batch; the signal hook is off during this forward."""
+        self._seen.active = False
+        try:
+            return importance_sums(
+                _unwrap(self.model), xs, method=self.config.method, output=self.output,
+                chunk_size=self.config.chunk_size,
+            )
+        finally:
+            self._seen.active = True
+
+    def _seen_every_step(self) -> bool:
+        """Whether the detector is fed from the user's forward on every step (all ranks agree)."""
+        return self.output is None and self.detector is not None and self.config.signal != "loss"
 
     def _signal(self, out: Tensor) -> float | None:
         name = self.config.signal

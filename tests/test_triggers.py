@@ -147,3 +147,34 @@ def test_bad_trigger_arguments() -> None:
         om.MASConfig(signal="accuracy")
     with pytest.raises(ValueError, match="anchor must be one of"):
         om.MASConfig(anchor="oldest")
+
+
+def test_signal_comes_from_the_training_forward_on_every_step() -> None:
+    model = _model()
+    mas = om.OnlineMAS(model, config=om.MASConfig(every=4), detector=Periodic(every=3))
+    fired, signals = [], []
+    for x in _stream(12, change_at=13):
+        logits = model(x)  # the user's training forward, in train mode
+        event = mas.observe(x)
+        signals.append(mas.last_signal)
+        expected = float(om.signals.per_sample("entropy", logits.detach()).mean())
+        assert mas.last_signal == pytest.approx(expected, rel=1e-6)
+        if event is not None:
+            fired.append(event.step)
+    assert fired == [3, 6, 9, 12]  # fed every step, although importance is estimated every 4th
+    assert [e.stats["samples"] for e in mas.events] == [0, 16, 16, 16]  # steps 4, 8, 12
+
+
+def test_signal_hook_is_removed_with_the_online_mas_object() -> None:
+    import gc
+
+    model = _model()
+    mas = om.OnlineMAS(model)
+    assert len(model._forward_hooks) == 1
+    del mas
+    gc.collect()
+    assert len(model._forward_hooks) == 0
+    om.OnlineMAS(model, detector=None)  # nothing to feed: no hook
+    om.OnlineMAS(model, output=lambda m, x: m[0](x))  # custom output: signals from the estimate
+    gc.collect()
+    assert len(model._forward_hooks) == 0
