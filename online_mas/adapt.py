@@ -410,7 +410,7 @@ class Adapter:
     def calibrate(self, batches: Iterable[Tensor]) -> Event:
         """Estimate Omega on unlabeled source batches and anchor the penalty at the current model.
 
-        Feeds every batch to ``mas.observe`` (its detector also learns the source signal level),
+        Estimates importance on every batch (``mas.accumulate``, whatever ``mas.config.every``),
         then consolidates with ``reason="source"``. Call once, before deployment.
         """
         if self.mas is None:
@@ -420,7 +420,7 @@ class Adapter:
             if not isinstance(x, Tensor):
                 raise TypeError(f"calibrate() takes batches of input tensors (no labels), got "
                                 f"{type(x)!r}")
-            self.mas.observe(x)
+            self.mas.accumulate(x)
             n += 1
         if n == 0:
             raise ValueError("calibrate() got no batches")

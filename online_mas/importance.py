@@ -202,6 +202,15 @@ def _sums(
 # ----------------------------------------------------------------------------- helpers
 
 
+def model_output(model: nn.Module, x: Tensor, output: OutputFn | None = None) -> Tensor:
+    """The output MAS uses for ``x``, in eval mode and without gradients (for signals).
+
+    Raises :class:`NonFiniteError` if it is not finite, like the estimators.
+    """
+    with _eval_mode(model), torch.no_grad():
+        return _forward(model, x, output if output is not None else _call)
+
+
 def _call(model: nn.Module, x: Tensor) -> Tensor:
     return model(x)
 

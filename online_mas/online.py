@@ -30,7 +30,14 @@ from online_mas.accumulate import AVERAGES, NORMALIZE, RULES, RunningImportance,
 from online_mas.buffer import HardBuffer
 from online_mas.detectors import PageHinkley
 from online_mas.distributed import CommStats, all_reduce_flat, world
-from online_mas.importance import METHODS, NonFiniteError, OutputFn, check_input, importance_sums
+from online_mas.importance import (
+    METHODS,
+    NonFiniteError,
+    OutputFn,
+    check_input,
+    importance_sums,
+    model_output,
+)
 from online_mas.penalty import check_lam, penalty, penalty_grad_, proximal_
 from online_mas.signals import SIGNALS, FeatureShift, per_sample
 
@@ -70,7 +77,7 @@ class MASConfig:
     method: str = "exact"  # importance estimator: exact, vmap, loop, batch, local (om.importance)
     average: str = "mean"  # running importance: "mean" since the last consolidation, or "ema"
     half_life: float = 10_000.0  # EMA half-life in samples (average="ema")
-    every: int = 1  # estimate importance on every k-th call of observe()
+    every: int = 64  # estimate importance on every k-th call of observe() (1: every call)
     subsample: int | None = None  # estimate on at most this many samples of each batch (seeded)
     rule: str = "sum"  # consolidation: sum (paper), mean (task-free code), ema (Avalanche), max
     alpha: float = 0.5  # weight of the old Omega for rule="ema", in [0, 1]
@@ -195,9 +202,16 @@ class OnlineMAS:
     (running Omega, Omega, theta*). ``anchor="current"`` keeps memory at those three.
     :class:`~online_mas.detectors.Plateau` on ``signal="loss"`` consolidates when the loss settles
     after a peak (the task-free paper); :class:`~online_mas.detectors.Periodic` on a fixed
-    schedule; ``boundaries=`` at known boundaries. The label-free signals are computed from the
-    importance forward pass, so the detector sees one value per importance update (every
-    ``config.every`` steps); ``"loss"`` is read on every call that passes ``loss=``.
+    schedule; ``boundaries=`` at known boundaries.
+
+    The detector sees one value per ``observe`` call. A label-free signal comes from the output of
+    the user's own forward pass of the same ``x`` tensor when there was one (a forward hook keeps
+    the latest; no extra cost), else from the importance pass on the steps that estimate
+    importance, else from one gradient-free forward pass. ``"loss"`` is read from ``loss=``.
+
+    Cost: importance is estimated on every ``config.every``-th call (default 64), which keeps an
+    online step within about 1.15x a plain training step (``scripts/bench.py``); ``every=1``
+    estimates on every batch at about 3x.
 
     Data parallel (DistributedDataParallel, one process per rank): when ``torch.distributed`` is
     initialised with more than one rank, every rank's importance sums and sample count are
@@ -225,7 +239,7 @@ class OnlineMAS:
     >>> import online_mas as om
     >>> _ = torch.manual_seed(0)
     >>> model = nn.Linear(4, 2)
-    >>> mas = om.OnlineMAS(model, lam=1.0)
+    >>> mas = om.OnlineMAS(model, lam=1.0, config=om.MASConfig(every=1))
     >>> mas.observe(torch.randn(8, 4)) is None
     True
     >>> event = mas.consolidate()
@@ -422,6 +436,12 @@ class OnlineMAS:
                 surprise = self.config.signal if self.config.signal in ("output_norm", "entropy") \
                     else "entropy"
                 self._buffer.add(xs, per_sample(surprise, out))
+        elif seen is None and self._seen_every_step():
+            try:  # no forward of the user's to reuse: one without gradients, for the signal
+                value = self._signal(self._output_for_signal(x))
+            except NonFiniteError as err:
+                self._skip(str(err))
+                return None
         if self.config.signal == "loss" and loss is not None:
             value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
         return self._trigger(value)
@@ -442,6 +462,33 @@ class OnlineMAS:
             return None
         anchor = self._stable[0] if self.config.anchor == "stable" and self._stable else None
         return self.consolidate(reason="detector", _anchor=anchor, _signal=value)
+
+    def accumulate(self, x: Tensor) -> int:
+        """Estimate the importance of a batch now and add it to the running average.
+
+        Unlike :meth:`observe` it ignores ``config.every``, feeds no detector and does not count
+        as a step: use it to estimate importance on data of your choice, e.g. unlabeled source
+        data before deployment, then :meth:`consolidate`. Under ``torch.distributed`` the sums
+        wait on this rank and are reduced at the next consolidation or :meth:`flush`.
+
+        Returns
+        -------
+        int
+            The number of samples added (0 if the batch was skipped as non-finite).
+        """
+        check_input(x)
+        self._sync()
+        try:
+            sums, n, _ = self._estimate(x)
+        except NonFiniteError as err:
+            self._skip(str(err))
+            return 0
+        if world(self.process_group)[1] > 1:
+            self._add_pending(sums, n)
+            self._pending_updates += 1
+        else:
+            self._running.update(sums, n)
+        return n
 
     def consolidate(
         self,
@@ -687,6 +734,13 @@ class OnlineMAS:
                     self._buffer.add(xs, per_sample(surprise, out))
             except NonFiniteError as err:
                 finite, why, sums, n = False, str(err), {}, 0
+        elif finite and seen is None and self._seen_every_step():
+            try:
+                value = self._signal(self._output_for_signal(x))
+                if value is not None and math.isfinite(value):
+                    weighted, weight = value * x.shape[0], float(x.shape[0])
+            except NonFiniteError as err:
+                finite, why = False, str(err)
         if not finite:
             self._skip(why)
         by_loss = self.config.signal == "loss" and self.detector is not None
@@ -766,9 +820,16 @@ class OnlineMAS:
         finally:
             self._seen.active = True
 
+    def _output_for_signal(self, x: Tensor) -> Tensor:
+        self._seen.active = False
+        try:
+            return model_output(_unwrap(self.model), x, self.output)
+        finally:
+            self._seen.active = True
+
     def _seen_every_step(self) -> bool:
-        """Whether the detector is fed from the user's forward on every step (all ranks agree)."""
-        return self.output is None and self.detector is not None and self.config.signal != "loss"
+        """Whether the detector is fed a label-free signal on every step (all ranks agree)."""
+        return self.detector is not None and self.config.signal != "loss"
 
     def _signal(self, out: Tensor) -> float | None:
         name = self.config.signal

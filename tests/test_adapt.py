@@ -24,6 +24,8 @@ from streams import Stream, make_stream
 
 torch.set_num_threads(1)
 
+EVERY_STEP = om.MASConfig(every=1)  # estimate importance on every observe() call
+
 
 def _bn_model(seed: int = 0, d_in: int = 4, c: int = 3) -> nn.Module:
     torch.manual_seed(seed)
@@ -198,8 +200,8 @@ def test_unlabeled_stream_end_to_end_with_online_mas_and_no_ground_truth(
     steps = [adapter.step(x) for x in stream]  # type: ignore[arg-type]
     assert len(steps) == len(stream) == adapter.step_count
     assert all(s.predictions.shape == (32,) for s in steps)
-    # 3 calibration batches, then the 33 stream batches: observe calls 10, 20, 30 consolidate
-    assert [s.step for s in steps if s.event is not None] == [7, 17, 27]
+    # calibration estimates importance without feeding the detector: observe 10, 20, 30 consolidate
+    assert [s.step for s in steps if s.event is not None] == [10, 20, 30]
     assert [e.reason for e in mas.events] == ["source", "detector", "detector", "detector"]
     assert any(not torch.equal(p.detach(), start[n]) for n, p in model.named_parameters())
     with pytest.raises(AssertionError, match="ground truth"):
@@ -261,7 +263,7 @@ def test_penalty_as_loss_and_as_gradient_give_the_same_step() -> None:
     for form in ("loss", "grad"):
         model = _bn_model()
         opt = torch.optim.SGD(configure_model(model, "all"), lr=0.05)
-        mas = om.OnlineMAS(model, lam=0.3, detector=None)
+        mas = om.OnlineMAS(model, lam=0.3, detector=None, config=EVERY_STEP)
         adapter = Adapter(model, opt, mas=mas, config=AdaptConfig(e_max=None, penalty=form,
                                                                   observe=False))
         adapter.calibrate([_x(seed=2)])
@@ -277,7 +279,7 @@ def test_penalty_as_loss_and_as_gradient_give_the_same_step() -> None:
 def test_proximal_penalty_with_huge_lam_keeps_the_anchor() -> None:
     model = _bn_model()
     opt = torch.optim.SGD(configure_model(model, "norm"), lr=0.1)
-    mas = om.OnlineMAS(model, lam=1e9, detector=None)
+    mas = om.OnlineMAS(model, lam=1e9, detector=None, config=EVERY_STEP)
     adapter = Adapter(model, opt, mas=mas, config=AdaptConfig(e_max=None, observe=False))
     adapter.calibrate([_x(seed=2)])
     for s in range(5):

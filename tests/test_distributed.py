@@ -39,12 +39,14 @@ WORLD = 2
 ROWS, SPLIT = 8, 3  # a global batch of 8 rows: rank 0 gets the first 3, rank 1 the other 5
 STEPS, CONSOLIDATE = 8, 4  # observe 8 steps, consolidate by hand after step 4
 CONFIGS = {  # name: (config, all-reduces per rank: updates or windows, consolidation, final flush)
-    "mean": (om.MASConfig(), 8 + 0 + 1),
-    "mean_sync3": (om.MASConfig(sync_every=3), 2 + 1 + 1),  # windows end at steps 3 and 7
-    "ema": (om.MASConfig(average="ema", half_life=20.0), 8 + 0 + 1),
+    "mean": (om.MASConfig(every=1), 8 + 0 + 1),
+    "mean_sync3": (om.MASConfig(every=1, sync_every=3), 2 + 1 + 1),  # windows end at steps 3 and 7
+    "ema": (om.MASConfig(every=1, average="ema", half_life=20.0), 8 + 0 + 1),
     "every2_sync2": (om.MASConfig(every=2, sync_every=2), 2 + 0 + 1),  # updates at 2, 4, 6, 8
 }
 SHIFT, STEPS_PH = 50, 60  # rank 1's data shrinks towards 0 after step 50: its entropy rises
+
+EVERY_STEP = om.MASConfig(every=1)  # estimate importance on every observe() call
 
 
 def _batch(t: int) -> Tensor:
@@ -126,7 +128,8 @@ def _signal_run(signal: str, buffer_size: int, rank: int | None) -> om.OnlineMAS
     model = MLP()
     detector = om.Periodic(every=3) if buffer_size else om.NeverFires()
     mas = om.OnlineMAS(model, detector=detector,
-                       config=om.MASConfig(signal=signal, buffer_size=buffer_size, buffer_decay=1.0))
+                       config=om.MASConfig(every=1, signal=signal, buffer_size=buffer_size,
+                                           buffer_decay=1.0))
     for t in range(1, STEPS + 1):
         x = _batch(t) if rank is None else _shard(_batch(t), rank)
         with torch.no_grad():
@@ -378,8 +381,8 @@ def test_wrapped_model_has_the_importance_and_state_of_the_plain_one() -> None:
     wrapped = nn.DataParallel(MLP())  # no GPU: a pass-through wrapper with "module." names
     wrapped.module.load_state_dict(plain.state_dict())
     x = torch.randn(12, 10)
-    a = om.OnlineMAS(plain, detector=None)
-    b = om.OnlineMAS(wrapped, detector=None)
+    a = om.OnlineMAS(plain, detector=None, config=EVERY_STEP)
+    b = om.OnlineMAS(wrapped, detector=None, config=EVERY_STEP)
     a.observe(x)
     b.observe(x)
     assert list(b.running_omega) == [n for n, _ in plain.named_parameters()]
@@ -388,8 +391,8 @@ def test_wrapped_model_has_the_importance_and_state_of_the_plain_one() -> None:
         torch.testing.assert_close(b.running_omega[n], v)
     a.consolidate()
     b.consolidate()
-    for src, dst in ((a, om.OnlineMAS(nn.DataParallel(MLP()), detector=None)),
-                     (b, om.OnlineMAS(MLP(), detector=None))):
+    for src, dst in ((a, om.OnlineMAS(nn.DataParallel(MLP()), detector=None, config=EVERY_STEP)),
+                     (b, om.OnlineMAS(MLP(), detector=None, config=EVERY_STEP))):
         dst.load_state_dict(src.state_dict())
         for n, v in src.omega.items():
             assert torch.equal(dst.omega[n], v) and torch.equal(dst.anchors[n], src.anchors[n])

@@ -15,6 +15,8 @@ from torch import nn
 
 import online_mas as om
 
+EVERY_STEP = om.MASConfig(every=1)  # estimate importance on every observe() call
+
 
 def _model(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
@@ -27,7 +29,7 @@ def _data(n: int = 40, seed: int = 1) -> torch.Tensor:
 
 def test_running_omega_is_the_sample_mean_of_exact_importance() -> None:
     model, x = _model(), _data()
-    mas = om.OnlineMAS(model)
+    mas = om.OnlineMAS(model, config=EVERY_STEP)
     for chunk in x.split(7):
         assert mas.observe(chunk) is None
     expected = om.importance(model, x)
@@ -39,7 +41,7 @@ def test_running_omega_is_the_sample_mean_of_exact_importance() -> None:
 @given(cuts=st.lists(st.integers(1, 39), max_size=6, unique=True))
 def test_observe_is_independent_of_how_the_stream_is_cut(cuts: list[int]) -> None:
     model, x = _model(), _data()
-    a, b = om.OnlineMAS(model), om.OnlineMAS(model)
+    a, b = om.OnlineMAS(model, config=EVERY_STEP), om.OnlineMAS(model, config=EVERY_STEP)
     for chunk in x.split(40):
         a.observe(chunk)
     bounds = [0, *sorted(cuts), 40]
@@ -55,7 +57,7 @@ def test_observe_leaves_grad_untouched_and_training_flag() -> None:
     out = model(x).sum()
     out.backward()
     grads = [p.grad.clone() for p in model.parameters()]  # type: ignore[union-attr]
-    mas = om.OnlineMAS(model)
+    mas = om.OnlineMAS(model, config=EVERY_STEP)
     mas.observe(x)
     mas.consolidate()
     mas.penalty()
@@ -63,13 +65,13 @@ def test_observe_leaves_grad_untouched_and_training_flag() -> None:
     for p, g in zip(model.parameters(), grads, strict=True):
         assert torch.equal(p.grad, g)  # type: ignore[arg-type]
     fresh = _model()
-    om.OnlineMAS(fresh).observe(x)
+    om.OnlineMAS(fresh, config=EVERY_STEP).observe(x)
     assert all(p.grad is None for p in fresh.parameters())
 
 
 def test_consolidation_anchors_and_rules() -> None:
     model, x = _model(), _data()
-    mas = om.OnlineMAS(model, lam=2.0, config=om.MASConfig(rule="mean"))
+    mas = om.OnlineMAS(model, lam=2.0, config=om.MASConfig(every=1, rule="mean"))
     assert mas.penalty().item() == 0.0  # nothing consolidated yet
     mas.observe(x[:20])
     first = {n: v.clone() for n, v in mas.running_omega.items()}
@@ -94,7 +96,7 @@ def test_consolidation_anchors_and_rules() -> None:
 
 def test_penalty_equals_hand_formula_and_grad_form() -> None:
     model, x = _model(), _data()
-    mas = om.OnlineMAS(model, lam=0.3)
+    mas = om.OnlineMAS(model, lam=0.3, config=EVERY_STEP)
     mas.observe(x)
     mas.consolidate()
     assert mas.penalty().item() == 0.0
@@ -115,7 +117,7 @@ def test_penalty_equals_hand_formula_and_grad_form() -> None:
 
 def test_new_head_gets_zero_importance_and_frozen_are_skipped() -> None:
     model = _model()
-    mas = om.OnlineMAS(model)
+    mas = om.OnlineMAS(model, config=EVERY_STEP)
     mas.observe(_data())
     mas.consolidate()
     model.add_module("extra", nn.Linear(5, 2))  # a parameter the forward does not use yet
@@ -148,14 +150,14 @@ def test_update_every_k_steps_and_subsample() -> None:
     for _ in range(7):
         mas.observe(x)
     assert mas._running.count == 2 * 32  # steps 3 and 6
-    sub = om.OnlineMAS(model, config=om.MASConfig(subsample=5, seed=3))
+    sub = om.OnlineMAS(model, config=om.MASConfig(every=1, subsample=5, seed=3))
     sub.observe(x)
     assert sub._running.count == 5
 
 
 def test_non_finite_batches_are_skipped_and_counted() -> None:
     model, x = _model(), _data()
-    mas = om.OnlineMAS(model)
+    mas = om.OnlineMAS(model, config=EVERY_STEP)
     mas.observe(x)
     before = {n: v.clone() for n, v in mas.running_omega.items()}
     bad = x.clone()
@@ -174,7 +176,7 @@ def test_non_finite_batches_are_skipped_and_counted() -> None:
 
 def test_state_round_trip_gives_identical_results(tmp_path) -> None:  # type: ignore[no-untyped-def]
     model, x = _model(), _data(64)
-    cfg = om.MASConfig(subsample=16, rule="ema", alpha=0.3)
+    cfg = om.MASConfig(every=1, subsample=16, rule="ema", alpha=0.3)
     mas = om.OnlineMAS(model, lam=0.5, config=cfg)
     mas.observe(x[:32])
     mas.consolidate()

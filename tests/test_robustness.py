@@ -12,6 +12,8 @@ from torch import nn
 import online_mas as om
 import streams
 
+EVERY_STEP = om.MASConfig(every=1)  # estimate importance on every observe() call
+
 
 def _train(mas: om.OnlineMAS | None, model: nn.Module, stream: streams.Stream,
            poison: set[int]) -> None:
@@ -63,7 +65,7 @@ def test_one_percent_poisoned_batches_keep_the_snapshot_count() -> None:
 
 def test_a_poisoned_batch_changes_nothing() -> None:
     model = _digits_mlp()
-    mas = om.OnlineMAS(model, detector=om.PageHinkley(threshold=1.0))
+    mas = om.OnlineMAS(model, detector=om.PageHinkley(threshold=1.0), config=EVERY_STEP)
     x = torch.rand(8, 1, 8, 8)
     for _ in range(40):
         mas.observe(x)
@@ -84,7 +86,7 @@ def test_a_poisoned_batch_changes_nothing() -> None:
 
 def test_parameters_change_dtype_mid_stream() -> None:
     model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
-    mas = om.OnlineMAS(model, detector=None)
+    mas = om.OnlineMAS(model, detector=None, config=EVERY_STEP)
     mas.observe(torch.randn(8, 4))
     mas.consolidate()
     omega = {n: v.clone() for n, v in mas.omega.items()}
@@ -105,7 +107,7 @@ def test_parameters_change_dtype_mid_stream() -> None:
 
 def test_head_grows_layer_frozen_then_unfrozen() -> None:
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
-    mas = om.OnlineMAS(model, detector=None)
+    mas = om.OnlineMAS(model, detector=None, config=EVERY_STEP)
     mas.observe(torch.randn(16, 4))
     mas.consolidate()
     kept = mas.omega["0.weight"].clone()

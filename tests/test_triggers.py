@@ -53,9 +53,17 @@ def test_periodic_and_oracle_policies_fire_exactly_on_schedule() -> None:
     assert _fire_steps(om.OnlineMAS(_model(), detector=None), xs) == []
 
 
-def test_periodic_detector_is_fed_once_per_importance_update() -> None:
-    mas = om.OnlineMAS(_model(), config=om.MASConfig(every=2), detector=Periodic(every=3))
-    assert _fire_steps(mas, _stream(20, change_at=21)) == [6, 12, 18]
+def test_detector_is_fed_every_step_even_without_a_forward_of_the_users() -> None:
+    model = _model()
+    mas = om.OnlineMAS(model, config=om.MASConfig(every=4), detector=Periodic(every=3))
+    fired = _fire_steps(mas, _stream(12, change_at=13))  # observe(x) alone: no model(x) before
+    assert fired == [3, 6, 9, 12]
+    assert [e.stats["samples"] for e in mas.events] == [0, 16, 16, 16]  # estimates at 4, 8, 12
+    model.eval()
+    with torch.no_grad():
+        last = _stream(12, change_at=13)[-1]
+        expected = float(om.signals.per_sample("entropy", model(last)).mean())
+    assert mas.last_signal == pytest.approx(expected, rel=1e-6)  # from the estimate's eval pass
 
 
 def test_loss_signal_needs_the_loss_and_drives_the_plateau_rule() -> None:
@@ -91,7 +99,7 @@ def test_stable_anchor_is_the_older_snapshot() -> None:
 
 def test_hard_buffer_adds_the_most_surprising_samples_at_consolidation() -> None:
     model = _model()
-    mas = om.OnlineMAS(model, config=om.MASConfig(buffer_size=4, buffer_decay=1.0), detector=None)
+    mas = om.OnlineMAS(model, config=om.MASConfig(every=1, buffer_size=4, buffer_decay=1.0), detector=None)
     xs = _stream(5, change_at=6)
     for x in xs:
         mas.observe(x)
