@@ -278,3 +278,17 @@ def test_model_must_be_a_module_and_x_validated() -> None:
 def test_public_api_is_importable() -> None:
     for name in om.__all__:
         assert getattr(om, name) is not None
+
+
+def test_accumulate_estimates_now_whatever_the_interval() -> None:
+    model, x = _model(), _data(12)
+    mas = om.OnlineMAS(model, config=om.MASConfig(every=64), detector=om.Periodic(every=1))
+    assert mas.accumulate(x) == 12
+    assert mas.step == 0 and mas.events == []  # not a step; the detector is not fed
+    expected = om.importance(model, x)
+    for n, v in mas.running_omega.items():
+        assert torch.allclose(v, expected[n], rtol=1e-5, atol=1e-7)
+    with pytest.warns(RuntimeWarning, match="skipped"):
+        assert mas.accumulate(torch.full_like(x, float("nan"))) == 0
+    with pytest.raises(ValueError, match="non-empty batch"):
+        mas.accumulate(torch.zeros(0, 10))
