@@ -476,9 +476,9 @@ class OnlineMAS:
         int
             The number of samples added (0 if the batch was skipped as non-finite).
         """
-        check_input(x)
         self._sync()
         try:
+            check_input(x)  # wrong types and shapes raise; nan/inf is skipped and counted
             sums, n, _ = self._estimate(x)
         except NonFiniteError as err:
             self._skip(str(err))
