@@ -1,0 +1,44 @@
+"""The experiment runner behind ``online-mas run`` and ``online-mas report``.
+
+- :mod:`~online_mas.experiment.config`: the dataclasses of a config (the defaults are the
+  embedded default experiment); :mod:`~online_mas.experiment.configio`: TOML in and out.
+- :mod:`~online_mas.experiment.models`: MLP and small CNN.
+- :mod:`~online_mas.experiment.learners`: fine-tuning, online MAS, MAS at the true boundaries,
+  L2, online EWC, joint training.
+- :mod:`~online_mas.experiment.run`: the loop, checkpoints, resume, run directories.
+- :mod:`~online_mas.experiment.record`, :mod:`~online_mas.experiment.plots`,
+  :mod:`~online_mas.experiment.report`: measurements, PNG plots, comparison tables.
+"""
+
+from __future__ import annotations
+
+from online_mas.experiment.config import LEARNERS, ExperimentConfig
+from online_mas.experiment.configio import ConfigError, dump_toml, load_config
+from online_mas.experiment.report import comparison_table, final_accuracy_table, report
+from online_mas.experiment.run import (
+    Interrupted,
+    RunDirError,
+    create_run_dir,
+    open_run_dir,
+    run_experiment,
+    run_unit,
+    units,
+)
+
+__all__ = [
+    "LEARNERS",
+    "ConfigError",
+    "ExperimentConfig",
+    "Interrupted",
+    "RunDirError",
+    "comparison_table",
+    "create_run_dir",
+    "dump_toml",
+    "final_accuracy_table",
+    "load_config",
+    "open_run_dir",
+    "report",
+    "run_experiment",
+    "run_unit",
+    "units",
+]
