@@ -156,7 +156,7 @@ class MASLearnerConfig:
     """``[learner.mas-oracle]``: MAS consolidated at the true boundaries (not task-free)."""
 
     lam: float = 1e-3  # penalty strength (raw MAS importance is large: ~1e-3 on digits)
-    penalty: str = "loss"  # "loss" (added to the loss), "grad" (added to .grad), "proximal" (implicit)
+    penalty: str = "grad"  # "grad" (added to .grad), "loss" (same gradient, via autograd), "proximal"
     mas: MASConfig = field(default_factory=MASConfig)  # importance estimator, averaging, consolidation
 
     def __post_init__(self) -> None:
@@ -177,7 +177,7 @@ class OnlineMASLearnerConfig:
     """
 
     lam: float = 1e-3  # penalty strength
-    penalty: str = "loss"  # "loss", "grad" or "proximal", as for mas-oracle
+    penalty: str = "grad"  # "grad", "loss" or "proximal", as for mas-oracle
     detector: str = "default"  # "default" is om.default_detector(): Page-Hinkley on the entropy
     detector_args: dict[str, float | int | str] = field(default_factory=dict)  # detector kwargs
     mas: MASConfig = field(default_factory=MASConfig)  # estimator, signal, anchor ("stable")
@@ -196,7 +196,7 @@ class L2Config:
     """``[learner.l2]``: uniform importance (all ones), anchored at the true boundaries."""
 
     lam: float = 1e-2  # penalty strength
-    penalty: str = "loss"  # "loss", "grad" or "proximal"
+    penalty: str = "grad"  # "grad", "loss" or "proximal"
 
     def __post_init__(self) -> None:
         _lam(self.lam)
@@ -216,7 +216,7 @@ class EWCConfig:
     """
 
     lam: float = 10.0  # penalty strength
-    penalty: str = "loss"  # "loss", "grad" or "proximal"
+    penalty: str = "grad"  # "grad", "loss" or "proximal"
     gamma: float = 1.0  # decay of the old Fisher at each boundary: F <- gamma F + F_segment
 
     def __post_init__(self) -> None:

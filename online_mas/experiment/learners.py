@@ -264,6 +264,9 @@ class L2(_Anchored):
 
     name = "l2"
 
+    def importance(self) -> dict[str, Tensor] | None:
+        return None  # uniform by construction: nothing to report
+
     def _consolidate(self) -> list[Tensor]:
         return [torch.ones_like(p, dtype=torch.float32) for p in self._params]
 

@@ -58,7 +58,7 @@ from online_mas.experiment.record import Record, summarize
 from streams import Stream, build_stream
 
 __all__ = ["Interrupted", "RunDirError", "Unit", "build_optimizer", "create_run_dir", "evaluate",
-           "open_run_dir", "run_experiment", "run_unit", "units"]
+           "open_run_dir", "run_experiment", "run_unit", "run_units", "units"]
 
 _CKPT_KIND = "online-mas-run"
 _CKPT_VERSION = 1
@@ -167,9 +167,7 @@ def run_experiment(config: ExperimentConfig, run_dir: str | Path, *,
                    progress: bool | None = None) -> list[dict[str, Any]]:
     """Run (or continue) every (learner, seed) of ``config`` in ``run_dir``; write the summaries.
 
-    SIGINT and SIGTERM make each running unit write a checkpoint and stop; :class:`Interrupted`
-    is then raised (exit code 128 + signal number is the CLI's answer). With
-    ``config.run.workers > 1`` the units run in that many spawned processes.
+    See :func:`run_units` for interruption and parallel workers (``config.run.workers``).
 
     Returns
     -------
@@ -179,7 +177,26 @@ def run_experiment(config: ExperimentConfig, run_dir: str | Path, *,
     from online_mas.experiment.report import write_experiment_summary
 
     show = config.run.progress if progress is None else progress
-    todo = units(config, run_dir)
+    jobs = [(config, unit) for unit in units(config, run_dir)]
+    results = run_units(jobs, workers=config.run.workers, progress=show)
+    write_experiment_summary(run_dir, config, results)
+    return results
+
+
+def run_units(jobs: Sequence[tuple[ExperimentConfig, Unit]], *, workers: int = 1,
+              progress: bool = True) -> list[dict[str, Any]]:
+    """Run (or continue) units, one after the other or in ``workers`` spawned processes.
+
+    SIGINT and SIGTERM make each running unit write a checkpoint and stop; :class:`Interrupted`
+    is then raised (the CLI exits with 128 + the signal number). A second SIGINT stops at once,
+    without a checkpoint. With several workers, a worker also stops (with a checkpoint) if its
+    parent process dies.
+
+    Returns
+    -------
+    list of dict
+        The summary of every unit, in the order of ``jobs``.
+    """
     stop = threading.Event()
     got: list[int] = []
 
@@ -190,17 +207,16 @@ def run_experiment(config: ExperimentConfig, run_dir: str | Path, *,
         stop.set()
 
     with _signals(handler):
-        if config.run.workers > 1 and len(todo) > 1:
-            results = _run_parallel(config, todo, stop, show)
+        if workers > 1 and len(jobs) > 1:
+            results = _run_parallel(jobs, workers, stop, progress)
         else:
             results = []
-            for unit in todo:
+            for config, unit in jobs:
                 if stop.is_set():
                     break
-                results.append(run_unit(config, unit, stop=stop, progress=show))
+                results.append(run_unit(config, unit, stop=stop, progress=progress))
         if got:
             raise Interrupted("stopped", got[0])
-    write_experiment_summary(run_dir, config, results)
     return results
 
 
@@ -217,16 +233,15 @@ def _signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _run_parallel(config: ExperimentConfig, todo: list[Unit], stop: threading.Event,
-                  show: bool) -> list[dict[str, Any]]:
+def _run_parallel(jobs: Sequence[tuple[ExperimentConfig, Unit]], workers: int,
+                  stop: threading.Event, show: bool) -> list[dict[str, Any]]:
     ctx = get_context("spawn")
     shared = ctx.Event()
     results: dict[int, dict[str, Any]] = {}
-    interrupted: list[Interrupted] = []
-    with ProcessPoolExecutor(config.run.workers, mp_context=ctx, initializer=_init_worker,
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                              initargs=(shared, os.getpid())) as pool:
-        futures = {pool.submit(_worker_unit, config, u): i for i, u in enumerate(todo)}
-        bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not show, dynamic_ncols=True)
+        futures = {pool.submit(_worker_unit, config, unit): i for i, (config, unit) in enumerate(jobs)}
+        bar = tqdm(total=len(jobs), desc="runs", unit="run", disable=not show, dynamic_ncols=True)
         pending = set(futures)
         while pending:
             if stop.is_set() and not shared.is_set():
@@ -241,16 +256,15 @@ def _run_parallel(config: ExperimentConfig, todo: list[Unit], stop: threading.Ev
                 pending.discard(f)
                 if f.cancelled():
                     continue
-                try:
+                with contextlib.suppress(Interrupted):
                     results[futures[f]] = f.result()
-                except Interrupted as err:
-                    interrupted.append(err)
+                unit = jobs[futures[f]][1]
                 bar.update(1)
-                bar.set_postfix_str(f"last: {todo[futures[f]].learner} seed {todo[futures[f]].seed}")
+                bar.set_postfix_str(f"last: {unit.learner} seed {unit.seed}")
         bar.close()
-    if interrupted or stop.is_set():
+    if stop.is_set() or len(results) < len(jobs):
         raise Interrupted("stopped")
-    return [results[i] for i in range(len(todo))]
+    return [results[i] for i in range(len(jobs))]
 
 
 _WORKER_STOP: Any = None
