@@ -80,7 +80,8 @@ def plot_stream_accuracy(lines: Sequence[dict[str, Any]], path: str | Path, *,
 
     ``lines`` are the lines of ``metrics.jsonl``: their ``"accuracy"`` (prequential, over the
     steps since the previous line) is drawn as a line, their ``"eval"`` lists (held-out accuracy
-    per segment) as markers per segment. ``change_points`` are batch indices where a new
+    per segment) as markers per segment, their ``"signal"`` (what online MAS's detector watches)
+    on a second axis. ``change_points`` are batch indices where a new
     occurrence starts; ``events`` are the step counts at which a consolidation happened.
     """
     fig = _figure(8.0, 3.6)
@@ -97,6 +98,12 @@ def plot_stream_accuracy(lines: Sequence[dict[str, Any]], path: str | Path, *,
         ax.axvline(c, color="0.5", ls="--", lw=1.0, label="true change" if k == 0 else None)
     for k, e in enumerate(events):
         ax.axvline(e, color="tab:red", lw=0.8, alpha=0.8, label="consolidation" if k == 0 else None)
+    signal = [(ln["step"], ln["signal"]) for ln in lines if isinstance(ln.get("signal"), int | float)]
+    if signal:
+        twin = ax.twinx()
+        twin.plot([s for s, _ in signal], [v for _, v in signal], lw=0.6, color="tab:purple", alpha=0.5)
+        twin.set_ylabel("detector signal", color="tab:purple", fontsize=8)
+        twin.tick_params(labelsize=6, colors="tab:purple")
     ax.set_ylim(0.0, 1.02)
     ax.set_xlabel("step (batches trained)")
     ax.set_ylabel("accuracy")

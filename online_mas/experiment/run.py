@@ -7,8 +7,12 @@ Layout of a run directory::
       summary.json              every run's results and the mean/std per learner
       comparison.md             the comparison table
       <learner>/seed<k>/
-        metrics.jsonl           one line per logged step (loss, prequential accuracy, evaluations,
-                                consolidations, penalty, detector signal, elapsed seconds)
+        metrics.jsonl           one line per logged step (every run.log_every steps, and at each
+                                evaluation and consolidation): step, segment (the true one, for
+                                plots), loss and accuracy (prequential: predicted before the
+                                update, mean since the previous line), prequential (cumulative),
+                                penalty, signal (online MAS's detector input), snapshots, event,
+                                eval (held-out accuracy per segment), time (elapsed seconds)
         checkpoint.pt           model, optimizer, learner (OnlineMAS + detector), stream cursor,
                                 RNG states and the measurements so far; written atomically
         importance.pt           the final importance per parameter (learners that have one)
@@ -405,7 +409,8 @@ class _Run:
                 self.record.add(loss=loss_value, correct=correct, n=int(y.numel()))
                 extra: dict[str, object] = {}
                 if event is not None:
-                    self.record.events.append({"step": done, "batch": i, "reason": event.reason})
+                    self.record.events.append({"step": done, "batch": i, "reason": event.reason,
+                                               "stats": dict(event.stats)})
                     extra["event"] = event.reason
                 periodic = run_cfg.eval_every and done % run_cfg.eval_every == 0
                 if done in self.eval_at or periodic:
