@@ -21,6 +21,7 @@ from typing import Any
 from online_mas.experiment.config import ExperimentConfig
 from online_mas.experiment.plots import draw_unit_plots
 from online_mas.experiment.record import TIMING_KEY
+from online_mas.experiment.rundir import open_run_dir, units, write_text
 
 __all__ = ["COLUMNS", "aggregate", "comparison_table", "final_accuracy_table", "load_results",
            "report", "write_experiment_summary"]
@@ -141,26 +142,22 @@ def final_accuracy_table(results: Sequence[dict[str, Any]]) -> str:
 def write_experiment_summary(run_dir: str | Path, config: ExperimentConfig,
                              results: Sequence[dict[str, Any]]) -> Path:
     """Write ``summary.json`` (every run, and mean/std per learner) and ``comparison.md``."""
-    from online_mas.experiment.run import _write_text
-
     root = Path(run_dir)
     slim = [{k: v for k, v in r.items() if k not in ("events", "importance", "accuracy_matrix")}
             for r in results]
     data = {"name": config.experiment.name, "stream": config.stream.name,
             "learners": list(config.experiment.learners), "seeds": list(config.experiment.seeds),
             "aggregate": aggregate(results), "runs": slim}
-    _write_text(root / "summary.json", json.dumps(data, indent=1) + "\n")
+    write_text(root / "summary.json", json.dumps(data, indent=1) + "\n")
     text = (f"# {config.experiment.name}\n\nFinal accuracy on each segment (mean over seeds):\n\n"
             f"{final_accuracy_table(results)}\n\nComparison (mean ± std over seeds):\n\n"
             f"{comparison_table([(config.experiment.name, results)])}\n")
-    _write_text(root / "comparison.md", text)
+    write_text(root / "comparison.md", text)
     return root / "summary.json"
 
 
 def load_results(run_dir: str | Path) -> tuple[ExperimentConfig, list[dict[str, Any]], list[str]]:
     """The config of a run directory, the summaries of its complete runs, and notes on the rest."""
-    from online_mas.experiment.run import open_run_dir, units
-
     config = open_run_dir(run_dir)
     results, notes = [], []
     for unit in units(config, run_dir):
@@ -186,8 +183,6 @@ def report(run_dirs: Sequence[str | Path], *, plots: bool = True) -> str:
         config, results, missing = load_results(run_dir)
         notes += missing
         if plots:
-            from online_mas.experiment.run import units
-
             done = {(r["learner"], r["seed"]) for r in results}
             for unit in units(config, run_dir):
                 if (unit.learner, unit.seed) in done:

@@ -1,24 +1,9 @@
-"""The run loop: one stream, one model, one learner per (learner, seed); checkpoints and resume.
+"""One unit (a learner on one seed's stream): the training loop, its checkpoints, and resume.
 
-Layout of a run directory::
-
-    RUN_DIR/
-      config.toml               the resolved config (rerun it with ``online-mas run config.toml``)
-      summary.json              every run's results and the mean/std per learner
-      comparison.md             the comparison table
-      <learner>/seed<k>/
-        metrics.jsonl           one line per logged step (every run.log_every steps, and at each
-                                evaluation and consolidation): step, segment (the true one, for
-                                plots), loss and accuracy (prequential: predicted before the
-                                update, mean since the previous line), prequential (cumulative),
-                                penalty, signal (online MAS's detector input), snapshots, event,
-                                eval (held-out accuracy per segment), time (elapsed seconds)
-        checkpoint.pt           model, optimizer, learner (OnlineMAS + detector), stream cursor,
-                                RNG states and the measurements so far; written atomically
-        importance.pt           the final importance per parameter (learners that have one)
-        summary.json            accuracy matrix and metrics, prequential accuracy, events,
-                                detection scores, importance statistics, timing
-        plots/*.png             accuracy_matrix, stream_accuracy, importance
+On every batch: predict it (prequential accuracy), train on it (task loss, then the learner's
+penalty and consolidation), log every ``run.log_every`` steps, evaluate on every segment's
+held-out set at each true change point and at the end, and checkpoint every
+``run.checkpoint_every`` steps. The files are described in :mod:`online_mas.experiment.rundir`.
 
 A run is complete when its ``summary.json`` exists. ``resume`` skips complete runs, continues a
 run from its checkpoint and starts runs that have none. Every batch is a pure function of the
@@ -30,20 +15,13 @@ checkpoint before continuing, so no line is written twice.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import random
-import shutil
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
-from multiprocessing import get_context
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -54,22 +32,18 @@ from tqdm import tqdm
 
 from online_mas import checkpoint
 from online_mas.experiment.config import ExperimentConfig, OptimConfig
-from online_mas.experiment.configio import ConfigError, config_to_dict, dump_toml, load_config
+from online_mas.experiment.configio import config_to_dict
 from online_mas.experiment.learners import Learner, build_learner
 from online_mas.experiment.models import build_model, model_signature
 from online_mas.experiment.plots import draw_unit_plots
 from online_mas.experiment.record import Record, summarize
+from online_mas.experiment.rundir import Unit, write_text
 from streams import Stream, build_stream
 
-__all__ = ["Interrupted", "RunDirError", "Unit", "build_optimizer", "create_run_dir", "evaluate",
-           "open_run_dir", "run_experiment", "run_unit", "run_units", "units"]
+__all__ = ["Interrupted", "build_optimizer", "evaluate", "run_unit"]
 
 _CKPT_KIND = "online-mas-run"
 _CKPT_VERSION = 1
-
-
-class RunDirError(ValueError):
-    """A run directory is missing, is not a run, or exists where a new run would overwrite it."""
 
 
 class Interrupted(Exception):
@@ -82,217 +56,6 @@ class Interrupted(Exception):
 
 class _Stop(Protocol):
     def is_set(self) -> bool: ...
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One run of an experiment: a learner on the stream of one seed, in its own folder."""
-
-    learner: str  # one of LEARNERS
-    seed: int  # the stream's and the model's seed
-    path: Path  # RUN_DIR/<learner>/seed<seed>
-
-
-def units(config: ExperimentConfig, run_dir: str | Path) -> list[Unit]:
-    """The runs of an experiment, learner-major (every seed of the first learner first).
-
-    Examples
-    --------
-    >>> [f"{u.learner}/{u.path.name}" for u in units(ExperimentConfig(), "runs/x")]
-    ['finetune/seed0', 'online-mas/seed0', 'mas-oracle/seed0']
-    """
-    root = Path(run_dir)
-    return [Unit(name, seed, root / name / f"seed{seed}")
-            for name in config.experiment.learners for seed in config.experiment.seeds]
-
-
-# --------------------------------------------------------------------------- run directories
-
-
-def create_run_dir(config: ExperimentConfig, out: str | Path | None = None, *,
-                   force: bool = False) -> tuple[Path, ExperimentConfig]:
-    """Create the run directory and write the resolved ``config.toml`` into it.
-
-    The directory is ``out``, else ``config.run.out_dir``, else ``runs/<name>-<date>-<time>``.
-    An existing non-empty directory is an error unless ``force`` is set, and even then only a
-    run directory (one with a ``config.toml``) is deleted and replaced.
-
-    Returns
-    -------
-    (Path, ExperimentConfig)
-        The directory and the config with ``run.out_dir`` resolved to it.
-    """
-    if out is None or str(out) == "":
-        out = config.run.out_dir or f"runs/{config.experiment.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise RunDirError(f"{str(path)!r} exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()):
-        if not force:
-            raise RunDirError(f"run directory {str(path)!r} already exists; pass --force to replace "
-                              f"it, or continue it with: online-mas run --resume {path}")
-        if not (path / "config.toml").is_file():
-            raise RunDirError(f"{str(path)!r} is not empty and is not an online-mas run directory "
-                              "(no config.toml): refusing to delete it, even with --force")
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    config = dataclasses.replace(config, run=dataclasses.replace(config.run, out_dir=str(path)))
-    _write_text(path / "config.toml", dump_toml(
-        config, header=f"online-mas run config (resolved); rerun: online-mas run {path}/config.toml "
-                       f"--out NEW_DIR; continue: online-mas run --resume {path}"))
-    return path, config
-
-
-def open_run_dir(run_dir: str | Path) -> ExperimentConfig:
-    """The config of an existing run directory, for ``--resume`` and ``report``.
-
-    Raises
-    ------
-    RunDirError
-        The directory does not exist or has no ``config.toml``.
-    ConfigError
-        Its ``config.toml`` is not a valid config.
-    """
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise RunDirError(f"run directory {str(path)!r} does not exist")
-    if not (path / "config.toml").is_file():
-        raise RunDirError(f"{str(path)!r} is not an online-mas run directory: it has no config.toml")
-    try:
-        return load_config(path / "config.toml")
-    except ConfigError as err:
-        raise ConfigError(f"{path}/config.toml is not a valid run config: {err}") from None
-
-
-# --------------------------------------------------------------------------- experiment
-
-
-def run_experiment(config: ExperimentConfig, run_dir: str | Path, *,
-                   progress: bool | None = None) -> list[dict[str, Any]]:
-    """Run (or continue) every (learner, seed) of ``config`` in ``run_dir``; write the summaries.
-
-    See :func:`run_units` for interruption and parallel workers (``config.run.workers``).
-
-    Returns
-    -------
-    list of dict
-        The ``summary.json`` of every unit, in the order of :func:`units`.
-    """
-    from online_mas.experiment.report import write_experiment_summary
-
-    show = config.run.progress if progress is None else progress
-    jobs = [(config, unit) for unit in units(config, run_dir)]
-    results = run_units(jobs, workers=config.run.workers, progress=show)
-    write_experiment_summary(run_dir, config, results)
-    return results
-
-
-def run_units(jobs: Sequence[tuple[ExperimentConfig, Unit]], *, workers: int = 1,
-              progress: bool = True) -> list[dict[str, Any]]:
-    """Run (or continue) units, one after the other or in ``workers`` spawned processes.
-
-    SIGINT and SIGTERM make each running unit write a checkpoint and stop; :class:`Interrupted`
-    is then raised (the CLI exits with 128 + the signal number). A second SIGINT stops at once,
-    without a checkpoint. With several workers, a worker also stops (with a checkpoint) if its
-    parent process dies.
-
-    Returns
-    -------
-    list of dict
-        The summary of every unit, in the order of ``jobs``.
-    """
-    stop = threading.Event()
-    got: list[int] = []
-
-    def handler(signum: int, frame: object) -> None:
-        if stop.is_set():  # a second Ctrl-C: stop now, without a checkpoint
-            raise KeyboardInterrupt
-        got.append(signum)
-        stop.set()
-
-    with _signals(handler):
-        if workers > 1 and len(jobs) > 1:
-            results = _run_parallel(jobs, workers, stop, progress)
-        else:
-            results = []
-            for config, unit in jobs:
-                if stop.is_set():
-                    break
-                results.append(run_unit(config, unit, stop=stop, progress=progress))
-        if got:
-            raise Interrupted("stopped", got[0])
-    return results
-
-
-@contextlib.contextmanager
-def _signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-def _run_parallel(jobs: Sequence[tuple[ExperimentConfig, Unit]], workers: int,
-                  stop: threading.Event, show: bool) -> list[dict[str, Any]]:
-    ctx = get_context("spawn")
-    shared = ctx.Event()
-    results: dict[int, dict[str, Any]] = {}
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(shared, os.getpid())) as pool:
-        futures = {pool.submit(_worker_unit, config, unit): i for i, (config, unit) in enumerate(jobs)}
-        bar = tqdm(total=len(jobs), desc="runs", unit="run", disable=not show, dynamic_ncols=True)
-        pending = set(futures)
-        while pending:
-            if stop.is_set() and not shared.is_set():
-                shared.set()
-                for f in pending:
-                    f.cancel()
-            done = [f for f in pending if f.done()]
-            if not done:
-                time.sleep(0.05)
-                continue
-            for f in done:
-                pending.discard(f)
-                if f.cancelled():
-                    continue
-                with contextlib.suppress(Interrupted):
-                    results[futures[f]] = f.result()
-                unit = jobs[futures[f]][1]
-                bar.update(1)
-                bar.set_postfix_str(f"last: {unit.learner} seed {unit.seed}")
-        bar.close()
-    if stop.is_set() or len(results) < len(jobs):
-        raise Interrupted("stopped")
-    return [results[i] for i in range(len(jobs))]
-
-
-_WORKER_STOP: Any = None
-
-
-class _WorkerStop:
-    def __init__(self, event: Any, parent: int) -> None:
-        self.event, self.parent = event, parent
-
-    def is_set(self) -> bool:
-        return bool(self.event.is_set()) or os.getppid() != self.parent
-
-
-def _init_worker(event: Any, parent: int) -> None:
-    global _WORKER_STOP
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides, and tells through event
-    _WORKER_STOP = _WorkerStop(event, parent)
-
-
-def _worker_unit(config: ExperimentConfig, unit: Unit) -> dict[str, Any]:
-    return run_unit(config, unit, stop=_WORKER_STOP, progress=False)
-
-
-# --------------------------------------------------------------------------- one unit
 
 
 def build_optimizer(config: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -470,14 +233,14 @@ class _Run:
                             tolerance=self.config.experiment.detect_tolerance)
         if self.config.run.plots:
             draw_unit_plots(self.unit.path, summary)
-        _write_text(self.unit.path / "summary.json", json.dumps(summary, indent=1) + "\n")
+        write_text(self.unit.path / "summary.json", json.dumps(summary, indent=1) + "\n")
         return summary
 
     # -- checkpoints -----------------------------------------------------------------------
 
     def _fresh(self) -> int:
         self.record.initial = evaluate(self.model, self.eval_sets)
-        _write_text(self.metrics, "")
+        write_text(self.metrics, "")
         return 0
 
     def _identity(self) -> dict[str, Any]:
@@ -568,13 +331,3 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
                          n["cached"]))
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write a small text file atomically (temporary file, flush, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
