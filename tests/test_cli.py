@@ -20,7 +20,7 @@ def test_run_prints_the_accuracy_on_every_segment_per_learner(
     text = capsys.readouterr().out
     summaries = {lr: json.loads((out / lr / "seed0" / "summary.json").read_text())
                  for lr in ("finetune", "online-mas", "mas-oracle")}
-    assert "| learner | segment 0 | segment 1 | mean |" in text
+    assert "| learner | identity | permutation 1 | mean |" in text
     for learner, s in summaries.items():  # the default experiment's three learners
         a, b = (100 * v for v in s["final_accuracy"])
         assert f"| {learner} | {a:.1f} | {b:.1f} | {(a + b) / 2:.1f} |" in text

@@ -163,7 +163,7 @@ def importance_stats(importance: dict[str, Tensor] | None) -> dict[str, dict[str
 
 def summarize(record: Record, *, learner: str, seed: int, iid: bool, stream: str, n_steps: int,
               batch_size: int, change_points: Sequence[int], order: Sequence[int],
-              importance: dict[str, Tensor] | None, detect: bool,
+              segment_names: Sequence[str], importance: dict[str, Tensor] | None, detect: bool,
               tolerance: int | None) -> dict[str, object]:
     """The ``summary.json`` of a finished run.
 
@@ -187,7 +187,8 @@ def summarize(record: Record, *, learner: str, seed: int, iid: bool, stream: str
     wall = record.elapsed
     return {
         "learner": learner, "seed": seed, "stream": stream, "n_steps": n_steps,
-        "batch_size": batch_size, "change_points": list(change_points), "order": list(order),
+        "batch_size": batch_size, "segment_names": list(segment_names),
+        "change_points": list(change_points), "order": list(order),
         "eval_steps": list(record.row_steps), "initial_accuracy": list(record.initial),
         "accuracy_matrix": [list(r) for r in record.rows],
         "final_accuracy": list(record.rows[-1]) if record.rows else [],

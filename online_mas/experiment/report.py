@@ -115,6 +115,8 @@ def comparison_table(groups: Sequence[tuple[str, Sequence[dict[str, Any]]]], *,
 def final_accuracy_table(results: Sequence[dict[str, Any]]) -> str:
     """Accuracy on every segment at the end of the stream, per learner (mean over seeds), in %.
 
+    Columns are named by the summaries' ``segment_names`` if they have them.
+
     Examples
     --------
     >>> runs = [{"learner": "finetune", "final_accuracy": [0.2, 0.9]},
@@ -129,7 +131,8 @@ def final_accuracy_table(results: Sequence[dict[str, Any]]) -> str:
     if not rows:
         return ""
     k = len(rows[0]["final_accuracy"])
-    lines = ["| learner | " + " | ".join(f"segment {j}" for j in range(k)) + " | mean |",
+    names = rows[0].get("segment_names") or [f"segment {j}" for j in range(k)]
+    lines = ["| learner | " + " | ".join(names) + " | mean |",
              "|" + "---|" * (k + 2)]
     for learner in dict.fromkeys(r["learner"] for r in rows):
         mine = [r["final_accuracy"] for r in rows if r["learner"] == learner]

@@ -229,7 +229,8 @@ class _Run:
                             iid=self.learner.iid, stream=self.config.stream.name, n_steps=self.n,
                             batch_size=self.stream.batch_size,
                             change_points=self.stream.change_points,
-                            order=self.stream.truth.order, importance=imp, detect=detect,
+                            order=self.stream.truth.order,
+                            segment_names=self.stream.truth.segment_names, importance=imp, detect=detect,
                             tolerance=self.config.experiment.detect_tolerance)
         if self.config.run.plots:
             draw_unit_plots(self.unit.path, summary)
