@@ -149,6 +149,8 @@ def _init_worker(event: Any, parent: int) -> None:
 
 
 def _worker_unit(config: ExperimentConfig, unit: Unit) -> dict[str, Any]:
+    if _WORKER_STOP is not None and _WORKER_STOP.is_set():  # queued before the stop: do not start
+        raise Interrupted(f"{unit.learner} seed {unit.seed} not started")
     return run_unit(config, unit, stop=_WORKER_STOP, progress=False)
 
 
