@@ -72,7 +72,8 @@ def main() -> None:
                 for seed in args.seeds:
                     jobs.append((config, Unit(learner, seed, Path(args.out) / name / f"seed{seed}")))
                     keys.append((scenario, learner, form, lam))
-    print(f"{len(jobs)} runs on {args.workers} worker(s)")
+    cached = sum((u.path / "summary.json").is_file() for _, u in jobs)
+    print(f"{len(jobs)} runs ({cached} already complete in {args.out}) on {args.workers} worker(s)")
     start = time.perf_counter()
     results = run_units(jobs, workers=args.workers, progress=True)
     seconds = time.perf_counter() - start
@@ -83,7 +84,9 @@ def main() -> None:
     rows = [{"scenario": s, "learner": ln, "penalty": f, "lam": lam, "acc": sum(v) / len(v),
              "runs": len(v)} for (s, ln, f, lam), v in table.items()]
     lines = [f"Penalty-strength sweep on seeds {args.seeds} (mean average accuracy, %); "
-             f"{len(jobs)} runs in {seconds:.0f} s on {args.workers} worker(s).", "",
+             f"{len(jobs)} runs ({len(jobs) - cached} run now in {seconds:.0f} s on {args.workers} "
+             f"worker(s), {cached} read from earlier runs). Command: python scripts/sweep_digits.py",
+             "",
              "| scenario | learner | penalty | " + " | ".join(["lam", "ACC %", "best"]) + " |",
              "|---|---|---|---|---|---|"]
     for (scenario, learner, form) in dict.fromkeys((r["scenario"], r["learner"], r["penalty"])
