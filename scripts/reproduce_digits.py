@@ -77,8 +77,9 @@ def main() -> None:
         experiments.append((scenario, run_dir, config))
 
     jobs = [(config, u) for _, run_dir, config in experiments for u in units(config, run_dir)]
-    print(f"{len(jobs)} runs ({len(args.scenarios)} scenarios x 6 learners x {len(args.seeds)} seeds) "
-          f"on {args.workers} worker(s)", flush=True)
+    cached = sum((u.path / "summary.json").is_file() for _, u in jobs)
+    print(f"{len(jobs)} runs ({len(args.scenarios)} scenarios x 6 learners x {len(args.seeds)} seeds; "
+          f"{cached} already complete) on {args.workers} worker(s)", flush=True)
     start = time.perf_counter()
     results = run_units(jobs, workers=args.workers, progress=True)
     seconds = time.perf_counter() - start
@@ -96,15 +97,18 @@ def main() -> None:
               f"detection F1/delay: online MAS's consolidations against the true change points. "
               f"Online MAS and fine-tuning never see the boundaries; MAS-oracle, L2 and EWC use the "
               f"true ones; joint trains i.i.d. (BWT/forgetting n/a).")
-    footer = (f"`python scripts/reproduce_digits.py` ({len(jobs)} runs): {seconds:.0f} s wall on "
-              f"{os.cpu_count()} cores, {args.workers} worker(s) x 1 torch thread; torch "
+    footer = (f"`python scripts/reproduce_digits.py`: {len(jobs) - cached} runs in {seconds:.0f} s wall "
+              f"on {os.cpu_count()} cores, {args.workers} worker(s) x 1 torch thread; torch "
               f"{torch.__version__}, Python {platform.python_version()}.")
+    if cached:
+        footer += f" {cached} more runs were read from an earlier call (--fresh recomputes them)."
     text = f"{header}\n\n{table}\n\n{footer}\n"
     print("\n" + text)
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.results}.md").write_text(text, encoding="utf-8")
     Path(f"{args.results}.json").write_text(json.dumps(
-        {"seeds": args.seeds, "seconds": seconds, "workers": args.workers, "aggregate": data},
+        {"seeds": args.seeds, "seconds": seconds, "workers": args.workers, "runs_computed":
+         len(jobs) - cached, "runs_read": cached, "aggregate": data},
         indent=1) + "\n", encoding="utf-8")
     print(f"wrote {args.results}.md and {args.results}.json; runs in {args.out}/")
 

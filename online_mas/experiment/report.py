@@ -49,27 +49,31 @@ def _get(summary: dict[str, Any], key: str) -> float | None:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
-def aggregate(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, float | int | None]]]:
-    """Mean, standard deviation (ddof=1) and count over seeds, per learner and column.
+def aggregate(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per learner: the number of runs, and mean, std (ddof=1) and count of every column.
+
+    A column's count leaves out runs where it is undefined (``None``).
 
     Examples
     --------
     >>> runs = [{"learner": "a", "average_accuracy": 0.5}, {"learner": "a", "average_accuracy": 0.7}]
-    >>> agg = aggregate(runs)["a"]["average_accuracy"]
-    >>> round(agg["mean"], 4), round(agg["std"], 4), agg["n"]
-    (0.6, 0.1414, 2)
+    >>> agg = aggregate(runs)["a"]
+    >>> acc = agg["metrics"]["average_accuracy"]
+    >>> agg["n_runs"], round(acc["mean"], 4), round(acc["std"], 4), acc["n"]
+    (2, 0.6, 0.1414, 2)
     """
-    out: dict[str, dict[str, dict[str, float | int | None]]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for learner in dict.fromkeys(r["learner"] for r in results):
         mine = [r for r in results if r["learner"] == learner]
-        out[learner] = {"seeds": {"mean": None, "std": None, "n": len(mine)}}
+        stats: dict[str, dict[str, float | int | None]] = {}
         for _, key, _, _ in COLUMNS:
             values = [v for v in (_get(r, key) for r in mine) if v is not None]
             mean = sum(values) / len(values) if values else None
             std = None
             if len(values) > 1 and mean is not None:
                 std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-            out[learner][key] = {"mean": mean, "std": std, "n": len(values)}
+            stats[key] = {"mean": mean, "std": std, "n": len(values)}
+        out[learner] = {"n_runs": len(mine), "metrics": stats}
     return out
 
 
@@ -106,9 +110,9 @@ def comparison_table(groups: Sequence[tuple[str, Sequence[dict[str, Any]]]], *,
     lines = ["| experiment | learner | seeds | " + " | ".join(c[0] for c in cols) + " |",
              "|" + "---|" * (3 + len(cols))]
     for label, results in groups:
-        for learner, stats in aggregate(results).items():
-            cells = [_cell(stats[key], scale, dec) for _, key, scale, dec in cols]
-            lines.append(f"| {label} | {learner} | {stats['seeds']['n']} | " + " | ".join(cells) + " |")
+        for learner, agg in aggregate(results).items():
+            cells = [_cell(agg["metrics"][key], scale, dec) for _, key, scale, dec in cols]
+            lines.append(f"| {label} | {learner} | {agg['n_runs']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
