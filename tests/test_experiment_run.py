@@ -32,8 +32,8 @@ ALL = '["finetune", "online-mas", "mas-oracle", "l2", "ewc", "joint"]'
 def tiny(*extra: str) -> ExperimentConfig:
     """3 segments of permuted digits, one pass each: 135 batches of 32."""
     return load_config(None, ["stream.n_segments=3", "stream.passes=1.0", "run.log_every=5",
-                              "run.checkpoint_every=50", "run.progress=false", "model.hidden=[32]",
-                              *extra])
+                              "run.checkpoint_every=50", "run.eval_every=50", "run.progress=false",
+                              "model.hidden=[32]", *extra])
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_metrics_jsonl_has_one_line_per_logged_step(
     assert steps == sorted(set(steps))  # increasing, no duplicates
     assert set(range(5, 136, 5)) <= set(steps) and steps[-1] == 135
     evals = [ln["step"] for ln in lines if "eval" in ln]
-    assert evals == [45, 90, 135]  # at the true change points and at the end
+    assert evals == [45, 50, 90, 100, 135]  # change points, the end, and every run.eval_every steps
     assert all({"loss", "accuracy", "prequential", "penalty", "snapshots", "time"} <= set(ln) for ln in lines)
     assert [ln["step"] for ln in lines if "event" in ln] == \
         [e["step"] for e in json.loads((unit(run_dir, "online-mas") / "summary.json").read_text())["events"]]

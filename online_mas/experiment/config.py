@@ -254,7 +254,7 @@ class RunConfig:
     threads: int = 1  # torch.set_num_threads per process (small batches run faster on one)
     workers: int = 1  # (learner, seed) runs executed in parallel processes
     log_every: int = 10  # steps between lines of metrics.jsonl
-    eval_every: int = 0  # also evaluate on every segment every N steps (0: only at change points)
+    eval_every: int = 100  # also evaluate every segment every N steps, for plots (0: only at changes)
     checkpoint_every: int = 500  # steps between checkpoints (0: only the final one)
     progress: bool = True  # show a tqdm bar per run (one bar over runs when workers > 1)
     plots: bool = True  # draw the PNG plots at the end of each run
