@@ -218,3 +218,14 @@ def test_a_checkpoint_from_another_model_is_refused(tmp_path: Path) -> None:
                                               r"checkpoint \[8, 64\], model \[16, 64\]'"):
         run_experiment(big_cfg, big)
     assert not (target / "summary.json").exists()
+
+
+def test_a_truncated_checkpoint_says_how_to_start_over(tmp_path: Path) -> None:
+    run_dir, cfg = create_run_dir(tiny('experiment.learners=["finetune"]', "run.plots=false"),
+                                  tmp_path / "run")
+    target = unit(run_dir, "finetune")
+    target.mkdir(parents=True)
+    (target / "checkpoint.pt").write_bytes(b"PK\x03\x04 not a whole zip file")
+    with pytest.raises(CheckpointError, match=r"not a readable checkpoint .*; delete it to restart this "
+                                              r"run \(learner finetune, seed 0\) from scratch"):
+        run_experiment(cfg, run_dir)

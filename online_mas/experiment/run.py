@@ -10,7 +10,10 @@ run from its checkpoint and starts runs that have none. Every batch is a pure fu
 stream's seed and the step, and the checkpoint holds every other piece of state, so on CPU a
 resumed run reproduces the uninterrupted one exactly (everything but the ``"timing"`` entry and
 the ``"time"`` field of ``metrics.jsonl``). ``metrics.jsonl`` is cut back to its length at the
-checkpoint before continuing, so no line is written twice.
+checkpoint before continuing, so no line is written twice. A checkpoint records the config it was
+written with (all but ``[run]``, which may change between sessions: threads, workers, progress)
+and the names and shapes of the model's tensors; resuming with anything else is refused with a
+message naming the differences.
 """
 
 from __future__ import annotations
@@ -263,7 +266,12 @@ class _Run:
 
     def _restore(self) -> int:
         where = str(self.ckpt)
-        state = checkpoint.load(self.ckpt)
+        try:
+            state = checkpoint.load(self.ckpt)
+        except checkpoint.CheckpointError as err:
+            raise checkpoint.CheckpointError(f"{err}; delete it to restart this run (learner "
+                                             f"{self.unit.learner}, seed {self.unit.seed}) from "
+                                             "scratch") from None
         if state.get("kind") != _CKPT_KIND or state.get("version") != _CKPT_VERSION:
             raise checkpoint.CheckpointError(f"{where} is not a run checkpoint of this online-mas "
                                              f"(kind {state.get('kind')!r}, version "
