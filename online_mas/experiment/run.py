@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 import signal
@@ -154,62 +155,68 @@ class _Run:
 
     def run(self, stop: _Stop | None, progress: bool) -> dict[str, Any]:
         start = self._restore() if self.ckpt.is_file() else self._fresh()
-        run_cfg = self.config.run
-        t0 = time.perf_counter()
-        elapsed0 = self.record.elapsed
+        every = self.config.run
+        t0, elapsed0 = time.perf_counter(), self.record.elapsed
         bar = tqdm(total=self.n, initial=start, desc=f"{self.unit.learner} seed {self.unit.seed}",
                    unit="batch", disable=not progress, dynamic_ncols=True, leave=True)
         with self.metrics.open("a", encoding="utf-8") as log:
             for i, (x, y) in self._batches(start):
                 done = i + 1
-                self.model.train()
-                logits = self.model(x)
-                loss = F.cross_entropy(logits, y)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.learner.after_backward()
-                self.optimizer.step()
-                loss_value = loss.item()
-                correct = int((logits.argmax(1) == y).sum())
-                event = self.learner.after_step(x, loss_value)
-                self.record.add(loss=loss_value, correct=correct, n=int(y.numel()))
-                extra: dict[str, object] = {}
-                if event is not None:
-                    self.record.events.append({"step": done, "batch": i, "reason": event.reason,
-                                               "stats": dict(event.stats)})
-                    extra["event"] = event.reason
-                periodic = run_cfg.eval_every and done % run_cfg.eval_every == 0
-                if done in self.eval_at or periodic:
-                    accs = evaluate(self.model, self.eval_sets)
-                    extra["eval"] = accs
-                    if done in self.eval_at:
-                        self.record.rows.append(accs)
-                        self.record.row_steps.append(done)
-                if extra or done % run_cfg.log_every == 0 or done == self.n:
-                    self.record.elapsed = elapsed0 + time.perf_counter() - t0
-                    line = self.record.line(step=done, segment=self.segments[i], **self.learner.log_values(),
-                                            snapshots=len(self.record.events), **extra,
-                                            time=round(self.record.elapsed, 3))
-                    log.write(json.dumps(line) + "\n")
+                extra = self._step(i, x, y)
+                self.record.elapsed = elapsed0 + time.perf_counter() - t0
+                if extra or done % every.log_every == 0 or done == self.n:
+                    line = self._log(log, i, extra)
                     if progress:
                         bar.set_postfix(snapshots=len(self.record.events),
-                                        acc=f"{line.get('accuracy', float('nan')):.2f}",
+                                        acc=f"{line.get('accuracy', math.nan):.2f}",
                                         smp_s=f"{self.record.seen / max(1e-9, self.record.elapsed):.0f}",
                                         refresh=False)
                 bar.update(1)
-                if stop is not None and stop.is_set() and done < self.n:
-                    self.record.elapsed = elapsed0 + time.perf_counter() - t0
+                if done < self.n and stop is not None and stop.is_set():
                     self._save(done, log)
                     bar.close()
                     raise Interrupted(f"{self.unit.learner} seed {self.unit.seed} stopped at step "
                                       f"{done} of {self.n}; checkpoint {self.ckpt}")
-                if run_cfg.checkpoint_every and done % run_cfg.checkpoint_every == 0 and done < self.n:
-                    self.record.elapsed = elapsed0 + time.perf_counter() - t0
+                if done < self.n and every.checkpoint_every and done % every.checkpoint_every == 0:
                     self._save(done, log)
             self.record.elapsed = elapsed0 + time.perf_counter() - t0
             self._save(self.n, log)
         bar.close()
         return self._finish()
+
+    def _step(self, i: int, x: Tensor, y: Tensor) -> dict[str, object]:
+        """Predict batch ``i``, train on it, evaluate if due; what to add to the log line."""
+        done = i + 1
+        self.model.train()
+        logits = self.model(x)
+        loss = F.cross_entropy(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.learner.after_backward()
+        self.optimizer.step()
+        loss_value = loss.item()
+        self.record.add(loss=loss_value, correct=int((logits.argmax(1) == y).sum()), n=int(y.numel()))
+        event = self.learner.after_step(x, loss_value)
+        extra: dict[str, object] = {}
+        if event is not None:
+            self.record.events.append({"step": done, "batch": i, "reason": event.reason,
+                                       "stats": dict(event.stats)})
+            extra["event"] = event.reason
+        every = self.config.run.eval_every
+        if done in self.eval_at or (every and done % every == 0):
+            extra["eval"] = accs = evaluate(self.model, self.eval_sets)
+            if done in self.eval_at:
+                self.record.rows.append(accs)
+                self.record.row_steps.append(done)
+        return extra
+
+    def _log(self, log: Any, i: int, extra: dict[str, object]) -> dict[str, object]:
+        segment = self.segments[self.order[i] if self.order is not None else i]
+        line = self.record.line(step=i + 1, segment=segment, **self.learner.log_values(),
+                                snapshots=len(self.record.events), **extra,
+                                time=round(self.record.elapsed, 3))
+        log.write(json.dumps(line) + "\n")
+        return line
 
     def _batches(self, start: int) -> Iterator[tuple[int, tuple[Tensor, Tensor]]]:
         if self.order is None:
