@@ -116,9 +116,7 @@ def parse_override(text: str) -> tuple[str, object]:
 
 def config_from_dict(data: Mapping[str, Any]) -> ExperimentConfig:
     """Validate a nested dict (as read from TOML) into an :class:`ExperimentConfig`."""
-    config = _build(ExperimentConfig, data, "")
-    assert isinstance(config, ExperimentConfig)
-    return config
+    return typing.cast(ExperimentConfig, _build(ExperimentConfig, data, ""))
 
 
 def config_to_dict(config: object) -> dict[str, Any]:
