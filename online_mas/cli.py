@@ -1,0 +1,120 @@
+"""The ``online-mas`` command: argument parsing only; the work is in :mod:`online_mas.experiment`.
+
+::
+
+    online-mas run [CONFIG.toml] [--set section.key=value ...] [--out DIR] [--force]
+    online-mas run --resume RUN_DIR
+    online-mas report RUN_DIR [RUN_DIR ...]
+
+Exit codes: 0 done; 2 bad input (config, run directory, checkpoint); 130 stopped by Ctrl-C
+(143 by SIGTERM) after writing a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="online-mas",
+        description="Online, label-free Memory Aware Synapses: run and compare continual-learning "
+                    "experiments.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,report}")
+    run = sub.add_parser(
+        "run", help="run an experiment (the default one if no CONFIG is given)",
+        description="Run an experiment from a TOML config; without CONFIG, the embedded default "
+                    "experiment (permuted digits: fine-tuning, online MAS, MAS at the true "
+                    "boundaries). Results go to a run directory.")
+    run.add_argument("config", nargs="?", metavar="CONFIG.toml",
+                     help="TOML config; only what differs from the default experiment")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override one config value, e.g. --set learner.online-mas.lam=3e-3 "
+                          "(repeatable; the value is TOML, or a plain string)")
+    run.add_argument("--out", metavar="DIR",
+                     help="run directory (default: run.out_dir, else runs/<name>-<date>-<time>)")
+    run.add_argument("--force", action="store_true",
+                     help="replace an existing run directory")
+    run.add_argument("--resume", metavar="RUN_DIR",
+                     help="continue the runs of RUN_DIR from their checkpoints")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    report = sub.add_parser(
+        "report", help="redraw the plots of run directories and print a comparison table",
+        description="Redraw the PNG plots of every complete run in each RUN_DIR and print one "
+                    "comparison table (mean ± std over seeds).")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    report.add_argument("--no-plots", action="store_true", help="do not redraw the plots")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``online-mas``; returns the exit code."""
+    args = _parser().parse_args(argv)
+    from online_mas.checkpoint import CheckpointError
+    from online_mas.experiment import ConfigError, Interrupted, RunDirError
+
+    try:
+        if args.command == "run":
+            return _run(args)
+        return _report(args)
+    except (ConfigError, RunDirError, CheckpointError) as err:
+        print(f"online-mas: error: {err}", file=sys.stderr)
+        return 2
+    except Interrupted as err:
+        print(f"online-mas: stopped; checkpoints written. Continue with: online-mas run --resume "
+              f"{getattr(args, 'run_dir', '') or 'RUN_DIR'}", file=sys.stderr)
+        return 128 + int(err.signum)
+    except KeyboardInterrupt:
+        print("online-mas: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from online_mas.experiment import (
+        ConfigError,
+        comparison_table,
+        create_run_dir,
+        final_accuracy_table,
+        load_config,
+        open_run_dir,
+        run_experiment,
+    )
+
+    if args.resume:
+        if args.config or args.overrides or args.out or args.force:
+            raise ConfigError("--resume takes the config from RUN_DIR/config.toml: drop CONFIG, "
+                              "--set, --out and --force")
+        config = open_run_dir(args.resume)
+        run_dir = args.resume
+    else:
+        config = load_config(args.config, args.overrides)
+        run_dir, config = create_run_dir(config, args.out, force=args.force)
+    args.run_dir = str(run_dir)
+    print(f"run directory: {run_dir}", flush=True)
+    start = time.perf_counter()
+    results = run_experiment(config, run_dir, progress=False if args.no_progress else None)
+    seconds = time.perf_counter() - start
+    print(f"\n{config.experiment.name}: final accuracy on each segment, % (mean over "
+          f"{len(config.experiment.seeds)} seed(s))\n")
+    print(final_accuracy_table(results))
+    print("\ncomparison (mean ± std over seeds)\n")
+    print(comparison_table([(config.experiment.name, results)]))
+    print(f"\nfinished in {seconds:.1f} s; results in {run_dir}/ (summary.json, comparison.md, "
+          f"<learner>/seed<k>/)")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from online_mas.experiment import report
+
+    print(report(args.run_dirs, plots=not args.no_plots))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The experiment runner behind ``online-mas run`` and ``online-mas report``.
+
+- :mod:`~online_mas.experiment.config`: the dataclasses of a config (the defaults are the
+  embedded default experiment); :mod:`~online_mas.experiment.configio`: TOML in and out.
+- :mod:`~online_mas.experiment.models`: MLP and small CNN.
+- :mod:`~online_mas.experiment.learners`: fine-tuning, online MAS, MAS at the true boundaries,
+  L2, online EWC, joint training.
+- :mod:`~online_mas.experiment.run`: one learner on one seed: the loop, checkpoints, resume.
+- :mod:`~online_mas.experiment.launch`: many runs, in sequence or in worker processes; Ctrl-C.
+- :mod:`~online_mas.experiment.rundir`: the layout of a run directory, overwrite protection.
+- :mod:`~online_mas.experiment.record`, :mod:`~online_mas.experiment.plots`,
+  :mod:`~online_mas.experiment.report`: measurements, PNG plots, comparison tables.
+"""
+
+from __future__ import annotations
+
+from online_mas.experiment.config import LEARNERS, ExperimentConfig
+from online_mas.experiment.configio import ConfigError, dump_toml, load_config
+from online_mas.experiment.launch import run_experiment, run_units
+from online_mas.experiment.report import comparison_table, final_accuracy_table, report
+from online_mas.experiment.run import Interrupted, run_unit
+from online_mas.experiment.rundir import RunDirError, Unit, create_run_dir, open_run_dir, units
+
+__all__ = [
+    "LEARNERS",
+    "ConfigError",
+    "ExperimentConfig",
+    "Interrupted",
+    "RunDirError",
+    "Unit",
+    "comparison_table",
+    "create_run_dir",
+    "dump_toml",
+    "final_accuracy_table",
+    "load_config",
+    "open_run_dir",
+    "report",
+    "run_experiment",
+    "run_unit",
+    "run_units",
+    "units",
+]

@@ -1,0 +1,310 @@
+"""What an experiment is: frozen dataclasses, one per section of the TOML file.
+
+The defaults *are* the embedded default experiment (the README's main job): a small MLP on
+scikit-learn's digits with 5 pixel permutations (10 passes each, batch 32), trained with
+fine-tuning, task-free online MAS and MAS at the true boundaries, seed 0. A config file states
+only what differs from it; :mod:`online_mas.experiment.configio` reads, validates and writes it.
+
+A TOML file has the sections ``[experiment]``, ``[stream]``, ``[model]``, ``[optim]``, ``[run]``
+and one table per learner under ``[learner.<name>]``, e.g. ``[learner.online-mas]``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from online_mas.online import MASConfig
+from streams import StreamConfig
+
+__all__ = [
+    "DETECTORS",
+    "KINDS",
+    "LEARNERS",
+    "MODELS",
+    "OPTIMIZERS",
+    "PENALTY_FORMS",
+    "EWCConfig",
+    "ExperimentConfig",
+    "ExperimentSection",
+    "L2Config",
+    "LearnersConfig",
+    "MASLearnerConfig",
+    "ModelConfig",
+    "OnlineMASLearnerConfig",
+    "OptimConfig",
+    "RunConfig",
+    "default_stream",
+]
+
+KINDS = ("continual",)
+LEARNERS = ("finetune", "online-mas", "mas-oracle", "l2", "ewc", "joint")
+MODELS = ("mlp", "cnn")
+OPTIMIZERS = ("sgd", "adam")
+PENALTY_FORMS = ("loss", "grad", "proximal")
+DETECTORS = ("default", "page-hinkley", "cusum", "plateau", "periodic", "never")
+
+
+def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _lam(lam: object) -> None:
+    if not _finite(lam) or lam < 0:  # type: ignore[operator]
+        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+
+
+def _finite(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _bad_int(v: object) -> bool:
+    return not isinstance(v, int) or isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class ExperimentSection:
+    """``[experiment]``: what is compared, and how often.
+
+    Examples
+    --------
+    >>> ExperimentSection(learners=("finetune", "sgd"))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: learners must be a non-empty list of distinct names from (...), got ('finetune', 'sgd')
+    """
+
+    kind: str = "continual"  # the only kind so far; a test-time adaptation kind will follow
+    name: str = "permuted-digits"  # names the run directory and the comparison tables
+    learners: tuple[str, ...] = ("finetune", "online-mas", "mas-oracle")  # learners, same stream and init
+    seeds: tuple[int, ...] = (0,)  # one run per seed; seeds the stream and the model's init
+    detect_tolerance: int | None = None  # detection window in batches; None: half the shortest segment
+
+    def __post_init__(self) -> None:
+        _choice("kind", self.kind, KINDS)
+        if not isinstance(self.name, str) or not self.name or "/" in self.name:
+            raise ValueError(f"name must be a non-empty string without '/', got {self.name!r}")
+        if not self.learners or any(n not in LEARNERS for n in self.learners) \
+                or len(set(self.learners)) != len(self.learners):
+            raise ValueError(f"learners must be a non-empty list of distinct names from {LEARNERS}, "
+                             f"got {self.learners!r}")
+        if not self.seeds or any(_bad_int(s) or s < 0 for s in self.seeds) \
+                or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be a non-empty list of distinct ints >= 0, got {self.seeds!r}")
+        if self.detect_tolerance is not None and (_bad_int(self.detect_tolerance)
+                                                  or self.detect_tolerance < 0):
+            raise ValueError(f"detect_tolerance must be an int >= 0 or absent, got "
+                             f"{self.detect_tolerance!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """``[model]``: the network every learner trains (built from the seed, so all start equal).
+
+    Examples
+    --------
+    >>> ModelConfig(kind="resnet")
+    Traceback (most recent call last):
+    ...
+    ValueError: kind must be one of ('mlp', 'cnn'), got 'resnet'
+    """
+
+    kind: str = "mlp"  # "mlp" (flattens its input) or "cnn" (conv blocks, then dense layers)
+    hidden: tuple[int, ...] = (100, 100)  # widths of the hidden dense layers (ReLU between)
+    channels: tuple[int, ...] = (16, 32)  # cnn: channels of the blocks 3x3 conv, ReLU, 2x2 max-pool
+
+    def __post_init__(self) -> None:
+        _choice("kind", self.kind, MODELS)
+        for name in ("hidden", "channels"):
+            widths = getattr(self, name)
+            if any(_bad_int(w) or w < 1 for w in widths):
+                raise ValueError(f"{name} must be a list of ints >= 1, got {widths!r}")
+        if self.kind == "cnn" and not self.channels:
+            raise ValueError("a cnn needs at least one conv block: channels must not be empty")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """``[optim]``: the optimizer of the task loss (the same for every learner).
+
+    Examples
+    --------
+    >>> OptimConfig(lr=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: lr must be a finite number > 0, got 0
+    """
+
+    name: str = "sgd"  # "sgd" or "adam"
+    lr: float = 0.05  # learning rate; also the step size of the proximal penalty form
+    momentum: float = 0.9  # sgd momentum, in [0, 1)
+    weight_decay: float = 0.0  # L2 weight decay of the optimizer, >= 0
+
+    def __post_init__(self) -> None:
+        _choice("name", self.name, OPTIMIZERS)
+        if not _finite(self.lr) or self.lr <= 0:
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if not _finite(self.momentum) or not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be a number in [0, 1), got {self.momentum!r}")
+        if not _finite(self.weight_decay) or self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+
+
+@dataclass(frozen=True)
+class MASLearnerConfig:
+    """``[learner.mas-oracle]``: MAS consolidated at the true boundaries (not task-free)."""
+
+    lam: float = 1e-3  # penalty strength (raw MAS importance is large: ~1e-3 on digits)
+    penalty: str = "grad"  # "grad" (added to .grad), "loss" (same gradient, via autograd), "proximal"
+    mas: MASConfig = field(default_factory=MASConfig)  # importance estimator, averaging, consolidation
+
+    def __post_init__(self) -> None:
+        _lam(self.lam)
+        _choice("penalty", self.penalty, PENALTY_FORMS)
+
+
+@dataclass(frozen=True)
+class OnlineMASLearnerConfig:
+    """``[learner.online-mas]``: task-free online MAS; a detector decides when to consolidate.
+
+    Examples
+    --------
+    >>> OnlineMASLearnerConfig(detector="adwin")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: detector must be one of ('default', 'page-hinkley', ...), got 'adwin'
+    """
+
+    lam: float = 1e-3  # penalty strength
+    penalty: str = "grad"  # "grad", "loss" or "proximal", as for mas-oracle
+    detector: str = "default"  # "default" is om.default_detector(): Page-Hinkley on the entropy
+    detector_args: dict[str, float | int | str] = field(default_factory=dict)  # detector kwargs
+    mas: MASConfig = field(default_factory=MASConfig)  # estimator, signal, anchor ("stable")
+
+    def __post_init__(self) -> None:
+        _lam(self.lam)
+        _choice("penalty", self.penalty, PENALTY_FORMS)
+        _choice("detector", self.detector, DETECTORS)
+        if self.detector == "default" and self.detector_args:
+            raise ValueError("detector_args need a named detector (e.g. detector = 'page-hinkley'); "
+                             f"'default' takes none, got {self.detector_args!r}")
+
+
+@dataclass(frozen=True)
+class L2Config:
+    """``[learner.l2]``: uniform importance (all ones), anchored at the true boundaries."""
+
+    lam: float = 1e-2  # penalty strength
+    penalty: str = "grad"  # "grad", "loss" or "proximal"
+
+    def __post_init__(self) -> None:
+        _lam(self.lam)
+        _choice("penalty", self.penalty, PENALTY_FORMS)
+
+
+@dataclass(frozen=True)
+class EWCConfig:
+    """``[learner.ewc]``: online EWC (Schwarz et al., 2018) at the true boundaries; uses labels.
+
+    Examples
+    --------
+    >>> EWCConfig(gamma=1.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: gamma must be a number in [0, 1], got 1.5
+    """
+
+    lam: float = 10.0  # penalty strength
+    penalty: str = "grad"  # "grad", "loss" or "proximal"
+    gamma: float = 1.0  # decay of the old Fisher at each boundary: F <- gamma F + F_segment
+
+    def __post_init__(self) -> None:
+        _lam(self.lam)
+        _choice("penalty", self.penalty, PENALTY_FORMS)
+        if not _finite(self.gamma) or not 0 <= self.gamma <= 1:
+            raise ValueError(f"gamma must be a number in [0, 1], got {self.gamma!r}")
+
+
+@dataclass(frozen=True)
+class LearnersConfig:
+    """``[learner.<name>]``: the options of each learner (fine-tuning and joint have none)."""
+
+    online_mas: OnlineMASLearnerConfig = field(default_factory=OnlineMASLearnerConfig,
+                                               metadata={"key": "online-mas"})  # task-free MAS
+    mas_oracle: MASLearnerConfig = field(default_factory=MASLearnerConfig,
+                                         metadata={"key": "mas-oracle"})  # MAS at true boundaries
+    l2: L2Config = L2Config()  # uniform importance at true boundaries
+    ewc: EWCConfig = EWCConfig()  # online EWC at true boundaries
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """``[run]``: how a run is executed and recorded (does not change the results).
+
+    Examples
+    --------
+    >>> RunConfig(threads=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: threads must be an int >= 1, got 0
+    """
+
+    out_dir: str = ""  # run directory; "" means runs/<experiment.name>-<date>-<time>
+    threads: int = 1  # torch.set_num_threads per process (small batches run faster on one)
+    workers: int = 1  # (learner, seed) runs executed in parallel processes
+    log_every: int = 10  # steps between lines of metrics.jsonl
+    eval_every: int = 100  # also evaluate every segment every N steps, for plots (0: only at changes)
+    checkpoint_every: int = 500  # steps between checkpoints (0: only the final one)
+    progress: bool = True  # show a tqdm bar per run (one bar over runs when workers > 1)
+    plots: bool = True  # draw the PNG plots at the end of each run
+
+    def __post_init__(self) -> None:
+        for name in ("threads", "workers", "log_every"):
+            value = getattr(self, name)
+            if _bad_int(value) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        for name in ("eval_every", "checkpoint_every"):
+            value = getattr(self, name)
+            if _bad_int(value) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+
+
+def default_stream() -> StreamConfig:
+    """The default ``[stream]``: permuted digits, 5 segments, 10 passes each, batch 32.
+
+    Examples
+    --------
+    >>> s = default_stream()
+    >>> s.name, s.n_segments, s.passes, s.batch_size
+    ('permuted-digits', 5, 10.0, 32)
+    """
+    return StreamConfig("permuted-digits", n_segments=5, passes=10.0, batch_size=32)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A whole experiment; ``ExperimentConfig()`` is the embedded default experiment.
+
+    ``[stream]`` takes the fields of :class:`streams.StreamConfig` except ``seed`` (one stream per
+    entry of ``experiment.seeds``), ``labels`` (the task loss needs them; only the learners that
+    use labels read them for anything else) and ``flatten`` (the model flattens).
+
+    Examples
+    --------
+    >>> cfg = ExperimentConfig()
+    >>> cfg.experiment.learners, cfg.stream.name, cfg.model.hidden, cfg.learner.online_mas.lam
+    (('finetune', 'online-mas', 'mas-oracle'), 'permuted-digits', (100, 100), 0.001)
+    """
+
+    experiment: ExperimentSection = ExperimentSection()  # learners, seeds, name
+    stream: StreamConfig = field(default_factory=default_stream)  # the data stream
+    model: ModelConfig = ModelConfig()  # the network
+    optim: OptimConfig = OptimConfig()  # the optimizer
+    learner: LearnersConfig = field(default_factory=LearnersConfig)  # per-learner options
+    run: RunConfig = RunConfig()  # execution and recording
+
+    def __post_init__(self) -> None:
+        if self.stream.seed != 0 or not self.stream.labels or self.stream.flatten:
+            raise ValueError("stream.seed, stream.labels and stream.flatten are set by the runner "
+                             "(seeds come from experiment.seeds); leave them out of [stream]")

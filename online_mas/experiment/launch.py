@@ -1,0 +1,157 @@
+"""Running many units: one after the other or in worker processes; Ctrl-C stops them cleanly.
+
+SIGINT and SIGTERM set a flag that the running unit checks after every step: it writes a checkpoint
+and raises :class:`~online_mas.experiment.run.Interrupted`. Workers (``run.workers > 1``) are
+spawned processes with one torch thread each; they ignore SIGINT themselves and learn about it
+from the parent through a shared event, and they also stop (with a checkpoint) if the parent dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from online_mas.experiment.config import ExperimentConfig
+from online_mas.experiment.report import write_experiment_summary
+from online_mas.experiment.run import Interrupted, run_unit
+from online_mas.experiment.rundir import Unit, units
+
+__all__ = ["run_experiment", "run_units"]
+
+
+def run_experiment(config: ExperimentConfig, run_dir: str | Path, *,
+                   progress: bool | None = None) -> list[dict[str, Any]]:
+    """Run (or continue) every (learner, seed) of ``config`` in ``run_dir``; write the summaries.
+
+    See :func:`run_units` for interruption and parallel workers (``config.run.workers``).
+
+    Returns
+    -------
+    list of dict
+        The ``summary.json`` of every unit, in the order of :func:`units`.
+    """
+    show = config.run.progress if progress is None else progress
+    jobs = [(config, unit) for unit in units(config, run_dir)]
+    results = run_units(jobs, workers=config.run.workers, progress=show)
+    write_experiment_summary(run_dir, config, results)
+    return results
+
+
+def run_units(jobs: Sequence[tuple[ExperimentConfig, Unit]], *, workers: int = 1,
+              progress: bool = True) -> list[dict[str, Any]]:
+    """Run (or continue) units, one after the other or in ``workers`` spawned processes.
+
+    SIGINT and SIGTERM make each running unit write a checkpoint and stop; :class:`Interrupted`
+    is then raised (the CLI exits with 128 + the signal number). A second SIGINT stops at once,
+    without a checkpoint. With several workers, a worker also stops (with a checkpoint) if its
+    parent process dies.
+
+    Returns
+    -------
+    list of dict
+        The summary of every unit, in the order of ``jobs``.
+    """
+    stop = threading.Event()
+    got: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if stop.is_set():  # a second Ctrl-C: stop now, without a checkpoint
+            raise KeyboardInterrupt
+        got.append(signum)
+        stop.set()
+
+    with _signals(handler):
+        if workers > 1 and len(jobs) > 1:
+            results = _run_parallel(jobs, workers, stop, got, progress)
+        else:
+            results = []
+            for config, unit in jobs:
+                if stop.is_set():
+                    break
+                results.append(run_unit(config, unit, stop=stop, progress=progress))
+        if got:
+            raise Interrupted("stopped", got[0])
+    return results
+
+
+@contextlib.contextmanager
+def _signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _run_parallel(jobs: Sequence[tuple[ExperimentConfig, Unit]], workers: int,
+                  stop: threading.Event, got: list[int], show: bool) -> list[dict[str, Any]]:
+    ctx = get_context("spawn")
+    shared = ctx.Event()
+    results: dict[int, dict[str, Any]] = {}
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(shared, os.getpid())) as pool:
+        futures = {pool.submit(_worker_unit, config, unit): i for i, (config, unit) in enumerate(jobs)}
+        bar = tqdm(total=len(jobs), desc="runs", unit="run", disable=not show, dynamic_ncols=True)
+        pending = set(futures)
+        while pending:
+            if stop.is_set() and not shared.is_set():
+                shared.set()
+                for f in pending:
+                    f.cancel()
+            done = [f for f in pending if f.done()]
+            if not done:
+                time.sleep(0.05)
+                continue
+            for f in done:
+                pending.discard(f)
+                if f.cancelled():
+                    continue
+                with contextlib.suppress(Interrupted):
+                    results[futures[f]] = f.result()
+                unit = jobs[futures[f]][1]
+                bar.update(1)
+                bar.set_postfix_str(f"last: {unit.learner} seed {unit.seed}")
+        bar.close()
+    if len(results) < len(jobs):  # a worker stopped (its parent died, or it was told to)
+        raise Interrupted("stopped", got[0] if got else signal.SIGINT)
+    return [results[i] for i in range(len(jobs))]
+
+
+_WORKER_STOP: Any = None
+
+
+class _WorkerStop:
+    def __init__(self, event: Any, parent: int) -> None:
+        self.event, self.parent = event, parent
+
+    def is_set(self) -> bool:
+        return bool(self.event.is_set()) or os.getppid() != self.parent
+
+
+def _init_worker(event: Any, parent: int) -> None:
+    global _WORKER_STOP
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides, and tells through event
+    _WORKER_STOP = _WorkerStop(event, parent)
+
+
+def _worker_unit(config: ExperimentConfig, unit: Unit) -> dict[str, Any]:
+    if _WORKER_STOP is not None and _WORKER_STOP.is_set():  # queued before the stop: do not start
+        raise Interrupted(f"{unit.learner} seed {unit.seed} not started")
+    return run_unit(config, unit, stop=_WORKER_STOP, progress=False)
+
+
+# --------------------------------------------------------------------------- one unit

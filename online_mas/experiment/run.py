@@ -1,0 +1,349 @@
+"""One unit (a learner on one seed's stream): the training loop, its checkpoints, and resume.
+
+On every batch: predict it (prequential accuracy), train on it (task loss, then the learner's
+penalty and consolidation), log every ``run.log_every`` steps, evaluate on every segment's
+held-out set at each true change point and at the end, and checkpoint every
+``run.checkpoint_every`` steps. The files are described in :mod:`online_mas.experiment.rundir`.
+
+A run is complete when its ``summary.json`` exists. ``resume`` skips complete runs, continues a
+run from its checkpoint and starts runs that have none. Every batch is a pure function of the
+stream's seed and the step, and the checkpoint holds every other piece of state, so on CPU a
+resumed run reproduces the uninterrupted one exactly (everything but the ``"timing"`` entry and
+the ``"time"`` field of ``metrics.jsonl``). ``metrics.jsonl`` is cut back to its length at the
+checkpoint before continuing, so no line is written twice. A checkpoint records the config it was
+written with (all but ``[run]``, which may change between sessions: threads, workers, progress)
+and the names and shapes of the model's tensors; resuming with anything else is refused with a
+message naming the differences.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from online_mas import checkpoint
+from online_mas.experiment.config import ExperimentConfig, OptimConfig
+from online_mas.experiment.configio import config_to_dict
+from online_mas.experiment.learners import Learner, build_learner
+from online_mas.experiment.models import build_model, model_signature
+from online_mas.experiment.plots import draw_unit_plots
+from online_mas.experiment.record import Record, summarize
+from online_mas.experiment.rundir import Unit, write_text
+from streams import Stream, build_stream
+
+__all__ = ["Interrupted", "build_optimizer", "evaluate", "run_unit"]
+
+_CKPT_KIND = "online-mas-run"
+_CKPT_VERSION = 1
+
+
+class Interrupted(Exception):
+    """The run stopped on SIGINT/SIGTERM after writing a checkpoint; resume it later."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class _Stop(Protocol):
+    def is_set(self) -> bool: ...
+
+
+def build_optimizer(config: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer ``[optim]`` describes, over the model's trainable parameters.
+
+    Examples
+    --------
+    >>> build_optimizer(OptimConfig(name="adam", lr=1e-3), torch.nn.Linear(2, 1)).defaults["lr"]
+    0.001
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.name == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, sets: Sequence[tuple[Tensor, Tensor]], *,
+             batch_size: int = 1024) -> list[float]:
+    """Accuracy of ``model`` (in eval mode) on each ``(x, y)`` held-out set; the mode is restored.
+
+    Examples
+    --------
+    >>> model = torch.nn.Linear(2, 2)
+    >>> with torch.no_grad():
+    ...     _ = model.weight.copy_(torch.eye(2)); _ = model.bias.zero_()
+    >>> evaluate(model, [(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0]))])
+    [0.5]
+    """
+    was = model.training
+    model.eval()
+    out = []
+    for x, y in sets:
+        correct = 0
+        for i in range(0, len(y), batch_size):
+            correct += int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
+        out.append(correct / max(1, len(y)))
+    model.train(was)
+    return out
+
+
+def run_unit(config: ExperimentConfig, unit: Unit, *, stop: _Stop | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Run one learner on one seed's stream in ``unit.path``, from its checkpoint if it has one.
+
+    Returns the run's summary (read from ``summary.json`` if the run is already complete).
+
+    Raises
+    ------
+    Interrupted
+        ``stop.is_set()`` became true; a checkpoint was written first.
+    checkpoint.CheckpointError
+        The checkpoint does not belong to this run (other config, model, learner or seed); the
+        message names what differs.
+    """
+    summary_path = unit.path / "summary.json"
+    if summary_path.is_file():
+        return dict(json.loads(summary_path.read_text(encoding="utf-8")))
+    unit.path.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.run.threads)
+    try:
+        return _Run(config, unit).run(stop, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+class _Run:
+    """The state of one unit while it runs (built fresh, then restored from a checkpoint)."""
+
+    def __init__(self, config: ExperimentConfig, unit: Unit) -> None:
+        self.config, self.unit = config, unit
+        self.stream: Stream = build_stream(dataclasses.replace(config.stream, seed=unit.seed))
+        self.n = len(self.stream)
+        torch.manual_seed(unit.seed)
+        self.model = build_model(config.model, self.stream.input_shape, self.stream.n_classes)
+        self.optimizer = build_optimizer(config.optim, self.model)
+        boundaries = [*self.stream.change_points, self.n]
+        self.learner: Learner = build_learner(unit.learner, config, self.model, boundaries)
+        self.record = Record()
+        self.eval_sets = list(self.stream.eval_sets)
+        self.eval_at = frozenset(boundaries)  # steps done when a matrix row is evaluated
+        self.segments = self.stream.truth.segments().tolist()
+        self.order: list[int] | None = None
+        if self.learner.iid:
+            g = torch.Generator().manual_seed(unit.seed)
+            self.order = torch.randperm(self.n, generator=g).tolist()
+        self.ckpt = unit.path / "checkpoint.pt"
+        self.metrics = unit.path / "metrics.jsonl"
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(self, stop: _Stop | None, progress: bool) -> dict[str, Any]:
+        start = self._restore() if self.ckpt.is_file() else self._fresh()
+        every = self.config.run
+        t0, elapsed0 = time.perf_counter(), self.record.elapsed
+        bar = tqdm(total=self.n, initial=start, desc=f"{self.unit.learner} seed {self.unit.seed}",
+                   unit="batch", disable=not progress, dynamic_ncols=True, leave=True)
+        with self.metrics.open("a", encoding="utf-8") as log:
+            for i, (x, y) in self._batches(start):
+                done = i + 1
+                extra = self._step(i, x, y)
+                self.record.elapsed = elapsed0 + time.perf_counter() - t0
+                if extra or done % every.log_every == 0 or done == self.n:
+                    line = self._log(log, i, extra)
+                    if progress:
+                        bar.set_postfix(snapshots=len(self.record.events),
+                                        acc=f"{line.get('accuracy', math.nan):.2f}",
+                                        smp_s=f"{self.record.seen / max(1e-9, self.record.elapsed):.0f}",
+                                        refresh=False)
+                bar.update(1)
+                if done < self.n and stop is not None and stop.is_set():
+                    self._save(done, log)
+                    bar.close()
+                    raise Interrupted(f"{self.unit.learner} seed {self.unit.seed} stopped at step "
+                                      f"{done} of {self.n}; checkpoint {self.ckpt}")
+                if done < self.n and every.checkpoint_every and done % every.checkpoint_every == 0:
+                    self._save(done, log)
+            self.record.elapsed = elapsed0 + time.perf_counter() - t0
+            self._save(self.n, log)
+        bar.close()
+        return self._finish()
+
+    def _step(self, i: int, x: Tensor, y: Tensor) -> dict[str, object]:
+        """Predict batch ``i``, train on it, evaluate if due; what to add to the log line."""
+        done = i + 1
+        self.model.train()
+        logits = self.model(x)
+        loss = F.cross_entropy(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.learner.after_backward()
+        self.optimizer.step()
+        loss_value = loss.item()
+        self.record.add(loss=loss_value, correct=int((logits.argmax(1) == y).sum()), n=int(y.numel()))
+        event = self.learner.after_step(x, loss_value)
+        extra: dict[str, object] = {}
+        if event is not None:
+            self.record.events.append({"step": done, "batch": i, "reason": event.reason,
+                                       "stats": dict(event.stats)})
+            extra["event"] = event.reason
+        every = self.config.run.eval_every
+        if done in self.eval_at or (every and done % every == 0):
+            extra["eval"] = accs = evaluate(self.model, self.eval_sets)
+            if done in self.eval_at:
+                self.record.rows.append(accs)
+                self.record.row_steps.append(done)
+        return extra
+
+    def _log(self, log: Any, i: int, extra: dict[str, object]) -> dict[str, object]:
+        segment = self.segments[self.order[i] if self.order is not None else i]
+        line = self.record.line(step=i + 1, segment=segment, **self.learner.log_values(),
+                                snapshots=len(self.record.events), **extra,
+                                time=round(self.record.elapsed, 3))
+        log.write(json.dumps(line) + "\n")
+        return line
+
+    def _batches(self, start: int) -> Iterator[tuple[int, tuple[Tensor, Tensor]]]:
+        if self.order is None:
+            self.stream.seek(start)
+            for i, batch in enumerate(self.stream, start):
+                yield i, batch  # type: ignore[misc]
+            return
+        for i in range(start, self.n):
+            x, y = self.stream.batch(self.order[i])
+            self.stream.seek(i + 1)
+            yield i, (x, y)
+
+    def _finish(self) -> dict[str, Any]:
+        imp = self.learner.importance()
+        if imp is not None:
+            checkpoint.save({k: v.detach().cpu() for k, v in imp.items()},
+                            self.unit.path / "importance.pt")
+        detect = self.unit.learner == "online-mas"
+        summary = summarize(self.record, learner=self.unit.learner, seed=self.unit.seed,
+                            iid=self.learner.iid, stream=self.config.stream.name, n_steps=self.n,
+                            batch_size=self.stream.batch_size,
+                            change_points=self.stream.change_points,
+                            order=self.stream.truth.order,
+                            segment_names=self.stream.truth.segment_names, importance=imp, detect=detect,
+                            tolerance=self.config.experiment.detect_tolerance)
+        if self.config.run.plots:
+            draw_unit_plots(self.unit.path, summary)
+        write_text(self.unit.path / "summary.json", json.dumps(summary, indent=1) + "\n")
+        return summary
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def _fresh(self) -> int:
+        self.record.initial = evaluate(self.model, self.eval_sets)
+        write_text(self.metrics, "")
+        return 0
+
+    def _identity(self) -> dict[str, Any]:
+        cfg = config_to_dict(self.config)
+        cfg.pop("run", None)  # how it runs does not change what it computes
+        return cfg
+
+    def _save(self, done: int, log: Any) -> None:
+        log.flush()
+        os.fsync(log.fileno())
+        checkpoint.save({
+            "kind": _CKPT_KIND, "version": _CKPT_VERSION, "learner": self.unit.learner,
+            "seed": self.unit.seed, "step": done, "n_steps": self.n, "config": self._identity(),
+            "model_signature": model_signature(self.model), "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "learner_state": self.learner.state_dict(),
+            "stream": self.stream.state_dict(), "rng": _rng_state(),
+            "record": self.record.state_dict(), "metrics_bytes": log.tell(),
+        }, self.ckpt)
+
+    def _restore(self) -> int:
+        where = str(self.ckpt)
+        try:
+            state = checkpoint.load(self.ckpt)
+        except checkpoint.CheckpointError as err:
+            raise checkpoint.CheckpointError(f"{err}; delete it to restart this run (learner "
+                                             f"{self.unit.learner}, seed {self.unit.seed}) from "
+                                             "scratch") from None
+        if state.get("kind") != _CKPT_KIND or state.get("version") != _CKPT_VERSION:
+            raise checkpoint.CheckpointError(f"{where} is not a run checkpoint of this online-mas "
+                                             f"(kind {state.get('kind')!r}, version "
+                                             f"{state.get('version')!r})")
+        if (state.get("learner"), state.get("seed")) != (self.unit.learner, self.unit.seed):
+            raise checkpoint.CheckpointError(
+                f"{where} belongs to learner {state.get('learner')!r} seed {state.get('seed')!r}, "
+                f"not to {self.unit.learner!r} seed {self.unit.seed}")
+        diff = _diff(state.get("config"), self._identity())
+        if diff:
+            raise checkpoint.CheckpointError(
+                f"{where} was written with a different config than {self.unit.path.parent.parent}"
+                f"/config.toml: " + "; ".join(diff))
+        saved_sig = state.get("model_signature")
+        mine = model_signature(self.model)
+        if saved_sig != mine:
+            saved = saved_sig if isinstance(saved_sig, dict) else {}
+            shapes = [f"{k}: checkpoint {saved[k]}, model {mine[k]}" for k in mine
+                      if k in saved and saved[k] != mine[k]]
+            raise checkpoint.CheckpointError(
+                f"{where} was written for a different model: missing {sorted(set(mine) - set(saved))}, "
+                f"unexpected {sorted(set(saved) - set(mine))}, shape mismatches {shapes}")
+        try:
+            self.model.load_state_dict(state["model"])  # type: ignore[arg-type]
+            self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
+            self.learner.load_state_dict(state["learner_state"])  # type: ignore[arg-type]
+            self.stream.load_state_dict(state["stream"])  # type: ignore[arg-type]
+            self.record.load_state_dict(state["record"])  # type: ignore[arg-type]
+        except (ValueError, TypeError, KeyError, RuntimeError) as err:
+            raise checkpoint.CheckpointError(f"{where} does not fit this run: {err}") from None
+        _set_rng_state(state["rng"])  # type: ignore[arg-type]
+        size = int(state["metrics_bytes"])  # type: ignore[call-overload]
+        if not self.metrics.is_file() or self.metrics.stat().st_size < size:
+            raise checkpoint.CheckpointError(f"{self.metrics} is shorter than when {where} was "
+                                             "written; the run directory was changed")
+        with self.metrics.open("r+b") as fh:
+            fh.truncate(size)  # drop the lines logged after the checkpoint
+        return int(state["step"])  # type: ignore[call-overload]
+
+
+def _diff(saved: object, current: dict[str, Any], prefix: str = "") -> list[str]:
+    if not isinstance(saved, dict):
+        return [f"{prefix or 'config'}: checkpoint {saved!r}, config.toml {current!r}"]
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        path = f"{prefix}.{key}" if prefix else key
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, path)
+        elif a != b:
+            out.append(f"{path}: checkpoint {a!r}, config.toml {b!r}")
+    return out
+
+
+def _rng_state() -> dict[str, object]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                      "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached"]))

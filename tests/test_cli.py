@@ -1,0 +1,74 @@
+"""The ``online-mas`` command: what it prints, and its errors (exit code 2, nothing overwritten)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from online_mas.cli import main
+
+TINY = ["--set", "stream.n_segments=2", "--set", "stream.passes=1.0", "--set", "run.plots=false",
+        "--set", "model.hidden=[16]", "--no-progress"]
+
+
+def test_run_prints_the_accuracy_on_every_segment_per_learner(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), *TINY]) == 0
+    text = capsys.readouterr().out
+    summaries = {lr: json.loads((out / lr / "seed0" / "summary.json").read_text())
+                 for lr in ("finetune", "online-mas", "mas-oracle")}
+    assert "| learner | identity | permutation 1 | mean |" in text
+    for learner, s in summaries.items():  # the default experiment's three learners
+        a, b = (100 * v for v in s["final_accuracy"])
+        assert f"| {learner} | {a:.1f} | {b:.1f} | {(a + b) / 2:.1f} |" in text
+    assert "| experiment | learner | seeds | ACC % |" in text
+    assert f"results in {out}/" in text
+
+
+def test_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    main(["run", "--out", str(out), *TINY, "--set", 'experiment.learners=["finetune"]'])
+    capsys.readouterr()
+    assert main(["report", str(out), "--no-plots"]) == 0
+    assert "| permuted-digits | finetune | 1 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["run", "nope.toml"], "config file 'nope.toml' does not exist"),
+    (["run", "--set", "optim.lrr=1"], "unknown key 'optim.lrr'; allowed in [optim]"),
+    (["run", "--set", "lr=1"], "--set expects section.key=value, got 'lr=1'"),
+    (["run", "--resume", "{tmp}", "--set", "optim.lr=1"], "--resume takes the config from RUN_DIR"),
+    (["run", "--resume", "{tmp}"], "is not an online-mas run directory: it has no config.toml"),
+    (["report", "{tmp}/none"], "does not exist"),
+])
+def test_bad_input_exits_2_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          argv: list[str], message: str) -> None:
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("online-mas: error: ") and message in err
+
+
+def test_malformed_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[optim\nlr = 0.1\n")
+    assert main(["run", str(bad)]) == 2
+    assert "is not valid TOML" in capsys.readouterr().err
+
+
+def test_an_existing_run_needs_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.toml").write_text("# an older run\n")
+    assert main(["run", "--out", str(out), *TINY]) == 2
+    assert "already exists; pass --force" in capsys.readouterr().err
+    assert (out / "config.toml").read_text() == "# an older run\n"
+
+
+def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert "{run,report}" in capsys.readouterr().out
