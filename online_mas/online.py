@@ -368,7 +368,7 @@ class OnlineMAS:
 
     def penalty(self) -> Tensor:
         """Differentiable ``lam * sum_k Omega_k (theta_k - theta*_k)^2`` (0 before any consolidation)."""
-        self._sync()
+        self._quick_sync()
         if self._segments == 0 or self.lam == 0.0:
             return torch.zeros((), device=self._device())
         return penalty(self._params, self._anchors(), self._omegas(), self.lam)
@@ -379,7 +379,7 @@ class OnlineMAS:
         Use instead of ``penalty()`` in the loss: call after ``loss.backward()`` and before
         ``optimizer.step()``. Builds no autograd graph.
         """
-        self._sync()
+        self._quick_sync()
         if self._segments and self.lam:
             penalty_grad_(self._params, self._anchors(), self._omegas(), self.lam)
 
@@ -389,7 +389,7 @@ class OnlineMAS:
         ``theta <- (theta + c Omega theta*) / (1 + c Omega)`` with ``c = 2 lr lam``: stable for any
         ``lam``, unlike the explicit gradient. ``lr`` is the optimizer's learning rate.
         """
-        self._sync()
+        self._quick_sync()
         if self._segments and self.lam:
             proximal_(self._params, self._anchors(), self._omegas(), self.lam, lr)
 
@@ -663,6 +663,17 @@ class OnlineMAS:
         self._key = ()
 
     # ------------------------------------------------------------------ internals
+
+    def _quick_sync(self) -> None:
+        """The per-step check of the penalty: the known parameters moved, changed or froze?
+
+        Parameters added to the model are picked up by the next ``observe`` (a full ``_sync``).
+        """
+        for p, key in zip(self._params, self._key, strict=False):
+            if (p.requires_grad is False or p.shape != key[2] or p.dtype != key[3]  # type: ignore[index]
+                    or p.device != key[4]):  # type: ignore[index]
+                self._sync()
+                return
 
     def _sync(self) -> None:
         """Follow the model's trainable parameters: new ones start at zero importance."""
