@@ -72,8 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"online-mas: error: {err}", file=sys.stderr)
         return 2
     except Interrupted as err:
-        print(f"online-mas: stopped; checkpoints written. Continue with: online-mas run --resume "
-              f"{getattr(args, 'run_dir', '') or 'RUN_DIR'}", file=sys.stderr)
+        if dist.is_main():
+            print(f"online-mas: stopped; checkpoints written. Continue with: online-mas run --resume "
+                  f"{getattr(args, 'run_dir', '') or 'RUN_DIR'}", file=sys.stderr)
         return 128 + int(err.signum)
     except KeyboardInterrupt:
         print("online-mas: interrupted", file=sys.stderr)
