@@ -6,6 +6,10 @@
     online-mas run --resume RUN_DIR
     online-mas report RUN_DIR [RUN_DIR ...]
 
+Under ``torchrun --nproc-per-node N -m online_mas run ...`` the N processes train each run
+together (data parallel) and rank 0 writes the one run directory; see
+:mod:`online_mas.experiment.dist`.
+
 Exit codes: 0 done; 2 bad input (config, run directory, checkpoint); 130 stopped by Ctrl-C
 (143 by SIGTERM) after writing a checkpoint.
 """
@@ -56,46 +60,71 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``online-mas``; returns the exit code."""
     args = _parser().parse_args(argv)
     from online_mas.checkpoint import CheckpointError
-    from online_mas.experiment import ConfigError, Interrupted, RunDirError
+    from online_mas.experiment import ConfigError, Interrupted, RunDirError, dist
 
     try:
         if args.command == "run":
+            dist.init()  # joins torchrun's process group; nothing in a plain process
             return _run(args)
         return _report(args)
     except (ConfigError, RunDirError, CheckpointError) as err:
-        print(f"online-mas: error: {err}", file=sys.stderr)
+        if dist.is_main():  # under torchrun every rank raises the same error
+            print(f"online-mas: error: {err}", file=sys.stderr)
         return 2
     except Interrupted as err:
-        print(f"online-mas: stopped; checkpoints written. Continue with: online-mas run --resume "
-              f"{getattr(args, 'run_dir', '') or 'RUN_DIR'}", file=sys.stderr)
+        if dist.is_main():
+            print(f"online-mas: stopped; checkpoints written. Continue with: online-mas run --resume "
+                  f"{getattr(args, 'run_dir', '') or 'RUN_DIR'}", file=sys.stderr)
         return 128 + int(err.signum)
     except KeyboardInterrupt:
         print("online-mas: interrupted", file=sys.stderr)
         return 130
+    finally:
+        dist.shutdown()
 
 
 def _run(args: argparse.Namespace) -> int:
     from online_mas.experiment import (
         ConfigError,
+        RunDirError,
         comparison_table,
         create_run_dir,
+        dist,
         final_accuracy_table,
         load_config,
         open_run_dir,
         run_experiment,
     )
 
-    if args.resume:
-        if args.config or args.overrides or args.out or args.force:
-            raise ConfigError("--resume takes the config from RUN_DIR/config.toml: drop CONFIG, "
-                              "--set, --out and --force")
-        config = open_run_dir(args.resume)
-        run_dir = args.resume
-    else:
-        config = load_config(args.config, args.overrides)
-        run_dir, config = create_run_dir(config, args.out, force=args.force)
-    args.run_dir = str(run_dir)
-    print(f"run directory: {run_dir}", flush=True)
+    if args.resume and (args.config or args.overrides or args.out or args.force):
+        raise ConfigError("--resume takes the config from RUN_DIR/config.toml: drop CONFIG, "
+                          "--set, --out and --force")
+    # Under torchrun rank 0 alone reads the config and creates (or opens) the run directory, once
+    # (one timestamp), and sends both, or its error, to the other ranks.
+    setup: tuple[object, str, str | None] = (None, "", None)
+    if dist.is_main():
+        try:
+            if args.resume:
+                config, run_dir = open_run_dir(args.resume), args.resume
+            else:
+                config = load_config(args.config, args.overrides)
+                run_dir, config = create_run_dir(config, args.out, force=args.force)
+            setup = (config, str(run_dir), None)
+        except (ConfigError, RunDirError) as err:
+            if dist.ranks()[1] == 1:
+                raise
+            setup = (None, "", str(err))
+    got, run_dir, error = dist.broadcast(setup)
+    if error is not None:
+        raise ConfigError(error)
+    config = got  # type: ignore[assignment]
+    args.run_dir = run_dir
+    if not dist.is_main():
+        run_experiment(config, run_dir, progress=False)
+        return 0
+    world_size = dist.ranks()[1]
+    print(f"run directory: {run_dir}" + (f" ({world_size} processes)" if world_size > 1 else ""),
+          flush=True)
     start = time.perf_counter()
     results = run_experiment(config, run_dir, progress=False if args.no_progress else None)
     seconds = time.perf_counter() - start

@@ -7,6 +7,8 @@
   L2, online EWC, joint training.
 - :mod:`~online_mas.experiment.run`: one learner on one seed: the loop, checkpoints, resume.
 - :mod:`~online_mas.experiment.launch`: many runs, in sequence or in worker processes; Ctrl-C.
+- :mod:`~online_mas.experiment.dist`: ``online-mas run`` under ``torchrun`` (data parallel, rank 0
+  writes).
 - :mod:`~online_mas.experiment.rundir`: the layout of a run directory, overwrite protection.
 - :mod:`~online_mas.experiment.record`, :mod:`~online_mas.experiment.plots`,
   :mod:`~online_mas.experiment.report`: measurements, PNG plots, comparison tables.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,6 +22,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from online_mas.experiment import dist
 from online_mas.experiment.config import ExperimentConfig
 from online_mas.experiment.report import write_experiment_summary
 from online_mas.experiment.run import Interrupted, run_unit
@@ -42,8 +44,16 @@ def run_experiment(config: ExperimentConfig, run_dir: str | Path, *,
     """
     show = config.run.progress if progress is None else progress
     jobs = [(config, unit) for unit in units(config, run_dir)]
-    results = run_units(jobs, workers=config.run.workers, progress=show)
-    write_experiment_summary(run_dir, config, results)
+    workers = config.run.workers
+    if dist.ranks()[1] > 1:  # under torchrun the ranks share each run: no process pool on top
+        if workers > 1 and dist.is_main():
+            print(f"online-mas: run.workers={workers} ignored under torchrun: the "
+                  f"{dist.ranks()[1]} processes train each run together, one run after the other",
+                  file=sys.stderr, flush=True)
+        workers = 1
+    results = run_units(jobs, workers=workers, progress=show and dist.is_main())
+    if dist.is_main():
+        write_experiment_summary(run_dir, config, results)
     return results
 
 
@@ -76,7 +86,7 @@ def run_units(jobs: Sequence[tuple[ExperimentConfig, Unit]], *, workers: int = 1
         else:
             results = []
             for config, unit in jobs:
-                if stop.is_set():
+                if dist.broadcast(stop.is_set()):  # under torchrun: rank 0's flag, on every rank
                     break
                 results.append(run_unit(config, unit, stop=stop, progress=progress))
         if got:

@@ -153,6 +153,8 @@ class MAS:
         return self.mas.omega
 
     def state_dict(self) -> dict[str, object]:
+        if self.mas.config.sync_every > 1:  # under torchrun: reduce what is pending (a collective)
+            self.mas.flush()
         return {"version": _VERSION, "learner": self.name, "mas": self.mas.state_dict()}
 
     def load_state_dict(self, state: dict[str, object]) -> None:

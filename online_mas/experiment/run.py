@@ -14,10 +14,14 @@ checkpoint before continuing, so no line is written twice. A checkpoint records 
 written with (all but ``[run]``, which may change between sessions: threads, workers, progress)
 and the names and shapes of the model's tensors; resuming with anything else is refused with a
 message naming the differences.
+
+Under ``torchrun`` every rank runs this loop on its slice of each batch and only rank 0 writes;
+see :mod:`online_mas.experiment.dist`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -35,6 +39,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from online_mas import checkpoint
+from online_mas.experiment import dist
 from online_mas.experiment.config import ExperimentConfig, OptimConfig
 from online_mas.experiment.configio import config_to_dict
 from online_mas.experiment.learners import Learner, build_learner
@@ -117,9 +122,14 @@ def run_unit(config: ExperimentConfig, unit: Unit, *, stop: _Stop | None = None,
         message names what differs.
     """
     summary_path = unit.path / "summary.json"
-    if summary_path.is_file():
-        return dict(json.loads(summary_path.read_text(encoding="utf-8")))
-    unit.path.mkdir(parents=True, exist_ok=True)
+    complete = None
+    if dist.is_main() and summary_path.is_file():
+        complete = json.loads(summary_path.read_text(encoding="utf-8"))
+    complete = dist.broadcast(complete)  # rank 0's files decide, on every rank
+    if complete is not None:
+        return dict(complete)
+    if dist.is_main():
+        unit.path.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(config.run.threads)
     try:
@@ -137,6 +147,9 @@ class _Run:
         self.n = len(self.stream)
         torch.manual_seed(unit.seed)
         self.model = build_model(config.model, self.stream.input_shape, self.stream.n_classes)
+        self.net = dist.wrap(self.model)  # DistributedDataParallel under torchrun, else the model
+        self.main = dist.is_main()  # the process that writes files
+        self._any_stop = False  # under torchrun: some rank was asked to stop (agreed every step)
         self.optimizer = build_optimizer(config.optim, self.model)
         boundaries = [*self.stream.change_points, self.n]
         self.learner: Learner = build_learner(unit.learner, config, self.model, boundaries)
@@ -154,15 +167,20 @@ class _Run:
     # -- the loop --------------------------------------------------------------------------
 
     def run(self, stop: _Stop | None, progress: bool) -> dict[str, Any]:
-        start = self._restore() if self.ckpt.is_file() else self._fresh()
+        resume = dist.broadcast(self.main and self.ckpt.is_file())
+        start = self._restore() if resume else self._fresh()
         every = self.config.run
+        distributed = dist.ranks()[1] > 1
+        progress = progress and self.main
         t0, elapsed0 = time.perf_counter(), self.record.elapsed
         bar = tqdm(total=self.n, initial=start, desc=f"{self.unit.learner} seed {self.unit.seed}",
                    unit="batch", disable=not progress, dynamic_ncols=True, leave=True)
-        with self.metrics.open("a", encoding="utf-8") as log:
+        opened = self.metrics.open("a", encoding="utf-8") if self.main else contextlib.nullcontext()
+        with opened as log:
             for i, (x, y) in self._batches(start):
                 done = i + 1
-                extra = self._step(i, x, y)
+                x, y = dist.shard(x, y)  # this rank's slice of the global batch
+                extra = self._step(i, x, y, stop)
                 self.record.elapsed = elapsed0 + time.perf_counter() - t0
                 if extra or done % every.log_every == 0 or done == self.n:
                     line = self._log(log, i, extra)
@@ -172,7 +190,8 @@ class _Run:
                                         smp_s=f"{self.record.seen / max(1e-9, self.record.elapsed):.0f}",
                                         refresh=False)
                 bar.update(1)
-                if done < self.n and stop is not None and stop.is_set():
+                stopping = self._any_stop if distributed else stop is not None and stop.is_set()
+                if done < self.n and stopping:
                     self._save(done, log)
                     bar.close()
                     raise Interrupted(f"{self.unit.learner} seed {self.unit.seed} stopped at step "
@@ -184,18 +203,25 @@ class _Run:
         bar.close()
         return self._finish()
 
-    def _step(self, i: int, x: Tensor, y: Tensor) -> dict[str, object]:
-        """Predict batch ``i``, train on it, evaluate if due; what to add to the log line."""
+    def _step(self, i: int, x: Tensor, y: Tensor, stop: _Stop | None = None) -> dict[str, object]:
+        """Predict batch ``i`` (this rank's slice), train on it, evaluate if due; the log extras."""
         done = i + 1
         self.model.train()
-        logits = self.model(x)
+        logits = self.net(x)
         loss = F.cross_entropy(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.learner.after_backward()
         self.optimizer.step()
         loss_value = loss.item()
-        self.record.add(loss=loss_value, correct=int((logits.argmax(1) == y).sum()), n=int(y.numel()))
+        correct, n = int((logits.argmax(1) == y).sum()), int(y.numel())
+        if dist.ranks()[1] == 1:
+            self.record.add(loss=loss_value, correct=correct, n=n)
+        else:  # the global batch's numbers, and whether any rank was asked to stop
+            asked = float(stop is not None and stop.is_set())
+            loss_sum, correct_sum, n_sum, stops = dist.reduce_sums([loss_value * n, correct, n, asked])
+            self.record.add(loss=loss_sum / max(1.0, n_sum), correct=round(correct_sum), n=round(n_sum))
+            self._any_stop = stops > 0
         event = self.learner.after_step(x, loss_value)
         extra: dict[str, object] = {}
         if event is not None:
@@ -204,7 +230,7 @@ class _Run:
             extra["event"] = event.reason
         every = self.config.run.eval_every
         if done in self.eval_at or (every and done % every == 0):
-            extra["eval"] = accs = evaluate(self.model, self.eval_sets)
+            extra["eval"] = accs = self._evaluate()
             if done in self.eval_at:
                 self.record.rows.append(accs)
                 self.record.row_steps.append(done)
@@ -215,8 +241,20 @@ class _Run:
         line = self.record.line(step=i + 1, segment=segment, **self.learner.log_values(),
                                 snapshots=len(self.record.events), **extra,
                                 time=round(self.record.elapsed, 3))
-        log.write(json.dumps(line) + "\n")
+        if log is not None:
+            log.write(json.dumps(line) + "\n")
         return line
+
+    def _evaluate(self) -> list[float]:
+        """Held-out accuracy per segment; under torchrun each rank counts its slice of each set."""
+        if dist.ranks()[1] == 1:
+            return evaluate(self.model, self.eval_sets)
+        shards = [dist.shard(x, y) for x, y in self.eval_sets]
+        accs = evaluate(self.model, shards)  # type: ignore[arg-type]
+        sizes = [float(len(y)) for _, y in shards]
+        sums = dist.reduce_sums([a * s for a, s in zip(accs, sizes, strict=True)] + sizes)
+        k = len(sizes)
+        return [round(c) / max(1.0, t) for c, t in zip(sums[:k], sums[k:], strict=True)]
 
     def _batches(self, start: int) -> Iterator[tuple[int, tuple[Tensor, Tensor]]]:
         if self.order is None:
@@ -231,7 +269,7 @@ class _Run:
 
     def _finish(self) -> dict[str, Any]:
         imp = self.learner.importance()
-        if imp is not None:
+        if imp is not None and self.main:
             checkpoint.save({k: v.detach().cpu() for k, v in imp.items()},
                             self.unit.path / "importance.pt")
         detect = self.unit.learner == "online-mas"
@@ -242,6 +280,8 @@ class _Run:
                             order=self.stream.truth.order,
                             segment_names=self.stream.truth.segment_names, importance=imp, detect=detect,
                             tolerance=self.config.experiment.detect_tolerance)
+        if not self.main:
+            return summary
         if self.config.run.plots:
             draw_unit_plots(self.unit.path, summary)
         write_text(self.unit.path / "summary.json", json.dumps(summary, indent=1) + "\n")
@@ -250,8 +290,9 @@ class _Run:
     # -- checkpoints -----------------------------------------------------------------------
 
     def _fresh(self) -> int:
-        self.record.initial = evaluate(self.model, self.eval_sets)
-        write_text(self.metrics, "")
+        self.record.initial = self._evaluate()
+        if self.main:
+            write_text(self.metrics, "")
         return 0
 
     def _identity(self) -> dict[str, Any]:
@@ -260,25 +301,32 @@ class _Run:
         return cfg
 
     def _save(self, done: int, log: Any) -> None:
+        learner_state = self.learner.state_dict()  # on every rank: may all-reduce (sync_every > 1)
+        if not self.main:
+            return
         log.flush()
         os.fsync(log.fileno())
         checkpoint.save({
             "kind": _CKPT_KIND, "version": _CKPT_VERSION, "learner": self.unit.learner,
             "seed": self.unit.seed, "step": done, "n_steps": self.n, "config": self._identity(),
             "model_signature": model_signature(self.model), "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "learner_state": self.learner.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "learner_state": learner_state,
             "stream": self.stream.state_dict(), "rng": _rng_state(),
             "record": self.record.state_dict(), "metrics_bytes": log.tell(),
         }, self.ckpt)
 
     def _restore(self) -> int:
         where = str(self.ckpt)
-        try:
-            state = checkpoint.load(self.ckpt)
-        except checkpoint.CheckpointError as err:
-            raise checkpoint.CheckpointError(f"{err}; delete it to restart this run (learner "
-                                             f"{self.unit.learner}, seed {self.unit.seed}) from "
-                                             "scratch") from None
+        state, error = None, None
+        if self.main:  # rank 0 reads the checkpoint and sends it to the other ranks
+            try:
+                state = checkpoint.load(self.ckpt)
+            except checkpoint.CheckpointError as err:
+                error = (f"{err}; delete it to restart this run (learner {self.unit.learner}, seed "
+                         f"{self.unit.seed}) from scratch")
+        state, error = dist.broadcast((state, error))
+        if error is not None or state is None:
+            raise checkpoint.CheckpointError(error or f"{where} could not be read")
         if state.get("kind") != _CKPT_KIND or state.get("version") != _CKPT_VERSION:
             raise checkpoint.CheckpointError(f"{where} is not a run checkpoint of this online-mas "
                                              f"(kind {state.get('kind')!r}, version "
@@ -311,6 +359,8 @@ class _Run:
             raise checkpoint.CheckpointError(f"{where} does not fit this run: {err}") from None
         _set_rng_state(state["rng"])  # type: ignore[arg-type]
         size = int(state["metrics_bytes"])  # type: ignore[call-overload]
+        if not self.main:
+            return int(state["step"])  # type: ignore[call-overload]
         if not self.metrics.is_file() or self.metrics.stat().st_size < size:
             raise checkpoint.CheckpointError(f"{self.metrics} is shorter than when {where} was "
                                              "written; the run directory was changed")
