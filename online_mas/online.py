@@ -419,10 +419,11 @@ class OnlineMAS:
             self._skip(str(err))
             return None
         self._step += 1
-        self._sync()
+        estimate = self._step % self.config.every == 0
+        self._sync() if estimate else self._quick_sync()  # new parameters join at the next estimate
         seen = self._seen.take(x)
         value = self._signal(seen) if seen is not None else None
-        if self._step % self.config.every == 0:
+        if estimate:
             xs = self._subsample(x)
             try:
                 sums, n, out = self._estimate(xs)
@@ -667,7 +668,8 @@ class OnlineMAS:
     def _quick_sync(self) -> None:
         """The per-step check of the penalty: the known parameters moved, changed or froze?
 
-        Parameters added to the model are picked up by the next ``observe`` (a full ``_sync``).
+        Parameters added to the model are picked up by the next full ``_sync``: at the next
+        importance estimate, consolidation, or read of ``omega``/``anchors``/``running_omega``.
         """
         for p, key in zip(self._params, self._key, strict=False):
             if (p.requires_grad is False or p.shape != key[2] or p.dtype != key[3]  # type: ignore[index]
