@@ -96,7 +96,8 @@ def test_penalty_forms_loss_and_grad_give_the_same_gradient(name: str) -> None:
 def test_proximal_form_pulls_towards_the_anchor_without_touching_grad() -> None:
     model = tiny()
     lam, lr = 1e4, 0.1
-    learner = MAS("mas-oracle", OnlineMAS(model, lam, boundaries=[1], config=MASConfig(every=1)), form="proximal", lr=lr)
+    learner = MAS("mas-oracle", OnlineMAS(model, lam, boundaries=[1], config=MASConfig(every=1)),
+                  form="proximal", lr=lr)
     x = torch.randn(8, 4)
     learner.after_step(x, 0.0)  # consolidates: anchor = current weights
     anchor = [p.detach().clone() for p in model.parameters()]
