@@ -13,16 +13,19 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import random
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from online_mas import checkpoint
 from online_mas.checkpoint import CheckpointError
@@ -278,3 +281,49 @@ def test_a_checkpoint_of_another_version_or_run_names_the_mismatch(
         run_experiment(open_run_dir(run_dir), run_dir)
     assert ckpt.read_bytes() == before
     assert checkpoint.load(ckpt)["step"] == 2 * EVERY  # still there and loadable
+
+
+# --------------------------------------------------------------------------- poisoned batches
+
+
+def test_one_percent_poisoned_batches_keep_the_snapshot_count_in_the_runner(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A nan in 1% of the stream's batches: skipped, logged, and nothing learned is lost."""
+    import streams.stream
+
+    settings = ["stream.n_segments=3", "stream.passes=3.0", "run.plots=false", "run.progress=false",
+                "model.hidden=[32]", "run.checkpoint_every=0"]
+    n = 405
+    poison = set(torch.randperm(n, generator=torch.Generator().manual_seed(1))[: n // 100].tolist())
+    clean_batch = streams.stream.Stream.batch
+
+    def poisoned(self: streams.stream.Stream, step: int) -> Any:
+        x, y = clean_batch(self, step)
+        if step in poison:
+            x = x.clone()
+            x.view(-1)[0] = float("nan")
+        return x, y
+
+    clean_dir, cfg = create_run_dir(load_config(None, [*settings, 'experiment.learners=["online-mas"]']),
+                                    tmp_path / "clean")
+    clean = run_experiment(cfg, clean_dir)[0]
+    monkeypatch.setattr(streams.stream.Stream, "batch", poisoned)
+    learners = ("online-mas", "finetune")
+    bad_cfg = load_config(None, [*settings, f"experiment.learners={json.dumps(learners)}"])
+    bad_dir, cfg = create_run_dir(bad_cfg, tmp_path / "poisoned")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # OnlineMAS warns once that it skipped x
+        bad = run_experiment(cfg, bad_dir)
+    assert clean["n_steps"] == n and len(poison) == 4
+    assert clean["n_snapshots"] >= 2
+    assert abs(bad[0]["n_snapshots"] - clean["n_snapshots"]) <= 1, (bad[0], clean)
+    assert abs(bad[0]["average_accuracy"] - clean["average_accuracy"]) < 0.05
+    for learner, summary in zip(learners, bad, strict=True):
+        u = bad_dir / learner / "seed0"
+        lines = [json.loads(s) for s in (u / "metrics.jsonl").read_text().splitlines()]
+        assert sorted(line["step"] - 1 for line in lines if "skipped" in line) == sorted(poison)
+        state = checkpoint.load(u / "checkpoint.pt")
+        for name, t in state["model"].items():  # type: ignore[attr-defined]
+            assert bool(torch.isfinite(t).all()), (learner, name)
+        assert summary["average_accuracy"] > 0.5, learner  # chance is 0.1
+        assert summary["mean_loss"] is not None and math.isfinite(summary["mean_loss"]), learner

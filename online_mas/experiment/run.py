@@ -3,7 +3,9 @@
 On every batch: predict it (prequential accuracy), train on it (task loss, then the learner's
 penalty and consolidation), log every ``run.log_every`` steps, evaluate on every segment's
 held-out set at each true change point and at the end, and checkpoint every
-``run.checkpoint_every`` steps. The files are described in :mod:`online_mas.experiment.rundir`.
+``run.checkpoint_every`` steps. A batch whose loss is not finite (a corrupted batch) is neither
+trained on nor counted; the learner still sees it and its ``metrics.jsonl`` line says
+``"skipped"``. The files are described in :mod:`online_mas.experiment.rundir`.
 
 A run is complete when its ``summary.json`` exists. ``resume`` skips complete runs, continues a
 run from its checkpoint and starts runs that have none. Every batch is a pure function of the
@@ -190,14 +192,18 @@ class _Run:
         self.model.train()
         logits = self.model(x)
         loss = F.cross_entropy(logits, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.learner.after_backward()
-        self.optimizer.step()
         loss_value = loss.item()
-        self.record.add(loss=loss_value, correct=int((logits.argmax(1) == y).sum()), n=int(y.numel()))
-        event = self.learner.after_step(x, loss_value)
         extra: dict[str, object] = {}
+        if math.isfinite(loss_value):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.learner.after_backward()
+            self.optimizer.step()
+            self.record.add(loss=loss_value, correct=int((logits.argmax(1) == y).sum()),
+                            n=int(y.numel()))
+        else:  # a corrupted batch (nan/inf): no update, not counted; the learner still sees it
+            extra["skipped"] = "non-finite loss"
+        event = self.learner.after_step(x, loss_value)
         if event is not None:
             self.record.events.append({"step": done, "batch": i, "reason": event.reason,
                                        "stats": dict(event.stats)})
