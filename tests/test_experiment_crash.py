@@ -173,9 +173,10 @@ def test_ten_sigkilled_runs_resume_to_the_reference(tmp_path: Path, reference: d
 
 @pytest.mark.parametrize("fails", ["fsync", "replace"])
 def test_a_checkpoint_write_that_fails_keeps_the_previous_one_and_resume_continues(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reference: dict[str, Any], fails: str) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        reference: dict[str, Any], fails: str) -> None:
     """The second checkpoint of online-mas fails part-way (ENOSPC); the first survives."""
-    run_dir, cfg = create_run_dir(load_config(None, SETTINGS), tmp_path / "run")
+    run_dir = tmp_path / "run"
     ckpt = run_dir / "online-mas" / "seed0" / "checkpoint.pt"
     calls = {"n": 0}
     real_fsync, real_replace = os.fsync, os.replace
@@ -196,9 +197,12 @@ def test_a_checkpoint_write_that_fails_keeps_the_previous_one_and_resume_continu
         real_replace(src, dst)
 
     monkeypatch.setattr(os, fails, fsync if fails == "fsync" else replace)
-    with pytest.raises(OSError, match="No space left on device"):
-        run_experiment(cfg, run_dir)
+    assert main(["run", "--out", str(run_dir), *[a for s in SETTINGS for a in ("--set", s)]]) == 1
     monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert (f"online-mas: error: [Errno 28] No space left on device; the last good checkpoints are "
+            f"kept. Continue with: online-mas run --resume {run_dir}") in err
+    assert "Traceback" not in err
     assert calls["n"] == 2
     state = checkpoint.load(ckpt)  # the first checkpoint, intact
     assert state["step"] == EVERY
