@@ -135,6 +135,7 @@ def crash_trial(run_dir: Path, seed: int, kills: int, stats: dict[str, int]) -> 
         args = ["--resume", str(run_dir)]
     run_experiment(open_run_dir(run_dir), run_dir)
     stats["runs_completed"] += 1
+    assert not list(run_dir.glob("*/seed0/.checkpoint.pt.*.tmp"))  # a cut-short write is cleaned up
     return results(run_dir)
 
 
@@ -240,8 +241,10 @@ def test_a_half_written_temporary_checkpoint_is_ignored(tmp_path: Path) -> None:
     """What a kill during a checkpoint write leaves: the last checkpoint and a partial temp file."""
     run_dir, ckpt = interrupted_run(tmp_path)
     data = ckpt.read_bytes()
-    (ckpt.parent / ".checkpoint.pt.x1y2z3.tmp").write_bytes(data[: len(data) // 3])
+    half = ckpt.parent / ".checkpoint.pt.x1y2z3.tmp"
+    half.write_bytes(data[: len(data) // 3])
     summary = run_experiment(open_run_dir(run_dir), run_dir)[0]
+    assert not half.exists()
     clean_dir, clean_cfg = create_run_dir(open_run_dir(run_dir), tmp_path / "clean")
     clean = run_experiment(clean_cfg, clean_dir)[0]
     summary.pop("timing")

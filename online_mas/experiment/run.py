@@ -156,6 +156,8 @@ class _Run:
     # -- the loop --------------------------------------------------------------------------
 
     def run(self, stop: _Stop | None, progress: bool) -> dict[str, Any]:
+        for tmp in self.unit.path.glob(f".{self.ckpt.name}.*.tmp"):  # a write cut short by a kill
+            tmp.unlink(missing_ok=True)
         start = self._restore() if self.ckpt.is_file() else self._fresh()
         every = self.config.run
         t0, elapsed0 = time.perf_counter(), self.record.elapsed
