@@ -10,8 +10,9 @@ Under ``torchrun --nproc-per-node N -m online_mas run ...`` the N processes trai
 together (data parallel) and rank 0 writes the one run directory; see
 :mod:`online_mas.experiment.dist`.
 
-Exit codes: 0 done; 2 bad input (config, run directory, checkpoint); 130 stopped by Ctrl-C
-(143 by SIGTERM) after writing a checkpoint.
+Exit codes: 0 done; 1 the system failed (a full disk, an unwritable folder: the last good
+checkpoint is kept, resume once it is fixed); 2 bad input (config, run directory, checkpoint);
+130 stopped by Ctrl-C (143 by SIGTERM) after writing a checkpoint.
 """
 
 from __future__ import annotations
@@ -79,6 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("online-mas: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # checkpoints are atomic: the last good one is still there
+        run_dir = getattr(args, "run_dir", None)
+        hint = (f"; the last good checkpoints are kept. Continue with: online-mas run --resume {run_dir}"
+                if run_dir else "")
+        print(f"online-mas: error: {err}{hint}", file=sys.stderr)
+        return 1
     finally:
         dist.shutdown()
 

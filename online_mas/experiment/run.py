@@ -3,7 +3,9 @@
 On every batch: predict it (prequential accuracy), train on it (task loss, then the learner's
 penalty and consolidation), log every ``run.log_every`` steps, evaluate on every segment's
 held-out set at each true change point and at the end, and checkpoint every
-``run.checkpoint_every`` steps. The files are described in :mod:`online_mas.experiment.rundir`.
+``run.checkpoint_every`` steps. A batch whose loss is not finite (a corrupted batch) is neither
+trained on nor counted; the learner still sees it and its ``metrics.jsonl`` line says
+``"skipped"``. The files are described in :mod:`online_mas.experiment.rundir`.
 
 A run is complete when its ``summary.json`` exists. ``resume`` skips complete runs, continues a
 run from its checkpoint and starts runs that have none. Every batch is a pure function of the
@@ -167,6 +169,9 @@ class _Run:
     # -- the loop --------------------------------------------------------------------------
 
     def run(self, stop: _Stop | None, progress: bool) -> dict[str, Any]:
+        if self.main:
+            for tmp in self.unit.path.glob(f".{self.ckpt.name}.*.tmp"):  # a write cut short by a kill
+                tmp.unlink(missing_ok=True)
         resume = dist.broadcast(self.main and self.ckpt.is_file())
         start = self._restore() if resume else self._fresh()
         every = self.config.run
@@ -204,26 +209,39 @@ class _Run:
         return self._finish()
 
     def _step(self, i: int, x: Tensor, y: Tensor, stop: _Stop | None = None) -> dict[str, object]:
-        """Predict batch ``i`` (this rank's slice), train on it, evaluate if due; the log extras."""
+        """Predict batch ``i`` (this rank's slice), train on it, evaluate if due; the log extras.
+
+        A batch whose loss is not finite (nan/inf in the data) is not trained on and not counted;
+        the learner still sees it. Under torchrun the ranks agree: one bad slice skips the step.
+        """
         done = i + 1
         self.model.train()
         logits = self.net(x)
         loss = F.cross_entropy(logits, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.learner.after_backward()
-        self.optimizer.step()
         loss_value = loss.item()
         correct, n = int((logits.argmax(1) == y).sum()), int(y.numel())
-        if dist.ranks()[1] == 1:
-            self.record.add(loss=loss_value, correct=correct, n=n)
-        else:  # the global batch's numbers, and whether any rank was asked to stop
+        finite = math.isfinite(loss_value)
+        distributed = dist.ranks()[1] > 1
+        if distributed:  # the global batch's numbers, bad slices, and whether a rank must stop
             asked = float(stop is not None and stop.is_set())
-            loss_sum, correct_sum, n_sum, stops = dist.reduce_sums([loss_value * n, correct, n, asked])
-            self.record.add(loss=loss_sum / max(1.0, n_sum), correct=round(correct_sum), n=round(n_sum))
+            loss_sum, correct_sum, n_sum, bad, stops = dist.reduce_sums(
+                [loss_value * n if finite else 0.0, correct, n, float(not finite), asked])
             self._any_stop = stops > 0
-        event = self.learner.after_step(x, loss_value)
+            finite = bad == 0
         extra: dict[str, object] = {}
+        if finite:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.learner.after_backward()
+            self.optimizer.step()
+            if distributed:
+                self.record.add(loss=loss_sum / max(1.0, n_sum), correct=round(correct_sum),
+                                n=round(n_sum))
+            else:
+                self.record.add(loss=loss_value, correct=correct, n=n)
+        else:  # a corrupted batch (nan/inf): no update, not counted; the learner still sees it
+            extra["skipped"] = "non-finite loss"
+        event = self.learner.after_step(x, loss_value)
         if event is not None:
             self.record.events.append({"step": done, "batch": i, "reason": event.reason,
                                        "stats": dict(event.stats)})
