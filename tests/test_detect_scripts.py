@@ -68,6 +68,7 @@ def test_detect_digits_writes_measured_detection(tmp_path: Path, capsys: pytest.
     acc = {k: v["acc"]["mean"] for k, v in report["scenarios"]["abrupt"]["learners"].items()}
     assert math.isclose(t["acc_gap_points"], 100 * (acc["online-mas"] - acc["mas-oracle"]))
     assert t["f1_met"] == (t["f1"] >= 0.9)
+    assert t["acc_not_below_met"] == (t["acc_gap_points"] >= -2.0)
     assert t["all_met"] == (t["f1_met"] and t["delay_met"] and t["acc_gap_met"])
     assert ("All three: met." if t["all_met"] else "All three: NOT met.") in md
 
