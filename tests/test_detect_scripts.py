@@ -1,0 +1,100 @@
+"""scripts/detect_digits.py and scripts/omega_growth.py run end to end with tiny settings.
+
+Targets are not checked here (they live in the scripts' full runs): these tests check that every
+figure written comes from the runs (the JSON matches the run directories' summaries and the
+markdown table), and that the target verdict is computed from the numbers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+
+
+def _load(name: str):  # type: ignore[no-untyped-def]
+    if str(SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS))
+    return importlib.import_module(name)
+
+
+@pytest.fixture(autouse=True)
+def _setup(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(ROOT)  # the scripts read configs/ relative to the repository root
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _summaries(run_dir: Path, learner: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((run_dir / learner).glob("seed*/summary.json"))]
+
+
+def test_detect_digits_writes_measured_detection(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    script = _load("detect_digits")
+    report = script.main(["--scenarios", "abrupt", "gradual-short", "--seeds", "0", "--segments",
+                          "3", "--passes", "2", "--short-window", "256", "--workers", "1",
+                          "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "detect")])
+    printed = capsys.readouterr().out
+    assert json.loads((tmp_path / "detect.json").read_text()) == json.loads(json.dumps(report))
+    md = (tmp_path / "detect.md").read_text()
+    assert md.strip() in printed
+    assert report["runs_computed"] == 6
+    for scenario in ("abrupt", "gradual-short"):
+        data = report["scenarios"][scenario]
+        assert len(data["stream"]["change_points"]) == 2
+        learners = data["learners"]
+        assert set(learners) == {"finetune", "online-mas", "mas-oracle"}
+        online = _summaries(tmp_path / "runs" / scenario, "online-mas")[0]
+        om = learners["online-mas"]
+        for key in ("precision", "recall", "f1", "false_alarms_per_10k"):
+            assert om[key]["mean"] == online["detection"][key]
+        assert om["acc"]["mean"] == online["average_accuracy"]
+        assert 0.0 < om["acc"]["mean"] <= 1.0
+        assert om["per_seed"][0]["fired"] == [e["batch"] for e in online["events"]
+                                             if e["reason"] == "detector"]
+        assert "f1" not in learners["finetune"] and learners["mas-oracle"]["snapshots"]["mean"] == 3
+        assert f"| {scenario}" in md
+    assert report["scenarios"]["gradual-short"]["stream"]["window_samples"] == 256
+    t = report["scenarios"]["abrupt"]["targets"]
+    acc = {k: v["acc"]["mean"] for k, v in report["scenarios"]["abrupt"]["learners"].items()}
+    assert math.isclose(t["acc_gap_points"], 100 * (acc["online-mas"] - acc["mas-oracle"]))
+    assert t["f1_met"] == (t["f1"] >= 0.9)
+    assert t["acc_not_below_met"] == (t["acc_gap_points"] >= -2.0)
+    assert t["all_met"] == (t["f1_met"] and t["delay_met"] and t["acc_gap_met"])
+    assert ("All three: met." if t["all_met"] else "All three: NOT met.") in md
+
+
+def test_omega_growth_records_omega_after_each_segment(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    script = _load("omega_growth")
+    report = script.main(["--rules", "sum", "max", "--normalize", "none", "max", "--seeds", "0",
+                          "--segments", "3", "--passes", "3", "--workers", "1",
+                          "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "omega")])
+    printed = capsys.readouterr().out
+    assert json.loads((tmp_path / "omega.json").read_text()) == json.loads(json.dumps(report))
+    assert (tmp_path / "omega.md").read_text().strip() in printed
+    assert report["marks"] == [1, 3] and report["runs_computed"] == 5
+    variants = report["variants"]
+    assert set(variants) == {"finetune", "sum-none", "sum-max", "max-none", "max-max"}
+    for name in ("sum-none", "sum-max", "max-none", "max-max"):
+        v = variants[name]
+        run = _summaries(tmp_path / "runs" / name, "mas-oracle")[0]
+        events = [e for e in run["events"] if e["reason"] == "boundary"]
+        assert v["curve"]["omega_mean"] == [e["stats"]["omega_mean"] for e in events]
+        assert v["curve"]["omega_max"] == [e["stats"]["omega_max"] for e in events]
+        assert all(m > 0 and math.isfinite(m) for m in v["curve"]["omega_max"])
+        assert math.isclose(v["growth"]["omega_max"], v["curve"]["omega_max"][-1]
+                            / v["curve"]["omega_max"][0])
+        assert v["final_acc"] == run["average_accuracy"]
+    # the sum rule only adds non-negative importance; max-normalized max is at most 1
+    assert variants["sum-none"]["growth"]["omega_mean"] >= 1.0
+    assert variants["max-max"]["curve"]["omega_max"][-1] == pytest.approx(1.0)
