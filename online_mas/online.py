@@ -526,6 +526,14 @@ class OnlineMAS:
         if world_size > 1 and (self._pending_updates or self._buffer is not None):
             self._flush(group)  # a collective: the condition is the same on every rank
         samples = self._running.count
+        if samples == 0 and self._step > 0:
+            warnings.warn(
+                f"consolidation at step {self._step} folds no importance: nothing was estimated "
+                f"since the last one (config.every={self.config.every}); lower config.every for "
+                "segments shorter than that, or call accumulate(x) before consolidating",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         if samples > 0:
             new = normalize(self.running_omega, self.config.normalize)
             for n in self._names:

@@ -292,3 +292,12 @@ def test_accumulate_estimates_now_whatever_the_interval() -> None:
         assert mas.accumulate(torch.full_like(x, float("nan"))) == 0
     with pytest.raises(ValueError, match="non-empty batch"):
         mas.accumulate(torch.zeros(0, 10))
+
+
+def test_a_consolidation_with_no_estimate_warns() -> None:
+    mas = om.OnlineMAS(_model(), config=om.MASConfig(every=64), detector=None)
+    for _ in range(10):
+        mas.observe(_data(4))
+    with pytest.warns(RuntimeWarning, match="folds no importance"):
+        event = mas.consolidate()
+    assert event.stats["samples"] == 0 and mas.segments == 0
