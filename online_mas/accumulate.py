@@ -13,6 +13,8 @@ import math
 import torch
 from torch import Tensor
 
+from online_mas._checks import is_real as _real
+
 __all__ = ["AVERAGES", "NORMALIZE", "RULES", "RunningImportance", "combine"]
 
 AVERAGES = ("mean", "ema")
@@ -200,10 +202,6 @@ def normalize(omega: dict[str, Tensor], how: str | None) -> dict[str, Tensor]:
     if scale <= 0.0 or not math.isfinite(scale):
         return omega
     return {k: t / scale for k, t in omega.items()}
-
-
-def _real(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _positive_finite(v: object) -> bool:

@@ -32,6 +32,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
+from online_mas._checks import check_choice as _choice
+from online_mas._checks import is_int as _int
+from online_mas._checks import is_real as _real
 from online_mas.online import Event, OnlineMAS
 
 __all__ = [
@@ -542,16 +545,3 @@ def _check_logits(logits: object) -> None:
     if not isinstance(logits, Tensor) or logits.dim() != 2:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits)
         raise ValueError(f"the model must return logits of shape (N, C), got {shape}")
-
-
-def _choice(name: str, value: object, allowed: tuple[object, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-
-
-def _real(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)

@@ -26,6 +26,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from online_mas._checks import check_choice as _choice
+from online_mas._checks import is_int as _int
+from online_mas._checks import is_real as _real
 from online_mas.accumulate import AVERAGES, NORMALIZE, RULES, RunningImportance, combine, normalize
 from online_mas.buffer import HardBuffer
 from online_mas.detectors import PageHinkley
@@ -928,17 +931,3 @@ def _check_boundaries(boundaries: Sequence[int]) -> frozenset[int]:
     if bad:
         raise ValueError(f"boundaries must be observe() step numbers >= 1, got {bad}")
     return frozenset(steps)
-
-
-def _choice(name: str, value: object, allowed: tuple[object, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-
-
-def _real(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-

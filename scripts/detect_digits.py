@@ -50,7 +50,7 @@ import torch
 from online_mas.experiment.configio import load_config
 from online_mas.experiment.launch import run_units
 from online_mas.experiment.report import write_experiment_summary
-from online_mas.experiment.rundir import create_run_dir, open_run_dir, units
+from online_mas.experiment.rundir import continue_or_create, units
 from streams import build_stream
 
 SCENARIOS = ("abrupt", "gradual", "gradual-short", "blurry", "recurring")
@@ -209,14 +209,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     experiments = []
     for scenario in cfg.scenarios:
         config = load_config(cfg.config, _overrides(scenario, cfg))
-        run_dir = Path(cfg.out) / scenario
-        if run_dir.is_dir() and not args.fresh and (run_dir / "config.toml").is_file():
-            previous = open_run_dir(run_dir)
-            if previous != dataclasses.replace(config, run=previous.run):
-                raise SystemExit(f"{run_dir} holds runs of another config; pass --fresh to replace it")
-            config = previous
-        else:
-            run_dir, config = create_run_dir(config, run_dir, force=args.fresh)
+        run_dir, config = continue_or_create(config, Path(cfg.out) / scenario, fresh=args.fresh)
         experiments.append((scenario, run_dir, config))
 
     jobs = [(config, u) for _, run_dir, config in experiments for u in units(config, run_dir)]

@@ -43,7 +43,7 @@ import torch
 from online_mas.experiment.configio import load_config
 from online_mas.experiment.launch import run_units
 from online_mas.experiment.report import write_experiment_summary
-from online_mas.experiment.rundir import create_run_dir, open_run_dir, units
+from online_mas.experiment.rundir import continue_or_create, units
 
 RULES = ("sum", "mean", "ema", "max")
 NORMALIZE = ("none", "max")
@@ -110,14 +110,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     experiments = []
     for name, learner, rule, norm, mas in variants:
         config = load_config(cfg.config, _overrides(name, learner, cfg, mas))
-        run_dir = Path(cfg.out) / name
-        if run_dir.is_dir() and not args.fresh and (run_dir / "config.toml").is_file():
-            previous = open_run_dir(run_dir)
-            if previous != dataclasses.replace(config, run=previous.run):
-                raise SystemExit(f"{run_dir} holds runs of another config; pass --fresh to replace it")
-            config = previous
-        else:
-            run_dir, config = create_run_dir(config, run_dir, force=args.fresh)
+        run_dir, config = continue_or_create(config, Path(cfg.out) / name, fresh=args.fresh)
         experiments.append((name, rule, norm, run_dir, config))
 
     jobs = [(config, u) for *_, run_dir, config in experiments for u in units(config, run_dir)]

@@ -21,7 +21,6 @@ existing one is continued, ``--fresh`` starts over), and the table to ``results/
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -34,7 +33,7 @@ import torch
 from online_mas.experiment.configio import load_config
 from online_mas.experiment.launch import run_units
 from online_mas.experiment.report import aggregate, comparison_table, write_experiment_summary
-from online_mas.experiment.rundir import create_run_dir, open_run_dir, units
+from online_mas.experiment.rundir import continue_or_create, units
 
 
 @dataclass
@@ -66,14 +65,7 @@ def main() -> None:
         config = load_config(Path("configs") / f"{scenario}.toml", [
             f"experiment.seeds={json.dumps(args.seeds)}", f"run.plots={str(args.plots).lower()}",
             "run.checkpoint_every=0", "run.progress=false", f"run.workers={args.workers}"])
-        run_dir = Path(args.out) / scenario
-        if run_dir.is_dir() and not args.fresh and (run_dir / "config.toml").is_file():
-            previous = open_run_dir(run_dir)
-            if previous != dataclasses.replace(config, run=previous.run):
-                raise SystemExit(f"{run_dir} holds runs of another config; pass --fresh to replace it")
-            config = previous
-        else:
-            run_dir, config = create_run_dir(config, run_dir, force=args.fresh)
+        run_dir, config = continue_or_create(config, Path(args.out) / scenario, fresh=args.fresh)
         experiments.append((scenario, run_dir, config))
 
     jobs = [(config, u) for _, run_dir, config in experiments for u in units(config, run_dir)]

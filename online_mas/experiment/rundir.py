@@ -36,7 +36,8 @@ from pathlib import Path
 from online_mas.experiment.config import ExperimentConfig
 from online_mas.experiment.configio import ConfigError, dump_toml, load_config
 
-__all__ = ["RunDirError", "Unit", "create_run_dir", "open_run_dir", "units", "write_text"]
+__all__ = ["RunDirError", "Unit", "continue_or_create", "create_run_dir", "open_run_dir", "units",
+           "write_text"]
 
 
 class RunDirError(ValueError):
@@ -121,6 +122,22 @@ def open_run_dir(run_dir: str | Path) -> ExperimentConfig:
         return load_config(path / "config.toml")
     except ConfigError as err:
         raise ConfigError(f"{path}/config.toml is not a valid run config: {err}") from None
+
+
+def continue_or_create(config: ExperimentConfig, run_dir: str | Path, *,
+                       fresh: bool = False) -> tuple[Path, ExperimentConfig]:
+    """The run directory of a script's experiment: continue it if it holds this config, else create it.
+
+    Runs already finished in a continued directory are kept (the scripts skip them); ``fresh``
+    replaces the directory. A directory holding another config (``run`` settings aside) is an error.
+    """
+    path = Path(run_dir)
+    if path.is_dir() and not fresh and (path / "config.toml").is_file():
+        previous = open_run_dir(path)
+        if previous != dataclasses.replace(config, run=previous.run):
+            raise RunDirError(f"{path} holds runs of another config; pass --fresh to replace it")
+        return path, previous
+    return create_run_dir(config, path, force=fresh)
 
 
 # --------------------------------------------------------------------------- experiment
