@@ -194,7 +194,7 @@ def adapt_table(results: list[dict[str, Any]], methods: tuple[str, ...] | list[s
     """Markdown: online accuracy per occurrence (mean over seeds), summaries, clean at the end."""
     n_seg = stream_config.segment_count()
     sev = [i * stream_config.max_severity / max(1, n_seg - 1) for i in range(n_seg)]
-    first = [r for r in results if r["method"] == methods[0]][0]
+    first = next(r for r in results if r["method"] == methods[0])
     occ = [f"{stream_config.corruption} {sev[o['segment']]:g}" if o["segment"] else "clean"
            for o in first["occurrences"]]
     head = ["method", *occ, "mean on corrupted (online)", "held-out corrupted",
@@ -246,7 +246,7 @@ def run_adapt(config: ExperimentConfig, run_dir: str | Path, *,
         rs = [r for r in results if r["method"] == spec]
         keys = ("online_shifted", "heldout_shifted", "online_all", "clean_source", "clean_end",
                 "resets", "consolidations")
-        mean = {k: _mean([r[k] for r in rs]) for k in keys}
+        mean: dict[str, Any] = {k: _mean([r[k] for r in rs]) for k in keys}
         mean["clean_change"] = mean["clean_end"] - mean["clean_source"]
         mean["online_per_occurrence"] = [_mean([r["occurrences"][i]["online"] for r in rs])
                                          for i in range(len(rs[0]["occurrences"]))]

@@ -28,6 +28,7 @@ __all__ = [
     "MODELS",
     "OPTIMIZERS",
     "PENALTY_FORMS",
+    "AdaptSection",
     "EWCConfig",
     "ExperimentConfig",
     "ExperimentSection",
@@ -38,7 +39,6 @@ __all__ = [
     "OnlineMASLearnerConfig",
     "OptimConfig",
     "RunConfig",
-    "AdaptSection",
     "default_stream",
 ]
 
@@ -294,7 +294,7 @@ class AdaptSection:
     >>> AdaptSection(methods=("tent-mas",))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: methods must be a non-empty list of distinct names from (...), optionally as name@lr with lr > 0, got ('tent-mas',)
+    ValueError: methods must be a non-empty list of distinct names from ...got ('tent-mas',)
     """
 
     methods: tuple[str, ...] = ("source", "bn-stats", "tent", "tent+mas")  # compared, same source model
