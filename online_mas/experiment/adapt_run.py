@@ -12,7 +12,8 @@ Files written to the run directory (besides ``config.toml``)::
 
     summary.json   per method: per seed results and the mean over seeds
     metrics.jsonl  one line per 100 steps, reset or consolidation: method, seed, t, occurrence,
-                   online accuracy of the occurrence so far, and the adapter's step record
+                   online accuracy of the occurrence so far, and the adapter's step record; and
+                   one at the end of each occurrence (its online, held-out and clean accuracy)
     table.md       the printed table
 
 No checkpoints: an adapt run cannot be resumed (it is short; rerun it).
@@ -98,7 +99,8 @@ def adapt_stream(spec: str, seed: int, source: nn.Module, x_src: Tensor, setting
     """Adapt a copy of ``source`` with method ``spec`` (``name`` or ``name@lr``) on the stream.
 
     ``stream_config`` is used with ``seed`` (and ``labels=False`` for what the adapter sees).
-    Every 100 steps, and at each reset or consolidation, a JSON line goes to ``log``.
+    Every 100 steps, at each reset or consolidation and at the end of each occurrence, a JSON
+    line goes to ``log``.
 
     Returns
     -------
@@ -172,6 +174,9 @@ def adapt_stream(spec: str, seed: int, source: nn.Module, x_src: Tensor, setting
                 "heldout": accuracy(model, *evals[k], norm, batch_size),
                 "clean": accuracy(model, *evals[0], norm, batch_size),
             })
+            if log is not None:
+                log.write(json.dumps({"method": spec, "seed": seed, "t": t + 1, "occurrence": occ,
+                                      "end_of_occurrence": per_occurrence[-1]}) + "\n")
             occ += 1
     shifted = [o for o in per_occurrence if o["segment"] != 0] or per_occurrence  # corrupted ones
     return {
