@@ -113,6 +113,10 @@ def _run(args: argparse.Namespace) -> int:
         try:
             if args.resume:
                 config, run_dir = open_run_dir(args.resume), args.resume
+                if config.experiment.kind == "adapt":
+                    raise ConfigError(f"{run_dir} is an experiment of kind 'adapt', which writes no "
+                                      "checkpoints and cannot be resumed; rerun it with: online-mas "
+                                      f"run {run_dir}/config.toml --out NEW_DIR")
             else:
                 config = load_config(args.config, args.overrides)
                 run_dir, config = create_run_dir(config, args.out, force=args.force)
@@ -126,6 +130,11 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(error)
     config = got  # type: ignore[assignment]
     args.run_dir = run_dir
+    if config.experiment.kind == "adapt":
+        if dist.ranks()[1] > 1:
+            raise ConfigError("experiment.kind = 'adapt' runs in one process; start it without "
+                              "torchrun")
+        return _run_adapt(config, run_dir, args)
     if not dist.is_main():
         run_experiment(config, run_dir, progress=False)
         return 0
@@ -142,6 +151,22 @@ def _run(args: argparse.Namespace) -> int:
     print(comparison_table([(config.experiment.name, results)]))
     print(f"\nfinished in {seconds:.1f} s; results in {run_dir}/ (summary.json, comparison.md, "
           f"<learner>/seed<k>/)")
+    return 0
+
+
+def _run_adapt(config: object, run_dir: str, args: argparse.Namespace) -> int:
+    from online_mas.experiment import ExperimentConfig
+    from online_mas.experiment.adapt_run import run_adapt
+
+    assert isinstance(config, ExperimentConfig)
+    print(f"run directory: {run_dir}", flush=True)
+    summary = run_adapt(config, run_dir, progress=False if args.no_progress else None)
+    print(f"\n{config.experiment.name}: test-time adaptation, accuracy in % (per-occurrence "
+          f"columns: online accuracy, mean over {len(config.experiment.seeds)} seed(s); the "
+          "others mean ± std)\n")
+    print(summary["table"])
+    print(f"\nfinished in {summary['seconds']:.1f} s; results in {run_dir}/ (summary.json, "
+          "metrics.jsonl, table.md)")
     return 0
 
 

@@ -6,7 +6,9 @@ fine-tuning, task-free online MAS and MAS at the true boundaries, seed 0. A conf
 only what differs from it; :mod:`online_mas.experiment.configio` reads, validates and writes it.
 
 A TOML file has the sections ``[experiment]``, ``[stream]``, ``[model]``, ``[optim]``, ``[run]``
-and one table per learner under ``[learner.<name>]``, e.g. ``[learner.online-mas]``.
+and one table per learner under ``[learner.<name>]``, e.g. ``[learner.online-mas]``. An experiment
+of kind ``"adapt"`` (unlabeled test-time adaptation) reads ``[experiment]`` (name, seeds),
+``[stream]`` (a ``corrupted-digits`` stream), ``[adapt]`` and ``[run]`` (threads, progress) only.
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ from online_mas.online import MASConfig
 from streams import StreamConfig
 
 __all__ = [
+    "ADAPT_DETECTORS",
+    "ADAPT_METHODS",
     "DETECTORS",
     "KINDS",
     "LEARNERS",
     "MODELS",
     "OPTIMIZERS",
     "PENALTY_FORMS",
+    "AdaptSection",
     "EWCConfig",
     "ExperimentConfig",
     "ExperimentSection",
@@ -37,7 +42,9 @@ __all__ = [
     "default_stream",
 ]
 
-KINDS = ("continual",)
+KINDS = ("continual", "adapt")
+ADAPT_METHODS = ("source", "bn-stats", "tent", "tent+reset", "filter", "tent+mas", "tent+mas-nofilter")
+ADAPT_DETECTORS = ("page-hinkley", "periodic", "none")
 LEARNERS = ("finetune", "online-mas", "mas-oracle", "l2", "ewc", "joint")
 MODELS = ("mlp", "cnn")
 OPTIMIZERS = ("sgd", "adam")
@@ -75,9 +82,9 @@ class ExperimentSection:
     ValueError: learners must be a non-empty list of distinct names from (...), got ('finetune', 'sgd')
     """
 
-    kind: str = "continual"  # the only kind so far; a test-time adaptation kind will follow
+    kind: str = "continual"  # "continual" (learners, labeled) or "adapt" (unlabeled test-time adaptation)
     name: str = "permuted-digits"  # names the run directory and the comparison tables
-    learners: tuple[str, ...] = ("finetune", "online-mas", "mas-oracle")  # learners, same stream and init
+    learners: tuple[str, ...] = ("finetune", "online-mas", "mas-oracle")  # continual: learners compared
     seeds: tuple[int, ...] = (0,)  # one run per seed; seeds the stream and the model's init
     detect_tolerance: int | None = None  # detection window in batches; None: half the shortest segment
 
@@ -270,6 +277,76 @@ class RunConfig:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
 
 
+@dataclass(frozen=True)
+class AdaptSection:
+    """``[adapt]``: test-time adaptation (``experiment.kind = "adapt"``), see ``online_mas.adapt``.
+
+    Per seed a BatchNorm CNN is trained on the clean train split, then every method adapts a copy
+    of it on the unlabeled stream. Methods (``"name@lr"`` overrides ``lr``): ``source`` (no
+    update, running statistics), ``bn-stats`` (no update, batch statistics), ``tent``,
+    ``tent+reset`` (reset on collapse), ``filter`` (confident samples only), ``tent+mas``
+    (confident samples, MAS penalty at the source model, reset), ``tent+mas-nofilter``.
+
+    Examples
+    --------
+    >>> AdaptSection(methods=("tent@0.05",)).methods
+    ('tent@0.05',)
+    >>> AdaptSection(methods=("tent-mas",))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: methods must be a non-empty list of distinct names from ...got ('tent-mas',)
+    """
+
+    methods: tuple[str, ...] = ("source", "bn-stats", "tent", "tent+mas")  # compared, same source model
+    params: str = "all"  # adapted parameters: "all" or "norm" (BatchNorm affine only, Tent)
+    lr: float = 1e-2  # SGD learning rate of the adaptation (unless a method says name@lr)
+    momentum: float = 0.9  # SGD momentum of the adaptation, in [0, 1)
+    e_max: float = 0.4  # filter, tent+mas: keep samples with entropy < e_max * ln(C)
+    lam: float = 1.0  # tent+mas: MAS penalty strength
+    penalty: str = "proximal"  # tent+mas: "proximal", "loss" or "grad" (AdaptConfig.penalty)
+    mas_every: int = 4  # tent+mas: estimate importance (and feed the detector) every k-th step
+    detector: str = "page-hinkley"  # tent+mas consolidation: "page-hinkley", "periodic", "none"
+    period: int = 500  # detector = "periodic": steps between consolidations
+    reset: bool = True  # tent+mas: reset to the anchor on collapse
+    calibrate_batches: int = 20  # tent+mas: unlabeled clean batches for the first Omega
+    train_epochs: int = 40  # source model: passes over the clean train split
+    train_lr: float = 3e-3  # source model: Adam learning rate
+
+    def __post_init__(self) -> None:
+        if not self.methods or len(set(self.methods)) != len(self.methods) \
+                or any(not _method_ok(m) for m in self.methods):
+            raise ValueError(f"methods must be a non-empty list of distinct names from "
+                             f"{ADAPT_METHODS}, optionally as name@lr with lr > 0, got {self.methods!r}")
+        _choice("params", self.params, ("all", "norm"))
+        _choice("penalty", self.penalty, PENALTY_FORMS)
+        _choice("detector", self.detector, ADAPT_DETECTORS)
+        _lam(self.lam)
+        for name in ("lr", "e_max", "train_lr"):
+            if not _finite(getattr(self, name)) or getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
+        if not _finite(self.momentum) or not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be a number in [0, 1), got {self.momentum!r}")
+        for name in ("mas_every", "period", "calibrate_batches", "train_epochs"):
+            if _bad_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
+        if not isinstance(self.reset, bool):
+            raise ValueError(f"reset must be a boolean, got {self.reset!r}")
+
+
+def _method_ok(spec: object) -> bool:
+    if not isinstance(spec, str):
+        return False
+    name, at, lr = spec.partition("@")
+    if name not in ADAPT_METHODS:
+        return False
+    if not at:
+        return True
+    try:
+        return math.isfinite(float(lr)) and float(lr) > 0
+    except ValueError:
+        return False
+
+
 def default_stream() -> StreamConfig:
     """The default ``[stream]``: permuted digits, 5 segments, 10 passes each, batch 32.
 
@@ -303,8 +380,12 @@ class ExperimentConfig:
     optim: OptimConfig = OptimConfig()  # the optimizer
     learner: LearnersConfig = field(default_factory=LearnersConfig)  # per-learner options
     run: RunConfig = RunConfig()  # execution and recording
+    adapt: AdaptSection = AdaptSection()  # kind "adapt": methods and their settings
 
     def __post_init__(self) -> None:
+        if self.experiment.kind == "adapt" and self.stream.name != "corrupted-digits":
+            raise ValueError(f"experiment.kind = 'adapt' needs stream.name = 'corrupted-digits' (the "
+                             f"source model trains on clean digits), got {self.stream.name!r}")
         if self.stream.seed != 0 or not self.stream.labels or self.stream.flatten:
             raise ValueError("stream.seed, stream.labels and stream.flatten are set by the runner "
                              "(seeds come from experiment.seeds); leave them out of [stream]")

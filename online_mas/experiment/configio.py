@@ -34,6 +34,13 @@ _RESERVED: dict[type, dict[str, str]] = {
 }
 
 
+#: Sections an experiment of each kind does not read, left out when it is written.
+_UNUSED: dict[str, tuple[str, ...]] = {
+    "continual": ("adapt",),
+    "adapt": ("model", "optim", "learner"),
+}
+
+
 class ConfigError(ValueError):
     """A config file is missing, is not TOML, or holds unknown keys or invalid values."""
 
@@ -122,6 +129,9 @@ def config_from_dict(data: Mapping[str, Any]) -> ExperimentConfig:
 def config_to_dict(config: object) -> dict[str, Any]:
     """A dataclass config as a nested dict of TOML values (tuples as lists, ``None`` left out).
 
+    An :class:`ExperimentConfig` leaves out the sections its kind does not read (``[adapt]`` for
+    a continual experiment; ``[model]``, ``[optim]`` and ``[learner]`` for an adapt one).
+
     Examples
     --------
     >>> d = config_to_dict(ExperimentConfig())
@@ -136,6 +146,9 @@ def config_to_dict(config: object) -> dict[str, Any]:
         value = _plain(getattr(config, f.name))
         if value is not None:
             out[_key(f)] = value
+    if isinstance(config, ExperimentConfig):
+        for section in _UNUSED[config.experiment.kind]:
+            out.pop(section, None)
     return out
 
 

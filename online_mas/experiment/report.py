@@ -21,7 +21,7 @@ from typing import Any
 from online_mas.experiment.config import ExperimentConfig
 from online_mas.experiment.plots import draw_unit_plots
 from online_mas.experiment.record import TIMING_KEY
-from online_mas.experiment.rundir import open_run_dir, units, write_text
+from online_mas.experiment.rundir import RunDirError, open_run_dir, units, write_text
 
 __all__ = ["COLUMNS", "aggregate", "comparison_table", "final_accuracy_table", "load_results",
            "report", "write_experiment_summary"]
@@ -166,6 +166,9 @@ def write_experiment_summary(run_dir: str | Path, config: ExperimentConfig,
 def load_results(run_dir: str | Path) -> tuple[ExperimentConfig, list[dict[str, Any]], list[str]]:
     """The config of a run directory, the summaries of its complete runs, and notes on the rest."""
     config = open_run_dir(run_dir)
+    if config.experiment.kind == "adapt":
+        raise RunDirError(f"{run_dir} is an experiment of kind 'adapt': its table is in "
+                          f"{run_dir}/table.md and its results in {run_dir}/summary.json")
     results, notes = [], []
     for unit in units(config, run_dir):
         path = unit.path / "summary.json"

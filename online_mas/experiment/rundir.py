@@ -97,9 +97,10 @@ def create_run_dir(config: ExperimentConfig, out: str | Path | None = None, *,
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     config = dataclasses.replace(config, run=dataclasses.replace(config.run, out_dir=str(path)))
-    write_text(path / "config.toml", dump_toml(
-        config, header=f"online-mas run config (resolved); rerun: online-mas run {path}/config.toml "
-                       f"--out NEW_DIR; continue: online-mas run --resume {path}"))
+    header = f"online-mas run config (resolved); rerun: online-mas run {path}/config.toml --out NEW_DIR"
+    if config.experiment.kind == "continual":  # adapt runs write no checkpoints
+        header += f"; continue: online-mas run --resume {path}"
+    write_text(path / "config.toml", dump_toml(config, header=header))
     return path, config
 
 
