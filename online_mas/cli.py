@@ -158,7 +158,8 @@ def _run_adapt(config: object, run_dir: str, args: argparse.Namespace) -> int:
     from online_mas.experiment import ExperimentConfig
     from online_mas.experiment.adapt_run import run_adapt
 
-    assert isinstance(config, ExperimentConfig)
+    if not isinstance(config, ExperimentConfig):
+        raise TypeError(f"an adapt run needs an ExperimentConfig, got {type(config)!r}")
     print(f"run directory: {run_dir}", flush=True)
     summary = run_adapt(config, run_dir, progress=False if args.no_progress else None)
     print(f"\n{config.experiment.name}: test-time adaptation, accuracy in % (per-occurrence "

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 import torch
+from run_helpers import reproducible_results
 
 from online_mas import checkpoint
 from online_mas.checkpoint import CheckpointError
@@ -53,17 +54,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def results(run_dir: Path) -> dict[str, Any]:
-    """Everything a run wrote that must be reproducible, without the wall-clock numbers."""
-    out: dict[str, Any] = {}
-    for learner in LEARNERS:
-        u = run_dir / learner / "seed0"
-        summary = json.loads((u / "summary.json").read_text())
-        summary.pop("timing")
-        lines = [json.loads(s) for s in (u / "metrics.jsonl").read_text().splitlines()]
-        for line in lines:
-            line.pop("time")
-        out[learner] = {"summary": summary, "metrics": lines}
-    return out
+    return reproducible_results(run_dir, LEARNERS)
 
 
 def progress(run_dir: Path) -> int:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import torch
+from run_helpers import reproducible_results
 
 from online_mas.experiment import create_run_dir, load_config, open_run_dir, report, run_experiment
 
@@ -56,17 +57,7 @@ def start_and_stop_mid_run(run_dir: Path, signum: int) -> subprocess.CompletedPr
 
 
 def results(run_dir: Path) -> dict[str, Any]:
-    """Everything a run wrote that must be reproducible, without the wall-clock numbers."""
-    out: dict[str, Any] = {}
-    for learner in LEARNERS:
-        u = run_dir / learner / "seed0"
-        summary = json.loads((u / "summary.json").read_text())
-        summary.pop("timing")
-        lines = [json.loads(s) for s in (u / "metrics.jsonl").read_text().splitlines()]
-        for line in lines:
-            line.pop("time")
-        out[learner] = {"summary": summary, "metrics": lines}
-    return out
+    return reproducible_results(run_dir, LEARNERS)
 
 
 def test_sigkill_then_resume_gives_the_uninterrupted_results(tmp_path: Path, reference: Path) -> None:
