@@ -41,7 +41,7 @@ from online_mas.importance import (
     importance_sums,
     model_output,
 )
-from online_mas.penalty import check_lam, penalty, penalty_grad_, proximal_
+from online_mas.penalty import _penalty, _penalty_grad, _proximal, check_lam
 from online_mas.signals import SIGNALS, FeatureShift, per_sample
 
 if TYPE_CHECKING:
@@ -294,7 +294,7 @@ class OnlineMAS:
         if process_group is not None:
             world(process_group)  # a ProcessGroup this process belongs to
         self.model = model
-        self.lam = check_lam(lam)
+        self.lam = lam
         self.config = config if config is not None else MASConfig()
         self.detector = detector
         self.boundaries = _check_boundaries(boundaries) if boundaries is not None else None
@@ -328,6 +328,15 @@ class OnlineMAS:
         self._sync()
 
     # ------------------------------------------------------------------ readable state
+
+    @property
+    def lam(self) -> float:
+        """Penalty strength; assigning checks it is a finite number >= 0."""
+        return self._lam
+
+    @lam.setter
+    def lam(self, value: float) -> None:
+        self._lam = check_lam(value)
 
     @property
     def step(self) -> int:
@@ -374,7 +383,7 @@ class OnlineMAS:
         self._quick_sync()
         if self._segments == 0 or self.lam == 0.0:
             return torch.zeros((), device=self._device())
-        return penalty(self._params, self._anchors(), self._omegas(), self.lam)
+        return _penalty(self._params, self._anchors(), self._omegas(), self.lam)
 
     def penalty_grad_(self) -> None:
         """Add the penalty's gradient ``2 lam Omega (theta - theta*)`` to ``.grad`` in place.
@@ -384,7 +393,8 @@ class OnlineMAS:
         """
         self._quick_sync()
         if self._segments and self.lam:
-            penalty_grad_(self._params, self._anchors(), self._omegas(), self.lam)
+            with torch.no_grad():
+                _penalty_grad(self._params, self._anchors(), self._omegas(), self.lam)
 
     def proximal_(self, lr: float) -> None:
         """Apply the penalty as an implicit (proximal) step; call after ``optimizer.step()``.
@@ -393,8 +403,11 @@ class OnlineMAS:
         ``lam``, unlike the explicit gradient. ``lr`` is the optimizer's learning rate.
         """
         self._quick_sync()
+        if not _real(lr) or lr <= 0:
+            raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
         if self._segments and self.lam:
-            proximal_(self._params, self._anchors(), self._omegas(), self.lam, lr)
+            with torch.no_grad():
+                _proximal(self._params, self._anchors(), self._omegas(), self.lam, lr)
 
     def observe(self, x: Tensor, *, loss: float | Tensor | None = None) -> Event | None:
         """Update the running importance from a batch of inputs; consolidate if the trigger fires.
@@ -642,7 +655,7 @@ class OnlineMAS:
                 f"state was saved with average={config.get('average')!r}, this OnlineMAS uses "
                 f"average={self.config.average!r}"
             )
-        self.lam = check_lam(state["lam"])
+        self.lam = state["lam"]  # type: ignore[assignment]
         self._step = int(state["step"])  # type: ignore[call-overload]
         self._segments = int(state["segments"])  # type: ignore[call-overload]
         self._n_skipped = int(state["n_skipped"])  # type: ignore[call-overload]

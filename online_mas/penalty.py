@@ -53,6 +53,13 @@ def penalty(
     """
     lam = check_lam(lam)
     _check_lists(params, anchors, omegas)
+    return _penalty(params, anchors, omegas, lam)
+
+
+def _penalty(
+    params: Sequence[Tensor], anchors: Sequence[Tensor], omegas: Sequence[Tensor], lam: float
+) -> Tensor:
+    """:func:`penalty` without the checks, for callers whose lists are valid by construction."""
     if not params:
         return torch.zeros(())
     if any(t.requires_grad for t in (*anchors, *omegas)):
@@ -124,8 +131,15 @@ def penalty_grad_(
     [3.0, 10.0]
     """
     lam = check_lam(lam)
-    for group in _groups(params, anchors, omegas):
-        ps, anc, om = group
+    _check_lists(params, anchors, omegas)
+    _penalty_grad(params, anchors, omegas, lam)
+
+
+def _penalty_grad(
+    params: Sequence[Tensor], anchors: Sequence[Tensor], omegas: Sequence[Tensor], lam: float
+) -> None:
+    """:func:`penalty_grad_` without the checks (``torch.no_grad`` is the caller's)."""
+    for ps, anc, om in _groups(params, anchors, omegas):
         for p in ps:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
@@ -154,6 +168,15 @@ def proximal_(
     lam = check_lam(lam)
     if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    _check_lists(params, anchors, omegas)
+    _proximal(params, anchors, omegas, lam, lr)
+
+
+def _proximal(
+    params: Sequence[Tensor], anchors: Sequence[Tensor], omegas: Sequence[Tensor], lam: float,
+    lr: float,
+) -> None:
+    """:func:`proximal_` without the checks (``torch.no_grad`` is the caller's)."""
     c = 2.0 * lr * lam
     for ps, anc, om in _groups(params, anchors, omegas):
         scaled = torch._foreach_mul(om, c)  # c * Omega
@@ -189,7 +212,6 @@ def _groups(
     params: Sequence[Tensor], anchors: Sequence[Tensor], omegas: Sequence[Tensor]
 ) -> list[tuple[list[Tensor], list[Tensor], list[Tensor]]]:
     """Split into groups of one dtype and device; omegas are cast to the parameter dtype."""
-    _check_lists(params, anchors, omegas)
     groups: dict[tuple[torch.dtype, torch.device], tuple[list[Tensor], list[Tensor], list[Tensor]]]
     groups = {}
     for p, a, o in zip(params, anchors, omegas, strict=True):

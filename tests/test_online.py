@@ -301,3 +301,13 @@ def test_a_consolidation_with_no_estimate_warns() -> None:
     with pytest.warns(RuntimeWarning, match="folds no importance"):
         event = mas.consolidate()
     assert event.stats["samples"] == 0 and mas.segments == 0
+
+
+def test_lam_assignment_and_lr_are_checked() -> None:
+    mas = om.OnlineMAS(_model(), detector=None)
+    with pytest.raises(ValueError, match="lam must be a finite number >= 0, got -1"):
+        mas.lam = -1
+    mas.lam = 2.0
+    assert mas.lam == 2.0
+    with pytest.raises(ValueError, match="lr must be a finite number > 0, got 0"):
+        mas.proximal_(0)  # checked even before anything was consolidated
