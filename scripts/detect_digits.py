@@ -49,7 +49,7 @@ import torch
 
 from online_mas.experiment.configio import load_config
 from online_mas.experiment.launch import run_units
-from online_mas.experiment.report import write_experiment_summary
+from online_mas.experiment.report import write_experiment_summary, write_results
 from online_mas.experiment.rundir import continue_or_create, units
 from streams import build_stream
 
@@ -289,9 +289,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {"settings": dataclasses.asdict(cfg), "seconds": seconds, "runs_computed":
               len(jobs) - cached, "runs_read": cached, "river_adwin": "not run: the runner's "
               "detector config takes only the library's detectors", "scenarios": data}
-    Path(cfg.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{cfg.results}.md").write_text(text, encoding="utf-8")
-    Path(f"{cfg.results}.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    write_results(cfg.results, text, report)
     print(f"wrote {cfg.results}.md and {cfg.results}.json; runs in {cfg.out}/")
     return report
 

@@ -32,7 +32,12 @@ import torch
 
 from online_mas.experiment.configio import load_config
 from online_mas.experiment.launch import run_units
-from online_mas.experiment.report import aggregate, comparison_table, write_experiment_summary
+from online_mas.experiment.report import (
+    aggregate,
+    comparison_table,
+    write_experiment_summary,
+    write_results,
+)
 from online_mas.experiment.rundir import continue_or_create, units
 
 
@@ -96,12 +101,9 @@ def main() -> None:
         footer += f" {cached} more runs were read from an earlier call (--fresh recomputes them)."
     text = f"{header}\n\n{table}\n\n{footer}\n"
     print("\n" + text)
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{args.results}.md").write_text(text, encoding="utf-8")
-    Path(f"{args.results}.json").write_text(json.dumps(
-        {"seeds": args.seeds, "seconds": seconds, "workers": args.workers, "runs_computed":
-         len(jobs) - cached, "runs_read": cached, "aggregate": data},
-        indent=1) + "\n", encoding="utf-8")
+    write_results(args.results, text, {
+        "seeds": args.seeds, "seconds": seconds, "workers": args.workers,
+        "runs_computed": len(jobs) - cached, "runs_read": cached, "aggregate": data})
     print(f"wrote {args.results}.md and {args.results}.json; runs in {args.out}/")
 
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from online_mas.experiment.configio import load_config
 from online_mas.experiment.launch import run_units
+from online_mas.experiment.report import write_results
 from online_mas.experiment.rundir import Unit
 
 
@@ -99,10 +99,7 @@ def main() -> None:
             lines.append(f"| {scenario} | {learner} | {form} | {r['lam']:g} | {acc} | {mark} |")
     text = "\n".join(lines)
     print(text)
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{args.results}.md").write_text(text + "\n", encoding="utf-8")
-    Path(f"{args.results}.json").write_text(json.dumps({"seeds": args.seeds, "seconds": seconds,
-                                                        "rows": rows}, indent=1) + "\n", encoding="utf-8")
+    write_results(args.results, text, {"seeds": args.seeds, "seconds": seconds, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from online_mas.experiment.record import TIMING_KEY
 from online_mas.experiment.rundir import RunDirError, open_run_dir, units, write_text
 
 __all__ = ["COLUMNS", "aggregate", "comparison_table", "final_accuracy_table", "load_results",
-           "report", "write_experiment_summary"]
+           "report", "write_experiment_summary", "write_results"]
 
 #: ``(header, how to read it from a run summary, scale, decimals)`` of the comparison table.
 COLUMNS: tuple[tuple[str, str, float, int], ...] = (
@@ -205,3 +205,14 @@ def report(run_dirs: Sequence[str | Path], *, plots: bool = True) -> str:
     if notes:
         text += "\n\nIncomplete runs:\n" + "\n".join(f"- {n}" for n in notes)
     return text
+
+
+def write_results(stem: str | Path, text: str, data: dict[str, Any]) -> None:
+    """A script's results: ``<stem>.md`` (the printed text) and ``<stem>.json`` (the numbers).
+
+    Each file is written atomically, so an interrupted script leaves the previous results whole.
+    """
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    write_text(stem.with_name(stem.name + ".md"), text if text.endswith("\n") else text + "\n")
+    write_text(stem.with_name(stem.name + ".json"), json.dumps(data, indent=1) + "\n")
