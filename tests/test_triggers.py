@@ -76,25 +76,41 @@ def test_loss_signal_needs_the_loss_and_drives_the_plateau_rule() -> None:
     assert fired == [6, 15]  # first plateau (the start counts as a peak), then after the new peak
 
 
-def test_stable_anchor_is_the_older_snapshot() -> None:
+@pytest.mark.parametrize(("weight", "offset"), [(0.5, 6.75), (0.25, 5.0625), (1.0, 9.0)])
+def test_stable_anchor_is_the_slow_copy(weight: float, offset: float) -> None:
     model = _model()
-    cfg = om.MASConfig(anchor="stable", stable_every=3)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = om.MASConfig(every=1, anchor="stable", stable_every=3, stable_weight=weight)
     mas = om.OnlineMAS(model, config=cfg, detector=Periodic(every=10))
-    history = {}
-    for step in range(1, 11):
+    for _ in range(10):
         with torch.no_grad():
             for p in model.parameters():
-                p.add_(1.0)  # the parameters differ at every step
+                p.add_(1.0)  # after k steps the parameters are start + k
         event = mas.observe(torch.randn(4, 4))
-        history[step] = {n: p.detach().clone() for n, p in model.named_parameters()}
     assert event is not None and event.step == 10
-    # snapshots were taken at steps 3, 6, 9; the older of the two kept is step 6's
+    # updates at steps 3, 6, 9: s = 3, then s + w (6 - s), then s + w (9 - s) (by hand above)
     for n, a in mas.anchors.items():
-        assert torch.equal(a, history[6][n])
+        torch.testing.assert_close(a, start[n] + offset)
     manual = mas.consolidate()  # a manual consolidation anchors the current parameters
     assert manual.reason == "manual"
     for n, p in model.named_parameters():
         assert torch.equal(mas.anchors[n], p.detach())
+    assert len(mas.state_dict()["stable"]) == len(start)  # one copy, not one per update
+
+
+def test_stable_copy_follows_new_and_removed_parameters() -> None:
+    model = nn.Sequential(nn.Linear(4, 3))
+    cfg = om.MASConfig(anchor="stable", stable_every=1)
+    mas = om.OnlineMAS(model, config=cfg, detector=Periodic(every=1000))
+    mas.observe(torch.randn(2, 4))
+    model.append(nn.Linear(3, 2))  # a new head joins at the next full sync
+    mas.accumulate(torch.randn(2, 4))
+    mas.observe(torch.randn(2, 4))
+    assert sorted(mas._stable) == ["0.bias", "0.weight", "1.bias", "1.weight"]
+    del model[1]
+    mas.accumulate(torch.randn(2, 4))
+    mas.observe(torch.randn(2, 4))
+    assert sorted(mas._stable) == ["0.bias", "0.weight"]
 
 
 def test_hard_buffer_adds_the_most_surprising_samples_at_consolidation() -> None:
