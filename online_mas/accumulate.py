@@ -86,13 +86,19 @@ class RunningImportance:
             new_weight = keep * self._weight + (1.0 - keep)
             w = (1.0 - keep) / new_weight  # bias-corrected EMA in the same incremental form
             self._weight = new_weight
+        # m + w (s/n - m) = (1 - w) m + (w/n) s: two in-place passes, no temporary.
+        means, adds = [], []
         for name, s in sums.items():
-            batch_mean = s.detach().float() / n
+            s = s.detach().float()
             m = self._mean.get(name)
-            if m is None or m.shape != batch_mean.shape:
-                self._mean[name] = batch_mean.clone()
+            if m is None or m.shape != s.shape or m.device != s.device:
+                self._mean[name] = s / n
             else:
-                m.add_(batch_mean - m, alpha=w)
+                means.append(m)
+                adds.append(s)
+        if means:
+            torch._foreach_mul_(means, 1.0 - w)
+            torch._foreach_add_(means, adds, alpha=w / n)
         self._count += n
 
     def value(self) -> dict[str, Tensor]:

@@ -215,8 +215,8 @@ def _call(model: nn.Module, x: Tensor) -> Tensor:
     return model(x)
 
 
-def check_input(x: Tensor) -> None:
-    """Raise TypeError/ValueError for what is not a batch, NonFiniteError for nan/inf."""
+def check_input(x: Tensor, *, finite: bool = True) -> None:
+    """Raise TypeError/ValueError for what is not a batch, NonFiniteError for nan/inf (if ``finite``)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor with the batch dimension first, got {type(x)!r}")
     if x.dtype == torch.bool or x.is_complex():
@@ -224,7 +224,7 @@ def check_input(x: Tensor) -> None:
     if x.dim() == 0 or x.shape[0] == 0:
         raise ValueError(f"x must be a non-empty batch (batch dimension first), got shape "
                          f"{tuple(x.shape)}")
-    if x.is_floating_point() and not _finite(x):
+    if finite and x.is_floating_point() and not _finite(x):
         raise NonFiniteError("x contains non-finite values (nan or inf)")
 
 
@@ -429,9 +429,8 @@ def _fast_supported(m: nn.Module) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def _recording(cands: dict[nn.Module, list[str]]) -> Iterator[dict[nn.Module, _Call]]:
-    calls: dict[nn.Module, _Call] = {}
+def _record_hook(calls: dict[nn.Module, _Call]) -> Callable[[nn.Module, tuple[object, ...], object], object]:
+    """A forward hook that records each module's first call (input, output) into ``calls``."""
 
     def hook(m: nn.Module, inputs: tuple[object, ...], out: object) -> object:
         if m in calls:
@@ -444,12 +443,60 @@ def _recording(cands: dict[nn.Module, list[str]]) -> Iterator[dict[nn.Module, _C
         calls[m] = _Call(m, tensors, out, tuple(t._version for t in tensors))
         return out.clone()  # later in-place ops (ReLU(inplace=True)) must not touch the record
 
+    return hook
+
+
+@contextlib.contextmanager
+def _recording(cands: dict[nn.Module, list[str]]) -> Iterator[dict[nn.Module, _Call]]:
+    calls: dict[nn.Module, _Call] = {}
+    hook = _record_hook(calls)
     handles = [m.register_forward_hook(hook) for m in cands]
     try:
         yield calls
     finally:
         for h in handles:
             h.remove()
+
+
+def _covered(calls: dict[nn.Module, _Call], rows: int) -> list[_Call]:
+    """The recorded calls the fast paths can use: called once, differentiable, inputs untouched
+    since (no in-place op changed them), batch dimension first."""
+    return [
+        c
+        for c in calls.values()
+        if c.count == 1
+        and c.output.requires_grad
+        and all(t._version == v for t, v in zip(c.inputs, c.versions, strict=True))
+        and c.inputs[0].shape[:1] == (rows,)
+    ]
+
+
+def _layer_sums(
+    cands: dict[nn.Module, list[str]],
+    covered: list[_Call],
+    out: Tensor,
+    scale: float,
+    sums: dict[str, Tensor],
+    *,
+    chunk: int | None = None,
+    retain_graph: bool = False,
+) -> None:
+    """One backward of ``sum_n ||out_n||^2`` to the covered layers' outputs, then their sums.
+
+    ``chunk`` splits the closed-form per-sample products into row blocks (transient memory);
+    ``retain_graph`` keeps ``out``'s graph for a backward that comes later (someone else's).
+    """
+    grads = torch.autograd.grad(
+        _sq_norm_total(out), [c.output for c in covered], allow_unused=True, retain_graph=retain_graph
+    )
+    for c, g in zip(covered, grads, strict=True):
+        a = c.inputs[0].detach()
+        g = torch.zeros_like(c.output) if g is None else g.detach()
+        if chunk is None or a.shape[0] <= chunk:
+            _fast_sums(c.module, cands[c.module], a, g, scale, sums)
+        else:
+            for ac, gc in zip(a.split(chunk), g.split(chunk), strict=True):
+                _fast_sums(c.module, cands[c.module], ac, gc, scale, sums)
 
 
 def _exact(
@@ -472,26 +519,14 @@ def _exact(
             calls.clear()
             out = _forward(model, xc, fn)
             outs.append(out.detach())
-            covered = [
-                c
-                for c in calls.values()
-                if c.count == 1
-                and c.output.requires_grad
-                and all(t._version == v for t, v in zip(c.inputs, c.versions, strict=True))
-                and c.inputs[0].shape[:1] == xc.shape[:1]
-            ]
+            covered = _covered(calls, xc.shape[0])
             if covered:
-                grads = torch.autograd.grad(
-                    _sq_norm_total(out), [c.output for c in covered], allow_unused=True
-                )
+                _layer_sums(cands, covered, out, scale, sums)
                 del out  # the graph is freed; keep only this layer's input and output grad
-                for c, g in zip(covered, grads, strict=True):
-                    a = c.inputs[0].detach()
-                    g = torch.zeros_like(c.output) if g is None else g
-                    _fast_sums(c.module, cands[c.module], a, g.detach(), scale, sums)
+                for c in covered:
                     for n in cands[c.module]:
                         hits[n] = hits.get(n, 0) + 1
-                del grads, covered
+                del covered
     for n in [n for n, k in hits.items() if k != len(pieces)]:  # covered in some chunks only
         del sums[n]
     rest = {n: p for n, p in named.items() if n not in sums}

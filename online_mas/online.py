@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from online_mas._checks import check_choice as _choice
 from online_mas._checks import is_int as _int
 from online_mas._checks import is_real as _real
+from online_mas._shared import SharedForward
 from online_mas.accumulate import AVERAGES, NORMALIZE, RULES, RunningImportance, combine, normalize
 from online_mas.buffer import HardBuffer
 from online_mas.detectors import PageHinkley
@@ -42,7 +43,7 @@ from online_mas.importance import (
     model_output,
 )
 from online_mas.penalty import _penalty, _penalty_grad, _proximal, check_lam
-from online_mas.signals import SIGNALS, FeatureShift, per_sample
+from online_mas.signals import SIGNALS, FeatureShift, per_sample, signal_value
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -94,6 +95,7 @@ class MASConfig:
     buffer_size: int = 0  # hard-sample buffer of the most surprising recent samples (0: off)
     buffer_decay: float = 0.99  # per-update fading of the buffer's surprise scores, in (0, 1]
     sync_every: int = 1  # torch.distributed: all-reduce importance every k-th importance update
+    shared_forward: bool = False  # exact importance from the training forward where it is the same
 
     def __post_init__(self) -> None:
         _choice("method", self.method, METHODS)
@@ -124,6 +126,8 @@ class MASConfig:
             raise ValueError(f"buffer_decay must be a number in (0, 1], got {self.buffer_decay!r}")
         if not _int(self.sync_every) or self.sync_every < 1:
             raise ValueError(f"sync_every must be an int >= 1, got {self.sync_every!r}")
+        if not isinstance(self.shared_forward, bool):
+            raise TypeError(f"shared_forward must be a bool, got {self.shared_forward!r}")
 
 
 @dataclass
@@ -151,16 +155,19 @@ class _LastForward:
     instead of only on the steps that estimate importance.
     """
 
-    __slots__ = ("active", "out", "x")
+    __slots__ = ("active", "out", "shared", "x")
 
     def __init__(self) -> None:
         self.x: Tensor | None = None
         self.out: Tensor | None = None
         self.active = True
+        self.shared: SharedForward | None = None  # config.shared_forward: importance from here
 
     def hook(self, module: nn.Module, args: tuple[object, ...], out: object) -> None:
         if self.active and args and isinstance(args[0], Tensor) and isinstance(out, Tensor):
             self.x, self.out = args[0], out.detach()
+            if self.shared is not None:
+                self.shared.on_forward(args[0], out)
 
     def take(self, x: Tensor) -> Tensor | None:
         """The output recorded for this very tensor ``x`` (then forgotten), or None."""
@@ -327,10 +334,18 @@ class OnlineMAS:
         self._pending_n = 0
         self._pending_updates = 0  # importance updates since the last reduction
         self._seen = _LastForward()
-        if output is None and detector is not None and self.config.signal != "loss":
+        shared = self.config.shared_forward and output is None and self.config.method == "exact" \
+            and self.config.subsample is None
+        if output is None and (shared or (detector is not None and self.config.signal != "loss")):
             handle = model.register_forward_hook(self._seen.hook)
             weakref.finalize(self, handle.remove)
         self._sync()
+        if shared:
+            seen = self._seen
+            self._seen.shared = SharedForward(_unwrap(model), self.config.chunk_size,
+                                              gate=lambda: seen.active)
+            weakref.finalize(self, self._seen.shared.disarm)
+            self._arm_next()
 
     # ------------------------------------------------------------------ readable state
 
@@ -434,23 +449,40 @@ class OnlineMAS:
         if world(self.process_group)[1] > 1:
             return self._observe_across_ranks(x, loss)
         try:
-            check_input(x)  # wrong types and shapes raise before anything changes
-        except NonFiniteError as err:
-            self._step += 1
-            self._skip(str(err))
-            return None
+            return self._observe(x, loss)
+        finally:
+            self._arm_next()
+
+    def _observe(self, x: Tensor, loss: float | Tensor | None) -> Event | None:
+        """``observe`` in a single process."""
+        check_input(x, finite=False)  # wrong types and shapes raise before anything changes
         self._step += 1
         estimate = self._step % self.config.every == 0
         self._sync() if estimate else self._quick_sync()  # new parameters join at the next estimate
         seen = self._seen.take(x)
         value = self._signal(seen) if seen is not None else None
-        if estimate:
-            xs = self._subsample(x)
+        if value is not None and not estimate:
+            if not math.isfinite(value):  # the output of x stands in for x's own check
+                self._skip("the model output is not finite (nan or inf)")
+                return None
+        else:
             try:
-                sums, n, out = self._estimate(xs)
+                check_input(x)
             except NonFiniteError as err:
                 self._skip(str(err))
                 return None
+        if estimate:
+            shared = self._seen.shared.take(x, self._names) if self._seen.shared else None
+            if shared is not None:  # computed in the user's forward of this x
+                xs = x
+                sums, n, out = shared
+            else:
+                xs = self._subsample(x)
+                try:
+                    sums, n, out = self._estimate(xs)
+                except NonFiniteError as err:
+                    self._skip(str(err))
+                    return None
             self._running.update(sums, n)
             if seen is None:
                 value = self._signal(out)
@@ -533,10 +565,7 @@ class OnlineMAS:
             samples_x = self._buffer.samples
             if samples_x is not None:
                 try:
-                    sums, count, _ = importance_sums(
-                        _unwrap(self.model), samples_x, method=self.config.method, output=self.output,
-                        chunk_size=self.config.chunk_size,
-                    )
+                    sums, count, _ = self._estimate(samples_x)
                     if world_size > 1:
                         self._add_pending(sums, count)
                     else:
@@ -693,8 +722,20 @@ class OnlineMAS:
                         for n, t in stable.items() if n in current} if isinstance(stable, dict) else {}
         self._pending, self._pending_n, self._pending_updates = {}, 0, 0
         self._key = ()
+        self._sync()
+        self._arm_next()
 
     # ------------------------------------------------------------------ internals
+
+    def _arm_next(self) -> None:
+        """shared_forward: record the user's next forward if the next observe estimates importance."""
+        shared = self._seen.shared
+        if shared is None:
+            return
+        if (self._step + 1) % self.config.every == 0 and world(self.process_group)[1] == 1:
+            shared.arm(dict(zip(self._names, self._params, strict=True)))
+        else:
+            shared.disarm()
 
     def _quick_sync(self) -> None:
         """The per-step check of the penalty: the known parameters moved, changed or froze?
@@ -881,7 +922,7 @@ class OnlineMAS:
             return None
         if name == "feature_shift":
             return self._shift(out) if self._shift is not None else None
-        return float(per_sample(name, out).mean())
+        return signal_value(name, out)
 
     def _at_boundary(self) -> Event | None:
         if self.boundaries is not None and self._step in self.boundaries:

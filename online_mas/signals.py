@@ -52,7 +52,17 @@ def per_sample(name: str, out: Tensor) -> Tensor:
 
 
 def signal_value(name: str, out: Tensor) -> float:
-    """The batch mean of a stateless signal (``output_norm``, ``entropy``, ``max_prob``)."""
+    """The batch mean of a stateless signal (``output_norm``, ``entropy``, ``max_prob``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> round(signal_value("entropy", torch.tensor([[0.0, 0.0], [10.0, -10.0]])), 4)
+    0.3466
+    """
+    if name == "entropy":  # the batch total in one reduction (runs on every observe step)
+        logp = torch.log_softmax(out.detach().float().flatten(1), dim=1)
+        return -float((logp.exp() * logp).sum()) / out.shape[0]
     return float(per_sample(name, out).mean())
 
 

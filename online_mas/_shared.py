@@ -1,0 +1,168 @@
+"""Exact importance from the user's own training forward (``MASConfig(shared_forward=True)``).
+
+A separate importance pass costs a forward, a partial backward and the ``|G|^T |A|`` products. When
+the training forward computes the same function as an eval-mode forward, its layer inputs are the
+``A`` the exact estimator needs: recording them while the user's forward runs and taking the
+backward of ``sum_n ||f(x_n)||^2`` to the layer outputs right after it (keeping the graph for the
+user's own backward) gives the same per-sample sums without the second forward.
+
+Only used where it gives the same numbers as the separate pass:
+
+- every trainable parameter belongs to a layer with a closed-form fast path (``nn.Linear``,
+  ``nn.Conv1d/2d``, ``nn.Embedding``, ``nn.LayerNorm``, ``nn.GroupNorm``, eval-mode batch norm),
+  called once in the forward;
+- no module that behaves differently in training mode is in training mode: dropout with ``p > 0``
+  (samples would see random masks), batch norm (couples the samples of a batch), instance norm with
+  running statistics, ``nn.RReLU``, attention and transformer layers (their own dropout);
+- gradients are enabled, autocast is off, and the forward's input is the very tensor later passed
+  to ``observe``.
+
+Otherwise ``observe`` runs the separate pass, as without the option. A custom module whose forward
+reads ``self.training`` (e.g. calls ``F.dropout``) cannot be detected: leave the option off for it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from online_mas.importance import (
+    NonFiniteError,
+    _Call,
+    _covered,
+    _fast_candidates,
+    _finite,
+    _layer_sums,
+    _record_hook,
+)
+
+_TRAIN_DEPENDENT = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.RReLU,
+    nn.MultiheadAttention,
+    nn.TransformerEncoderLayer,
+    nn.TransformerDecoderLayer,
+)
+
+
+def train_dependent(model: nn.Module) -> nn.Module | None:
+    """The first module in training mode whose training forward differs from its eval forward."""
+    for m in model.modules():
+        if not m.training:
+            continue
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            if m.p > 0:
+                return m
+        elif isinstance(m, _TRAIN_DEPENDENT) or (
+            isinstance(m, nn.modules.instancenorm._InstanceNorm) and m.track_running_stats
+        ):
+            return m
+    return None
+
+
+class SharedForward:
+    """Records the fast-path layers during the user's forward and computes importance sums there.
+
+    ``arm(named)`` before a forward whose importance is wanted, ``on_forward(x, out)`` from the
+    model's forward hook, ``take(x)`` from ``observe``. ``gate()`` says whether the hooks may record
+    (False while OnlineMAS runs forwards of its own).
+    """
+
+    def __init__(self, model: nn.Module, chunk: int | None, gate: Callable[[], bool]) -> None:
+        self.model = model
+        self.chunk = chunk
+        self.gate = gate
+        self.enabled = True
+        self.why_not = ""  # why the last armed forward was not used
+        self._cands: dict[nn.Module, list[str]] = {}
+        self._names: tuple[str, ...] = ()
+        self._calls: dict[nn.Module, _Call] = {}
+        self._handles: list[RemovableHandle] = []
+        self._result: tuple[Tensor, dict[str, Tensor], Tensor] | None = None
+
+    @property
+    def armed(self) -> bool:
+        return bool(self._handles)
+
+    def arm(self, named: dict[str, Tensor]) -> None:
+        """Record the next forward, if every parameter in ``named`` has a fast path."""
+        names = tuple(named)
+        if not self.enabled or (self._handles and names == self._names):
+            return
+        self.disarm()
+        cands = _fast_candidates(self.model, named)
+        if {n for ns in cands.values() for n in ns} != set(names):
+            self.why_not = "some parameters have no closed-form fast path"
+            return
+        record = _record_hook(self._calls)
+
+        def hook(m: nn.Module, inputs: tuple[object, ...], out: object) -> object:
+            # not in cands: a deepcopy of the model, which copies its hooks along
+            return record(m, inputs, out) if m in self._cands and self.gate() else None
+
+        self._cands, self._names = cands, names
+        self._handles = [m.register_forward_hook(hook, prepend=True) for m in cands]
+
+    def disarm(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self._calls.clear()
+        self._result = None
+
+    def on_forward(self, x: Tensor, out: Tensor) -> None:
+        """After the user's forward of ``x`` gave ``out`` (still attached to its graph)."""
+        if not self._handles:
+            return
+        try:
+            self._result = None
+            why = self._why_not(x, out)
+            if why:
+                self.why_not = why
+                return
+            covered = _covered(self._calls, x.shape[0])
+            if {n for c in covered for n in self._cands[c.module]} != set(self._names):
+                self.why_not = "a layer was called more than once, skipped or changed in place"
+                return
+            sums: dict[str, Tensor] = {}
+            _layer_sums(self._cands, covered, out, 1.0, sums, chunk=self.chunk, retain_graph=True)
+            if not _finite(torch.stack([s.sum() for s in sums.values()])):
+                self.why_not = "the importance is not finite"
+                return
+            self._result = (x, sums, out.detach())
+        except (RuntimeError, NonFiniteError) as err:  # never break the user's forward
+            self.enabled = False
+            self.disarm()
+            warnings.warn(
+                f"shared_forward is off for this OnlineMAS: the training forward could not be "
+                f"reused ({type(err).__name__}: {err}); importance uses the separate pass",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        finally:
+            self._calls.clear()
+
+    def take(self, x: Tensor, names: list[str]) -> tuple[dict[str, Tensor], int, Tensor] | None:
+        """The sums recorded for this very ``x`` (then forgotten), if they cover ``names``."""
+        result, self._result = self._result, None
+        if result is None or result[0] is not x or set(result[1]) != set(names):
+            return None
+        return {n: result[1][n] for n in names}, x.shape[0], result[2]
+
+    def _why_not(self, x: Tensor, out: Tensor) -> str:
+        if not torch.is_grad_enabled() or not out.requires_grad:
+            return "the forward ran without gradients"
+        if torch.is_autocast_enabled(out.device.type):
+            return "the forward ran under autocast"
+        if out.dim() == 0 or out.shape[0] != x.shape[0] or not out.is_floating_point():
+            return "the output has no batch dimension first"
+        if not _finite(out.detach()):
+            return "the output is not finite"
+        module = train_dependent(self.model)
+        if module is not None:
+            return f"{type(module).__name__} is in training mode"
+        return ""
