@@ -224,9 +224,11 @@ class OnlineMAS:
     the latest; no extra cost), else from the importance pass on the steps that estimate
     importance, else from one gradient-free forward pass. ``"loss"`` is read from ``loss=``.
 
-    Cost: importance is estimated on every ``config.every``-th call (default 64), which keeps an
-    online step within about 1.15x a plain training step (``scripts/bench.py``); ``every=1``
-    estimates on every batch at about 3x.
+    Cost (``scripts/bench.py``, MLP 784-256-256-10, batch 64, one thread): importance is
+    estimated on every ``config.every``-th call (default 64), which puts an online step at about
+    1.2x a plain training step; ``every=1`` estimates on every batch at about 2.7x, 2.3x with
+    ``config.shared_forward=True`` (the estimate reuses the training forward; see
+    ``online_mas/_shared.py`` for when it applies).
 
     Data parallel (DistributedDataParallel, one process per rank): when ``torch.distributed`` is
     initialised with more than one rank, every rank's importance sums and sample count are
