@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -50,7 +51,7 @@ from torch import Tensor, nn
 from tqdm import tqdm, trange
 
 import online_mas as om
-from online_mas.importance import importance_sums
+from online_mas.importance import _covered, _fast_candidates, _fast_sums, _recording, importance_sums
 from streams import make_stream
 
 PARTS = ("timing", "state", "transient", "lam", "profile", "stream")
@@ -82,7 +83,7 @@ class Config:
     lams: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 1e1, 1e2, 1e3, 1e4)  # lam sweep
     sweep_lr: float = 0.05  # lam sweep: SGD learning rate (momentum 0.9)
     sweep_passes: float = 5.0  # lam sweep: passes over each segment's training data
-    profile_steps: int = 200  # profile part: online steps measured
+    profile_steps: int = 640  # profile part: online steps measured (10 importance estimates)
     stream_samples: int = 1_000_000  # stream part: samples in the stream
     seed: int = 0  # seeds models, batches and streams
     out: str = "runs/bench"  # run directory
@@ -432,17 +433,25 @@ def lam_table(res: dict[str, object]) -> str:
 
 
 def bench_profile(cfg: Config) -> dict[str, object]:
+    """Phase by phase inside online steps of the default config with the gradient-form penalty, each
+    phase timed where it runs (caches as the step leaves them, unlike the isolated timings), and
+    ``observe`` split into the steps that only feed the detector and those that estimate importance.
+    """
     from torch.profiler import ProfilerActivity, profile, record_function
 
     torch.manual_seed(cfg.seed)
-    model = MODELS["mlp"]()
+    base = MODELS["mlp"]()
     x, y = make_batch(cfg.batch, cfg.seed)
+    model, plain = copy.deepcopy(base), copy.deepcopy(base)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
-    mas = consolidated(model, x, cfg.lam, om.MASConfig())
+    plain_opt = torch.optim.SGD(plain.parameters(), lr=cfg.lr)
+    config = om.MASConfig()
+    mas = consolidated(model, x, cfg.lam, config)
     now = CLOCKS[cfg.clock]
-    phases = ("zero_grad", "forward+loss", "penalty (loss term)", "backward", "optimizer.step", "observe")
+    phases = ("zero_grad", "forward+loss", "backward", "penalty_grad_", "optimizer.step", "observe")
     spent = dict.fromkeys(phases, 0.0)
-    base = 0.0
+    observe_calls: dict[bool, list[float]] = {True: [], False: []}  # estimate step? -> seconds
+    base_time = 0.0
 
     def step(timed: bool) -> None:
         marks = [now()]
@@ -450,9 +459,9 @@ def bench_profile(cfg: Config) -> dict[str, object]:
         marks.append(now())
         loss = F.cross_entropy(model(x), y)
         marks.append(now())
-        loss = loss + mas.penalty()
-        marks.append(now())
         loss.backward()
+        marks.append(now())
+        mas.penalty_grad_()
         marks.append(now())
         opt.step()
         marks.append(now())
@@ -461,31 +470,77 @@ def bench_profile(cfg: Config) -> dict[str, object]:
         if timed:
             for p, a, b in zip(phases, marks, marks[1:], strict=False):
                 spent[p] += b - a
+            observe_calls[mas.step % config.every == 0].append(marks[-1] - marks[-2])
 
     for _ in range(20):
         step(False)
-    for _ in trange(cfg.profile_steps, desc="profile", unit="step"):
+    n_steps = max(cfg.profile_steps, 2 * config.every)
+    for _ in trange(n_steps, desc="profile", unit="step"):
         step(True)
         t = now()
-        train_step(model, opt, x, y)
-        base += now() - t
-    shares = {p: s / base for p, s in spent.items()}
+        train_step(plain, plain_opt, x, y)
+        base_time += now() - t
+    plain_s = base_time / n_steps
+    shares = {p: s / base_time for p, s in spent.items()}
+    observe_us = {("estimate" if k else "detector only"): statistics.median(v) * 1e6
+                  for k, v in observe_calls.items() if v}
+    pieces = importance_pieces(base, x, now)
+    pieces = {k: v / plain_s for k, v in pieces.items()}
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(min(50, cfg.profile_steps)):
+        for _ in range(min(50, n_steps)):
             with record_function("online step"):
                 step(False)
     ops = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
-    return {"phase_over_train_step": shares, "train_step_ms": base / cfg.profile_steps * 1e3,
-            "top_ops": ops}
+    return {"phase_over_train_step": shares, "train_step_ms": plain_s * 1e3, "steps": n_steps,
+            "every": config.every, "observe_median_us": observe_us,
+            "observe_over_train_step": {k: v / 1e6 / plain_s for k, v in observe_us.items()},
+            "importance_pieces_over_train_step": pieces, "top_ops": ops}
+
+
+def importance_pieces(
+    model: nn.Module, x: Tensor, now: Callable[[], float], reps: int = 200
+) -> dict[str, float]:
+    """Seconds per call of the pieces of one exact estimate (timed alone, median of ``reps``): the
+    forward that records the layer inputs, the backward of ``sum_n ||f(x_n)||^2`` to the layer
+    outputs, and the closed-form ``|G|^T |A|`` products with the running update."""
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    cands = _fast_candidates(model, named)
+    times: dict[str, list[float]] = {"forward (recording)": [], "backward to layer outputs": [],
+                                     "abs(G)^T abs(A) products": [], "running update": []}
+    running = om.RunningImportance()
+    with _recording(cands) as calls:
+        for _ in range(reps):
+            calls.clear()
+            t0 = now()
+            out = model(x)
+            t1 = now()
+            covered = _covered(calls, x.shape[0])
+            grads = torch.autograd.grad(out.pow(2).sum(), [c.output for c in covered])
+            t2 = now()
+            sums: dict[str, Tensor] = {}
+            for c, g in zip(covered, grads, strict=True):
+                _fast_sums(c.module, cands[c.module], c.inputs[0].detach(), g, 1.0, sums)
+            t3 = now()
+            running.update(sums, x.shape[0])
+            t4 = now()
+            for key, a, b in zip(times, (t0, t1, t2, t3), (t1, t2, t3, t4), strict=True):
+                times[key].append(b - a)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def profile_table(res: dict[str, object]) -> str:
     shares = res["phase_over_train_step"]
-    assert isinstance(shares, dict)
+    obs = res["observe_median_us"]
+    pieces = res["importance_pieces_over_train_step"]
+    assert isinstance(shares, dict) and isinstance(obs, dict) and isinstance(pieces, dict)
     rows = [[p, f"{v:.3f}"] for p, v in shares.items()]
     rows.append(["total", f"{sum(shares.values()):.3f}"])
-    return markdown_table(["phase of an online step (default config, loss-term penalty)",
-                           "time / plain training step"], rows)
+    for kind, us in obs.items():
+        rows.append([f"one observe call, {kind} (median us)", f"{us:.0f}"])
+    for piece, v in pieces.items():
+        rows.append([f"exact estimate, timed alone: {piece}", f"{v:.3f}"])
+    return markdown_table([f"phase of an online step (default config, every={res['every']}, "
+                           "gradient-form penalty), inside the step", "time / plain training step"], rows)
 
 
 # ----------------------------------------------------------------------------- stream

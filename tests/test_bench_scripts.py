@@ -66,7 +66,8 @@ def test_bench_reports_every_part(tmp_path: Path) -> None:
     script = _load("bench")
     report = script.main([
         "--parts", "timing,state,transient,lam,profile,stream", "--models", "mlp", "--batch", "16",
-        "--intervals", "1,2", "--subsamples", "4", "--rounds", "2", "--block-ms", "1",
+        "--intervals", "1,2", "--subsamples", "4", "--shared-intervals", "1", "--rounds", "2",
+        "--block-ms", "1",
         "--consolidations", "5", "--transient-batches", "8,32", "--transient-chunks", "2,8",
         "--lams", "1,10000", "--sweep-passes", "0.3", "--profile-steps", "3",
         "--stream-samples", "3000", "--out", str(tmp_path),
@@ -76,8 +77,8 @@ def test_bench_reports_every_part(tmp_path: Path) -> None:
     timings = report["timing"]["mlp"]["timings"]
     _check_timings(timings, "train_step")
     assert timings["online grad every=2"]["steps_per_call"] == 2
-    assert {"online loss every=1", "online grad every=1 subsample=4", "penalty grad form",
-            "consolidate (+ refill)"} <= set(timings)
+    assert {"online loss every=1", "online grad every=1 subsample=4", "online grad every=1 shared",
+            "penalty grad form", "consolidate (+ refill)"} <= set(timings)
     verdicts = report["timing_verdicts"]
     assert verdicts["penalty grad form"]["ratio"] == timings["penalty grad form"]["ratio"]
 
@@ -90,6 +91,7 @@ def test_bench_reports_every_part(tmp_path: Path) -> None:
         assert after["total_bytes"] == sum(after["bytes"].values())
         assert state[label]["segments"] == 5
     assert 3.0 <= state["anchor=current"]["mid_segment"]["param_sized_buffers"] < 3.05
+    assert state["default"]["mid_segment"]["bytes"]["stable"] == state["param_bytes"]  # one slow copy
 
     rows = report["transient"]["rows"]
     assert len(rows) == 2 * 2 * 2
@@ -108,6 +110,8 @@ def test_bench_reports_every_part(tmp_path: Path) -> None:
 
     shares = report["profile"]["phase_over_train_step"]
     assert all(v >= 0 for v in shares.values()) and _positive(shares["observe"])
+    assert set(report["profile"]["observe_median_us"]) == {"estimate", "detector only"}
+    assert all(_positive(v) for v in report["profile"]["importance_pieces_over_train_step"].values())
 
     stream = report["stream"]
     assert stream["samples"] >= 3000 - 64 and _positive(stream["samples_per_s"])
