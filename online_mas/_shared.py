@@ -119,11 +119,11 @@ class SharedForward:
         if not self._handles:
             return
         try:
-            self._result = None
             why = self._why_not(x, out)
-            if why:
+            if why:  # e.g. an evaluation forward under no_grad: keep the training forward's result
                 self.why_not = why
                 return
+            self._result = None
             covered = _covered(self._calls, x.shape[0])
             if {n for c in covered for n in self._cands[c.module]} != set(self._names):
                 self.why_not = "a layer was called more than once, skipped or changed in place"

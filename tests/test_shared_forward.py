@@ -119,6 +119,21 @@ def test_training_mode_layers_fall_back_to_the_separate_pass(model: nn.Module, w
     assert mas.running_omega["0.weight"].abs().sum() > 0
 
 
+def test_an_evaluation_forward_in_between_keeps_the_shared_estimate() -> None:
+    torch.manual_seed(0)
+    model = _mlp()
+    mas = om.OnlineMAS(model, config=om.MASConfig(every=1, shared_forward=True), detector=None)
+    mas._estimate = _no_separate_pass  # type: ignore[method-assign]
+    x = torch.randn(7, 5)
+    ref, _, _ = importance_sums(model, x)
+    model(x).sum().backward()
+    with torch.no_grad():
+        model(torch.randn(3, 5))  # a look at held-out data before observe
+    mas.observe(x)
+    for name, value in mas.running_omega.items():
+        torch.testing.assert_close(value, ref[name] / 7)
+
+
 def test_other_forwards_fall_back_and_give_the_same_numbers() -> None:
     torch.manual_seed(0)
     model = _mlp()
