@@ -202,3 +202,16 @@ def test_signal_hook_is_removed_with_the_online_mas_object() -> None:
     om.OnlineMAS(model, output=lambda m, x: m[0](x))  # custom output: signals from the estimate
     gc.collect()
     assert len(model._forward_hooks) == 0
+
+
+def test_state_with_two_snapshots_from_0_1_loads_the_older_one() -> None:
+    model = _model()
+    mas = om.OnlineMAS(model, config=om.MASConfig(every=1, stable_every=1))
+    mas.observe(torch.randn(4, 4))
+    state = mas.state_dict()
+    older = {n: torch.full_like(p, 1.0) for n, p in model.named_parameters()}
+    newer = {n: torch.full_like(p, 2.0) for n, p in model.named_parameters()}
+    state["stable"] = [older, newer]  # how 0.1 saved its two rotating snapshots
+    other = om.OnlineMAS(_model(), config=om.MASConfig(every=1, stable_every=1))
+    other.load_state_dict(state)
+    assert all(torch.equal(other._stable[n], older[n]) for n in older)
