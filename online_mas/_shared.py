@@ -67,7 +67,7 @@ def train_dependent(model: nn.Module) -> nn.Module | None:
 class SharedForward:
     """Records the fast-path layers during the user's forward and computes importance sums there.
 
-    ``arm(named)`` before a forward whose importance is wanted, ``on_forward(x, out)`` from the
+    ``arm(names, params)`` before a forward whose importance is wanted, ``on_forward(x, out)`` from the
     model's forward hook, ``take(x)`` from ``observe``. ``gate()`` says whether the hooks may record
     (False while OnlineMAS runs forwards of its own).
     """
@@ -88,13 +88,12 @@ class SharedForward:
     def armed(self) -> bool:
         return bool(self._handles)
 
-    def arm(self, named: dict[str, Tensor]) -> None:
-        """Record the next forward, if every parameter in ``named`` has a fast path."""
-        names = tuple(named)
-        if not self.enabled or (self._handles and names == self._names):
-            return
+    def arm(self, names: list[str], params: list[Tensor]) -> None:
+        """Record the next forward, if every one of these parameters has a fast path."""
+        if not self.enabled or (self._handles and tuple(names) == self._names):
+            return  # armed already, for the same parameters
         self.disarm()
-        cands = _fast_candidates(self.model, named)
+        cands = _fast_candidates(self.model, dict(zip(names, params, strict=True)))
         if {n for ns in cands.values() for n in ns} != set(names):
             self.why_not = "some parameters have no closed-form fast path"
             return
@@ -104,7 +103,7 @@ class SharedForward:
             # not in cands: a deepcopy of the model, which copies its hooks along
             return record(m, inputs, out) if m in self._cands and self.gate() else None
 
-        self._cands, self._names = cands, names
+        self._cands, self._names = cands, tuple(names)
         self._handles = [m.register_forward_hook(hook, prepend=True) for m in cands]
 
     def disarm(self) -> None:

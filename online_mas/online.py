@@ -735,7 +735,7 @@ class OnlineMAS:
         if shared is None:
             return
         if (self._step + 1) % self.config.every == 0 and world(self.process_group)[1] == 1:
-            shared.arm(dict(zip(self._names, self._params, strict=True)))
+            shared.arm(self._names, self._params)
         else:
             shared.disarm()
 
