@@ -79,7 +79,8 @@ class SharedForward:
         self.enabled = True
         self.why_not = ""  # why the last armed forward was not used
         self._cands: dict[nn.Module, list[str]] = {}
-        self._names: tuple[str, ...] = ()
+        self._names: tuple[str, ...] = ()  # the parameters of the last arm()
+        self._uncovered = False  # some of them have no fast path: nothing to record
         self._calls: dict[nn.Module, _Call] = {}
         self._handles: list[RemovableHandle] = []
         self._result: tuple[Tensor, dict[str, Tensor], Tensor] | None = None
@@ -90,12 +91,14 @@ class SharedForward:
 
     def arm(self, names: list[str], params: list[Tensor]) -> None:
         """Record the next forward, if every one of these parameters has a fast path."""
-        if not self.enabled or (self._handles and tuple(names) == self._names):
-            return  # armed already, for the same parameters
+        if not self.enabled or (tuple(names) == self._names and (self._handles or self._uncovered)):
+            return  # armed already, or known not to be coverable, for the same parameters
         self.disarm()
         cands = _fast_candidates(self.model, dict(zip(names, params, strict=True)))
+        self._names, self._uncovered = tuple(names), False
         if {n for ns in cands.values() for n in ns} != set(names):
             self.why_not = "some parameters have no closed-form fast path"
+            self._uncovered = True
             return
         record = _record_hook(self._calls)
 
@@ -103,7 +106,7 @@ class SharedForward:
             # not in cands: a deepcopy of the model, which copies its hooks along
             return record(m, inputs, out) if m in self._cands and self.gate() else None
 
-        self._cands, self._names = cands, tuple(names)
+        self._cands = cands
         self._handles = [m.register_forward_hook(hook, prepend=True) for m in cands]
 
     def disarm(self) -> None:

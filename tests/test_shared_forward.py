@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import online_mas as om
+from online_mas import _shared as shared_module
 from online_mas.importance import importance_sums
 
 
@@ -150,7 +151,7 @@ def test_other_forwards_fall_back_and_give_the_same_numbers() -> None:
         torch.testing.assert_close(value, ref[name] / 7)
 
 
-def test_uncovered_parameters_never_arm_the_hooks() -> None:
+def test_uncovered_parameters_never_arm_the_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
     class Scaled(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -161,10 +162,18 @@ def test_uncovered_parameters_never_arm_the_hooks() -> None:
             return self.lin(x) * self.scale
 
     model = Scaled()
+    calls = []
+    real = shared_module._fast_candidates
+    monkeypatch.setattr(shared_module, "_fast_candidates", lambda *a: calls.append(1) or real(*a))
     mas = om.OnlineMAS(model, config=om.MASConfig(every=1, shared_forward=True), detector=None)
     assert not mas._seen.shared.armed  # type: ignore[union-attr]
     assert "fast path" in mas._seen.shared.why_not  # type: ignore[union-attr]
     x = torch.randn(4, 5)
+    for _ in range(3):
+        model(x).sum().backward()
+        mas.observe(x)
+    assert len(calls) == 1  # the answer is kept while the parameters stay the same
+    mas._running.reset()
     model(x).sum().backward()
     mas.observe(x)
     ref, _, _ = importance_sums(model, x)
