@@ -33,6 +33,7 @@ from torch.utils.hooks import RemovableHandle
 from online_mas.importance import (
     NonFiniteError,
     _Call,
+    _check_finite_sums,
     _covered,
     _fast_candidates,
     _finite,
@@ -132,11 +133,11 @@ class SharedForward:
                 return
             sums: dict[str, Tensor] = {}
             _layer_sums(self._cands, covered, out, 1.0, sums, chunk=self.chunk, retain_graph=True)
-            if not _finite(torch.stack([s.sum() for s in sums.values()])):
-                self.why_not = "the importance is not finite"
-                return
+            _check_finite_sums(sums)
             self._result = (x, sums, out.detach())
-        except (RuntimeError, NonFiniteError) as err:  # never break the user's forward
+        except NonFiniteError as err:  # this batch only: observe's separate pass skips it
+            self.why_not = str(err)
+        except RuntimeError as err:  # never break the user's forward
             self.enabled = False
             self.disarm()
             warnings.warn(

@@ -193,10 +193,15 @@ def _sums(
             sums, out = _local(model, named, x, chunk)
         if scale != 1.0 and sums:
             torch._foreach_mul_(list(sums.values()), scale)  # fresh tensors: in place is safe
+    _check_finite_sums(sums)
+    return sums, x.shape[0], out
+
+
+def _check_finite_sums(sums: Mapping[str, Tensor]) -> None:
+    """Raise NonFiniteError naming the parameters whose importance overflowed (one reduction)."""
     if sums and not _finite(torch.stack([s.sum() for s in sums.values()])):
         bad = [n for n, s in sums.items() if not _finite(s)]
         raise NonFiniteError(f"importance is not finite for {bad} (the gradients overflowed)")
-    return sums, x.shape[0], out
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -589,6 +589,17 @@ def stream_table(res: dict[str, object]) -> str:
 # ----------------------------------------------------------------------------- main
 
 
+RUNNERS: dict[str, tuple[Callable[[Config], dict[str, object]], Callable[[dict[str, object]], str]]] = {
+    "timing": (bench_timing, timing_table),
+    "state": (bench_state, state_table),
+    "transient": (bench_transient, transient_table),
+    "lam": (bench_lam, lam_table),
+    "profile": (bench_profile, profile_table),
+    "stream": (bench_stream, stream_table),
+}
+"""Each part: the function that measures it and the one that prints its table, in run order."""
+
+
 def main(argv: list[str] | None = None) -> dict[str, object]:
     d = Config()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -631,26 +642,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     report: dict[str, object] = {"config": asdict(cfg), "environment": environment(cfg.threads)}
     tables: dict[str, str] = {}
     t0 = time.time()
-    if "timing" in parts:
-        res = bench_timing(cfg)
-        report["timing"] = res
-        report["timing_verdicts"] = timing_verdicts(res)
-        tables["timing"] = timing_table(res)
-    if "state" in parts:
-        report["state"] = res_state = bench_state(cfg)
-        tables["state"] = state_table(res_state)
-    if "transient" in parts:
-        report["transient"] = res_tr = bench_transient(cfg)
-        tables["transient"] = transient_table(res_tr)
-    if "lam" in parts:
-        report["lam"] = res_lam = bench_lam(cfg)
-        tables["lam"] = lam_table(res_lam)
-    if "profile" in parts:
-        report["profile"] = res_prof = bench_profile(cfg)
-        tables["profile"] = profile_table(res_prof)
-    if "stream" in parts:
-        report["stream"] = res_stream = bench_stream(cfg)
-        tables["stream"] = stream_table(res_stream)
+    for part, (run, table) in RUNNERS.items():
+        if part in parts:
+            report[part] = res = run(cfg)
+            tables[part] = table(res)
+            if part == "timing":
+                report["timing_verdicts"] = timing_verdicts(res)
     report["seconds"] = time.time() - t0
     report["tables"] = tables
     titles = {

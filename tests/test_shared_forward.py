@@ -215,3 +215,25 @@ def test_non_finite_batches_are_skipped_without_touching_the_importance() -> Non
 def test_shared_forward_must_be_a_bool() -> None:
     with pytest.raises(TypeError, match="shared_forward must be a bool, got 'yes'"):
         om.MASConfig(shared_forward="yes")  # type: ignore[arg-type]
+
+
+def test_overflowing_importance_skips_that_batch_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    model = _mlp()
+    mas = om.OnlineMAS(model, config=om.MASConfig(every=1, shared_forward=True), detector=None)
+    real = shared_module._layer_sums
+
+    def overflow(*args: object, **kwargs: object) -> None:
+        real(*args, **kwargs)  # type: ignore[arg-type]
+        next(iter(args[4].values())).fill_(float("inf"))  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(shared_module, "_layer_sums", overflow)
+    x = torch.randn(7, 5)
+    model(x).sum().backward()
+    shared = mas._seen.shared
+    assert shared is not None and "not finite" in shared.why_not and shared.enabled
+    monkeypatch.setattr(shared_module, "_layer_sums", real)
+    mas._estimate = _no_separate_pass  # type: ignore[method-assign]
+    model(x).sum().backward()  # the next batch is shared again
+    mas.observe(x)
+    assert mas.n_skipped == 0 and mas.running_omega["0.weight"].abs().sum() > 0
