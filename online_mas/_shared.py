@@ -31,13 +31,12 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from online_mas.importance import (
-    NonFiniteError,
     _Call,
-    _check_finite_sums,
     _covered,
     _fast_candidates,
     _finite,
-    _layer_sums,
+    _output_grads,
+    _Pair,
     _record_hook,
 )
 
@@ -84,7 +83,9 @@ class SharedForward:
         self._uncovered = False  # some of them have no fast path: nothing to record
         self._calls: dict[nn.Module, _Call] = {}
         self._handles: list[RemovableHandle] = []
-        self._result: tuple[Tensor, dict[str, Tensor], Tensor] | None = None
+        # the forward's input, its layers' (module, input, output gradient), their inputs' versions
+        # and the detached output
+        self._result: tuple[Tensor, list[_Pair], tuple[int, ...], Tensor] | None = None
 
     @property
     def armed(self) -> bool:
@@ -131,12 +132,8 @@ class SharedForward:
             if {n for c in covered for n in self._cands[c.module]} != set(self._names):
                 self.why_not = "a layer was called more than once, skipped or changed in place"
                 return
-            sums: dict[str, Tensor] = {}
-            _layer_sums(self._cands, covered, out, 1.0, sums, chunk=self.chunk, retain_graph=True)
-            _check_finite_sums(sums)
-            self._result = (x, sums, out.detach())
-        except NonFiniteError as err:  # this batch only: observe's separate pass skips it
-            self.why_not = str(err)
+            pairs = _output_grads(covered, out, retain_graph=True)
+            self._result = (x, pairs, tuple(a._version for _, a, _ in pairs), out.detach())
         except RuntimeError as err:  # never break the user's forward
             self.enabled = False
             self.disarm()
@@ -149,12 +146,23 @@ class SharedForward:
         finally:
             self._calls.clear()
 
-    def take(self, x: Tensor, names: list[str]) -> tuple[dict[str, Tensor], int, Tensor] | None:
-        """The sums recorded for this very ``x`` (then forgotten), if they cover ``names``."""
+    @property
+    def candidates(self) -> dict[nn.Module, list[str]]:
+        """The recorded layers and the names of their parameters."""
+        return self._cands
+
+    def take(self, x: Tensor, names: list[str]) -> tuple[list[_Pair], int, Tensor] | None:
+        """What the forward of this very ``x`` recorded (then forgotten), if it covers ``names``: each
+        layer's input and output gradient, the batch size, the output. The products that turn them
+        into importance are left to the caller (``importance._fold_sums``)."""
         result, self._result = self._result, None
-        if result is None or result[0] is not x or set(result[1]) != set(names):
+        if result is None or result[0] is not x or tuple(names) != self._names:
             return None
-        return {n: result[1][n] for n in names}, x.shape[0], result[2]
+        _, pairs, versions, out = result
+        if any(a._version != v for (_, a, _), v in zip(pairs, versions, strict=True)):
+            self.why_not = "a layer input was changed in place after the forward"
+            return None
+        return pairs, x.shape[0], out
 
     def _why_not(self, x: Tensor, out: Tensor) -> str:
         if not torch.is_grad_enabled() or not out.requires_grad:

@@ -9,6 +9,7 @@ that just ended with the consolidated importance of the segments before it.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 import torch
 from torch import Tensor
@@ -71,21 +72,29 @@ class RunningImportance:
         """Samples averaged since the last reset."""
         return self._count
 
-    def update(self, sums: dict[str, Tensor], n: int) -> None:
-        """Add importance summed over ``n`` samples (``n >= 1``)."""
+    def weights(self, n: int) -> tuple[float, float]:
+        """``(keep, add)`` of the next update of ``n`` samples: it sets ``m <- keep * m + add * s``
+        for importance summed ``s`` (a caller can fold a sum in place with them; see ``update``)."""
+        w = self._step(n)[0]
+        return 1.0 - w, w / n
+
+    def update(self, sums: dict[str, Tensor], n: int, *, folded: Collection[str] = ()) -> None:
+        """Add importance summed over ``n`` samples (``n >= 1``).
+
+        ``folded``: names whose running value the caller already moved in place to
+        ``keep * m + add * s`` with ``weights(n)`` (they must have a running value); ``sums`` holds
+        the others.
+        """
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be an int >= 1 (samples in the batch), got {n!r}")
         if not isinstance(sums, dict) or not all(
             isinstance(k, str) and isinstance(v, Tensor) for k, v in sums.items()
         ):
             raise TypeError(f"sums must be a dict of parameter name -> Tensor, got {sums!r}")
-        if self.average == "mean":
-            w = n / (self._count + n)  # incremental mean: m += n/(N+n) * (batch mean - m)
-        else:
-            keep = 0.5 ** (n / self.half_life)
-            new_weight = keep * self._weight + (1.0 - keep)
-            w = (1.0 - keep) / new_weight  # bias-corrected EMA in the same incremental form
-            self._weight = new_weight
+        unknown = [k for k in folded if k not in self._mean or k in sums]
+        if unknown:
+            raise ValueError(f"folded names must have a running value and no sum, got {unknown}")
+        w, self._weight = self._step(n)
         # m + w (s/n - m) = (1 - w) m + (w/n) s: two in-place passes, no temporary.
         means, adds = [], []
         for name, s in sums.items():
@@ -100,6 +109,15 @@ class RunningImportance:
             torch._foreach_mul_(means, 1.0 - w)
             torch._foreach_add_(means, adds, alpha=w / n)
         self._count += n
+
+    def _step(self, n: int) -> tuple[float, float]:
+        """Weight ``w`` of a batch of ``n`` samples in ``m + w (batch mean - m)``, and the EMA's
+        bias-correction weight after it."""
+        if self.average == "mean":
+            return n / (self._count + n), self._weight  # incremental mean: m += n/(N+n) (mean - m)
+        keep = 0.5 ** (n / self.half_life)
+        new_weight = keep * self._weight + (1.0 - keep)
+        return (1.0 - keep) / new_weight, new_weight  # bias-corrected EMA, same incremental form
 
     def value(self) -> dict[str, Tensor]:
         """The running importance per name (live tensors: copy before modifying)."""

@@ -134,8 +134,7 @@ def importance(
     Aljundi, Babiloni, Elhoseiny, Rohrbach, Tuytelaars. Memory Aware Synapses: Learning what (not)
     to forget. ECCV 2018. arXiv:1711.09601.
     """
-    sums, _, _ = _sums(model, x, method, output, chunk_size, mean=True)
-    return sums
+    return _sums(model, x, method, output, chunk_size, mean=True)[0]
 
 
 def importance_sums(
@@ -152,7 +151,11 @@ def importance_sums(
     counts to weight batches by their size). The returned output is detached and computed in eval
     mode, so callers can derive label-free signals from it without another forward pass.
     """
-    return _sums(model, x, method, output, chunk_size, mean=False)
+    sums, n, out, _ = _sums(model, x, method, output, chunk_size, mean=False)
+    return sums, n, out
+
+
+_Fold = tuple[dict[str, Tensor], float, float]  # running means, keep, add (see _fold_sums)
 
 
 def _sums(
@@ -163,10 +166,15 @@ def _sums(
     chunk_size: int | None,
     *,
     mean: bool,
-) -> tuple[dict[str, Tensor], int, Tensor]:
+    fold: _Fold | None = None,
+) -> tuple[dict[str, Tensor], int, Tensor, list[str]]:
     """Summed (``mean=False``) or averaged importance. The average divides where it is cheapest
     (the exact paths scale the small output gradients, never a parameter-sized tensor) instead of
-    allocating a parameter-sized quotient."""
+    allocating a parameter-sized quotient.
+
+    ``fold`` (sums only; OnlineMAS's running update): the exact method folds what it can straight
+    into these running means (:func:`_fold_sums`) when the batch is one chunk; the names folded
+    come last in the result, and are missing from the sums."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model)!r}")
     if method not in METHODS:
@@ -179,8 +187,9 @@ def _sums(
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     with _eval_mode(model), torch.enable_grad():
         scale = 1.0 / x.shape[0] if mean else 1.0
+        folded: list[str] = []
         if method == "exact":
-            sums, out = _exact(model, named, x, fn, chunk, scale)
+            sums, out, folded = _exact(model, named, x, fn, chunk, scale, None if mean else fold)
             scale = 1.0  # applied inside
         elif method == "vmap":
             out = _forward(model, x, fn).detach()
@@ -194,7 +203,7 @@ def _sums(
         if scale != 1.0 and sums:
             torch._foreach_mul_(list(sums.values()), scale)  # fresh tensors: in place is safe
     _check_finite_sums(sums)
-    return sums, x.shape[0], out
+    return sums, x.shape[0], out, folded
 
 
 def _check_finite_sums(sums: Mapping[str, Tensor]) -> None:
@@ -484,40 +493,115 @@ def _layer_sums(
     sums: dict[str, Tensor],
     *,
     chunk: int | None = None,
-    retain_graph: bool = False,
 ) -> None:
-    """One backward of ``sum_n ||out_n||^2`` to the covered layers' outputs, then their sums.
+    """One backward of ``sum_n ||out_n||^2`` to the covered layers' outputs, then their sums."""
+    _pair_sums(cands, _output_grads(covered, out), scale, sums, chunk=chunk)
 
-    ``chunk`` splits the closed-form per-sample products into row blocks (transient memory);
+
+_Pair = tuple[nn.Module, Tensor, Tensor]  # a layer, its input, the gradient at its output
+
+
+def _output_grads(covered: list[_Call], out: Tensor, *, retain_graph: bool = False) -> list[_Pair]:
+    """The gradient of ``sum_n ||out_n||^2`` at each covered layer's output, with the layer's input.
+
     ``retain_graph`` keeps ``out``'s graph for a backward that comes later (someone else's).
     """
     grads = torch.autograd.grad(
         _sq_norm_total(out), [c.output for c in covered], allow_unused=True, retain_graph=retain_graph
     )
-    for c, g in zip(covered, grads, strict=True):
-        a = c.inputs[0].detach()
-        g = torch.zeros_like(c.output) if g is None else g.detach()
+    return [(c.module, c.inputs[0].detach(), torch.zeros_like(c.output) if g is None else g.detach())
+            for c, g in zip(covered, grads, strict=True)]
+
+
+def _pair_sums(
+    cands: dict[nn.Module, list[str]],
+    pairs: list[_Pair],
+    scale: float,
+    sums: dict[str, Tensor],
+    *,
+    chunk: int | None = None,
+) -> None:
+    """Add each layer's per-sample importance sums to ``sums``; ``chunk`` splits the closed-form
+    per-sample products into row blocks (transient memory)."""
+    for m, a, g in pairs:
         if chunk is None or a.shape[0] <= chunk:
-            _fast_sums(c.module, cands[c.module], a, g, scale, sums)
+            _fast_sums(m, cands[m], a, g, scale, sums)
         else:
             for ac, gc in zip(a.split(chunk), g.split(chunk), strict=True):
-                _fast_sums(c.module, cands[c.module], ac, gc, scale, sums)
+                _fast_sums(m, cands[m], ac, gc, scale, sums)
+
+
+_FOLD_BOUND = 1e36  # |G|^T |A| entries stay below this, far from float32's 3.4e38
+
+
+def _fold_sums(
+    cands: dict[nn.Module, list[str]],
+    pairs: list[_Pair],
+    means: dict[str, Tensor],
+    keep: float,
+    add: float,
+    *,
+    sums: dict[str, Tensor],
+    chunk: int | None = None,
+) -> list[str]:
+    """Per-sample importance sums of ``pairs``, with the weights of 2-D ``nn.Linear`` layers folded
+    into running means in place: ``m <- keep * m + add * |G|^T |A|`` is one ``addmm_`` (its ``beta``
+    and ``alpha``), so no parameter-sized sum is made, nor a second pass over the means.
+
+    Adds the sums of everything not folded to ``sums`` and returns the names folded. Nothing is
+    folded unless every sum is known finite first: those in ``sums`` are checked
+    (:class:`NonFiniteError`, no running mean changed), and the folded products are bounded by
+    ``rows * max|G| * max|A|``; if that bound is not finite and small, every sum is computed and
+    checked instead, and none folded.
+    """
+    fold: list[tuple[str, Tensor, Tensor, Tensor]] = []  # (name, mean, |g|, |a|) of folded weights
+    rest: list[_Pair] = []
+    own: dict[str, Tensor] = {}
+    for m, a, g in pairs:
+        names = {n.rsplit(".", 1)[-1]: n for n in cands[m]}
+        mean = means.get(names.get("weight", ""))
+        if (isinstance(m, nn.Linear) and a.dim() == 2 and mean is not None
+                and mean.shape == m.weight.shape and mean.device == a.device):
+            fold.append((names["weight"], mean, g.float().abs(), a.float().abs()))
+            if "bias" in names:
+                own[names["bias"]] = fold[-1][2].sum(0)  # sum_n |g_n|, as _linear gives
+        else:
+            rest.append((m, a, g))
+    if fold:
+        peaks = torch.stack([t.amax() for *_, g, a in fold for t in (g, a)]).tolist()
+        rows = max(a.shape[0] for *_, a in fold)
+        if not max(g * a for g, a in zip(peaks[::2], peaks[1::2], strict=True)) * rows < _FOLD_BOUND:
+            fold, rest, own = [], list(pairs), {}  # possibly not finite (nan fails too): no fold
+    _pair_sums(cands, rest, 1.0, own, chunk=chunk)
+    sums.update(own)
+    _check_finite_sums(sums)
+    for _, mean, g, a in fold:
+        mean.addmm_(g.t(), a, beta=keep, alpha=add)
+    return [name for name, *_ in fold]
 
 
 def _exact(
-    model: nn.Module, named: Mapping[str, Tensor], x: Tensor, fn: OutputFn, chunk: int, scale: float
-) -> tuple[dict[str, Tensor], Tensor]:
+    model: nn.Module,
+    named: Mapping[str, Tensor],
+    x: Tensor,
+    fn: OutputFn,
+    chunk: int,
+    scale: float,
+    fold: _Fold | None = None,
+) -> tuple[dict[str, Tensor], Tensor, list[str]]:
     """Fast paths where they apply, torch.func for the rest; every result is multiplied by ``scale``.
 
     The batch goes through ``chunk`` samples at a time (forward, backward and per-sample
     gradients), so every transient buffer is bounded by ``chunk``, whatever the batch size; the
     sums accumulate in place across chunks. Samples are independent in eval mode, so chunking
-    does not change the result.
+    does not change the result. ``fold`` (with ``scale == 1``): a batch of one chunk folds its
+    ``nn.Linear`` weights into the running means, once every other sum is known finite.
     """
     cands = _fast_candidates(model, named)
     sums: dict[str, Tensor] = {}
     hits: dict[str, int] = {}
     pieces = x.split(chunk)
+    pairs: list[_Pair] = []  # kept for the fold (one chunk only)
     outs = []
     with _recording(cands) as calls:
         for xc in pieces:
@@ -526,7 +610,10 @@ def _exact(
             outs.append(out.detach())
             covered = _covered(calls, xc.shape[0])
             if covered:
-                _layer_sums(cands, covered, out, scale, sums)
+                if fold is not None and len(pieces) == 1 and scale == 1.0:
+                    pairs = _output_grads(covered, out)
+                else:
+                    _layer_sums(cands, covered, out, scale, sums)
                 del out  # the graph is freed; keep only this layer's input and output grad
                 for c in covered:
                     for n in cands[c.module]:
@@ -534,14 +621,17 @@ def _exact(
                 del covered
     for n in [n for n, k in hits.items() if k != len(pieces)]:  # covered in some chunks only
         del sums[n]
-    rest = {n: p for n, p in named.items() if n not in sums}
+    rest = {n: p for n, p in named.items() if n not in sums and hits.get(n) != len(pieces)}
     if rest:
         slow = _func_sums(model, rest, x, fn, chunk)
         if scale != 1.0:
             torch._foreach_mul_(list(slow.values()), scale)
         sums.update(slow)
+    folded: list[str] = []
+    if pairs and fold is not None:
+        folded = _fold_sums(cands, pairs, *fold, sums=sums)
     out_all = outs[0] if len(outs) == 1 else torch.cat(outs)
-    return {n: sums[n] for n in named}, out_all
+    return {n: sums[n] for n in named if n not in folded}, out_all, folded
 
 
 def _fast_sums(

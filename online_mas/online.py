@@ -38,8 +38,9 @@ from online_mas.importance import (
     METHODS,
     NonFiniteError,
     OutputFn,
+    _fold_sums,
+    _sums,
     check_input,
-    importance_sums,
     model_output,
 )
 from online_mas.penalty import _penalty, _penalty_grad, _proximal, check_lam
@@ -475,17 +476,22 @@ class OnlineMAS:
                 return None
         if estimate:
             shared = self._seen.shared.take(x, self._names) if self._seen.shared else None
-            if shared is not None:  # computed in the user's forward of this x
-                xs = x
-                sums, n, out = shared
-            else:
-                xs = self._subsample(x)
-                try:
-                    sums, n, out = self._estimate(xs)
-                except NonFiniteError as err:
-                    self._skip(str(err))
-                    return None
-            self._running.update(sums, n)
+            folded: list[str] = []
+            try:
+                if shared is not None:  # the user's forward of this x gave the layers' gradients
+                    xs = x
+                    pairs, n, out = shared
+                    sums: dict[str, Tensor] = {}
+                    folded = _fold_sums(
+                        self._seen.shared.candidates, pairs, self._running.value(),  # type: ignore[union-attr]
+                        *self._running.weights(n), sums=sums, chunk=self.config.chunk_size)
+                else:
+                    xs = self._subsample(x)
+                    sums, n, out, folded = self._estimate(xs, fold=True)
+            except NonFiniteError as err:
+                self._skip(str(err))
+                return None
+            self._running.update(sums, n, folded=folded)
             if seen is None:
                 value = self._signal(out)
             if self._buffer is not None:
@@ -535,7 +541,7 @@ class OnlineMAS:
         self._sync()
         try:
             check_input(x)  # wrong types and shapes raise; nan/inf is skipped and counted
-            sums, n, _ = self._estimate(x)
+            sums, n, _, _ = self._estimate(x)
         except NonFiniteError as err:
             self._skip(str(err))
             return 0
@@ -567,7 +573,7 @@ class OnlineMAS:
             samples_x = self._buffer.samples
             if samples_x is not None:
                 try:
-                    sums, count, _ = self._estimate(samples_x)
+                    sums, count, _, _ = self._estimate(samples_x)
                     if world_size > 1:
                         self._add_pending(sums, count)
                     else:
@@ -811,7 +817,7 @@ class OnlineMAS:
         if finite and update:
             xs = self._subsample(x)
             try:
-                sums, n, out = self._estimate(xs)
+                sums, n, out, _ = self._estimate(xs)
                 value = self._signal(out) if seen is None else None
                 if value is not None and math.isfinite(value):
                     weighted, weight = value * n, float(n)
@@ -896,13 +902,18 @@ class OnlineMAS:
     def _device(self) -> torch.device:
         return self._params[0].device if self._params else torch.device("cpu")
 
-    def _estimate(self, xs: Tensor) -> tuple[dict[str, Tensor], int, Tensor]:
-        """Importance sums of a batch; the signal hook is off during this forward."""
+    def _estimate(
+        self, xs: Tensor, *, fold: bool = False
+    ) -> tuple[dict[str, Tensor], int, Tensor, list[str]]:
+        """Importance sums of a batch; the signal hook is off during this forward. ``fold``: the
+        exact method may fold some sums into the running importance itself (their names come last,
+        for ``RunningImportance.update(..., folded=)``)."""
         self._seen.active = False
         try:
-            return importance_sums(
-                _unwrap(self.model), xs, method=self.config.method, output=self.output,
-                chunk_size=self.config.chunk_size,
+            return _sums(
+                _unwrap(self.model), xs, self.config.method, self.output, self.config.chunk_size,
+                mean=False, fold=(self._running.value(), *self._running.weights(xs.shape[0]))
+                if fold else None,
             )
         finally:
             self._seen.active = True

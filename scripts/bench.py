@@ -11,7 +11,9 @@ Parts (``--parts``, comma-separated):
 ``transient``  peak tensor memory of exact importance against ``chunk_size`` and batch size.
 ``lam``        two-segment permuted digits: segment-1 accuracy after segment 2 over lam 1e-3..1e4,
                explicit penalty (loss term) vs proximal step, SGD with momentum 0.9.
-``profile``    where the time of an online step goes (per phase, and torch.profiler's top ops).
+``profile``    where the time of an online step goes (per phase, and torch.profiler's top ops), and
+               the arithmetic floor: floating-point operations of an online step with importance
+               every step over those of a plain step (torch.utils.flop_counter), both models.
 ``stream``     a 10^6-sample permuted-digits stream through the digits MLP with OnlineMAS: resident
                memory (RSS) at start and end, samples/s. Minutes; only with ``--memory``.
 
@@ -494,7 +496,37 @@ def bench_profile(cfg: Config) -> dict[str, object]:
     return {"phase_over_train_step": shares, "train_step_ms": plain_s * 1e3, "steps": n_steps,
             "every": config.every, "observe_median_us": observe_us,
             "observe_over_train_step": {k: v / 1e6 / plain_s for k, v in observe_us.items()},
-            "importance_pieces_over_train_step": pieces, "top_ops": ops}
+            "importance_pieces_over_train_step": pieces, "top_ops": ops,
+            "flops": {name: step_flops(name, cfg) for name in cfg.models}}
+
+
+def step_flops(name: str, cfg: Config) -> dict[str, float]:
+    """Floating-point operations (matmuls and convolutions, as ``torch.utils.flop_counter`` counts
+    them) of one plain training step and, as ratios to it, of one online step with importance on
+    every step, from a separate pass and with ``shared_forward=True``: the time ratio cannot go
+    below these on a machine that runs every matmul at the same speed."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(cfg.seed)
+    base = MODELS[name]()
+    x, y = make_batch(cfg.batch, cfg.seed)
+
+    def count(step: Callable[[], None]) -> int:
+        with FlopCounterMode(display=False) as counter:
+            step()
+        return int(counter.get_total_flops())
+
+    model = copy.deepcopy(base)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    plain = count(lambda: train_step(model, opt, x, y))
+    res: dict[str, float] = {"train_step_mflop": plain / 1e6}
+    for key, shared in (("online every=1", False), ("online every=1 shared", True)):
+        model = copy.deepcopy(base)
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+        mas = consolidated(model, x, cfg.lam, om.MASConfig(every=1, shared_forward=shared))
+        online_step(model, opt, mas, x, y, "grad")  # the shared forward is armed from here on
+        res[key] = count(lambda m=model, o=opt, s=mas: online_step(m, o, s, x, y, "grad")) / plain
+    return res
 
 
 def importance_pieces(
@@ -539,6 +571,10 @@ def profile_table(res: dict[str, object]) -> str:
         rows.append([f"one observe call, {kind} (median us)", f"{us:.0f}"])
     for piece, v in pieces.items():
         rows.append([f"exact estimate, timed alone: {piece}", f"{v:.3f}"])
+    for name, f in res["flops"].items():  # type: ignore[attr-defined]
+        for key in ("online every=1", "online every=1 shared"):
+            rows.append([f"{name}: flops of an {key} step / plain step "
+                         f"({f['train_step_mflop']:.1f} MFLOP)", f"{f[key]:.3f}"])
     return markdown_table([f"phase of an online step (default config, every={res['every']}, "
                            "gradient-form penalty), inside the step", "time / plain training step"], rows)
 

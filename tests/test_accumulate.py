@@ -118,3 +118,22 @@ def test_normalize() -> None:
 def test_bad_input(call, match: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("average", ["mean", "ema"])
+def test_an_update_folded_in_place_with_weights_equals_a_plain_update(average: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    first = {"w": torch.rand(3, 4, generator=g), "b": torch.rand(3, generator=g)}
+    second = {"w": torch.rand(3, 4, generator=g), "b": torch.rand(3, generator=g)}
+    plain, folded = RunningImportance(average, half_life=5.0), RunningImportance(average, half_life=5.0)
+    for r in (plain, folded):
+        r.update({k: v.clone() for k, v in first.items()}, 4)
+    plain.update({k: v.clone() for k, v in second.items()}, 6)
+    keep, add = folded.weights(6)
+    folded.value()["w"].mul_(keep).add_(second["w"], alpha=add)  # what importance._fold_sums does
+    folded.update({"b": second["b"].clone()}, 6, folded=["w"])
+    assert folded.count == plain.count == 10
+    for k in first:
+        torch.testing.assert_close(folded.value()[k], plain.value()[k])
+    with pytest.raises(ValueError, match=r"folded names must have a running value and no sum, got \['v'\]"):
+        folded.update({}, 1, folded=["v"])

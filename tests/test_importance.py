@@ -302,3 +302,50 @@ def test_a_layer_covered_in_some_chunks_only_falls_back_to_torch_func(
     x = torch.randn(5, 3)  # chunks of 2, 2 and 1: the last one calls lin twice
     _assert_close(om.importance(model, x, chunk_size=2), _loop_reference(model, x))
     assert calls == [["lin.bias", "lin.weight"]]
+
+
+def test_folding_linear_products_into_running_means_equals_adding_the_sums() -> None:
+    from online_mas.importance import (
+        _covered,
+        _fast_candidates,
+        _fold_sums,
+        _output_grads,
+        _recording,
+        importance_sums,
+    )
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.LayerNorm(8), nn.Linear(8, 3))
+    x = torch.randn(9, 6)
+    named = dict(model.named_parameters())
+    cands = _fast_candidates(model, named)
+    with _recording(cands) as calls:
+        out = model(x)
+    pairs = _output_grads(_covered(calls, 9), out)
+    expected_sums = importance_sums(model, x)[0]
+    g = torch.Generator().manual_seed(1)
+    means = {n: torch.rand(p.shape, generator=g) for n, p in named.items()}
+    before = {n: m.clone() for n, m in means.items()}
+    sums: dict[str, torch.Tensor] = {}
+    folded = _fold_sums(cands, pairs, means, 0.25, 0.5, sums=sums, chunk=4)
+    assert sorted(folded) == ["0.weight", "3.weight"]  # the Linear weights; biases and norm summed
+    assert set(sums) == set(named) - set(folded)
+    for n in named:
+        if n in folded:
+            torch.testing.assert_close(means[n], 0.25 * before[n] + 0.5 * expected_sums[n])
+        else:
+            assert torch.equal(means[n], before[n])
+            torch.testing.assert_close(sums[n], expected_sums[n])
+    # a running mean that does not match (a new parameter) is not folded: its sum is returned
+    del means["3.weight"]
+    sums = {}
+    folded = _fold_sums(cands, pairs, means, 0.25, 0.5, sums=sums)
+    assert folded == ["0.weight"]
+    torch.testing.assert_close(sums["3.weight"], expected_sums["3.weight"])
+    # products that could overflow are never folded: every sum is checked and nothing changes
+    kept = {n: m.clone() for n, m in means.items()}
+    huge = [(m, a * 1e30, gr * 1e10) for m, a, gr in pairs]
+    with pytest.raises(om.NonFiniteError, match="importance is not finite"):
+        _fold_sums(cands, huge, means, 0.25, 0.5, sums={})
+    for n, m in means.items():
+        assert torch.equal(m, kept[n])
