@@ -114,9 +114,11 @@ def online_step(
     mas.observe(x)
 
 
-def consolidated(model: nn.Module, x: Tensor, lam: float, config: om.MASConfig) -> om.OnlineMAS:
+def consolidated(
+    model: nn.Module, x: Tensor, lam: float, config: om.MASConfig, detector: object | None = om.DEFAULT
+) -> om.OnlineMAS:
     """An OnlineMAS past one consolidation, so its penalty is live (non-zero importance)."""
-    mas = om.OnlineMAS(model, lam=lam, config=config)
+    mas = om.OnlineMAS(model, lam=lam, config=config, detector=detector)
     for _ in range(config.every):  # reach one importance estimate whatever the interval
         mas.observe(x)
     mas.consolidate()
@@ -167,15 +169,20 @@ def bench_timing_model(name: str, cfg: Config) -> dict[str, object]:
     plain, plain_opt = copy_and_sgd()
     fns: dict[str, Callable[[], object]] = {"train_step": lambda: train_step(plain, plain_opt, x, y)}
     steps: dict[str, int] = {}
-    settings = [(k, None, False) for k in cfg.intervals] + [(1, s, False) for s in cfg.subsamples]
-    settings += [(k, None, True) for k in cfg.shared_intervals]
-    for every, sub, shared in settings:
+    # (every, subsample, shared_forward, detector): the last setting leaves out the per-step work
+    # of the detector (the signal of each batch), what is left is the penalty and the estimates
+    default_every = om.MASConfig().every
+    settings = [(k, None, False, True) for k in cfg.intervals]
+    settings += [(1, s, False, True) for s in cfg.subsamples]
+    settings += [(k, None, True, True) for k in cfg.shared_intervals]
+    settings += [(default_every, None, False, False)]
+    for every, sub, shared, detect in settings:
         config = om.MASConfig(every=every, subsample=sub, shared_forward=shared)
         for form in ("loss", "grad"):
             model, opt = copy_and_sgd()
-            mas = consolidated(model, x, cfg.lam, config)
+            mas = consolidated(model, x, cfg.lam, config, om.DEFAULT if detect else None)
             key = f"online {form} every={every}" + (f" subsample={sub}" if sub else "") \
-                + (" shared" if shared else "")
+                + (" shared" if shared else "") + ("" if detect else " no detector")
 
             def run(model: nn.Module = model, opt: torch.optim.Optimizer = opt, mas: om.OnlineMAS = mas,
                     form: str = form, every: int = every) -> None:

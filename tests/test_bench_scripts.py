@@ -78,7 +78,8 @@ def test_bench_reports_every_part(tmp_path: Path) -> None:
     _check_timings(timings, "train_step")
     assert timings["online grad every=2"]["steps_per_call"] == 2
     assert {"online loss every=1", "online grad every=1 subsample=4", "online grad every=1 shared",
-            "penalty grad form", "consolidate (+ refill)"} <= set(timings)
+            "online grad every=64 no detector", "penalty grad form", "consolidate (+ refill)"} <= set(timings)
+    assert timings["online grad every=64 no detector"]["steps_per_call"] == 64
     verdicts = report["timing_verdicts"]
     assert verdicts["penalty grad form"]["ratio"] == timings["penalty grad form"]["ratio"]
 
