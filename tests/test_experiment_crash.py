@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import math
 import os
 import random
 import signal
@@ -290,7 +289,7 @@ def test_one_percent_poisoned_batches_keep_the_snapshot_count_in_the_runner(
     import streams.stream
 
     settings = ["stream.n_segments=3", "stream.passes=3.0", "run.plots=false", "run.progress=false",
-                "model.hidden=[32]", "run.checkpoint_every=0"]
+                "model.hidden=[32]", "run.checkpoint_every=0", "run.log_every=1"]
     n = 405
     poison = set(torch.randperm(n, generator=torch.Generator().manual_seed(1))[: n // 100].tolist())
     clean_batch = streams.stream.Stream.batch
@@ -324,4 +323,6 @@ def test_one_percent_poisoned_batches_keep_the_snapshot_count_in_the_runner(
         for name, t in state["model"].items():  # type: ignore[attr-defined]
             assert bool(torch.isfinite(t).all()), (learner, name)
         assert summary["average_accuracy"] > 0.5, learner  # chance is 0.1
-        assert summary["mean_loss"] is not None and math.isfinite(summary["mean_loss"]), learner
+        losses = [line["loss"] for line in lines if "loss" in line]  # one line per step
+        assert len(losses) == n - len(poison)
+        assert summary["mean_loss"] == pytest.approx(sum(losses) / len(losses)), learner

@@ -51,6 +51,7 @@ class Record:
         self.correct = 0  # prequential: correctly predicted samples so far
         self.seen = 0  # prequential: samples so far
         self.loss_sum = 0.0  # sum of the per-batch task losses so far
+        self.batches: int | None = 0  # batches trained on so far (None: a checkpoint without it)
         self.elapsed = 0.0  # wall-clock seconds of the run before the current process
         self._w_correct = 0
         self._w_seen = 0
@@ -62,6 +63,8 @@ class Record:
         self.correct += correct
         self.seen += n
         self.loss_sum += loss
+        if self.batches is not None:
+            self.batches += 1
         self._w_correct += correct
         self._w_seen += n
         self._w_loss += loss
@@ -85,6 +88,7 @@ class Record:
                 "rows": [list(r) for r in self.rows], "row_steps": list(self.row_steps),
                 "events": [dict(e) for e in self.events], "correct": self.correct,
                 "seen": self.seen, "loss_sum": self.loss_sum, "elapsed": self.elapsed,
+                "batches": -1 if self.batches is None else self.batches,
                 "window": [self._w_correct, self._w_seen, self._w_loss, self._w_steps]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -97,8 +101,15 @@ class Record:
         self.events = [dict(e) for e in state["events"]]
         self.correct, self.seen = int(state["correct"]), int(state["seen"])
         self.loss_sum, self.elapsed = float(state["loss_sum"]), float(state["elapsed"])
+        batches = int(state.get("batches", -1))  # saved before it was kept: unknown
+        self.batches = None if batches < 0 else batches
         wc, ws, wl, wn = state["window"]
         self._w_correct, self._w_seen, self._w_loss, self._w_steps = int(wc), int(ws), float(wl), int(wn)
+
+
+def _mean_loss(record: Record, n_steps: int) -> float | None:
+    batches = n_steps if record.batches is None else record.batches
+    return record.loss_sum / batches if batches else None
 
 
 def matrix_metrics(rows: Sequence[Sequence[float]], initial: Sequence[float], *,
@@ -194,7 +205,8 @@ def summarize(record: Record, *, learner: str, seed: int, iid: bool, stream: str
         "final_accuracy": list(record.rows[-1]) if record.rows else [],
         **metrics,
         "prequential_accuracy": record.correct / record.seen if record.seen else None,
-        "mean_loss": record.loss_sum / n_steps if n_steps else None,
+        # over the batches trained on (skipped non-finite ones have no loss); n_steps if unknown
+        "mean_loss": _mean_loss(record, n_steps),
         "n_snapshots": len(record.events),
         "events": [dict(e) for e in record.events],
         "detection": detection,
