@@ -4,7 +4,10 @@ A separate importance pass costs a forward, a partial backward and the ``|G|^T |
 the training forward computes the same function as an eval-mode forward, its layer inputs are the
 ``A`` the exact estimator needs: recording them while the user's forward runs and taking the
 backward of ``sum_n ||f(x_n)||^2`` to the layer outputs right after it (keeping the graph for the
-user's own backward) gives the same per-sample sums without the second forward.
+user's own backward) gives the same per-sample sums without the second forward. The layers' inputs
+and output gradients wait (activation-sized, no parameter-sized buffer) until ``observe`` turns them
+into importance, folding the ``nn.Linear`` products straight into the running mean
+(``importance._fold_sums``).
 
 Only used where it gives the same numbers as the separate pass:
 
@@ -65,7 +68,7 @@ def train_dependent(model: nn.Module) -> nn.Module | None:
 
 
 class SharedForward:
-    """Records the fast-path layers during the user's forward and computes importance sums there.
+    """Records the fast-path layers during the user's forward and their output gradients there.
 
     ``arm(names, params)`` before a forward whose importance is wanted, ``on_forward(x, out)`` from the
     model's forward hook, ``take(x)`` from ``observe``. ``gate()`` says whether the hooks may record
