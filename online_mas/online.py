@@ -227,7 +227,7 @@ class OnlineMAS:
 
     Cost (``scripts/bench.py``, MLP 784-256-256-10, batch 64, one thread): importance is
     estimated on every ``config.every``-th call (default 64), which puts an online step at about
-    1.2x a plain training step; ``every=1`` estimates on every batch at about 2.7x, 2.3x with
+    1.2x a plain training step; ``every=1`` estimates on every batch at about 2.6x, 2.1x with
     ``config.shared_forward=True`` (the estimate reuses the training forward; see
     ``online_mas/_shared.py`` for when it applies).
 
