@@ -570,8 +570,9 @@ def _fold_sums(
     if fold:
         peaks = torch.stack([t.amax() for *_, g, a in fold for t in (g, a)]).tolist()
         rows = max(a.shape[0] for *_, a in fold)
-        if not max(g * a for g, a in zip(peaks[::2], peaks[1::2], strict=True)) * rows < _FOLD_BOUND:
-            fold, rest, own = [], list(pairs), {}  # possibly not finite (nan fails too): no fold
+        # every layer's bound on its own: a nan fails its comparison (max() could skip it)
+        if not all(g * a * rows < _FOLD_BOUND for g, a in zip(peaks[::2], peaks[1::2], strict=True)):
+            fold, rest, own = [], list(pairs), {}  # possibly not finite: no fold
     _pair_sums(cands, rest, 1.0, own, chunk=chunk)
     sums.update(own)
     _check_finite_sums(sums)

@@ -347,5 +347,10 @@ def test_folding_linear_products_into_running_means_equals_adding_the_sums() -> 
     huge = [(m, a * 1e30, gr * 1e10) for m, a, gr in pairs]
     with pytest.raises(om.NonFiniteError, match="importance is not finite"):
         _fold_sums(cands, huge, means, 0.25, 0.5, sums={})
+    means["3.weight"] = kept["3.weight"] = torch.rand(3, 8, generator=g)
+    last = pairs[-1]  # a nan in the last layer's input only: its bias sum stays finite
+    nan_last = [*pairs[:-1], (last[0], torch.full_like(last[1], float("nan")), last[2])]
+    with pytest.raises(om.NonFiniteError, match=r"importance is not finite for \['3.weight'\]"):
+        _fold_sums(cands, nan_last, means, 0.25, 0.5, sums={})
     for n, m in means.items():
         assert torch.equal(m, kept[n])
