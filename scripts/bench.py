@@ -53,7 +53,14 @@ from torch import Tensor, nn
 from tqdm import tqdm, trange
 
 import online_mas as om
-from online_mas.importance import _covered, _fast_candidates, _fast_sums, _recording, importance_sums
+from online_mas.importance import (
+    _covered,
+    _fast_candidates,
+    _fold_sums,
+    _output_grads,
+    _recording,
+    importance_sums,
+)
 from streams import make_stream
 
 PARTS = ("timing", "state", "transient", "lam", "profile", "stream")
@@ -517,6 +524,7 @@ def step_flops(name: str, cfg: Config) -> dict[str, float]:
     torch.manual_seed(cfg.seed)
     base = MODELS[name]()
     x, y = make_batch(cfg.batch, cfg.seed)
+
     def matmul_flops(_: object, a: torch.Size, b: torch.Size, *args: object, **kwargs: object) -> int:
         return 2 * math.prod(a) * b[-1]  # (..., m, k) @ (..., k, n): 2 m k n per matrix
 
@@ -546,26 +554,26 @@ def importance_pieces(
 ) -> dict[str, float]:
     """Seconds per call of the pieces of one exact estimate (timed alone, median of ``reps``): the
     forward that records the layer inputs, the backward of ``sum_n ||f(x_n)||^2`` to the layer
-    outputs, and the closed-form ``|G|^T |A|`` products with the running update."""
+    outputs, and the closed-form ``|G|^T |A|`` products folded into the running importance, then
+    the rest of the running update (what OnlineMAS runs)."""
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     cands = _fast_candidates(model, named)
     times: dict[str, list[float]] = {"forward (recording)": [], "backward to layer outputs": [],
-                                     "abs(G)^T abs(A) products": [], "running update": []}
+                                     "abs(G)^T abs(A) products, folded": [], "rest of the running update": []}
     running = om.RunningImportance()
+    running.update(importance_sums(model, x)[0], x.shape[0])  # a running value to fold into
     with _recording(cands) as calls:
         for _ in range(reps):
             calls.clear()
             t0 = now()
             out = model(x)
             t1 = now()
-            covered = _covered(calls, x.shape[0])
-            grads = torch.autograd.grad(out.pow(2).sum(), [c.output for c in covered])
+            pairs = _output_grads(_covered(calls, x.shape[0]), out)
             t2 = now()
             sums: dict[str, Tensor] = {}
-            for c, g in zip(covered, grads, strict=True):
-                _fast_sums(c.module, cands[c.module], c.inputs[0].detach(), g, 1.0, sums)
+            folded = _fold_sums(cands, pairs, running.value(), *running.weights(x.shape[0]), sums=sums)
             t3 = now()
-            running.update(sums, x.shape[0])
+            running.update(sums, x.shape[0], folded=folded)
             t4 = now()
             for key, a, b in zip(times, (t0, t1, t2, t3), (t1, t2, t3, t4), strict=True):
                 times[key].append(b - a)
