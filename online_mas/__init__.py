@@ -6,8 +6,8 @@ Tuytelaars, Task-Free Continual Learning, CVPR 2019.
 
 from __future__ import annotations
 
-from online_mas import adapt, checkpoint, distributed, metrics, signals
-from online_mas.accumulate import RunningImportance, combine
+from online_mas import adapt, checkpoint, consolidate, distributed, estimators, metrics, signals
+from online_mas.accumulate import RunningImportance
 from online_mas.adapt import (
     AdaptConfig,
     Adapter,
@@ -20,6 +20,7 @@ from online_mas.adapt import (
     norm_statistics,
 )
 from online_mas.buffer import HardBuffer
+from online_mas.consolidate import CurrentAnchor, StableAnchor, combine
 from online_mas.detectors import (
     CUSUM,
     Detector,
@@ -30,7 +31,15 @@ from online_mas.detectors import (
     detector_state_dict,
     load_detector_state,
 )
-from online_mas.importance import METHODS, NonFiniteError, OutputFn, importance
+from online_mas.estimators import (
+    METHODS,
+    BatchImportance,
+    NonFiniteError,
+    OutputFn,
+    estimate,
+    importance,
+    plan,
+)
 from online_mas.metrics import (
     DetectionScores,
     accuracy_matrix_summary,
@@ -41,7 +50,8 @@ from online_mas.metrics import (
     forward_transfer,
 )
 from online_mas.online import DEFAULT, Event, MASConfig, OnlineMAS, default_detector
-from online_mas.penalty import penalty, penalty_grad_, proximal_
+from online_mas.penalty import PENALTY_FORMS, penalty_grad_, penalty_loss, proximal_
+from online_mas.reduce import Reducer
 from online_mas.signals import SIGNALS, FeatureShift
 
 __version__ = "0.1.0"
@@ -50,10 +60,13 @@ __all__ = [
     "CUSUM",
     "DEFAULT",
     "METHODS",
+    "PENALTY_FORMS",
     "SIGNALS",
     "AdaptConfig",
     "AdaptStep",
     "Adapter",
+    "BatchImportance",
+    "CurrentAnchor",
     "DetectionScores",
     "Detector",
     "Event",
@@ -67,7 +80,9 @@ __all__ = [
     "PageHinkley",
     "Periodic",
     "Plateau",
+    "Reducer",
     "RunningImportance",
+    "StableAnchor",
     "__version__",
     "accuracy_matrix_summary",
     "adapt",
@@ -77,12 +92,15 @@ __all__ = [
     "collapse_stats",
     "combine",
     "configure_model",
+    "consolidate",
     "default_detector",
     "detection_scores",
     "detector_state_dict",
     "distributed",
     "entropy",
     "entropy_loss",
+    "estimate",
+    "estimators",
     "forgetting",
     "forward_transfer",
     "importance",
@@ -90,8 +108,9 @@ __all__ = [
     "metrics",
     "norm_parameters",
     "norm_statistics",
-    "penalty",
     "penalty_grad_",
+    "penalty_loss",
+    "plan",
     "proximal_",
     "signals",
 ]

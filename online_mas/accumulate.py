@@ -1,26 +1,21 @@
-"""Running importance statistics and the rules that consolidate them.
+"""The running importance: a sample-weighted mean or an EMA over samples, and the fold into it.
 
 The running importance is either a sample-weighted running mean over everything seen since the last
 consolidation (independent of how the stream is cut into batches) or an exponential moving average
-whose half-life is counted in samples. Consolidation combines the running importance of the segment
-that just ended with the consolidated importance of the segments before it.
+whose half-life is counted in samples (:mod:`online_mas.consolidate` turns it into Omega).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
 
-from online_mas._checks import is_real as _real
-
-__all__ = ["AVERAGES", "NORMALIZE", "RULES", "RunningImportance", "combine"]
+__all__ = ["AVERAGES", "RunningImportance"]
 
 AVERAGES = ("mean", "ema")
-RULES = ("sum", "mean", "ema", "max")
-NORMALIZE = (None, "max", "mean")
 
 
 class RunningImportance:
@@ -72,29 +67,37 @@ class RunningImportance:
         """Samples averaged since the last reset."""
         return self._count
 
-    def weights(self, n: int) -> tuple[float, float]:
-        """``(keep, add)`` of the next update of ``n`` samples: it sets ``m <- keep * m + add * s``
-        for importance summed ``s`` (a caller can fold a sum in place with them; see ``update``)."""
-        w = self._step(n)[0]
-        return 1.0 - w, w / n
-
-    def update(self, sums: dict[str, Tensor], n: int, *, folded: Collection[str] = ()) -> None:
+    def update(
+        self,
+        sums: Mapping[str, Tensor],
+        n: int,
+        *,
+        factors: Mapping[str, tuple[Tensor, Tensor]] | None = None,
+    ) -> None:
         """Add importance summed over ``n`` samples (``n >= 1``).
 
-        ``folded``: names whose running value the caller already moved in place to
-        ``keep * m + add * s`` with ``weights(n)`` (they must have a running value); ``sums`` holds
-        the others.
+        ``factors`` maps further names to ``(|G|, |A|)`` whose product ``|G|^T |A|`` is their sum
+        (:class:`~online_mas.estimators.BatchImportance`): each is folded into its running value
+        with one ``addmm_``, without forming the product.
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be an int >= 1 (samples in the batch), got {n!r}")
-        if not isinstance(sums, dict) or not all(
+        if not isinstance(sums, Mapping) or not all(
             isinstance(k, str) and isinstance(v, Tensor) for k, v in sums.items()
         ):
             raise TypeError(f"sums must be a dict of parameter name -> Tensor, got {sums!r}")
-        unknown = [k for k in folded if k not in self._mean or k in sums]
-        if unknown:
-            raise ValueError(f"folded names must have a running value and no sum, got {unknown}")
+        factors = factors or {}
+        both = sorted(set(factors) & set(sums))
+        if both:
+            raise ValueError(f"a name is either summed or factored, got both for {both}")
         w, self._weight = self._step(n)
+        keep, add = 1.0 - w, w / n
+        for name, (g, a) in factors.items():  # m <- keep m + add |G|^T |A|: one addmm_
+            m = self._mean.get(name)
+            if m is None or m.shape != (g.shape[1], a.shape[1]) or m.device != a.device:
+                self._mean[name] = (g.t() @ a) / n
+            else:
+                m.addmm_(g.t(), a, beta=keep, alpha=add)
         # m + w (s/n - m) = (1 - w) m + (w/n) s: two in-place passes, no temporary.
         means, adds = [], []
         for name, s in sums.items():
@@ -106,8 +109,8 @@ class RunningImportance:
                 means.append(m)
                 adds.append(s)
         if means:
-            torch._foreach_mul_(means, 1.0 - w)
-            torch._foreach_add_(means, adds, alpha=w / n)
+            torch._foreach_mul_(means, keep)
+            torch._foreach_add_(means, adds, alpha=add)
         self._count += n
 
     def _step(self, n: int) -> tuple[float, float]:
@@ -123,6 +126,16 @@ class RunningImportance:
         """The running importance per name (live tensors: copy before modifying)."""
         return self._mean
 
+    def follow(self, params: Mapping[str, Tensor]) -> None:
+        """Follow the model's parameters: a value whose parameter changed shape restarts, one
+        whose parameter moved device moves with it."""
+        for name, p in params.items():
+            m = self._mean.get(name)
+            if m is not None and m.shape != p.shape:
+                del self._mean[name]
+            elif m is not None and m.device != p.device:
+                self._mean[name] = m.to(p.device)
+
     def reset(self) -> None:
         """Forget everything (called after a consolidation)."""
         self._reset()
@@ -134,7 +147,7 @@ class RunningImportance:
             "half_life": self.half_life,
             "count": self._count,
             "weight": self._weight,
-            "mean": dict(self._mean),
+            "mean": {k: v.clone() for k, v in self._mean.items()},
         }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
@@ -152,80 +165,6 @@ class RunningImportance:
         self._count = int(state["count"])  # type: ignore[call-overload]
         self._weight = float(state["weight"])  # type: ignore[arg-type]
         self._mean = {k: v.detach().float().clone() for k, v in mean.items()}
-
-
-def combine(
-    old: Tensor,
-    new: Tensor,
-    *,
-    rule: str,
-    segments: int,
-    alpha: float = 0.5,
-) -> Tensor:
-    """Consolidated importance after one more segment.
-
-    Parameters
-    ----------
-    old
-        Consolidated importance of the ``segments`` segments before (zeros when ``segments == 0``).
-    new
-        Importance of the segment that just ended (already normalised if asked).
-    rule
-        ``"sum"``: ``old + new`` (the paper: importance accumulates over tasks);
-        ``"mean"``: ``(segments * old + new) / (segments + 1)`` (the task-free code);
-        ``"ema"``: ``alpha * old + (1 - alpha) * new`` (Avalanche), ``new`` for the first segment;
-        ``"max"``: ``maximum(old, new)``.
-    segments
-        How many segments ``old`` already holds.
-    alpha
-        Weight of the old importance for ``rule="ema"``, in [0, 1].
-
-    Examples
-    --------
-    >>> import torch
-    >>> old, new = torch.tensor([1.0, 4.0]), torch.tensor([3.0, 2.0])
-    >>> [combine(old, new, rule=r, segments=1).tolist() for r in RULES]
-    [[4.0, 6.0], [2.0, 3.0], [2.0, 3.0], [3.0, 4.0]]
-    """
-    if rule not in RULES:
-        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
-    if isinstance(segments, bool) or not isinstance(segments, int) or segments < 0:
-        raise ValueError(f"segments must be an int >= 0, got {segments!r}")
-    if not isinstance(old, Tensor) or not isinstance(new, Tensor):
-        raise TypeError(f"old and new must be tensors, got {type(old)!r} and {type(new)!r}")
-    if old.shape != new.shape:
-        raise ValueError(f"old and new must have the same shape, got {tuple(old.shape)} and "
-                         f"{tuple(new.shape)}")
-    if not _real(alpha) or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
-    if segments == 0:
-        return new.clone()
-    if rule == "sum":
-        return old + new
-    if rule == "mean":
-        return (old * segments + new) / (segments + 1)
-    if rule == "ema":
-        return old * alpha + new * (1.0 - alpha)
-    return torch.maximum(old, new)
-
-
-def normalize(omega: dict[str, Tensor], how: str | None) -> dict[str, Tensor]:
-    """Rescale a whole importance dict: ``"max"`` to a global max of 1, ``"mean"`` to a mean of 1.
-
-    All-zero importance is returned unchanged (there is nothing to rescale).
-    """
-    if how not in NORMALIZE:
-        raise ValueError(f"normalize must be one of {NORMALIZE}, got {how!r}")
-    if how is None or not omega:
-        return omega
-    if how == "max":
-        scale = max(float(t.max()) if t.numel() else 0.0 for t in omega.values())
-    else:
-        total = sum(float(t.sum()) for t in omega.values())
-        scale = total / max(1, sum(t.numel() for t in omega.values()))
-    if scale <= 0.0 or not math.isfinite(scale):
-        return omega
-    return {k: t / scale for k, t in omega.items()}
 
 
 def _positive_finite(v: object) -> bool:

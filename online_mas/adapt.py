@@ -32,10 +32,11 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from online_mas._checks import check_choice as _choice
-from online_mas._checks import is_int as _int
-from online_mas._checks import is_real as _real
+from online_mas.checks import check_choice as _choice
+from online_mas.checks import is_int as _int
+from online_mas.checks import is_real as _real
 from online_mas.online import Event, OnlineMAS
+from online_mas.penalty import PENALTY_FORMS
 
 __all__ = [
     "AdaptConfig",
@@ -52,7 +53,6 @@ __all__ = [
 STATE_VERSION = 1
 PARAMS = ("norm", "all")
 NORMS = ("batch", "running")
-PENALTY_FORMS = ("loss", "grad", "proximal")
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm,
                nn.modules.instancenorm._InstanceNorm)
 

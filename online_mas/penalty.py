@@ -3,7 +3,7 @@
 ``lam * sum_k Omega_k (theta_k - theta*_k)^2`` (Aljundi et al., ECCV 2018, eq. 3) holds important
 parameters near the anchor ``theta*``.
 
-- :func:`penalty`: a differentiable loss term, to add to the task loss before ``backward()``.
+- :func:`penalty_loss`: a differentiable loss term, to add to the task loss before ``backward()``.
 - :func:`penalty_grad_`: adds its gradient ``2 * lam * Omega * (theta - theta*)`` to ``.grad`` in
   place with ``torch._foreach`` ops and no autograd graph (the original MAS code's "Elastic SGD"
   idea). Call it after ``backward()`` and before ``optimizer.step()``.
@@ -25,7 +25,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["penalty", "penalty_grad_", "proximal_"]
+__all__ = ["PENALTY_FORMS", "check_lam", "penalty_grad_", "penalty_loss", "proximal_"]
+
+PENALTY_FORMS = ("loss", "grad", "proximal")  # penalty_loss in the loss, penalty_grad_, proximal_
 
 
 def check_lam(lam: object) -> float:
@@ -35,8 +37,9 @@ def check_lam(lam: object) -> float:
     return float(lam)
 
 
-def penalty(
-    params: Sequence[Tensor], anchors: Sequence[Tensor], omegas: Sequence[Tensor], lam: float
+def penalty_loss(
+    params: Sequence[Tensor], anchors: Sequence[Tensor], omegas: Sequence[Tensor], lam: float,
+    *, check: bool = True,
 ) -> Tensor:
     """Differentiable ``lam * sum_k Omega_k (theta_k - theta*_k)^2``, as a float32 scalar.
 
@@ -44,22 +47,23 @@ def penalty(
     --------
     >>> import torch
     >>> p = torch.tensor([1.0, 2.0], requires_grad=True)
-    >>> loss = penalty([p], [torch.tensor([0.0, 2.0])], [torch.tensor([3.0, 5.0])], lam=0.5)
+    >>> loss = penalty_loss([p], [torch.tensor([0.0, 2.0])], [torch.tensor([3.0, 5.0])], lam=0.5)
     >>> loss.item(), loss.requires_grad
     (1.5, True)
     >>> loss.backward()
     >>> p.grad.tolist()  # 2 * lam * Omega * (theta - theta*)
     [3.0, 0.0]
     """
-    lam = check_lam(lam)
-    _check_lists(params, anchors, omegas)
+    if check:  # False: the lists are valid by construction (OnlineMAS)
+        lam = check_lam(lam)
+        _check_lists(params, anchors, omegas)
     return _penalty(params, anchors, omegas, lam)
 
 
 def _penalty(
     params: Sequence[Tensor], anchors: Sequence[Tensor], omegas: Sequence[Tensor], lam: float
 ) -> Tensor:
-    """:func:`penalty` without the checks, for callers whose lists are valid by construction."""
+    """:func:`penalty_loss` without the checks, for callers whose lists are valid by construction."""
     if not params:
         return torch.zeros(())
     if any(t.requires_grad for t in (*anchors, *omegas)):
@@ -115,7 +119,8 @@ class _Quadratic(torch.autograd.Function):
 
 @torch.no_grad()
 def penalty_grad_(
-    params: Sequence[Tensor], anchors: Sequence[Tensor], omegas: Sequence[Tensor], lam: float
+    params: Sequence[Tensor], anchors: Sequence[Tensor], omegas: Sequence[Tensor], lam: float,
+    *, check: bool = True,
 ) -> None:
     """Add ``2 * lam * Omega * (theta - theta*)`` to every ``param.grad`` in place.
 
@@ -130,8 +135,9 @@ def penalty_grad_(
     >>> p.grad.tolist()
     [3.0, 10.0]
     """
-    lam = check_lam(lam)
-    _check_lists(params, anchors, omegas)
+    if check:
+        lam = check_lam(lam)
+        _check_lists(params, anchors, omegas)
     _penalty_grad(params, anchors, omegas, lam)
 
 
@@ -154,6 +160,8 @@ def proximal_(
     omegas: Sequence[Tensor],
     lam: float,
     lr: float,
+    *,
+    check: bool = True,
 ) -> None:
     """Proximal step for the penalty: ``theta <- (theta + c Omega theta*) / (1 + c Omega)``, ``c = 2 lr lam``.
 
@@ -165,10 +173,11 @@ def proximal_(
     >>> p.data
     tensor([1.0000e+00, 5.0000e-06])
     """
-    lam = check_lam(lam)
-    if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    _check_lists(params, anchors, omegas)
+    if check:
+        lam = check_lam(lam)
+        if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
+            raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+        _check_lists(params, anchors, omegas)
     _proximal(params, anchors, omegas, lam, lr)
 
 

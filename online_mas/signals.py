@@ -23,7 +23,17 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["SIGNALS", "FeatureShift", "per_sample", "signal_value"]
+__all__ = [
+    "SIGNALS",
+    "Entropy",
+    "FeatureShift",
+    "Loss",
+    "MaxProb",
+    "OutputNorm",
+    "per_sample",
+    "signal_from",
+    "signal_value",
+]
 
 SIGNALS = ("output_norm", "entropy", "max_prob", "feature_shift", "loss")
 
@@ -66,6 +76,70 @@ def signal_value(name: str, out: Tensor) -> float:
     return float(per_sample(name, out).mean())
 
 
+class _Stateless:
+    """A signal that is a function of the batch output alone."""
+
+    name = ""
+
+    def __call__(self, out: Tensor) -> float:
+        return signal_value(self.name, out)
+
+    def surprise(self, out: Tensor) -> Tensor:
+        """Per-sample surprise for the hard-sample buffer (higher: more surprising)."""
+        return per_sample(self.name if self.name != "max_prob" else "entropy", out)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class OutputNorm(_Stateless):
+    """``mean_n ||f(x_n)||^2``, the quantity MAS differentiates."""
+
+    name = "output_norm"
+
+
+class Entropy(_Stateless):
+    """Mean predictive entropy of ``softmax(f(x))`` in nats (the default)."""
+
+    name = "entropy"
+
+
+class MaxProb(_Stateless):
+    """Mean maximum softmax probability; the buffer ranks samples by entropy instead."""
+
+    name = "max_prob"
+
+
+class Loss:
+    """The training loss passed as ``observe(x, loss=...)`` (reads labels, unlike the others)."""
+
+    name = "loss"
+
+    def __repr__(self) -> str:
+        return "Loss()"
+
+
+def signal_from(spec: object) -> object:
+    """The signal object for a name of :data:`SIGNALS`, or ``spec`` itself if it is callable
+    (``signal(out) -> float``) or a :class:`Loss`.
+
+    Examples
+    --------
+    >>> signal_from("entropy")
+    Entropy()
+    """
+    if isinstance(spec, str):
+        by_name = {"output_norm": OutputNorm, "entropy": Entropy, "max_prob": MaxProb,
+                   "feature_shift": FeatureShift, "loss": Loss}
+        if spec not in by_name:
+            raise ValueError(f"signal must be one of {SIGNALS} or a signal object, got {spec!r}")
+        return by_name[spec]()
+    if isinstance(spec, Loss) or callable(spec):
+        return spec
+    raise TypeError(f"signal must be a name from {SIGNALS} or callable as signal(out) -> float, "
+                    f"got {spec!r}")
+
+
 class FeatureShift:
     """Standardised distance of each batch's mean output from a running mean of the stream.
 
@@ -102,6 +176,12 @@ class FeatureShift:
         self.half_life = float(half_life)
         self.eps = float(eps)
         self._reset()
+
+    name = "feature_shift"
+
+    def surprise(self, out: Tensor) -> Tensor:
+        """Per-sample surprise for the hard-sample buffer: the predictive entropy."""
+        return per_sample("entropy", out)
 
     def _reset(self) -> None:
         self._mean: Tensor | None = None

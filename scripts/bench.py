@@ -53,14 +53,8 @@ from torch import Tensor, nn
 from tqdm import tqdm, trange
 
 import online_mas as om
-from online_mas.importance import (
-    _covered,
-    _fast_candidates,
-    _fold_sums,
-    _output_grads,
-    _recording,
-    importance_sums,
-)
+from online_mas.estimators import importance_sums
+from online_mas.estimators.exact import covered, factored_sums, fast_candidates, output_grads, recording
 from streams import make_stream
 
 PARTS = ("timing", "state", "transient", "lam", "profile", "stream")
@@ -203,10 +197,10 @@ def bench_timing_model(name: str, cfg: Config) -> dict[str, object]:
     fns["penalty proximal step"] = lambda: pen.proximal_(cfg.lr)
     sums, n, _ = importance_sums(base, x)
     # consolidate() folds the running importance in and empties it; refill it (the running
-    # update an observe() makes, through the private accumulator) so every timed
+    # update an observe() makes) so every timed
     # consolidation snapshots theta* AND combines Omega. The refill is timed on its own too.
-    fns["running update (refill)"] = lambda: pen._running.update(sums, n)
-    fns["consolidate (+ refill)"] = lambda: (pen._running.update(sums, n), pen.consolidate())
+    fns["running update (refill)"] = lambda: pen.running.update(sums, n)
+    fns["consolidate (+ refill)"] = lambda: (pen.running.update(sums, n), pen.consolidate())
     with tqdm(total=cfg.rounds, desc=f"timing {name}", unit="round") as bar:
         res, _ = interleaved(fns, baseline="train_step", rounds=cfg.rounds, block_ms=cfg.block_ms,
                              clock=cfg.clock, steps=steps, progress=bar.update)
@@ -267,14 +261,14 @@ def bench_state(cfg: Config) -> dict[str, object]:
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     x, _ = make_batch(8, cfg.seed)
     out: dict[str, object] = {"param_bytes": param_bytes, "consolidations": cfg.consolidations}
-    for label, config in (("default", om.MASConfig()), ("anchor=current", om.MASConfig(anchor="current"))):
-        mas = om.OnlineMAS(model, lam=cfg.lam, config=config)
+    for label, anchor in (("default", om.StableAnchor()), ("anchor=current", om.CurrentAnchor())):
+        mas = om.OnlineMAS(model, lam=cfg.lam, anchor=anchor)
         for _ in trange(cfg.consolidations, desc=f"state {label}", unit="consolidation"):
             mas.accumulate(x)  # one estimate per segment, whatever the interval
             mas.consolidate()
         entry: dict[str, object] = {"segments": mas.segments, "events": len(mas.events)}
         entry["after_consolidation"] = _state_breakdown(mas.state_dict(), param_bytes)
-        for _ in range(max(2 * config.stable_every, config.every)):  # mid-segment: running Omega
+        for _ in range(max(2 * om.StableAnchor().every, mas.config.every)):  # mid-segment: running Omega
             mas.observe(x)  # (and the stable snapshots) live
         entry["mid_segment"] = _state_breakdown(mas.state_dict(), param_bytes)
         out[label] = entry
@@ -282,7 +276,11 @@ def bench_state(cfg: Config) -> dict[str, object]:
 
 
 def _state_breakdown(state: dict[str, object], param_bytes: int) -> dict[str, object]:
-    by_key = {k: tensor_bytes(v) for k, v in state.items() if k != "events"}
+    parts = {k: v for k, v in state.items() if k not in ("events", "consolidator", "anchor_policy")}
+    c, a = state["consolidator"], state["anchor_policy"]
+    assert isinstance(c, dict) and isinstance(a, dict)
+    parts |= {"omega": c["omega"], "anchor": c["anchor"], "stable": a.get("slow")}  # theta*, slow copy
+    by_key = {k: tensor_bytes(v) for k, v in parts.items()}
     by_key = {k: v for k, v in by_key.items() if v}
     total = sum(by_key.values())
     return {"bytes": by_key, "total_bytes": total, "param_sized_buffers": total / param_bytes}
@@ -554,26 +552,27 @@ def importance_pieces(
 ) -> dict[str, float]:
     """Seconds per call of the pieces of one exact estimate (timed alone, median of ``reps``): the
     forward that records the layer inputs, the backward of ``sum_n ||f(x_n)||^2`` to the layer
-    outputs, and the closed-form ``|G|^T |A|`` products folded into the running importance, then
-    the rest of the running update (what OnlineMAS runs)."""
+    outputs, the closed-form sums (the ``nn.Linear`` weights as factors ``|G|``, ``|A|``), then the
+    running update that folds the factors in with one ``addmm_`` each (what OnlineMAS runs)."""
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    cands = _fast_candidates(model, named)
+    cands = fast_candidates(model, named)
     times: dict[str, list[float]] = {"forward (recording)": [], "backward to layer outputs": [],
-                                     "abs(G)^T abs(A) products, folded": [], "rest of the running update": []}
+                                     "closed-form sums and factors": [],
+                                     "running update (folds the factors)": []}
     running = om.RunningImportance()
     running.update(importance_sums(model, x)[0], x.shape[0])  # a running value to fold into
-    with _recording(cands) as calls:
+    with recording(cands) as calls:
         for _ in range(reps):
             calls.clear()
             t0 = now()
             out = model(x)
             t1 = now()
-            pairs = _output_grads(_covered(calls, x.shape[0]), out)
+            pairs = output_grads(covered(calls, x.shape[0]), out)
             t2 = now()
             sums: dict[str, Tensor] = {}
-            folded = _fold_sums(cands, pairs, running.value(), *running.weights(x.shape[0]), sums=sums)
+            factors = factored_sums(cands, pairs, sums)
             t3 = now()
-            running.update(sums, x.shape[0], folded=folded)
+            running.update(sums, x.shape[0], factors=factors)
             t4 = now()
             for key, a, b in zip(times, (t0, t1, t2, t3), (t1, t2, t3, t4), strict=True):
                 times[key].append(b - a)

@@ -95,7 +95,7 @@ def time_steps(sizes: tuple[int, ...], sync_every: int | None, cfg: BenchConfig,
     inner = mlp(sizes)
     model = inner if sync_every is None else nn.parallel.DistributedDataParallel(inner)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    mas = om.OnlineMAS(model, lam=1.0, config=om.MASConfig(sync_every=sync_every or 1))
+    mas = om.OnlineMAS(model, lam=1.0, reducer=om.Reducer(sync_every=sync_every or 1))
     g = torch.Generator().manual_seed(rank)
     observe_ms = []
     for step in range(cfg.steps + 10):

@@ -7,7 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from online_mas.accumulate import RULES, RunningImportance, combine, normalize
+from online_mas.accumulate import RunningImportance
+from online_mas.consolidate import RULES, combine, normalize
 
 
 def _feed(r: RunningImportance, values: torch.Tensor, cuts: list[int]) -> None:
@@ -121,19 +122,29 @@ def test_bad_input(call, match: str) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("average", ["mean", "ema"])
-def test_an_update_folded_in_place_with_weights_equals_a_plain_update(average: str) -> None:
+def test_an_update_with_factors_equals_a_plain_update_of_their_product(average: str) -> None:
     g = torch.Generator().manual_seed(0)
     first = {"w": torch.rand(3, 4, generator=g), "b": torch.rand(3, generator=g)}
-    second = {"w": torch.rand(3, 4, generator=g), "b": torch.rand(3, generator=g)}
+    ga, aa = torch.rand(6, 3, generator=g), torch.rand(6, 4, generator=g)  # |G| and |A| of 6 samples
+    second = {"w": ga.t() @ aa, "b": torch.rand(3, generator=g)}
     plain, folded = RunningImportance(average, half_life=5.0), RunningImportance(average, half_life=5.0)
     for r in (plain, folded):
         r.update({k: v.clone() for k, v in first.items()}, 4)
     plain.update({k: v.clone() for k, v in second.items()}, 6)
-    keep, add = folded.weights(6)
-    folded.value()["w"].mul_(keep).add_(second["w"], alpha=add)  # what importance._fold_sums does
-    folded.update({"b": second["b"].clone()}, 6, folded=["w"])
+    folded.update({"b": second["b"].clone()}, 6, factors={"w": (ga, aa)})
     assert folded.count == plain.count == 10
     for k in first:
         torch.testing.assert_close(folded.value()[k], plain.value()[k])
-    with pytest.raises(ValueError, match=r"folded names must have a running value and no sum, got \['v'\]"):
-        folded.update({}, 1, folded=["v"])
+    fresh = RunningImportance(average, half_life=5.0)  # no running value yet: the product over n
+    fresh.update({}, 6, factors={"w": (ga, aa)})
+    torch.testing.assert_close(fresh.value()["w"], second["w"] / 6)
+    with pytest.raises(ValueError, match=r"either summed or factored, got both for \['w'\]"):
+        folded.update({"w": second["w"]}, 1, factors={"w": (ga, aa)})
+
+
+def test_a_state_dict_is_a_copy_that_later_updates_do_not_change() -> None:
+    r = RunningImportance()
+    r.update({"w": torch.ones(3)}, 1)
+    state = r.state_dict()
+    r.update({"w": torch.zeros(3)}, 1)  # updates the running value in place
+    assert state["mean"]["w"].tolist() == [1.0, 1.0, 1.0]  # type: ignore[index]

@@ -38,11 +38,12 @@ from online_mas.distributed import (
 WORLD = 2
 ROWS, SPLIT = 8, 3  # a global batch of 8 rows: rank 0 gets the first 3, rank 1 the other 5
 STEPS, CONSOLIDATE = 8, 4  # observe 8 steps, consolidate by hand after step 4
-CONFIGS = {  # name: (config, all-reduces per rank: updates or windows, consolidation, final flush)
-    "mean": (om.MASConfig(every=1), 8 + 0 + 1),
-    "mean_sync3": (om.MASConfig(every=1, sync_every=3), 2 + 1 + 1),  # windows end at steps 3 and 7
-    "ema": (om.MASConfig(every=1, average="ema", half_life=20.0), 8 + 0 + 1),
-    "every2_sync2": (om.MASConfig(every=2, sync_every=2), 2 + 0 + 1),  # updates at 2, 4, 6, 8
+CONFIGS = {  # name: (every, sync_every, average, all-reduces per rank: updates or windows,
+    # consolidation, final flush)
+    "mean": (1, 1, "mean", 8 + 0 + 1),
+    "mean_sync3": (1, 3, "mean", 2 + 1 + 1),  # windows end at steps 3 and 7
+    "ema": (1, 1, "ema", 8 + 0 + 1),
+    "every2_sync2": (2, 2, "mean", 2 + 0 + 1),  # updates at 2, 4, 6, 8
 }
 SHIFT, STEPS_PH = 50, 60  # rank 1's data shrinks towards 0 after step 50: its entropy rises
 
@@ -78,7 +79,10 @@ def _importance_run(name: str, rank: int | None) -> om.OnlineMAS:
     inner = MLP()
     model = inner if rank is None else nn.parallel.DistributedDataParallel(inner)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    mas = om.OnlineMAS(model, lam=0.5, detector=None, config=CONFIGS[name][0])
+    every, sync_every, average, _ = CONFIGS[name]
+    mas = om.OnlineMAS(model, lam=0.5, detector=None, config=om.MASConfig(every=every),
+                       average=om.RunningImportance(average, half_life=20.0),
+                       reducer=om.Reducer(sync_every=sync_every))
     for t in range(1, STEPS + 1):
         x = _batch(t)
         parts = [_shard(x, 0), _shard(x, 1)] if rank is None else [_shard(x, rank)]
@@ -95,7 +99,8 @@ def _detector_run(detector: object, anchor: str, steps: int, rank: int | None) -
     inner = MLP()
     model = inner if rank is None else nn.parallel.DistributedDataParallel(inner)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    mas = om.OnlineMAS(model, lam=0.1, detector=detector, config=om.MASConfig(anchor=anchor))
+    mas = om.OnlineMAS(model, lam=0.1, detector=detector,
+                       anchor=om.StableAnchor() if anchor == "stable" else om.CurrentAnchor())
     for t in range(1, steps + 1):
         x = _ph_batch(t)
         parts = [_shard(x, 0), _shard(x, 1)] if rank is None else [_shard(x, rank)]
@@ -127,9 +132,8 @@ def _signal_run(signal: str, buffer_size: int, rank: int | None) -> om.OnlineMAS
     torch.manual_seed(0)
     model = MLP()
     detector = om.Periodic(every=3) if buffer_size else om.NeverFires()
-    mas = om.OnlineMAS(model, detector=detector,
-                       config=om.MASConfig(every=1, signal=signal, buffer_size=buffer_size,
-                                           buffer_decay=1.0))
+    mas = om.OnlineMAS(model, detector=detector, config=om.MASConfig(every=1), signal=signal,
+                       buffer=om.HardBuffer(buffer_size, decay=1.0) if buffer_size else None)
     for t in range(1, STEPS + 1):
         x = _batch(t) if rank is None else _shard(_batch(t), rank)
         with torch.no_grad():
@@ -211,7 +215,7 @@ def _names(rank: int) -> dict[str, object]:
     group = dist.new_group([0, 1])
     assert isinstance(group, dist.ProcessGroup)
     masses = [om.OnlineMAS(ddp, detector=None), om.OnlineMAS(plain, detector=None),
-              om.OnlineMAS(ddp, detector=None, process_group=group)]
+              om.OnlineMAS(ddp, detector=None, reducer=om.Reducer(group))]
     for t in range(1, 3):
         for mas in masses:
             mas.observe(_shard(_batch(t), rank))
@@ -223,7 +227,7 @@ def _names(rank: int) -> dict[str, object]:
     into_ddp = om.OnlineMAS(nn.parallel.DistributedDataParallel(MLP()), detector=None)
     into_ddp.load_state_dict(plain_state)
     return {
-        "keys": sorted(ddp_state["omega"]),  # type: ignore[call-overload]
+        "keys": sorted(ddp_state["consolidator"]["omega"]),  # type: ignore[index]
         "omegas": [m.omega for m in (*masses, into_plain, into_ddp)],
         "anchors": [m.anchors for m in (*masses, into_plain)],
     }
@@ -308,7 +312,7 @@ def test_importance_equals_single_process_on_the_concatenated_batches(
     _close(r0["running"], ref.running_omega)
     _close(r0["omega"], ref.omega)
     _close(r0["anchors"], ref.anchors)
-    assert r0["calls"] == r1["calls"] == CONFIGS[name][1]
+    assert r0["calls"] == r1["calls"] == CONFIGS[name][3]
 
 
 def test_a_rank_with_a_non_finite_batch_takes_part_with_zeros(ranks: list[dict[str, object]]) -> None:
@@ -407,8 +411,8 @@ def test_single_process_never_communicates_and_ignores_sync_every(monkeypatch: p
     runs = []
     for sync_every in (1, 3):
         torch.manual_seed(0)
-        mas = om.OnlineMAS(MLP(), detector=om.Periodic(every=4),
-                           config=om.MASConfig(sync_every=sync_every, buffer_size=4))
+        mas = om.OnlineMAS(MLP(), detector=om.Periodic(every=4), buffer=om.HardBuffer(4),
+                           reducer=om.Reducer(sync_every=sync_every))
         for t in range(1, 7):
             mas.observe(_batch(t))
         mas.flush()
@@ -421,9 +425,9 @@ def test_single_process_never_communicates_and_ignores_sync_every(monkeypatch: p
 
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="sync_every must be an int >= 1, got 0"):
-        om.MASConfig(sync_every=0)
+        om.Reducer(sync_every=0)
     with pytest.raises(TypeError, match=r"process_group must be a torch\.distributed\.ProcessGroup"):
-        om.OnlineMAS(MLP(), process_group="world")  # type: ignore[arg-type]
+        om.Reducer("world")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="one dtype"):
         all_reduce_flat([torch.zeros(2), torch.zeros(2, dtype=torch.float64)])
     with pytest.raises(ValueError, match="n must be a number >= 0"):

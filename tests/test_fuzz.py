@@ -20,7 +20,8 @@ from torch import nn
 
 import online_mas as om
 import streams
-from online_mas.accumulate import RunningImportance, combine, normalize
+from online_mas.accumulate import RunningImportance
+from online_mas.consolidate import combine, normalize
 
 BAD_VALUES: list[object] = [
     None, "", "exact", -1, 0, 1, 10**9, -0.5, 1.5, math.nan, math.inf, -math.inf, True, [], [1, 2],
@@ -52,14 +53,16 @@ ENTRY_POINTS: dict[str, tuple[Callable[..., object], list[object]]] = {
                    [_model(), torch.randn(3, 4), "exact"]),
     "OnlineMAS": (lambda m, lam, cfg: om.OnlineMAS(m, lam, config=cfg),
                   [_model(), 1.0, om.MASConfig()]),
-    "MASConfig": (lambda method, every, rule, alpha: om.MASConfig(method=method, every=every,
-                                                                    rule=rule, alpha=alpha),
-                  ["exact", 1, "sum", 0.5]),
+    "MASConfig": (lambda method, every, normalize: om.MASConfig(method=method, every=every,
+                                                                  normalize=normalize),
+                  ["exact", 1, "max"]),
+    "StableAnchor": (lambda every, weight: om.StableAnchor(every, weight), [10, 0.5]),
+    "EMA rule": (lambda alpha: om.consolidate.EMA(alpha), [0.5]),
     "observe": (lambda x, loss: _mas().observe(x, loss=loss), [torch.randn(2, 4), 0.3]),
     "consolidate": (lambda reason: _mas().consolidate(reason=reason), ["manual"]),
     "proximal_": (lambda lr: _mas().proximal_(lr), [0.1]),
     "load_state_dict": (lambda state: _mas().load_state_dict(state), [_mas().state_dict()]),
-    "penalty": (lambda p, a, o, lam: om.penalty(p, a, o, lam),
+    "penalty_loss": (lambda p, a, o, lam: om.penalty_loss(p, a, o, lam),
                 [[torch.zeros(2, requires_grad=True)], [torch.zeros(2)], [torch.ones(2)], 1.0]),
     "PageHinkley": (lambda d, t, m: om.PageHinkley(delta=d, threshold=t, mode=m), [0.1, 5.0, "up"]),
     "CUSUM": (lambda k, h: om.CUSUM(slack=k, threshold=h), [0.5, 8.0]),
@@ -119,7 +122,7 @@ def test_random_combinations_of_wrong_arguments_raise_clean_errors(data: st.Data
 def test_messages_name_the_bad_value() -> None:
     cases: list[tuple[Callable[[], object], str]] = [
         (lambda: om.OnlineMAS(_model(), -3.5), "-3.5"),
-        (lambda: om.MASConfig(rule="median"), "'median'"),
+        (lambda: om.OnlineMAS(_model(), rule="median"), "'median'"),
         (lambda: om.importance(_model(), torch.randn(3, 4), method="fish"), "'fish'"),
         (lambda: om.PageHinkley(threshold=-2.0), "-2.0"),
         (lambda: om.HardBuffer(-4), "-4"),

@@ -10,8 +10,9 @@ from models import MLP, families
 from torch import nn
 
 import online_mas as om
+from online_mas.estimators import importance_sums
 
-imp = sys.modules["online_mas.importance"]
+exact = sys.modules["online_mas.estimators.exact"]
 FAMILIES = families()
 FAST_ONLY = {"mlp", "cnn2d", "cnn1d", "embedding"}
 
@@ -47,13 +48,13 @@ def test_exact_methods_equal_per_sample_loop(family: str, method: str) -> None:
 @pytest.mark.parametrize("family", sorted(FAST_ONLY))
 def test_fast_paths_cover_standard_layers(family: str, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[list[str]] = []
-    original = imp._func_sums
+    original = exact.func_sums
 
     def spy(model, named, *args, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(sorted(named))
         return original(model, named, *args, **kwargs)
 
-    monkeypatch.setattr(imp, "_func_sums", spy)
+    monkeypatch.setattr(exact, "func_sums", spy)
     model, x = FAMILIES[family]
     om.importance(model, x)
     assert calls == []
@@ -61,13 +62,13 @@ def test_fast_paths_cover_standard_layers(family: str, monkeypatch: pytest.Monke
 
 def test_uncovered_parameters_take_the_torch_func_path(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[list[str]] = []
-    original = imp._func_sums
+    original = exact.func_sums
 
     def spy(model, named, *args, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(sorted(named))
         return original(model, named, *args, **kwargs)
 
-    monkeypatch.setattr(imp, "_func_sums", spy)
+    monkeypatch.setattr(exact, "func_sums", spy)
     model, x = FAMILIES["shared"]
     om.importance(model, x)  # a layer called twice and a tied weight
     assert calls == [["inp.bias", "inp.weight", "twice.bias", "twice.weight"]]
@@ -237,7 +238,7 @@ def test_conv_fast_path_geometries_equal_per_sample_loop(conv: nn.Module) -> Non
 def test_importance_is_sums_over_batch_size_for_every_method() -> None:
     model, x = FAMILIES["cnn2d"]
     for method in om.METHODS:
-        sums, n, _ = imp.importance_sums(model, x, method=method)
+        sums, n, _ = importance_sums(model, x, method=method)
         mean = om.importance(model, x, method=method)
         _assert_close(mean, {k: v / n for k, v in sums.items()})
 
@@ -265,7 +266,7 @@ def test_chunked_exact_equals_one_pass_for_every_family(family: str) -> None:
     whole = om.importance(model, x, chunk_size=x.shape[0])
     for chunk in (1, 2, 3):  # uneven last chunk
         _assert_close(om.importance(model, x, chunk_size=chunk), whole)
-    _, _, out = imp.importance_sums(model, x, chunk_size=2)
+    _, _, out = importance_sums(model, x, chunk_size=2)
     model.eval()
     with torch.no_grad():
         assert torch.allclose(out, model(x), rtol=1e-5, atol=1e-6)  # the output of every chunk
@@ -290,13 +291,13 @@ def test_a_layer_covered_in_some_chunks_only_falls_back_to_torch_func(
             return self.head(torch.tanh(h))
 
     calls: list[list[str]] = []
-    original = imp._func_sums
+    original = exact.func_sums
 
     def spy(model, named, *args, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(sorted(named))
         return original(model, named, *args, **kwargs)
 
-    monkeypatch.setattr(imp, "_func_sums", spy)
+    monkeypatch.setattr(exact, "func_sums", spy)
     torch.manual_seed(0)
     model = Sometimes()
     x = torch.randn(5, 3)  # chunks of 2, 2 and 1: the last one calls lin twice
@@ -304,53 +305,50 @@ def test_a_layer_covered_in_some_chunks_only_falls_back_to_torch_func(
     assert calls == [["lin.bias", "lin.weight"]]
 
 
-def test_folding_linear_products_into_running_means_equals_adding_the_sums() -> None:
-    from online_mas.importance import (
-        _covered,
-        _fast_candidates,
-        _fold_sums,
-        _output_grads,
-        _recording,
-        importance_sums,
-    )
-
+def test_factored_sums_multiply_out_to_the_sums_and_are_checked_before_they_are_returned() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.LayerNorm(8), nn.Linear(8, 3))
     x = torch.randn(9, 6)
     named = dict(model.named_parameters())
-    cands = _fast_candidates(model, named)
-    with _recording(cands) as calls:
+    cands = exact.fast_candidates(model, named)
+    with exact.recording(cands) as calls:
         out = model(x)
-    pairs = _output_grads(_covered(calls, 9), out)
-    expected_sums = importance_sums(model, x)[0]
-    g = torch.Generator().manual_seed(1)
-    means = {n: torch.rand(p.shape, generator=g) for n, p in named.items()}
-    before = {n: m.clone() for n, m in means.items()}
+    pairs = exact.output_grads(exact.covered(calls, 9), out)
+    expected = importance_sums(model, x)[0]
     sums: dict[str, torch.Tensor] = {}
-    folded = _fold_sums(cands, pairs, means, 0.25, 0.5, sums=sums, chunk=4)
-    assert sorted(folded) == ["0.weight", "3.weight"]  # the Linear weights; biases and norm summed
-    assert set(sums) == set(named) - set(folded)
+    factors = exact.factored_sums(cands, pairs, sums, chunk=4)
+    assert sorted(factors) == ["0.weight", "3.weight"]  # the Linear weights; biases and norm summed
+    assert set(sums) == set(named) - set(factors)
     for n in named:
-        if n in folded:
-            torch.testing.assert_close(means[n], 0.25 * before[n] + 0.5 * expected_sums[n])
-        else:
-            assert torch.equal(means[n], before[n])
-            torch.testing.assert_close(sums[n], expected_sums[n])
-    # a running mean that does not match (a new parameter) is not folded: its sum is returned
-    del means["3.weight"]
-    sums = {}
-    folded = _fold_sums(cands, pairs, means, 0.25, 0.5, sums=sums)
-    assert folded == ["0.weight"]
-    torch.testing.assert_close(sums["3.weight"], expected_sums["3.weight"])
-    # products that could overflow are never folded: every sum is checked and nothing changes
-    kept = {n: m.clone() for n, m in means.items()}
+        got = factors[n][0].t() @ factors[n][1] if n in factors else sums[n]
+        torch.testing.assert_close(got, expected[n])
+    batch = om.estimate(model, x, factors=True)  # one chunk: the same split through the public call
+    assert sorted(batch.factors) == ["0.weight", "3.weight"]
+    for n, t in batch.materialize().items():
+        torch.testing.assert_close(t, expected[n])
+    assert om.estimate(model, x, factors=True, chunk_size=4).factors == {}  # several chunks: no factors
+    # products that could overflow are never factored: every sum is formed and checked
     huge = [(m, a * 1e30, gr * 1e10) for m, a, gr in pairs]
     with pytest.raises(om.NonFiniteError, match="importance is not finite"):
-        _fold_sums(cands, huge, means, 0.25, 0.5, sums={})
-    means["3.weight"] = kept["3.weight"] = torch.rand(3, 8, generator=g)
+        exact.factored_sums(cands, huge, {})
     last = pairs[-1]  # a nan in the last layer's input only: its bias sum stays finite
     nan_last = [*pairs[:-1], (last[0], torch.full_like(last[1], float("nan")), last[2])]
     with pytest.raises(om.NonFiniteError, match=r"importance is not finite for \['3.weight'\]"):
-        _fold_sums(cands, nan_last, means, 0.25, 0.5, sums={})
-    for n, m in means.items():
-        assert torch.equal(m, kept[n])
+        exact.factored_sums(cands, nan_last, {})
+
+
+def test_plan_names_the_rule_of_every_parameter_and_sees_layers_called_twice() -> None:
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin, self.conv, self.act = nn.Linear(4, 4), nn.Conv1d(1, 2, 3, padding="same"), nn.PReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.lin(self.lin(x))  # called twice: the rule does not apply
+            return self.act(self.conv(h.unsqueeze(1))).flatten(1)
+
+    model = Twice()
+    static = om.plan(model)
+    assert static == {"lin.weight": "linear", "lin.bias": "linear", "conv.weight": "torch.func",
+                      "conv.bias": "torch.func", "act.weight": "torch.func"}  # str padding: no rule
+    assert om.plan(model, torch.randn(3, 4))["lin.weight"] == "torch.func"

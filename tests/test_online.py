@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,7 +72,7 @@ def test_observe_leaves_grad_untouched_and_training_flag() -> None:
 
 def test_consolidation_anchors_and_rules() -> None:
     model, x = _model(), _data()
-    mas = om.OnlineMAS(model, lam=2.0, config=om.MASConfig(every=1, rule="mean"))
+    mas = om.OnlineMAS(model, lam=2.0, config=om.MASConfig(every=1), rule="mean")
     assert mas.penalty().item() == 0.0  # nothing consolidated yet
     mas.observe(x[:20])
     first = {n: v.clone() for n, v in mas.running_omega.items()}
@@ -149,10 +150,10 @@ def test_update_every_k_steps_and_subsample() -> None:
     mas = om.OnlineMAS(model, config=om.MASConfig(every=3))
     for _ in range(7):
         mas.observe(x)
-    assert mas._running.count == 2 * 32  # steps 3 and 6
+    assert mas.running.count == 2 * 32  # steps 3 and 6
     sub = om.OnlineMAS(model, config=om.MASConfig(every=1, subsample=5, seed=3))
     sub.observe(x)
-    assert sub._running.count == 5
+    assert sub.running.count == 5
 
 
 def test_non_finite_batches_are_skipped_and_counted() -> None:
@@ -176,8 +177,8 @@ def test_non_finite_batches_are_skipped_and_counted() -> None:
 
 def test_state_round_trip_gives_identical_results(tmp_path) -> None:  # type: ignore[no-untyped-def]
     model, x = _model(), _data(64)
-    cfg = om.MASConfig(every=1, subsample=16, rule="ema", alpha=0.3)
-    mas = om.OnlineMAS(model, lam=0.5, config=cfg)
+    cfg = om.MASConfig(every=1, subsample=16)
+    mas = om.OnlineMAS(model, lam=0.5, config=cfg, rule=om.consolidate.EMA(0.3))
     mas.observe(x[:32])
     mas.consolidate()
     mas.observe(x[32:])
@@ -187,7 +188,7 @@ def test_state_round_trip_gives_identical_results(tmp_path) -> None:  # type: ig
     state = torch.load(buf, weights_only=True)
     twin_model = _model()
     twin_model.load_state_dict(model.state_dict())
-    twin = om.OnlineMAS(twin_model, lam=0.5, config=cfg)
+    twin = om.OnlineMAS(twin_model, lam=0.5, config=cfg, rule=om.consolidate.EMA(0.3))
     twin.load_state_dict(state)
     for m in (model, twin_model):
         with torch.no_grad():
@@ -250,19 +251,62 @@ def test_bad_constructor_arguments(kwargs: dict, error: type, match: str) -> Non
     ("field", "value", "match"),
     [
         ("method", "fisher", "method must be one of"),
-        ("average", "median", "average must be one of"),
-        ("rule", "min", "rule must be one of"),
         ("normalize", "l2", "normalize must be one of"),
         ("every", 0, "every must be an int >= 1"),
         ("subsample", 0, "subsample must be an int >= 1"),
-        ("alpha", 1.5, r"alpha must be a number in \[0, 1\]"),
-        ("half_life", -3.0, "half_life must be"),
         ("chunk_size", 0, "chunk_size must be"),
     ],
 )
 def test_bad_config(field: str, value: object, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         om.MASConfig(**{field: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: om.RunningImportance("median"), "average must be one of"),
+        (lambda: om.RunningImportance("ema", half_life=-3.0), "half_life must be"),
+        (lambda: om.OnlineMAS(nn.Linear(2, 2), rule="min"), "rule must be one of"),
+        (lambda: om.consolidate.EMA(1.5), r"alpha must be a number in \[0, 1\]"),
+        (lambda: om.Reducer(sync_every=0), "sync_every must be an int >= 1"),
+    ],
+)
+def test_bad_policy(make, match: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_a_state_dict_of_version_1_loads_and_continues_as_it_did() -> None:
+    """``tests/data/online_mas_state_v1.pt`` was written by commit 0c0308d (state version 1)::
+
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))   # after torch.manual_seed(0)
+        mas = om.OnlineMAS(model, lam=0.5, config=om.MASConfig(every=2, stable_every=3),
+                           detector=om.Periodic(every=6))
+        # 15 steps of model(x); mas.observe(x); small parameter moves; then state_dict(), and the
+        # 5 next steps' events, omega, anchors, running omega, penalty, last signal, segments
+    """
+    saved = torch.load(Path(__file__).parent / "data" / "online_mas_state_v1.pt", weights_only=True)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    model.load_state_dict(saved["model"])
+    mas = om.OnlineMAS(model, lam=0.5, config=om.MASConfig(every=2), anchor=om.StableAnchor(every=3),
+                       detector=om.Periodic(every=6))
+    mas.load_state_dict(saved["mas"])
+    events = []
+    for x in saved["inputs"]:
+        model(x)
+        e = mas.observe(x)
+        events.append(e.step if e else 0)
+    want = saved["expected"]
+    assert events == want["events"] == [0, 0, 18, 0, 0] and mas.segments == want["segments"]
+    for key, got in (("omega", mas.omega), ("anchors", mas.anchors), ("running", mas.running_omega)):
+        for n, t in got.items():
+            torch.testing.assert_close(t, want[key][n], rtol=1e-6, atol=1e-9)
+    assert mas.penalty().item() == pytest.approx(want["penalty"], rel=1e-6)
+    assert mas.last_signal == pytest.approx(want["last_signal"], rel=1e-6)
+    with pytest.raises(ValueError, match="saved with a 'stable' anchor, this OnlineMAS has a 'current'"):
+        om.OnlineMAS(model, anchor=om.CurrentAnchor()).load_state_dict(saved["mas"])
 
 
 def test_model_must_be_a_module_and_x_validated() -> None:

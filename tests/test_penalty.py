@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from online_mas.penalty import penalty, penalty_grad_, proximal_
+from online_mas.penalty import penalty_grad_, penalty_loss, proximal_
 
 
 def _setup(seed: int = 0, dtype: torch.dtype = torch.float32):  # type: ignore[no-untyped-def]
@@ -21,14 +21,14 @@ def test_loss_form_equals_hand_formula_and_is_zero_at_anchor() -> None:
     params, anchors, omegas = _setup()
     hand = 0.7 * sum(float((o * (p.detach() - a) ** 2).sum())
                      for p, a, o in zip(params, anchors, omegas, strict=True))
-    assert penalty(params, anchors, omegas, 0.7).item() == pytest.approx(hand, rel=1e-6)
+    assert penalty_loss(params, anchors, omegas, 0.7).item() == pytest.approx(hand, rel=1e-6)
     at_anchor = [torch.nn.Parameter(a.clone()) for a in anchors]
-    assert penalty(at_anchor, anchors, omegas, 0.7).item() == 0.0
+    assert penalty_loss(at_anchor, anchors, omegas, 0.7).item() == 0.0
 
 
 def test_grad_form_equals_autograd_of_loss_form() -> None:
     params, anchors, omegas = _setup()
-    penalty(params, anchors, omegas, 2.5).backward()
+    penalty_loss(params, anchors, omegas, 2.5).backward()
     autograd = [p.grad.clone() for p in params]  # type: ignore[union-attr]
     for p in params:
         p.grad = None
@@ -71,7 +71,7 @@ def test_proximal_never_overshoots_at_huge_lambda() -> None:
 def test_bad_lambda(lam: object) -> None:
     params, anchors, omegas = _setup()
     with pytest.raises(ValueError, match="lam must be a finite number >= 0"):
-        penalty(params, anchors, omegas, lam)  # type: ignore[arg-type]
+        penalty_loss(params, anchors, omegas, lam)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="lam must be a finite number >= 0"):
         penalty_grad_(params, anchors, omegas, lam)  # type: ignore[arg-type]
 
@@ -93,7 +93,7 @@ def _reference(params, anchors, omegas, lam):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_fast_loss_form_matches_autograd_formula(dtype: torch.dtype) -> None:
     params, anchors, omegas = _setup(dtype=dtype)
-    fast = penalty(params, anchors, omegas, 0.3)
+    fast = penalty_loss(params, anchors, omegas, 0.3)
     fast_grads = torch.autograd.grad(fast, params)
     ref = _reference(params, anchors, omegas, 0.3)
     ref_grads = torch.autograd.grad(ref, params)
@@ -107,12 +107,12 @@ def test_fast_loss_form_matches_autograd_formula(dtype: torch.dtype) -> None:
 
 def test_fast_loss_form_backward_twice_and_second_derivatives() -> None:
     params, anchors, omegas = _setup()
-    loss = penalty(params, anchors, omegas, 0.7)
+    loss = penalty_loss(params, anchors, omegas, 0.7)
     first = torch.autograd.grad(loss, params, retain_graph=True)
     again = torch.autograd.grad(loss, params)
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     # Hessian-vector product: d/dtheta <grad, v> = 2 lam Omega * v
-    grads = torch.autograd.grad(penalty(params, anchors, omegas, 0.7), params, create_graph=True)
+    grads = torch.autograd.grad(penalty_loss(params, anchors, omegas, 0.7), params, create_graph=True)
     vs = [torch.randn_like(p) for p in params]
     hvp = torch.autograd.grad(sum((g * v).sum() for g, v in zip(grads, vs, strict=True)), params)
     for h, o, v in zip(hvp, omegas, vs, strict=True):
@@ -123,7 +123,7 @@ def test_loss_form_differentiates_anchors_and_importance_when_they_require_grad(
     params, anchors, omegas = _setup()
     anchors = [a.requires_grad_() for a in anchors]
     omegas = [o.requires_grad_() for o in omegas]
-    loss = penalty(params, anchors, omegas, 2.0)
+    loss = penalty_loss(params, anchors, omegas, 2.0)
     ga = torch.autograd.grad(loss, [*anchors, *omegas])
     for g, p, a, o in zip(ga, params, anchors, omegas, strict=False):
         assert torch.allclose(g, -2 * 2.0 * o.detach() * (p.detach() - a.detach()), rtol=1e-5)

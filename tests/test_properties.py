@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import online_mas as om
-from online_mas.accumulate import RULES
+from online_mas.consolidate import RULES
 
 
 @st.composite
@@ -58,7 +58,7 @@ def test_importance_is_finite_non_negative_and_exact_matches_loop(mb, method: st
 @given(models_and_batches(), st.floats(0.0, 1e3), st.sampled_from(RULES))
 def test_penalty_non_negative_zero_at_anchor_and_rules_keep_invariants(mb, lam: float, rule: str) -> None:  # type: ignore[no-untyped-def]
     model, x = mb
-    mas = om.OnlineMAS(model, lam, config=om.MASConfig(rule=rule), detector=None)
+    mas = om.OnlineMAS(model, lam, rule=rule, detector=None)
     mas.observe(x)
     first = {k: v.clone() for k, v in mas.running_omega.items()}
     mas.consolidate()

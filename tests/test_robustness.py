@@ -79,9 +79,11 @@ def test_a_poisoned_batch_changes_nothing() -> None:
     after = mas.state_dict()
     assert after["n_skipped"] == 1 and after["step"] == before["step"] + 1
     for key in ("omega", "anchor"):
-        for name in before[key]:  # type: ignore[union-attr]
-            assert torch.equal(before[key][name], after[key][name])  # type: ignore[index]
-    assert before["detector"] == after["detector"]
+        for name in before["consolidator"][key]:  # type: ignore[index]
+            assert torch.equal(before["consolidator"][key][name], after["consolidator"][key][name])  # type: ignore[index]
+    for name, t in before["running"]["mean"].items():  # type: ignore[index]
+        assert torch.equal(t, after["running"]["mean"][name])  # type: ignore[index]
+    assert before["trigger"]["detector"] == after["trigger"]["detector"]  # type: ignore[index]
 
 
 def test_parameters_change_dtype_mid_stream() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 
 import pytest
 import torch
@@ -10,8 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import online_mas as om
-from online_mas import _shared as shared_module
-from online_mas.importance import importance_sums
+from online_mas.estimators import importance_sums
+from online_mas.estimators import shared as shared_module
 
 
 class _EmbedBag(nn.Module):
@@ -48,8 +49,12 @@ def _batch(kind: str, g: torch.Generator) -> Tensor:
 MODELS = {"mlp": _mlp, "cnn": _cnn, "embedding": _EmbedBag}
 
 
-def _no_separate_pass(xs: Tensor, **kwargs: object) -> object:
+def _no_separate_pass(*args: object, **kwargs: object) -> object:
     raise AssertionError("the separate importance pass ran")
+
+
+def _forbid_separate_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.modules["online_mas.online"], "estimate", _no_separate_pass)
 
 
 def _train(model: nn.Module, mas: om.OnlineMAS, xs: list[Tensor], *, record: list | None = None) -> None:
@@ -68,13 +73,16 @@ def _train(model: nn.Module, mas: om.OnlineMAS, xs: list[Tensor], *, record: lis
 
 @pytest.mark.parametrize("average", ["mean", "ema"])
 @pytest.mark.parametrize("kind", sorted(MODELS))
-def test_shared_forward_equals_a_separate_pass_at_the_same_parameters(kind: str, average: str) -> None:
+def test_shared_forward_equals_a_separate_pass_at_the_same_parameters(
+    kind: str, average: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     torch.manual_seed(0)
     model = MODELS[kind]()
-    config = om.MASConfig(every=1, shared_forward=True, average=average, half_life=20.0)
-    mas = om.OnlineMAS(model, lam=0.5, config=config, detector=None)
+    config = om.MASConfig(every=1, shared_forward=True)
+    mas = om.OnlineMAS(model, lam=0.5, config=config, detector=None,
+                       average=om.RunningImportance(average, half_life=20.0))
 
-    mas._estimate = _no_separate_pass  # type: ignore[method-assign]
+    _forbid_separate_pass(monkeypatch)
     g = torch.Generator().manual_seed(1)
     refs: list[dict[str, Tensor]] = []
     _train(model, mas, [_batch(kind, g) for _ in range(4)], record=refs)
@@ -107,7 +115,8 @@ def test_shared_forward_does_not_change_training() -> None:
         (nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Linear(8, 3)), "BatchNorm1d is in training"),
     ],
 )
-def test_training_mode_layers_fall_back_to_the_separate_pass(model: nn.Module, why: str) -> None:
+def test_training_mode_layers_fall_back_to_the_separate_pass(model: nn.Module, why: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
     mas = om.OnlineMAS(model, config=om.MASConfig(every=1, shared_forward=True), detector=None)
     x = torch.randn(7, 5)
@@ -118,17 +127,17 @@ def test_training_mode_layers_fall_back_to_the_separate_pass(model: nn.Module, w
     for name, value in mas.running_omega.items():
         torch.testing.assert_close(value, ref[name] / 7)
     model.eval()  # in eval mode the forward is shareable: no separate pass
-    mas._estimate = _no_separate_pass  # type: ignore[method-assign]
+    _forbid_separate_pass(monkeypatch)
     model(x).sum()
     mas.observe(x)
     assert mas.running_omega["0.weight"].abs().sum() > 0
 
 
-def test_an_evaluation_forward_in_between_keeps_the_shared_estimate() -> None:
+def test_an_evaluation_forward_in_between_keeps_the_shared_estimate(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
     model = _mlp()
     mas = om.OnlineMAS(model, config=om.MASConfig(every=1, shared_forward=True), detector=None)
-    mas._estimate = _no_separate_pass  # type: ignore[method-assign]
+    _forbid_separate_pass(monkeypatch)
     x = torch.randn(7, 5)
     ref, _, _ = importance_sums(model, x)
     model(x).sum().backward()
@@ -167,8 +176,8 @@ def test_uncovered_parameters_never_arm_the_hooks(monkeypatch: pytest.MonkeyPatc
 
     model = Scaled()
     calls = []
-    real = shared_module._fast_candidates
-    monkeypatch.setattr(shared_module, "_fast_candidates", lambda *a: calls.append(1) or real(*a))
+    real = shared_module.fast_candidates
+    monkeypatch.setattr(shared_module, "fast_candidates", lambda *a: calls.append(1) or real(*a))
     mas = om.OnlineMAS(model, config=om.MASConfig(every=1, shared_forward=True), detector=None)
     assert not mas._seen.shared.armed  # type: ignore[union-attr]
     assert "fast path" in mas._seen.shared.why_not  # type: ignore[union-attr]
@@ -177,7 +186,7 @@ def test_uncovered_parameters_never_arm_the_hooks(monkeypatch: pytest.MonkeyPatc
         model(x).sum().backward()
         mas.observe(x)
     assert len(calls) == 1  # the answer is kept while the parameters stay the same
-    mas._running.reset()
+    mas.running.reset()
     model(x).sum().backward()
     mas.observe(x)
     ref, _, _ = importance_sums(model, x)
@@ -221,11 +230,11 @@ def test_shared_forward_must_be_a_bool() -> None:
         om.MASConfig(shared_forward="yes")  # type: ignore[arg-type]
 
 
-def test_overflowing_importance_skips_that_batch_only() -> None:
+def test_overflowing_importance_skips_that_batch_only(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3))
     mas = om.OnlineMAS(model, config=om.MASConfig(every=1, shared_forward=True), detector=None)
-    mas._estimate = _no_separate_pass  # type: ignore[method-assign]
+    _forbid_separate_pass(monkeypatch)
     x = torch.rand(7, 5) + 0.5
     model(x).sum().backward()
     mas.observe(x)  # the first update fills the running importance: the next ones fold into it

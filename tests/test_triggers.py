@@ -29,7 +29,7 @@ def _fire_steps(mas: om.OnlineMAS, xs: list[torch.Tensor]) -> list[int]:
 
 def test_default_detector_is_page_hinkley_on_entropy() -> None:
     mas = om.OnlineMAS(_model())
-    assert isinstance(mas.detector, PageHinkley) and mas.config.signal == "entropy"
+    assert isinstance(mas.detector, PageHinkley) and mas.trigger.signal.name == "entropy"
     mas.observe(torch.randn(8, 4))
     assert mas.last_signal is not None and 0.0 <= mas.last_signal <= 1.0986123 + 1e-6
 
@@ -37,7 +37,7 @@ def test_default_detector_is_page_hinkley_on_entropy() -> None:
 def test_detector_on_output_norm_fires_right_after_the_change() -> None:
     torch.manual_seed(0)
     linear = nn.Linear(4, 3)  # the output norm grows 25-fold with the input scale
-    mas = om.OnlineMAS(linear, config=om.MASConfig(signal="output_norm"),
+    mas = om.OnlineMAS(linear, signal="output_norm",
                        detector=PageHinkley(delta=5.0, threshold=20.0, mode="up"))
     fired = _fire_steps(mas, _stream(200, change_at=101))
     assert len(fired) == 1 and 101 <= fired[0] <= 105, fired
@@ -67,7 +67,7 @@ def test_detector_is_fed_every_step_even_without_a_forward_of_the_users() -> Non
 
 
 def test_loss_signal_needs_the_loss_and_drives_the_plateau_rule() -> None:
-    mas = om.OnlineMAS(_model(), config=om.MASConfig(signal="loss"),
+    mas = om.OnlineMAS(_model(), signal="loss",
                        detector=om.Plateau(window=3, mean_threshold=0.5, variance_threshold=0.1))
     with pytest.raises(ValueError, match="needs observe"):
         mas.observe(torch.randn(4, 4))
@@ -80,8 +80,8 @@ def test_loss_signal_needs_the_loss_and_drives_the_plateau_rule() -> None:
 def test_stable_anchor_is_the_slow_copy(weight: float, offset: float) -> None:
     model = _model()
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
-    cfg = om.MASConfig(every=1, anchor="stable", stable_every=3, stable_weight=weight)
-    mas = om.OnlineMAS(model, config=cfg, detector=Periodic(every=10))
+    mas = om.OnlineMAS(model, config=om.MASConfig(every=1), anchor=om.StableAnchor(3, weight),
+                       detector=Periodic(every=10))
     for _ in range(10):
         with torch.no_grad():
             for p in model.parameters():
@@ -95,31 +95,31 @@ def test_stable_anchor_is_the_slow_copy(weight: float, offset: float) -> None:
     assert manual.reason == "manual"
     for n, p in model.named_parameters():
         assert torch.equal(mas.anchors[n], p.detach())
-    assert len(mas.state_dict()["stable"]) == len(start)  # one copy, not one per update
+    assert len(mas.state_dict()["anchor_policy"]["slow"]) == len(start)  # one copy, not one per update
 
 
 def test_stable_copy_follows_new_and_removed_parameters() -> None:
     model = nn.Sequential(nn.Linear(4, 3))
-    cfg = om.MASConfig(anchor="stable", stable_every=1)
-    mas = om.OnlineMAS(model, config=cfg, detector=Periodic(every=1000))
+    anchor = om.StableAnchor(every=1)
+    mas = om.OnlineMAS(model, anchor=anchor, detector=Periodic(every=1000))
     mas.observe(torch.randn(2, 4))
     model.append(nn.Linear(3, 2))  # a new head joins at the next full sync
     mas.accumulate(torch.randn(2, 4))
     mas.observe(torch.randn(2, 4))
-    assert sorted(mas._stable) == ["0.bias", "0.weight", "1.bias", "1.weight"]
+    assert sorted(anchor.source() or {}) == ["0.bias", "0.weight", "1.bias", "1.weight"]
     del model[1]
     mas.accumulate(torch.randn(2, 4))
     mas.observe(torch.randn(2, 4))
-    assert sorted(mas._stable) == ["0.bias", "0.weight"]
+    assert sorted(anchor.source() or {}) == ["0.bias", "0.weight"]
 
 
 def test_hard_buffer_adds_the_most_surprising_samples_at_consolidation() -> None:
     model = _model()
-    mas = om.OnlineMAS(model, config=om.MASConfig(every=1, buffer_size=4, buffer_decay=1.0), detector=None)
+    mas = om.OnlineMAS(model, config=om.MASConfig(every=1), buffer=HardBuffer(4, decay=1.0), detector=None)
     xs = _stream(5, change_at=6)
     for x in xs:
         mas.observe(x)
-    buffered = mas._buffer.samples  # type: ignore[union-attr]
+    buffered = mas.buffer.samples  # type: ignore[union-attr]
     assert buffered is not None and buffered.shape == (4, 4)
     model.eval()
     with torch.no_grad():
@@ -128,7 +128,7 @@ def test_hard_buffer_adds_the_most_surprising_samples_at_consolidation() -> None
     assert torch.equal(buffered, expected)
     event = mas.consolidate()
     assert event.stats["samples"] == 5 * 16 + 4
-    assert len(mas._buffer) == 0  # type: ignore[arg-type]
+    assert len(mas.buffer) == 0  # type: ignore[arg-type]
 
 
 def test_hard_buffer_unit() -> None:
@@ -145,13 +145,16 @@ def test_hard_buffer_unit() -> None:
 
 
 def test_state_round_trip_with_detector_buffer_and_snapshots() -> None:
-    cfg = om.MASConfig(anchor="stable", stable_every=2, buffer_size=3, signal="feature_shift")
+    def parts() -> dict[str, object]:
+        return {"anchor": om.StableAnchor(every=2), "buffer": HardBuffer(3), "signal": "feature_shift",
+                "detector": PageHinkley(threshold=3.0, min_instances=5)}
+
     xs = _stream(40, change_at=21)
-    a = om.OnlineMAS(_model(), config=cfg, detector=PageHinkley(threshold=3.0, min_instances=5))
+    a = om.OnlineMAS(_model(), **parts())  # type: ignore[arg-type]
     for x in xs[:15]:
         a.observe(x)
     state = a.state_dict()
-    b = om.OnlineMAS(_model(), config=cfg, detector=PageHinkley(threshold=3.0, min_instances=5))
+    b = om.OnlineMAS(_model(), **parts())  # type: ignore[arg-type]
     b.load_state_dict(state)
     rest_a = _fire_steps(a, xs[15:])
     rest_b = _fire_steps(b, xs[15:])
@@ -168,9 +171,11 @@ def test_bad_trigger_arguments() -> None:
     with pytest.raises(TypeError, match="sequence of int steps"):
         om.OnlineMAS(_model(), boundaries="12")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="signal must be one of"):
-        om.MASConfig(signal="accuracy")
-    with pytest.raises(ValueError, match="anchor must be one of"):
-        om.MASConfig(anchor="oldest")
+        om.OnlineMAS(_model(), signal="accuracy")
+    with pytest.raises(TypeError, match="anchor must be a"):
+        om.OnlineMAS(_model(), anchor="oldest")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"weight must be a number in \(0, 1\], got 0"):
+        om.StableAnchor(weight=0)
 
 
 def test_signal_comes_from_the_training_forward_on_every_step() -> None:
@@ -206,12 +211,23 @@ def test_signal_hook_is_removed_with_the_online_mas_object() -> None:
 
 def test_state_with_two_snapshots_from_0_1_loads_the_older_one() -> None:
     model = _model()
-    mas = om.OnlineMAS(model, config=om.MASConfig(every=1, stable_every=1))
+    mas = om.OnlineMAS(model, config=om.MASConfig(every=1), anchor=om.StableAnchor(every=1))
     mas.observe(torch.randn(4, 4))
-    state = mas.state_dict()
+    state = _as_version_1(mas.state_dict())
     older = {n: torch.full_like(p, 1.0) for n, p in model.named_parameters()}
     newer = {n: torch.full_like(p, 2.0) for n, p in model.named_parameters()}
     state["stable"] = [older, newer]  # how 0.1 saved its two rotating snapshots
-    other = om.OnlineMAS(_model(), config=om.MASConfig(every=1, stable_every=1))
+    anchor = om.StableAnchor(every=1)
+    other = om.OnlineMAS(_model(), config=om.MASConfig(every=1), anchor=anchor)
     other.load_state_dict(state)
-    assert all(torch.equal(other._stable[n], older[n]) for n in older)
+    assert all(torch.equal((anchor.source() or {})[n], older[n]) for n in older)
+
+
+def _as_version_1(state: dict[str, object]) -> dict[str, object]:
+    """The flat layout of state version 1 (online-mas 0.1), for what the fixture file does not cover."""
+    c, t = state["consolidator"], state["trigger"]
+    return {"version": 1, "lam": state["lam"], "config": {**state["config"], "anchor": "stable"},  # type: ignore[dict-item]
+            "step": state["step"], "segments": c["segments"], "n_skipped": state["n_skipped"],  # type: ignore[index]
+            "omega": c["omega"], "anchor": c["anchor"], "running": state["running"],  # type: ignore[index]
+            "events": state["events"], "generator": state["generator"], "detector": t["detector"],  # type: ignore[index]
+            "last_signal": t["last_signal"], "feature_shift": None, "buffer": None, "stable": {}}  # type: ignore[index]

@@ -34,7 +34,7 @@ References
 
 from __future__ import annotations
 
-from online_mas.detectors._base import Detector, detector_state_dict, load_detector_state
+from online_mas.detectors.base import Detector, detector_state_dict, load_detector_state
 from online_mas.detectors.baselines import NeverFires, Periodic
 from online_mas.detectors.cusum import CUSUM
 from online_mas.detectors.page_hinkley import PageHinkley

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from online_mas.detectors._base import (
-    _BaseDetector,
-    _check_int,
+from online_mas.detectors.base import (
+    BaseDetector,
+    check_int,
 )
 
 
-class NeverFires(_BaseDetector):
+class NeverFires(BaseDetector):
     """Baseline that never detects: consolidation never happens.
 
     Examples
@@ -24,7 +24,7 @@ class NeverFires(_BaseDetector):
         pass
 
 
-class Periodic(_BaseDetector):
+class Periodic(BaseDetector):
     """Baseline that detects on every ``every``-th finite update: at updates N, 2N, 3N, ...
 
     Updates are counted from 1; the value fed is irrelevant except that non-finite values are
@@ -51,7 +51,7 @@ class Periodic(_BaseDetector):
     _STATE = ("count",)
 
     def __init__(self, every: int) -> None:
-        self.every = _check_int("every", every, minimum=1)
+        self.every = check_int("every", every, minimum=1)
         super().__init__()
 
     def _reset(self) -> None:

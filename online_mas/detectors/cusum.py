@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import math
 
-from online_mas.detectors._base import (
-    _BaseDetector,
-    _check_float,
-    _check_int,
-    _check_mode,
+from online_mas.detectors.base import (
+    BaseDetector,
+    check_float,
+    check_int,
+    check_mode,
 )
 
 
-class CUSUM(_BaseDetector):
+class CUSUM(BaseDetector):
     r"""Tabular CUSUM for a shift of the mean away from a target, one- or two-sided.
 
     The first ``min_instances`` values after construction or a reset are a warm-up and are
@@ -94,17 +94,17 @@ class CUSUM(_BaseDetector):
         min_std: float = 0.0,
         mode: str = "both",
     ) -> None:
-        self.target = None if target is None else _check_float("target", target)
+        self.target = None if target is None else check_float("target", target)
         self.std = (
-            None if std is None else _check_float("std", std, minimum=0.0, strict_minimum=True)
+            None if std is None else check_float("std", std, minimum=0.0, strict_minimum=True)
         )
-        self.min_instances = _check_int(
+        self.min_instances = check_int(
             "min_instances", min_instances, minimum=2 if self.std is None else 1
         )
-        self.slack = _check_float("slack", slack, minimum=0.0)
-        self.threshold = _check_float("threshold", threshold, minimum=0.0, strict_minimum=True)
-        self.min_std = _check_float("min_std", min_std, minimum=0.0)
-        self.mode = _check_mode(mode)
+        self.slack = check_float("slack", slack, minimum=0.0)
+        self.threshold = check_float("threshold", threshold, minimum=0.0, strict_minimum=True)
+        self.min_std = check_float("min_std", min_std, minimum=0.0)
+        self.mode = check_mode(mode)
         super().__init__()
 
     def _reset(self) -> None:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from online_mas.detectors._base import (
-    _BaseDetector,
-    _check_float,
-    _check_int,
-    _check_mode,
+from online_mas.detectors.base import (
+    BaseDetector,
+    check_float,
+    check_int,
+    check_mode,
 )
 
 
-class PageHinkley(_BaseDetector):
+class PageHinkley(BaseDetector):
     r"""Page-Hinkley test for a change in the mean, one- or two-sided.
 
     With :math:`\bar x_t` the running mean of the values seen since the last reset,
@@ -69,11 +69,11 @@ class PageHinkley(_BaseDetector):
         alpha: float = 1.0 - 0.0001,
         mode: str = "both",
     ) -> None:
-        self.min_instances = _check_int("min_instances", min_instances, minimum=1)
-        self.delta = _check_float("delta", delta, minimum=0.0)
-        self.threshold = _check_float("threshold", threshold, minimum=0.0, strict_minimum=True)
-        self.alpha = _check_float("alpha", alpha, minimum=0.0, maximum=1.0, strict_minimum=True)
-        self.mode = _check_mode(mode)
+        self.min_instances = check_int("min_instances", min_instances, minimum=1)
+        self.delta = check_float("delta", delta, minimum=0.0)
+        self.threshold = check_float("threshold", threshold, minimum=0.0, strict_minimum=True)
+        self.alpha = check_float("alpha", alpha, minimum=0.0, maximum=1.0, strict_minimum=True)
+        self.mode = check_mode(mode)
         super().__init__()
 
     def _reset(self) -> None:

@@ -6,14 +6,14 @@ import math
 from collections import deque
 from typing import Any
 
-from online_mas.detectors._base import (
-    _BaseDetector,
-    _check_float,
-    _check_int,
+from online_mas.detectors.base import (
+    BaseDetector,
+    check_float,
+    check_int,
 )
 
 
-class Plateau(_BaseDetector):
+class Plateau(BaseDetector):
     r"""The loss-plateau rule of Task-Free Continual Learning: fires when it is time to consolidate.
 
     Here ``drift_detected`` means *consolidate now*: the signal (typically the training loss)
@@ -108,11 +108,11 @@ class Plateau(_BaseDetector):
         variance_threshold: float = 0.1,
         relative: bool = False,
     ) -> None:
-        self.window = _check_int("window", window, minimum=1)
-        self.mean_threshold = _check_float(
+        self.window = check_int("window", window, minimum=1)
+        self.mean_threshold = check_float(
             "mean_threshold", mean_threshold, minimum=0.0, strict_minimum=True
         )
-        self.variance_threshold = _check_float(
+        self.variance_threshold = check_float(
             "variance_threshold", variance_threshold, minimum=0.0, strict_minimum=True
         )
         if not isinstance(relative, bool):

@@ -135,7 +135,7 @@ def adapt_stream(spec: str, seed: int, source: nn.Module, x_src: Tensor, setting
             elif settings.detector == "periodic":
                 detector = om.Periodic(every=settings.period)
             mas = om.OnlineMAS(model, lam=settings.lam, detector=detector, config=om.MASConfig(
-                anchor="stable", stable_every=25, every=settings.mas_every))
+                every=settings.mas_every), anchor=om.StableAnchor(every=25))
             e_max = settings.e_max if method == "tent+mas" else None
             adapter = Adapter(model, opt, mas=mas, config=AdaptConfig(
                 e_max=e_max, reset=settings.reset, penalty=settings.penalty))

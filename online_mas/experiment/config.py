@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from online_mas.online import MASConfig
+from online_mas.experiment.mas_section import MASSection
 from streams import StreamConfig
 
 __all__ = [
@@ -164,7 +164,7 @@ class MASLearnerConfig:
 
     lam: float = 1e-3  # penalty strength (raw MAS importance is large: ~1e-3 on digits)
     penalty: str = "grad"  # "grad" (added to .grad), "loss" (same gradient, via autograd), "proximal"
-    mas: MASConfig = field(default_factory=MASConfig)  # importance estimator, averaging, consolidation
+    mas: MASSection = field(default_factory=MASSection)  # importance estimator, averaging, consolidation
 
     def __post_init__(self) -> None:
         _lam(self.lam)
@@ -187,7 +187,7 @@ class OnlineMASLearnerConfig:
     penalty: str = "grad"  # "grad", "loss" or "proximal", as for mas-oracle
     detector: str = "default"  # "default" is om.default_detector(): Page-Hinkley on the entropy
     detector_args: dict[str, float | int | str] = field(default_factory=dict)  # detector kwargs
-    mas: MASConfig = field(default_factory=MASConfig)  # estimator, signal, anchor ("stable")
+    mas: MASSection = field(default_factory=MASSection)  # estimator, signal, anchor ("stable")
 
     def __post_init__(self) -> None:
         _lam(self.lam)

@@ -35,8 +35,9 @@ from torch import Tensor, nn
 
 from online_mas.detectors import CUSUM, NeverFires, PageHinkley, Periodic, Plateau
 from online_mas.experiment.config import ExperimentConfig
+from online_mas.experiment.mas_section import build_online_mas
 from online_mas.online import DEFAULT, Event, OnlineMAS
-from online_mas.penalty import penalty, penalty_grad_, proximal_
+from online_mas.penalty import penalty_grad_, penalty_loss, proximal_
 
 __all__ = ["EWC", "L2", "MAS", "Finetune", "Learner", "build_learner"]
 
@@ -127,7 +128,7 @@ class MAS:
         self.mas = mas
         self.form = form
         self.lr = lr
-        self._loss_signal = mas.config.signal == "loss"
+        self._loss_signal = mas.trigger.by_loss
 
     def after_backward(self) -> None:
         if self.form == "loss":
@@ -153,7 +154,7 @@ class MAS:
         return self.mas.omega
 
     def state_dict(self) -> dict[str, object]:
-        if self.mas.config.sync_every > 1:  # under torchrun: reduce what is pending (a collective)
+        if self.mas.reducer.sync_every > 1:  # under torchrun: reduce what is pending (a collective)
             self.mas.flush()
         return {"version": _VERSION, "learner": self.name, "mas": self.mas.state_dict()}
 
@@ -186,7 +187,7 @@ class _Anchored:
         if self._omega is None or self._anchor is None or self.form == "proximal":
             return
         if self.form == "loss":
-            penalty(self._params, self._anchor, self._omega, self.lam).backward()
+            penalty_loss(self._params, self._anchor, self._omega, self.lam).backward()
         else:
             penalty_grad_(self._params, self._anchor, self._omega, self.lam)
 
@@ -208,7 +209,7 @@ class _Anchored:
         if self._omega is None or self._anchor is None:
             return {"penalty": 0.0}
         with torch.no_grad():
-            return {"penalty": float(penalty(self._params, self._anchor, self._omega, self.lam))}
+            return {"penalty": float(penalty_loss(self._params, self._anchor, self._omega, self.lam))}
 
     def importance(self) -> dict[str, Tensor] | None:
         return None if self._omega is None else dict(zip(self._names, self._omega, strict=True))
@@ -377,11 +378,11 @@ def build_learner(name: str, config: ExperimentConfig, model: nn.Module,
             except (TypeError, ValueError) as err:
                 raise ValueError(f"learner.online-mas.detector_args {o.detector_args!r} do not fit "
                                  f"detector {o.detector!r}: {err}") from None
-        return MAS(name, OnlineMAS(model, o.lam, config=o.mas, detector=detector), form=o.penalty,
+        return MAS(name, build_online_mas(o.mas, model, o.lam, detector=detector), form=o.penalty,
                    lr=lr)
     if name == "mas-oracle":
         m = opts.mas_oracle
-        return MAS(name, OnlineMAS(model, m.lam, config=m.mas, boundaries=boundaries),
+        return MAS(name, build_online_mas(m.mas, model, m.lam, boundaries=boundaries),
                    form=m.penalty, lr=lr)
     if name == "l2":
         return L2(model, opts.l2.lam, boundaries, form=opts.l2.penalty, lr=lr)

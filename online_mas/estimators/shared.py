@@ -7,7 +7,7 @@ backward of ``sum_n ||f(x_n)||^2`` to the layer outputs right after it (keeping 
 user's own backward) gives the same per-sample sums without the second forward. The layers' inputs
 and output gradients wait (activation-sized, no parameter-sized buffer) until ``observe`` turns them
 into importance, folding the ``nn.Linear`` products straight into the running mean
-(``importance._fold_sums``).
+(``accumulate.RunningImportance.update``).
 
 Only used where it gives the same numbers as the separate pass:
 
@@ -33,14 +33,15 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from online_mas.importance import (
-    _Call,
-    _covered,
-    _fast_candidates,
-    _finite,
-    _output_grads,
-    _Pair,
-    _record_hook,
+from online_mas.estimators.common import BatchImportance, finite
+from online_mas.estimators.exact import (
+    Call,
+    Pair,
+    covered,
+    factored_sums,
+    fast_candidates,
+    output_grads,
+    record_hook,
 )
 
 _TRAIN_DEPENDENT = (
@@ -84,11 +85,11 @@ class SharedForward:
         self._cands: dict[nn.Module, list[str]] = {}
         self._names: tuple[str, ...] = ()  # the parameters of the last arm()
         self._uncovered = False  # some of them have no fast path: nothing to record
-        self._calls: dict[nn.Module, _Call] = {}
+        self._calls: dict[nn.Module, Call] = {}
         self._handles: list[RemovableHandle] = []
         # the forward's input, its layers' (module, input, output gradient), their inputs' versions
         # and the detached output
-        self._result: tuple[Tensor, list[_Pair], tuple[int, ...], Tensor] | None = None
+        self._result: tuple[Tensor, list[Pair], tuple[int, ...], Tensor] | None = None
 
     @property
     def armed(self) -> bool:
@@ -99,13 +100,13 @@ class SharedForward:
         if not self.enabled or (tuple(names) == self._names and (self._handles or self._uncovered)):
             return  # armed already, or known not to be coverable, for the same parameters
         self.disarm()
-        cands = _fast_candidates(self.model, dict(zip(names, params, strict=True)))
+        cands = fast_candidates(self.model, dict(zip(names, params, strict=True)))
         self._names, self._uncovered = tuple(names), False
         if {n for ns in cands.values() for n in ns} != set(names):
             self.why_not = "some parameters have no closed-form fast path"
             self._uncovered = True
             return
-        record = _record_hook(self._calls)
+        record = record_hook(self._calls)
 
         def hook(m: nn.Module, inputs: tuple[object, ...], out: object) -> object:
             # not in cands: a deepcopy of the model, which copies its hooks along
@@ -131,11 +132,11 @@ class SharedForward:
                 self.why_not = why
                 return
             self._result = None
-            covered = _covered(self._calls, x.shape[0])
-            if {n for c in covered for n in self._cands[c.module]} != set(self._names):
+            used = covered(self._calls, x.shape[0])
+            if {n for c in used for n in self._cands[c.module]} != set(self._names):
                 self.why_not = "a layer was called more than once, skipped or changed in place"
                 return
-            pairs = _output_grads(covered, out, retain_graph=True)
+            pairs = output_grads(used, out, retain_graph=True)
             self._result = (x, pairs, tuple(a._version for _, a, _ in pairs), out.detach())
         except RuntimeError as err:  # never break the user's forward
             self.enabled = False
@@ -154,10 +155,10 @@ class SharedForward:
         """The recorded layers and the names of their parameters."""
         return self._cands
 
-    def take(self, x: Tensor, names: list[str]) -> tuple[list[_Pair], int, Tensor] | None:
-        """What the forward of this very ``x`` recorded (then forgotten), if it covers ``names``: each
-        layer's input and output gradient, the batch size, the output. The products that turn them
-        into importance are left to the caller (``importance._fold_sums``)."""
+    def take(self, x: Tensor, names: list[str]) -> BatchImportance | None:
+        """The importance of what the forward of this very ``x`` recorded (then forgotten), if it
+        covers ``names``; the ``nn.Linear`` weights come as factors to fold. Raises
+        :class:`~online_mas.estimators.common.NonFiniteError` if it is not finite."""
         result, self._result = self._result, None
         if result is None or result[0] is not x or tuple(names) != self._names:
             return None
@@ -165,7 +166,9 @@ class SharedForward:
         if any(a._version != v for (_, a, _), v in zip(pairs, versions, strict=True)):
             self.why_not = "a layer input was changed in place after the forward"
             return None
-        return pairs, x.shape[0], out
+        sums: dict[str, Tensor] = {}
+        factors = factored_sums(self._cands, pairs, sums, chunk=self.chunk)
+        return BatchImportance(sums, x.shape[0], out, factors)
 
     def _why_not(self, x: Tensor, out: Tensor) -> str:
         if not torch.is_grad_enabled() or not out.requires_grad:
@@ -174,7 +177,7 @@ class SharedForward:
             return "the forward ran under autocast"
         if out.dim() == 0 or out.shape[0] != x.shape[0] or not out.is_floating_point():
             return "the output has no batch dimension first"
-        if not _finite(out.detach()):
+        if not finite(out.detach()):
             return "the output is not finite"
         module = train_dependent(self.model)
         if module is not None:

@@ -45,13 +45,13 @@ class Detector(Protocol):
 # validation helpers
 
 
-def _check_int(name: str, value: object, *, minimum: int) -> int:
+def check_int(name: str, value: object, *, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
-def _check_float(
+def check_float(
     name: str,
     value: object,
     *,
@@ -86,13 +86,13 @@ def _check_float(
     return float(value)  # type: ignore[arg-type]
 
 
-def _check_mode(mode: object) -> str:
+def check_mode(mode: object) -> str:
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
     return str(mode)
 
 
-def _as_float(x: object) -> float:
+def as_float(x: object) -> float:
     """Convert a real scalar to float, or raise TypeError."""
     if isinstance(x, numbers.Real):
         try:
@@ -116,7 +116,7 @@ def _as_float(x: object) -> float:
 # shared machinery
 
 
-class _BaseDetector:
+class BaseDetector:
     """Shared machinery: input checks, skipped values, the detection flag and state dicts.
 
     Subclasses list their hyperparameters in ``_HYPERPARAMETERS`` and the names of their
@@ -167,7 +167,7 @@ class _BaseDetector:
         TypeError
             If ``x`` is not a real scalar.
         """
-        value = _as_float(x)
+        value = as_float(x)
         if self._drift_detected:
             self._after_detection()
         if not math.isfinite(value):
@@ -280,7 +280,7 @@ class _BaseDetector:
 # helpers for any detector
 
 
-def _check_stateful(detector: object) -> None:
+def check_stateful(detector: object) -> None:
     if not (
         callable(getattr(detector, "state_dict", None))
         and callable(getattr(detector, "load_state_dict", None))
@@ -325,7 +325,7 @@ def detector_state_dict(detector: object) -> dict[str, Any]:
     ...
     TypeError: ADWIN has no state_dict()/load_state_dict(); ...
     """
-    _check_stateful(detector)
+    check_stateful(detector)
     state: dict[str, Any] = detector.state_dict()  # type: ignore[attr-defined]
     return state
 
@@ -345,5 +345,5 @@ def load_detector_state(detector: object, state_dict: dict[str, Any]) -> None:
     TypeError
         If the detector has no ``state_dict`` / ``load_state_dict`` pair.
     """
-    _check_stateful(detector)
+    check_stateful(detector)
     detector.load_state_dict(state_dict)  # type: ignore[attr-defined]

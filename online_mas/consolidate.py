@@ -1,0 +1,366 @@
+"""Consolidation: Omega, the anchor theta*, the rules that fold a segment in, and anchor policies.
+
+When a segment ends, its running importance (optionally normalised) is folded into the consolidated
+Omega by a rule, and the anchor theta* of the penalty moves: to the current parameters, or to a slow
+moving average of them that the first steps on new data, taken before a detector could fire, barely
+move (:class:`StableAnchor`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from online_mas.checks import is_int, is_real
+
+__all__ = [
+    "EMA",
+    "NORMALIZE",
+    "RULES",
+    "Consolidator",
+    "CurrentAnchor",
+    "Max",
+    "Mean",
+    "StableAnchor",
+    "Sum",
+    "combine",
+    "normalize",
+]
+
+RULES = ("sum", "mean", "ema", "max")
+NORMALIZE = (None, "max", "mean")
+
+
+def combine(
+    old: Tensor,
+    new: Tensor,
+    *,
+    rule: str,
+    segments: int,
+    alpha: float = 0.5,
+) -> Tensor:
+    """Consolidated importance after one more segment.
+
+    Parameters
+    ----------
+    old
+        Consolidated importance of the ``segments`` segments before (zeros when ``segments == 0``).
+    new
+        Importance of the segment that just ended (already normalised if asked).
+    rule
+        ``"sum"``: ``old + new`` (the paper: importance accumulates over tasks);
+        ``"mean"``: ``(segments * old + new) / (segments + 1)`` (the task-free code);
+        ``"ema"``: ``alpha * old + (1 - alpha) * new`` (Avalanche), ``new`` for the first segment;
+        ``"max"``: ``maximum(old, new)``.
+    segments
+        How many segments ``old`` already holds.
+    alpha
+        Weight of the old importance for ``rule="ema"``, in [0, 1].
+
+    Examples
+    --------
+    >>> import torch
+    >>> old, new = torch.tensor([1.0, 4.0]), torch.tensor([3.0, 2.0])
+    >>> [combine(old, new, rule=r, segments=1).tolist() for r in RULES]
+    [[4.0, 6.0], [2.0, 3.0], [2.0, 3.0], [3.0, 4.0]]
+    """
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    if isinstance(segments, bool) or not isinstance(segments, int) or segments < 0:
+        raise ValueError(f"segments must be an int >= 0, got {segments!r}")
+    if not isinstance(old, Tensor) or not isinstance(new, Tensor):
+        raise TypeError(f"old and new must be tensors, got {type(old)!r} and {type(new)!r}")
+    if old.shape != new.shape:
+        raise ValueError(f"old and new must have the same shape, got {tuple(old.shape)} and "
+                         f"{tuple(new.shape)}")
+    if not is_real(alpha) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    if segments == 0:
+        return new.clone()
+    if rule == "sum":
+        return old + new
+    if rule == "mean":
+        return (old * segments + new) / (segments + 1)
+    if rule == "ema":
+        return old * alpha + new * (1.0 - alpha)
+    return torch.maximum(old, new)
+
+
+def normalize(omega: dict[str, Tensor], how: str | None) -> dict[str, Tensor]:
+    """Rescale a whole importance dict: ``"max"`` to a global max of 1, ``"mean"`` to a mean of 1.
+
+    All-zero importance is returned unchanged (there is nothing to rescale).
+    """
+    if how not in NORMALIZE:
+        raise ValueError(f"normalize must be one of {NORMALIZE}, got {how!r}")
+    if how is None or not omega:
+        return omega
+    if how == "max":
+        scale = max(float(t.max()) if t.numel() else 0.0 for t in omega.values())
+    else:
+        total = sum(float(t.sum()) for t in omega.values())
+        scale = total / max(1, sum(t.numel() for t in omega.values()))
+    if scale <= 0.0 or not math.isfinite(scale):
+        return omega
+    return {k: t / scale for k, t in omega.items()}
+
+
+class Sum:
+    """``Omega <- Omega + Omega_segment`` (the paper: importance accumulates over tasks)."""
+
+    name = "sum"
+
+    def __call__(self, old: Tensor, new: Tensor, segments: int) -> Tensor:
+        return combine(old, new, rule="sum", segments=segments)
+
+
+class Mean:
+    """``Omega <- (segments * Omega + Omega_segment) / (segments + 1)`` (the task-free code)."""
+
+    name = "mean"
+
+    def __call__(self, old: Tensor, new: Tensor, segments: int) -> Tensor:
+        return combine(old, new, rule="mean", segments=segments)
+
+
+class Max:
+    """``Omega <- maximum(Omega, Omega_segment)``."""
+
+    name = "max"
+
+    def __call__(self, old: Tensor, new: Tensor, segments: int) -> Tensor:
+        return combine(old, new, rule="max", segments=segments)
+
+
+class EMA:
+    """``Omega <- alpha * Omega + (1 - alpha) * Omega_segment`` (Avalanche); ``alpha`` in [0, 1]."""
+
+    name = "ema"
+
+    def __init__(self, alpha: float = 0.5) -> None:
+        if not is_real(alpha) or not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+        self.alpha = float(alpha)
+
+    def __call__(self, old: Tensor, new: Tensor, segments: int) -> Tensor:
+        return combine(old, new, rule="ema", segments=segments, alpha=self.alpha)
+
+
+ConsolidationRule = Sum | Mean | Max | EMA
+
+
+def rule_from(spec: str | ConsolidationRule) -> ConsolidationRule:
+    """A rule object from its name (``"ema"`` takes ``alpha=0.5``) or the object itself."""
+    if isinstance(spec, Sum | Mean | Max | EMA):
+        return spec
+    by_name: dict[str, type[ConsolidationRule]] = {"sum": Sum, "mean": Mean, "max": Max, "ema": EMA}
+    if not isinstance(spec, str) or spec not in by_name:
+        raise ValueError(f"rule must be one of {RULES} or a rule object (Sum(), Mean(), Max(), "
+                         f"EMA(alpha)), got {spec!r}")
+    return by_name[spec]()
+
+
+class CurrentAnchor:
+    """Anchor ``theta*`` at the parameters of the step that consolidates."""
+
+    def step(self, step: int, names: Sequence[str], params: Sequence[Tensor]) -> None:
+        """Nothing to keep."""
+
+    def source(self) -> dict[str, Tensor] | None:
+        return None
+
+    def state_dict(self) -> dict[str, object]:
+        return {"version": 1, "kind": "current"}
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        _check_kind(state, "current")
+
+
+class StableAnchor:
+    """Anchor a detector's consolidation at a slow copy of the parameters.
+
+    Every ``every`` steps the copy moves toward the parameters, ``s <- s + weight (theta - s)``: it
+    trails the model by about ``every / weight`` steps, so the few steps a detector needs to see a
+    change barely move it (``weight = 1``: a plain snapshot, 0 to ``every - 1`` steps old). One
+    parameter-sized buffer on top of Omega, theta* and the running importance.
+
+    Examples
+    --------
+    >>> import torch
+    >>> anchor = StableAnchor(every=1, weight=0.5)
+    >>> p = torch.zeros(2)
+    >>> anchor.step(1, ["w"], [p]); p += 2.0; anchor.step(2, ["w"], [p])
+    >>> anchor.source()["w"]
+    tensor([1., 1.])
+    """
+
+    def __init__(self, every: int = 10, weight: float = 0.5) -> None:
+        if not is_int(every) or every < 1:
+            raise ValueError(f"every must be an int >= 1, got {every!r}")
+        if not is_real(weight) or not 0.0 < weight <= 1.0:
+            raise ValueError(f"weight must be a number in (0, 1], got {weight!r}")
+        self.every = every
+        self.weight = float(weight)
+        self._slow: dict[str, Tensor] = {}
+
+    def step(self, step: int, names: Sequence[str], params: Sequence[Tensor]) -> None:
+        """On every ``every``-th step, move the copy toward ``params``."""
+        if step % self.every:
+            return
+        with torch.no_grad():
+            slow, current = [], []
+            for n, p in zip(names, params, strict=True):
+                t = self._slow.get(n)
+                if t is None or t.shape != p.shape or t.dtype != p.dtype or t.device != p.device:
+                    self._slow[n] = p.detach().clone()  # new (or reshaped) parameter
+                else:
+                    slow.append(t)
+                    current.append(p)
+            if slow:
+                torch._foreach_lerp_(slow, current, self.weight)
+            if len(self._slow) > len(names):  # parameters that left the model
+                keep = set(names)
+                self._slow = {n: t for n, t in self._slow.items() if n in keep}
+
+    def source(self) -> dict[str, Tensor] | None:
+        """The slow copy (None before the first update)."""
+        return self._slow or None
+
+    def state_dict(self) -> dict[str, object]:
+        return {"version": 1, "kind": "stable", "every": self.every, "weight": self.weight,
+                "slow": {n: t.clone() for n, t in self._slow.items()}}
+
+    def load_state_dict(self, state: Mapping[str, object],
+                        params: Mapping[str, Tensor] | None = None) -> None:
+        """Restore; ``params`` (name -> parameter) places the copy on their devices and dtypes."""
+        _check_kind(state, "stable")
+        slow = state.get("slow", {})
+        if not isinstance(slow, dict):
+            raise TypeError("StableAnchor state['slow'] must be a dict of tensors")
+        self._slow = {}
+        for n, t in slow.items():
+            p = params.get(n) if params is not None else t
+            if p is not None:
+                self._slow[n] = t.detach().to(device=p.device, dtype=p.dtype).clone()
+
+
+AnchorPolicy = CurrentAnchor | StableAnchor
+
+
+class Consolidator:
+    """The consolidated importance ``omega``, the anchor ``theta*`` and how a segment joins them.
+
+    Parameters
+    ----------
+    rule
+        A rule name (:data:`RULES`) or object (:class:`Sum`, :class:`Mean`, :class:`Max`,
+        :class:`EMA`).
+    normalize
+        Rescale a segment's importance before folding it: None, ``"max"`` (global max 1) or
+        ``"mean"`` (mean 1).
+    """
+
+    def __init__(self, rule: str | ConsolidationRule = "sum", *, normalize: str | None = None) -> None:
+        if normalize not in NORMALIZE:
+            raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
+        self.rule = rule_from(rule)
+        self.normalize = normalize
+        self.omega: dict[str, Tensor] = {}
+        self.anchor: dict[str, Tensor] = {}
+        self.segments = 0
+
+    def follow(self, named: Mapping[str, Tensor]) -> None:
+        """Track the model's parameters: a new (or reshaped) one starts at zero importance and is
+        anchored at its current value; one that moved device or dtype takes its state along."""
+        for n, p in named.items():
+            o = self.omega.get(n)
+            if o is not None and o.shape != p.shape:
+                warnings.warn(
+                    f"parameter {n!r} changed shape from {tuple(o.shape)} to {tuple(p.shape)}: "
+                    "its importance restarts at zero and its anchor at the current value",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+                o = None
+            if o is None:
+                self.omega[n] = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+                self.anchor[n] = p.detach().clone()
+                continue
+            if o.device != p.device:
+                self.omega[n] = o.to(p.device)
+            a = self.anchor[n]
+            if a.device != p.device or a.dtype != p.dtype:
+                self.anchor[n] = a.to(device=p.device, dtype=p.dtype)
+
+    def consolidate(
+        self,
+        running: Mapping[str, Tensor] | None,
+        named: Mapping[str, Tensor],
+        anchor: Mapping[str, Tensor] | None = None,
+    ) -> None:
+        """Fold ``running`` (importance of the segment that ends, by name; None: nothing was seen)
+        into ``omega`` and move the anchor of ``named`` to ``anchor`` (default: the parameters)."""
+        if running is not None:
+            new = normalize(dict(running), self.normalize)
+            for n in named:
+                self.omega[n] = self.rule(self.omega[n], new[n], self.segments)
+            self.segments += 1
+        with torch.no_grad():
+            for n, p in named.items():
+                src = anchor.get(n) if anchor is not None else None
+                self.anchor[n].copy_(src if src is not None and src.shape == p.shape else p)
+
+    def stats(self, names: Sequence[str]) -> dict[str, float]:
+        """Segments, mean and max of ``omega`` over ``names``."""
+        omegas = [self.omega[n] for n in names]
+        total = sum(int(o.numel()) for o in omegas)
+        return {
+            "segments": float(self.segments),
+            "omega_mean": sum(float(o.sum()) for o in omegas) / max(1, total),
+            "omega_max": max((float(o.max()) for o in omegas if o.numel()), default=0.0),
+        }
+
+    def state_dict(self) -> dict[str, object]:
+        return {"version": 1, "rule": self.rule.name, "alpha": getattr(self.rule, "alpha", None),
+                "normalize": self.normalize, "segments": self.segments,
+                "omega": {n: t.clone() for n, t in self.omega.items()},
+                "anchor": {n: t.clone() for n, t in self.anchor.items()}}
+
+    def load_state_dict(self, state: Mapping[str, object], params: Mapping[str, Tensor]) -> None:
+        """Restore for the parameters ``params``: names and shapes must match."""
+        if state.get("version") != 1:
+            raise ValueError(f"unsupported Consolidator state version {state.get('version')!r}")
+        omega, anchor = state.get("omega"), state.get("anchor")
+        if not isinstance(omega, dict) or not isinstance(anchor, dict):
+            raise TypeError("state['omega'] and state['anchor'] must be dicts of tensors")
+        _check_names(omega, params)
+        self.segments = int(state["segments"])  # type: ignore[call-overload]
+        for n, p in params.items():
+            self.omega[n] = omega[n].detach().to(device=p.device, dtype=torch.float32).clone()
+            self.anchor[n] = anchor[n].detach().to(device=p.device, dtype=p.dtype).clone()
+
+
+def _check_names(saved: Mapping[str, Tensor], params: Mapping[str, Tensor]) -> None:
+    missing = sorted(set(params) - set(saved))
+    unexpected = sorted(set(saved) - set(params))
+    shapes = sorted(
+        f"{n}: saved {tuple(saved[n].shape)}, model {tuple(params[n].shape)}"
+        for n in set(params) & set(saved)
+        if saved[n].shape != params[n].shape
+    )
+    if missing or unexpected or shapes:
+        raise ValueError(
+            "OnlineMAS state does not match the model: "
+            f"missing {missing}, unexpected {unexpected}, shape mismatches {shapes}"
+        )
+
+
+def _check_kind(state: Mapping[str, object], kind: str) -> None:
+    if state.get("version") != 1 or state.get("kind") != kind:
+        raise ValueError(f"not a {kind!r} anchor state (version 1): got kind {state.get('kind')!r}, "
+                         f"version {state.get('version')!r}")
+

@@ -1,0 +1,237 @@
+"""Label-free parameter importance of one batch (Memory Aware Synapses).
+
+The importance of a parameter theta_k is the mean over samples of the absolute sensitivity of the
+squared L2 norm of the network's output to it (Aljundi et al., ECCV 2018, arXiv:1711.09601,
+eq. 2-4)::
+
+    Omega_k = 1/N * sum_n | d ||f(x_n)||_2^2 / d theta_k |
+
+computed **per sample**: the absolute value is taken before averaging. No labels are used.
+
+Methods (``method=``):
+
+``"exact"``
+    The formula above, exactly, at about the cost of one backward pass: closed-form rules per
+    layer family (:mod:`.registry`: ``nn.Linear``, ``nn.Conv1d/2d``, ``nn.Embedding``, affine
+    norms, eval-mode batch norm) and ``torch.func`` per-sample gradients for every other parameter.
+``"vmap"``
+    ``torch.func`` per-sample gradients for every parameter.
+``"loop"``
+    A plain loop over single samples (the slow, obviously correct reference).
+``"batch"``
+    ``| d (1/N sum_n ||f(x_n)||^2) / d theta_k |``, the absolute gradient of the batch mean, as the
+    original MAS code and Avalanche compute it: never larger than the exact value.
+``"local"``
+    Local MAS (l-MAS, section 4 of the paper): each layer judged by its own output (:mod:`.local`).
+
+Every method runs the model in eval mode (restoring each module's ``training`` flag), never writes
+``param.grad`` and returns float32. :func:`plan` shows which rule each parameter takes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from online_mas.estimators.common import (
+    BatchImportance,
+    NonFiniteError,
+    OutputFn,
+    Rule,
+    call_model,
+    check_chunk_size,
+    check_finite_sums,
+    check_input,
+    eval_mode,
+    forward,
+)
+from online_mas.estimators.exact import covered, exact_sums, fast_candidates, recording
+from online_mas.estimators.func import batch_sums, func_sums, loop_sums
+from online_mas.estimators.local import local_sums
+from online_mas.estimators.registry import register, rule_for
+
+__all__ = [
+    "METHODS",
+    "BatchImportance",
+    "NonFiniteError",
+    "OutputFn",
+    "Rule",
+    "estimate",
+    "importance",
+    "plan",
+    "register",
+]
+
+METHODS = ("exact", "vmap", "loop", "batch", "local")
+
+
+def importance(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    method: str = "exact",
+    output: OutputFn | None = None,
+    chunk_size: int | None = None,
+) -> dict[str, Tensor]:
+    """Label-free MAS importance of every trainable parameter, averaged over the batch.
+
+    Parameters
+    ----------
+    model
+        Any ``nn.Module``. Only parameters with ``requires_grad=True`` are scored.
+    x
+        A batch of inputs, batch dimension first (floating point, or integer for embeddings).
+    method
+        ``"exact"`` (default), ``"vmap"``, ``"loop"``, ``"batch"`` or ``"local"``.
+    output
+        Optional ``output(model, x) -> Tensor`` choosing the tensor whose squared L2 norm is used
+        (features, an embedding, one head); default ``model(x)``. Models returning tuples or dicts
+        need it.
+    chunk_size
+        Samples processed at once (default 64): transient memory is bounded by it, whatever the
+        batch size; the result does not depend on it.
+
+    Returns
+    -------
+    dict[str, Tensor]
+        Parameter name -> float32 tensor of the parameter's shape, ``Omega = mean_n |grad_n|``.
+
+    Raises
+    ------
+    ValueError
+        Unknown method, empty batch, non-finite input or output (:class:`NonFiniteError`), output
+        without a batch dimension.
+    TypeError
+        ``x`` is not a tensor of a floating point or integer dtype, or the output is not a tensor.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> import online_mas as om
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    >>> x = torch.randn(8, 3)
+    >>> omega = om.importance(model, x)
+    >>> sorted(omega)
+    ['0.bias', '0.weight', '2.bias', '2.weight']
+    >>> loop = om.importance(model, x, method="loop")
+    >>> all(torch.allclose(omega[k], loop[k], rtol=1e-4, atol=1e-7) for k in omega)
+    True
+
+    References
+    ----------
+    Aljundi, Babiloni, Elhoseiny, Rohrbach, Tuytelaars. Memory Aware Synapses: Learning what (not)
+    to forget. ECCV 2018. arXiv:1711.09601.
+    """
+    return _run(model, x, method, output, chunk_size, mean=True).sums
+
+
+def estimate(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    method: str = "exact",
+    output: OutputFn | None = None,
+    chunk_size: int | None = None,
+    factors: bool = False,
+) -> BatchImportance:
+    """Per-sample importance **summed** over the batch, with the batch size and the model output.
+
+    What an accumulator needs to weight batches by their size. With ``factors=True`` and a batch of
+    at most ``chunk_size`` samples, the exact method returns the 2-D ``nn.Linear`` weights as
+    factors ``(|G|, |A|)`` instead of sums (see :class:`BatchImportance`). Everything returned is
+    finite; a batch whose importance is not raises :class:`NonFiniteError`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> _ = torch.manual_seed(0)
+    >>> b = estimate(nn.Linear(3, 2), torch.randn(5, 3), factors=True)
+    >>> b.n, sorted(b.sums), sorted(b.factors), tuple(b.materialize()["weight"].shape)
+    (5, ['bias'], ['weight'], (2, 3))
+    """
+    return _run(model, x, method, output, chunk_size, mean=False, factors=factors)
+
+
+def importance_sums(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    method: str = "exact",
+    output: OutputFn | None = None,
+    chunk_size: int | None = None,
+) -> tuple[dict[str, Tensor], int, Tensor]:
+    """``(sums, n, output)`` of :func:`estimate`, every sum formed."""
+    b = _run(model, x, method, output, chunk_size, mean=False)
+    return b.sums, b.n, b.out
+
+
+def plan(model: nn.Module, x: Tensor | None = None, *, output: OutputFn | None = None) -> dict[str, str]:
+    """Which rule the exact method uses for each trainable parameter: ``"torch.func"`` where none.
+
+    Without ``x`` this is what the module types allow; with ``x`` one forward also finds layers
+    that the call pattern takes off the rules (called twice, in-place ops, no batch dimension).
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> plan(nn.Sequential(nn.Linear(3, 4), nn.PReLU(), nn.LayerNorm(4)))
+    {'0.weight': 'linear', '0.bias': 'linear', '1.weight': 'torch.func', '2.weight': 'norm', '2.bias': 'norm'}
+    """
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    cands = fast_candidates(model, named)
+    if x is not None:
+        check_input(x)
+        with recording(cands) as calls, eval_mode(model), torch.enable_grad():
+            forward(model, x, output if output is not None else call_model)
+            used = {c.module for c in covered(calls, x.shape[0])}
+        cands = {m: ns for m, ns in cands.items() if m in used}
+    rules = {n: rule_for(m).name for m, ns in cands.items() for n in ns}  # type: ignore[union-attr]
+    return {n: rules.get(n, "torch.func") for n in named}
+
+
+def _run(
+    model: nn.Module,
+    x: Tensor,
+    method: str,
+    output: OutputFn | None,
+    chunk_size: int | None,
+    *,
+    mean: bool,
+    factors: bool = False,
+) -> BatchImportance:
+    """Summed (``mean=False``) or averaged importance. The average scales the small output gradients
+    on the exact path, never a parameter-sized tensor."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model)!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if output is not None and not callable(output):
+        raise TypeError(f"output must be callable as output(model, x) or None, got {output!r}")
+    check_input(x)
+    chunk = check_chunk_size(chunk_size)
+    fn: OutputFn = output if output is not None else call_model
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    folded: dict[str, tuple[Tensor, Tensor]] = {}
+    with eval_mode(model), torch.enable_grad():
+        scale = 1.0 / x.shape[0] if mean else 1.0
+        if method == "exact":
+            sums, out, folded = exact_sums(model, named, x, fn, chunk, scale=scale,
+                                           factor=factors and not mean)
+            scale = 1.0  # applied inside
+        elif method == "vmap":
+            out = forward(model, x, fn).detach()
+            sums = func_sums(model, named, x, fn, chunk)
+        elif method == "loop":
+            sums, out = loop_sums(model, named, x, fn)
+        elif method == "batch":
+            sums, out = batch_sums(named, model, x, fn)
+        else:
+            sums, out = local_sums(model, named, x, chunk)
+        if scale != 1.0 and sums:
+            torch._foreach_mul_(list(sums.values()), scale)  # fresh tensors: in place is safe
+    if not folded:  # a factored result was checked before it was returned
+        check_finite_sums(sums)
+    return BatchImportance(sums, x.shape[0], out, folded)

@@ -1,0 +1,184 @@
+"""What every estimator shares: input checks, the eval-mode forward, and the result of one batch."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "BatchImportance",
+    "NonFiniteError",
+    "OutputFn",
+    "Rule",
+    "call_model",
+    "check_chunk_size",
+    "check_finite_sums",
+    "check_input",
+    "eval_mode",
+    "finite",
+    "forward",
+    "model_output",
+    "sq_norm_total",
+    "zeros",
+]
+
+OutputFn = Callable[[nn.Module, Tensor], Tensor]
+"""Maps ``(model, x)`` to the tensor whose squared norm is used; batch dimension first."""
+
+
+class NonFiniteError(ValueError):
+    """The input, the model output or the importance holds nan or inf."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The closed-form per-sample importance of one layer family.
+
+    ``sums(m, a, g, acc)`` adds, for each of ``m``'s own parameters (by short name: ``"weight"``,
+    ``"bias"``), the sum over samples of ``|per-sample gradient|`` to ``acc`` (in place where
+    ``acc`` has one), from the layer's input ``a`` and the gradient ``g`` of
+    ``sum_n ||f(x_n)||^2`` at its output. ``supported(m)`` says whether this module's settings
+    are covered. ``factors(a, g)``, where given, returns ``(|G|, |A|)`` whose product
+    ``|G|^T |A|`` is the weight's sum, so an accumulator can fold it without forming it.
+    """
+
+    name: str
+    sums: Callable[[nn.Module, Tensor, Tensor, dict[str, Tensor]], None]
+    supported: Callable[[nn.Module], bool] = lambda m: True
+    factors: Callable[[nn.Module, Tensor, Tensor], tuple[Tensor, Tensor] | None] | None = None
+
+
+@dataclass
+class BatchImportance:
+    """Importance of one batch, summed over its samples (the estimators' result).
+
+    ``sums`` maps parameter names to float32 sums of ``|per-sample gradient|``; ``factors`` maps
+    the names left out of ``sums`` to ``(|G|, |A|)`` with sum ``|G|^T |A|`` (2-D ``nn.Linear``
+    weights, for an in-place fold). Everything in it is known to be finite.
+    """
+
+    sums: dict[str, Tensor]
+    n: int
+    out: Tensor  # the detached model output (eval mode), for label-free signals
+    factors: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
+
+    def materialize(self) -> dict[str, Tensor]:
+        """Every sum, the factored ones multiplied out (a new dict)."""
+        full = dict(self.sums)
+        for name, (g, a) in self.factors.items():
+            full[name] = g.t() @ a
+        return full
+
+
+def call_model(model: nn.Module, x: Tensor) -> Tensor:
+    return model(x)
+
+
+def check_input(x: Tensor, *, finite: bool = True) -> None:
+    """Raise TypeError/ValueError for what is not a batch, NonFiniteError for nan/inf (if ``finite``)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor with the batch dimension first, got {type(x)!r}")
+    if x.dtype == torch.bool or x.is_complex():
+        raise TypeError(f"x must have a floating point or integer dtype, got {x.dtype}")
+    if x.dim() == 0 or x.shape[0] == 0:
+        raise ValueError(f"x must be a non-empty batch (batch dimension first), got shape "
+                         f"{tuple(x.shape)}")
+    if finite and x.is_floating_point() and not _all_finite(x):
+        raise NonFiniteError("x contains non-finite values (nan or inf)")
+
+
+def check_chunk_size(chunk_size: int | None) -> int:
+    if chunk_size is None:
+        return 64
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an int >= 1 or None, got {chunk_size!r}")
+    return chunk_size
+
+
+def forward(model: nn.Module, x: Tensor, fn: OutputFn) -> Tensor:
+    """``fn(model, x)``, checked: one floating tensor, batch dimension first, finite."""
+    try:
+        out = fn(model, x)
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as err:  # shape or dtype the model does not accept
+        raise ValueError(
+            f"the model cannot run on x of shape {tuple(x.shape)} and dtype {x.dtype}: {err}"
+        ) from err
+    if not isinstance(out, Tensor):
+        raise TypeError(
+            f"the model output is a {type(out).__name__}, not a tensor: pass "
+            "output=lambda model, x: ... to choose the tensor whose squared norm MAS uses "
+            "(e.g. output=lambda m, x: m(x)[0])"
+        )
+    if out.dim() == 0 or out.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"the output must have the batch dimension first: input batch {x.shape[0]}, "
+            f"output shape {tuple(out.shape)}"
+        )
+    if not out.is_floating_point():
+        raise TypeError(f"the output must be floating point, got {out.dtype}")
+    if not _all_finite(out):
+        raise NonFiniteError("the model output contains non-finite values (nan or inf)")
+    return out
+
+
+def model_output(model: nn.Module, x: Tensor, output: OutputFn | None = None) -> Tensor:
+    """The output MAS uses for ``x``, in eval mode and without gradients (for signals).
+
+    Raises :class:`NonFiniteError` if it is not finite, like the estimators.
+    """
+    with eval_mode(model), torch.no_grad():
+        return forward(model, x, output if output is not None else call_model)
+
+
+def finite(t: Tensor) -> bool:
+    """No nan or inf in ``t``. One reduction: a sum is finite unless an element is not (or the sum
+    overflows float range, which only values near 1e38 can do; those count as not finite too)."""
+    return bool(torch.isfinite(t.sum()))
+
+
+_all_finite = finite
+
+
+def check_finite_sums(sums: Mapping[str, Tensor]) -> None:
+    """Raise NonFiniteError naming the parameters whose importance overflowed (one reduction)."""
+    if sums and not finite(torch.stack([s.sum() for s in sums.values()])):
+        bad = [n for n, s in sums.items() if not finite(s)]
+        raise NonFiniteError(f"importance is not finite for {bad} (the gradients overflowed)")
+
+
+def sq_norm_total(out: Tensor) -> Tensor:
+    """sum_n ||f(x_n)||^2, computed in float32."""
+    return out.float().pow(2).sum()
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode inside; every module's own ``training`` flag restored on exit.
+
+    When no module overrides ``train()``, the flags are set directly (what ``nn.Module.train``
+    does, without its per-call recursion); otherwise ``model.eval()`` runs so overrides are honoured.
+    """
+    mods = list(model.modules())
+    flags = [m.training for m in mods]
+    if any(flags):
+        if all(type(m).train is nn.Module.train for m in mods):
+            for m in mods:
+                object.__setattr__(m, "training", False)
+        else:
+            model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in zip(mods, flags, strict=True):
+            if m.training is not flag:
+                object.__setattr__(m, "training", flag)
+
+
+def zeros(named: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in named.items()}

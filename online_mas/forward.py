@@ -1,0 +1,112 @@
+"""What OnlineMAS takes from the user's own forward pass: the model's trainable parameters by name,
+and the latest output (for the detector's signal at no extra cost)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from torch import Tensor, nn
+
+from online_mas.estimators.shared import SharedForward
+
+__all__ = ["LastForward", "Parameters", "unwrap"]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel/DataParallel, else the model itself.
+
+    Importance is estimated on it: its parameter names carry no ``module.`` prefix, and its forward
+    runs on this process alone, without the wrapper's gradient hooks or scatter to replicas.
+    """
+    if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+        return model.module
+    return model
+
+
+class Parameters:
+    """The model's trainable parameters by name, followed as the model changes (a new head, a
+    frozen layer, a move to another device)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.names: list[str] = []
+        self.params: list[Tensor] = []
+        self._key: tuple[object, ...] = ()
+
+    def named(self) -> dict[str, Tensor]:
+        return dict(zip(self.names, self.params, strict=True))
+
+    def changed(self) -> bool:
+        """Re-read the model; True when the set, shapes, dtypes or devices changed."""
+        named = [(n, p) for n, p in unwrap(self.model).named_parameters() if p.requires_grad]
+        key = tuple((n, id(p), p.shape, p.dtype, p.device) for n, p in named)
+        if key == self._key:
+            return False
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self._key = key
+        return True
+
+    def moved(self) -> bool:
+        """The per-step check: did a known parameter freeze, change shape, dtype or device?
+        (New parameters are found by the next :meth:`changed`.)"""
+        return any(
+            p.requires_grad is False or p.shape != key[2] or p.dtype != key[3]  # type: ignore[index]
+            or p.device != key[4]  # type: ignore[index]
+            for p, key in zip(self.params, self._key, strict=False)
+        )
+
+    def forget(self) -> None:
+        """Make the next :meth:`changed` report a change."""
+        self._key = ()
+
+
+class LastForward:
+    """The latest input and (detached) output of the user's own forward pass, from a forward hook,
+    so that ``observe(x)`` can compute the signal of a batch from the forward the training step
+    already made; and the :class:`SharedForward` recorder, when importance shares that forward."""
+
+    __slots__ = ("active", "out", "shared", "x")
+
+    def __init__(self) -> None:
+        self.x: Tensor | None = None
+        self.out: Tensor | None = None
+        self.active = True  # False while OnlineMAS runs forwards of its own
+        self.shared: SharedForward | None = None
+
+    def attach(self, model: nn.Module, *, shared: bool, chunk: int | None) -> Callable[[], None]:
+        """Hook the model's forward (and, with ``shared``, record it for importance); returns the
+        function that detaches everything again."""
+        handle = model.register_forward_hook(self.hook)
+        if shared:
+            self.shared = SharedForward(unwrap(model), chunk, gate=lambda: self.active)
+        recorder = self.shared
+
+        def detach() -> None:
+            handle.remove()
+            if recorder is not None:
+                recorder.disarm()
+
+        return detach
+
+    def arm(self, names: Sequence[str] | None, params: Sequence[Tensor]) -> None:
+        """Record the next forward for these parameters' importance (None: do not record)."""
+        if self.shared is not None:
+            if names is None:
+                self.shared.disarm()
+            else:
+                self.shared.arm(list(names), list(params))
+
+    def hook(self, module: nn.Module, args: tuple[object, ...], out: object) -> None:
+        if self.active and args and isinstance(args[0], Tensor) and isinstance(out, Tensor):
+            self.x, self.out = args[0], out.detach()
+            if self.shared is not None:
+                self.shared.on_forward(args[0], out)
+
+    def take(self, x: Tensor) -> Tensor | None:
+        """The output recorded for this very tensor ``x`` (then forgotten), or None."""
+        out = self.out if self.x is x else None
+        self.x = self.out = None
+        if out is not None and (out.dim() == 0 or out.shape[0] != x.shape[0]):
+            return None
+        return out
