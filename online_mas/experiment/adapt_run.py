@@ -33,9 +33,9 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-import online_mas as om
 from online_mas.adapt import AdaptConfig, Adapter, configure_model, norm_statistics
 from online_mas.experiment.config import AdaptSection, ExperimentConfig
+from online_mas.experiment.registry import adapt_detector, adapt_mas_config, build_mas, parse_method
 from online_mas.experiment.rundir import write_text
 from streams import StreamConfig, build_stream, digits_source
 
@@ -110,8 +110,8 @@ def adapt_stream(spec: str, seed: int, source: nn.Module, x_src: Tensor, setting
         corrupted segments), ``online_all``, ``occurrences`` (per occurrence: segment, online,
         heldout, clean), ``resets``, ``consolidations`` and ``steps``. Accuracies in %.
     """
-    method, _, lr_text = spec.partition("@")
-    lr = float(lr_text) if lr_text else settings.lr
+    method, lr_at = parse_method(spec)
+    lr = settings.lr if lr_at is None else lr_at
     batch_size = stream_config.batch_size
     torch.manual_seed(seed)
     model = copy.deepcopy(source)
@@ -129,13 +129,9 @@ def adapt_stream(spec: str, seed: int, source: nn.Module, x_src: Tensor, setting
             adapter = Adapter(model, opt, config=AdaptConfig(
                 e_max=settings.e_max if method == "filter" else None, reset=method == "tent+reset"))
         else:  # tent+mas, tent+mas-nofilter
-            detector: object | None = None
-            if settings.detector == "page-hinkley":
-                detector = om.default_detector()
-            elif settings.detector == "periodic":
-                detector = om.Periodic(every=settings.period)
-            mas = om.OnlineMAS(model, lam=settings.lam, detector=detector, config=om.MASConfig(
-                anchor="stable", stable_every=25, every=settings.mas_every))
+            mas = build_mas(model, settings.lam,
+                            adapt_mas_config(every=settings.mas_every, stable_every=settings.stable_every),
+                            detector=adapt_detector(settings.detector, period=settings.period))
             e_max = settings.e_max if method == "tent+mas" else None
             adapter = Adapter(model, opt, mas=mas, config=AdaptConfig(
                 e_max=e_max, reset=settings.reset, penalty=settings.penalty))

@@ -48,6 +48,7 @@ from online_mas.experiment.learners import Learner, build_learner
 from online_mas.experiment.models import build_model, model_signature
 from online_mas.experiment.plots import draw_unit_plots
 from online_mas.experiment.record import Record, summarize
+from online_mas.experiment.registry import OPTIMIZERS
 from online_mas.experiment.rundir import Unit, write_text
 from streams import Stream, build_stream
 
@@ -78,10 +79,8 @@ def build_optimizer(config: OptimConfig, model: nn.Module) -> torch.optim.Optimi
     0.001
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    if config.name == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                           weight_decay=config.weight_decay)
+    return OPTIMIZERS[config.name](params, lr=config.lr, momentum=config.momentum,
+                                   weight_decay=config.weight_decay)
 
 
 @torch.no_grad()
