@@ -339,7 +339,7 @@ class OnlineMAS:
         self._sync()
         try:
             check_input(x)  # wrong types and shapes raise; nan/inf is skipped and counted
-            batch = self._estimate(x, subsample=False)
+            batch = self._estimate(x, step=False)
         except NonFiniteError as err:
             self._skip(str(err))
             return 0
@@ -419,20 +419,21 @@ class OnlineMAS:
         names, c = self._params.names, self.consolidator
         return self._params.params, [c.anchor[n] for n in names], [c.omega[n] for n in names]
 
-    def _estimate(self, x: Tensor, *, subsample: bool = True) -> BatchImportance:
-        """This batch's importance: from the user's forward (shared_forward) or a separate pass."""
+    def _estimate(self, x: Tensor, *, step: bool = True) -> BatchImportance:
+        """This batch's importance: from the user's forward (shared_forward) or a separate pass.
+        ``step``: an observe step (subsampled, factors to fold, offered to the buffer)."""
         shared = self._seen.shared
         batch = shared.take(x, self._params.names) if shared is not None else None
         xs = x
         if batch is None:
-            xs = self._subsample(x) if subsample else x
+            xs = self._subsample(x) if step else x
             self._seen.active = False
             try:
                 batch = estimate(unwrap(self.model), xs, method=self.config.method, output=self.output,
-                                 chunk_size=self.config.chunk_size, factors=True)
+                                 chunk_size=self.config.chunk_size, factors=step)
             finally:
                 self._seen.active = True
-        if self.buffer is not None and subsample:
+        if self.buffer is not None and step:
             surprise = getattr(self.trigger.signal, "surprise", None)
             scores = surprise(batch.out) if callable(surprise) else per_sample("entropy", batch.out)
             self.buffer.add(xs, scores)
@@ -464,7 +465,7 @@ class OnlineMAS:
         self._sync()
         if self.buffer is not None and self.buffer.samples is not None:
             try:
-                batch = self._estimate(self.buffer.samples, subsample=False)
+                batch = self._estimate(self.buffer.samples, step=False)
                 if self.reducer.size > 1:
                     self.reducer.defer(batch.materialize(), batch.n)
                 else:

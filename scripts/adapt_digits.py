@@ -47,8 +47,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 from online_mas.experiment.adapt_run import adapt_stream, adapt_table, train_source
-from online_mas.experiment.config import ADAPT_METHODS as METHODS
 from online_mas.experiment.config import AdaptSection
+from online_mas.experiment.registry import ADAPT_METHODS as METHODS
+from online_mas.experiment.registry import DETECTORS
 from streams import StreamConfig
 
 
@@ -71,14 +72,14 @@ class Config:
     lam: float = 1.0  # tent+mas: MAS penalty strength
     penalty: str = "proximal"  # tent+mas: how the penalty enters (AdaptConfig.penalty)
     mas_every: int = 4  # tent+mas: estimate importance (and feed the detector) every k-th step
-    detector: str = "page-hinkley"  # tent+mas consolidation: page-hinkley, periodic, none
+    detector: str = "page-hinkley"  # tent+mas consolidation: a name of registry.DETECTORS
     period: int = 500  # detector="periodic": steps between consolidations
     reset: bool = True  # tent+mas: reset to the anchor on collapse
     out: str = "runs/adapt-digits"  # run directory
 
     def __post_init__(self) -> None:
-        if self.detector not in ("page-hinkley", "periodic", "none"):
-            raise ValueError(f"detector must be page-hinkley, periodic or none, got {self.detector!r}")
+        if self.detector not in DETECTORS:
+            raise ValueError(f"detector must be one of {tuple(DETECTORS)}, got {self.detector!r}")
         bad = [m for m in self.methods if m.partition("@")[0] not in METHODS]
         if bad:
             raise ValueError(f"unknown methods {bad}; allowed: {METHODS}, optionally as name@lr")

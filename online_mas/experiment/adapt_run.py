@@ -2,7 +2,8 @@
 
 Per seed: a small BatchNorm CNN is trained on the clean train split (:func:`train_source`), then
 every method of ``[adapt]`` adapts a copy of it on the unlabeled ``[stream]``
-(:func:`adapt_stream`, with :class:`online_mas.Adapter`). The adaptation loop sees inputs only;
+(:func:`adapt_stream`, with :class:`online_mas.Adapter`, in the shared loop of
+:mod:`online_mas.experiment.loop`). The adaptation sees inputs only;
 the scoring reads the hidden labels from a labeled twin of the stream (same seed, same batches):
 online accuracy per occurrence (the predictions each step makes before its update), held-out
 accuracy of the occurrence's segment and of clean data after it, and clean accuracy at the end
@@ -26,20 +27,23 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
-import online_mas as om
-from online_mas.adapt import AdaptConfig, Adapter, configure_model, norm_statistics
+from online_mas.adapt import AdaptConfig, Adapter, AdaptStep, configure_model, norm_statistics
 from online_mas.experiment.config import AdaptSection, ExperimentConfig
+from online_mas.experiment.loop import run_loop
+from online_mas.experiment.registry import adapt_detector, adapt_mas_config, build_mas, parse_method
 from online_mas.experiment.rundir import write_text
-from streams import StreamConfig, build_stream, digits_source
+from streams import Stream, StreamConfig, build_stream, digits_source
 
 __all__ = ["accuracy", "adapt_stream", "adapt_table", "build_bn_cnn", "run_adapt", "train_source"]
+
+_LOG_EVERY = 100  # steps between the metrics.jsonl lines of an adaptation
 
 
 def build_bn_cnn(in_channels: int = 1, n_classes: int = 10) -> nn.Module:
@@ -110,8 +114,8 @@ def adapt_stream(spec: str, seed: int, source: nn.Module, x_src: Tensor, setting
         corrupted segments), ``online_all``, ``occurrences`` (per occurrence: segment, online,
         heldout, clean), ``resets``, ``consolidations`` and ``steps``. Accuracies in %.
     """
-    method, _, lr_text = spec.partition("@")
-    lr = float(lr_text) if lr_text else settings.lr
+    method, lr_at = parse_method(spec)
+    lr = settings.lr if lr_at is None else lr_at
     batch_size = stream_config.batch_size
     torch.manual_seed(seed)
     model = copy.deepcopy(source)
@@ -129,13 +133,9 @@ def adapt_stream(spec: str, seed: int, source: nn.Module, x_src: Tensor, setting
             adapter = Adapter(model, opt, config=AdaptConfig(
                 e_max=settings.e_max if method == "filter" else None, reset=method == "tent+reset"))
         else:  # tent+mas, tent+mas-nofilter
-            detector: object | None = None
-            if settings.detector == "page-hinkley":
-                detector = om.default_detector()
-            elif settings.detector == "periodic":
-                detector = om.Periodic(every=settings.period)
-            mas = om.OnlineMAS(model, lam=settings.lam, detector=detector, config=om.MASConfig(
-                every=settings.mas_every), anchor=om.StableAnchor(every=25))
+            mas = build_mas(model, settings.lam,
+                            adapt_mas_config(every=settings.mas_every, stable_every=settings.stable_every),
+                            detector=adapt_detector(settings.detector, period=settings.period))
             e_max = settings.e_max if method == "tent+mas" else None
             adapter = Adapter(model, opt, mas=mas, config=AdaptConfig(
                 e_max=e_max, reset=settings.reset, penalty=settings.penalty))
@@ -145,39 +145,11 @@ def adapt_stream(spec: str, seed: int, source: nn.Module, x_src: Tensor, setting
 
     order, lengths = stream.schedule.order, stream.schedule.lengths
     ends = [sum(lengths[: i + 1]) // batch_size for i in range(len(order))]
-    occ = 0
-    hits = [0] * len(order)
-    seen = [0] * len(order)
-    per_occurrence: list[dict[str, float]] = []
-    bar = tqdm(stream, desc=f"{spec} seed {seed}", leave=False, mininterval=2, disable=not progress)
-    for t, x in enumerate(bar):
-        y = twin.batch(t)[1]
-        if adapter is None:
-            with torch.no_grad(), norm_statistics(model, norm):
-                pred = model(x).argmax(1)
-            record: dict[str, Any] | None = {} if (t + 1) % 100 == 0 else None
-        else:
-            s = adapter.step(x)
-            pred = s.predictions
-            due = s.reset or s.event is not None or (t + 1) % 100 == 0
-            record = s.to_dict() if due else None
-        hits[occ] += int((pred == y).sum())
-        seen[occ] += len(y)
-        if record is not None and log is not None:
-            log.write(json.dumps({"method": spec, "seed": seed, "t": t + 1, "occurrence": occ,
-                                  "online": 100.0 * hits[occ] / seen[occ], **record}) + "\n")
-        if occ < len(ends) and t + 1 == ends[occ]:
-            k = order[occ]
-            per_occurrence.append({
-                "segment": k,
-                "online": 100.0 * hits[occ] / seen[occ],
-                "heldout": accuracy(model, *evals[k], norm, batch_size),
-                "clean": accuracy(model, *evals[0], norm, batch_size),
-            })
-            if log is not None:
-                log.write(json.dumps({"method": spec, "seed": seed, "t": t + 1, "occurrence": occ,
-                                      "end_of_occurrence": per_occurrence[-1]}) + "\n")
-            occ += 1
+    run = _Adaptation(spec, seed, model, adapter, norm=norm, twin=twin, evals=evals, order=order,
+                      ends=ends, batch_size=batch_size, log=log)
+    run_loop(run, enumerate(stream), total=len(stream), log_every=_LOG_EVERY, eval_at=frozenset(ends),
+             progress=progress, desc=f"{spec} seed {seed}", leave=False)
+    per_occurrence = run.per_occurrence
     shifted = [o for o in per_occurrence if o["segment"] != 0] or per_occurrence  # corrupted ones
     return {
         "method": spec,
@@ -186,12 +158,78 @@ def adapt_stream(spec: str, seed: int, source: nn.Module, x_src: Tensor, setting
         "clean_end": accuracy(model, *evals[0], norm, batch_size),
         "online_shifted": _mean([o["online"] for o in shifted]),
         "heldout_shifted": _mean([o["heldout"] for o in shifted]),
-        "online_all": 100.0 * sum(hits) / max(1, sum(seen)),
+        "online_all": 100.0 * sum(run.hits) / max(1, sum(run.seen)),
         "occurrences": per_occurrence,
         "resets": len(adapter.resets) if adapter is not None else 0,
         "consolidations": len(adapter.mas.events) - 1 if adapter is not None and adapter.mas else 0,
         "steps": len(stream),
     }
+
+
+class _Adaptation:
+    """One method on one seed's stream, as the :class:`~online_mas.experiment.loop.Step` of the loop.
+
+    ``step`` predicts (and adapts, with an adapter) and scores against the hidden labels;
+    ``evaluate`` at the end of an occurrence measures held-out accuracy; ``log`` writes the
+    ``metrics.jsonl`` lines; ``end_step`` moves on to the next occurrence.
+    """
+
+    def __init__(self, spec: str, seed: int, model: nn.Module, adapter: Adapter | None, *,
+                 norm: str, twin: Stream, evals: list[tuple[Tensor, Tensor]], order: Sequence[int],
+                 ends: list[int], batch_size: int, log: IO[str] | None) -> None:
+        self.spec, self.seed, self.model, self.adapter = spec, seed, model, adapter
+        self.norm, self.twin, self.evals, self.order, self.ends = norm, twin, evals, order, ends
+        self.batch_size, self.out = batch_size, log
+        self.occ = 0  # the occurrence (segment visit) being streamed
+        self.hits = [0] * len(order)  # correct online predictions per occurrence
+        self.seen = [0] * len(order)
+        self.per_occurrence: list[dict[str, float]] = []
+        self._last: AdaptStep | None = None
+
+    def step(self, i: int, x: Tensor) -> dict[str, object]:
+        y = self.twin.batch(i)[1]
+        extras: dict[str, object] = {}
+        if self.adapter is None:
+            with torch.no_grad(), norm_statistics(self.model, self.norm):
+                pred = self.model(x).argmax(1)
+        else:
+            self._last = s = self.adapter.step(x)
+            pred = s.predictions
+            if s.reset or s.event is not None:
+                extras["adapter"] = True  # a reset or consolidation: log this step
+        self.hits[self.occ] += int((pred == y).sum())
+        self.seen[self.occ] += len(y)
+        return extras
+
+    def evaluate(self, done: int, at_segment_end: bool) -> dict[str, object]:
+        if self.occ >= len(self.ends) or done != self.ends[self.occ]:
+            return {}
+        k, model, b = self.order[self.occ], self.model, self.batch_size
+        self.per_occurrence.append({
+            "segment": k,
+            "online": self._online(),
+            "heldout": accuracy(model, *self.evals[k], self.norm, b),
+            "clean": accuracy(model, *self.evals[0], self.norm, b),
+        })
+        return {"end_of_occurrence": self.per_occurrence[-1]}
+
+    def log(self, i: int, extras: dict[str, object]) -> dict[str, object]:
+        if self.out is None:
+            return {}
+        head = {"method": self.spec, "seed": self.seed, "t": i + 1, "occurrence": self.occ}
+        if extras.get("adapter") or (i + 1) % _LOG_EVERY == 0:
+            record = self._last.to_dict() if self._last is not None else {}
+            self.out.write(json.dumps({**head, "online": self._online(), **record}) + "\n")
+        if "end_of_occurrence" in extras:
+            self.out.write(json.dumps({**head, "end_of_occurrence": extras["end_of_occurrence"]}) + "\n")
+        return {}
+
+    def end_step(self, done: int) -> None:
+        if self.occ < len(self.ends) and done == self.ends[self.occ]:
+            self.occ += 1
+
+    def _online(self) -> float:
+        return 100.0 * self.hits[self.occ] / self.seen[self.occ]
 
 
 def adapt_table(results: list[dict[str, Any]], methods: tuple[str, ...] | list[str],

@@ -14,20 +14,24 @@ of kind ``"adapt"`` (unlabeled test-time adaptation) reads ``[experiment]`` (nam
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from online_mas.experiment.mas_section import MASSection
+from online_mas.experiment.registry import (
+    ADAPT_METHODS,
+    ADAPT_PARAMS,
+    DETECTORS,
+    KINDS,
+    LEARNERS,
+    MODELS,
+    OPTIMIZERS,
+    PENALTY_FORMS,
+    parse_method,
+)
 from streams import StreamConfig
 
 __all__ = [
-    "ADAPT_DETECTORS",
-    "ADAPT_METHODS",
-    "DETECTORS",
-    "KINDS",
-    "LEARNERS",
-    "MODELS",
-    "OPTIMIZERS",
-    "PENALTY_FORMS",
     "AdaptSection",
     "EWCConfig",
     "ExperimentConfig",
@@ -42,17 +46,9 @@ __all__ = [
     "default_stream",
 ]
 
-KINDS = ("continual", "adapt")
-ADAPT_METHODS = ("source", "bn-stats", "tent", "tent+reset", "filter", "tent+mas", "tent+mas-nofilter")
-ADAPT_DETECTORS = ("page-hinkley", "periodic", "none")
-LEARNERS = ("finetune", "online-mas", "mas-oracle", "l2", "ewc", "joint")
-MODELS = ("mlp", "cnn")
-OPTIMIZERS = ("sgd", "adam")
-PENALTY_FORMS = ("loss", "grad", "proximal")
-DETECTORS = ("default", "page-hinkley", "cusum", "plateau", "periodic", "never")
 
-
-def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+def _choice(name: str, value: object, allowed: Iterable[str]) -> None:
+    allowed = tuple(allowed)
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
@@ -185,7 +181,7 @@ class OnlineMASLearnerConfig:
 
     lam: float = 1e-3  # penalty strength
     penalty: str = "grad"  # "grad", "loss" or "proximal", as for mas-oracle
-    detector: str = "default"  # "default" is om.default_detector(): Page-Hinkley on the entropy
+    detector: str = "default"  # registry.DETECTORS; "default" is om.default_detector() (entropy)
     detector_args: dict[str, float | int | str] = field(default_factory=dict)  # detector kwargs
     mas: MASSection = field(default_factory=MASSection)  # estimator, signal, anchor ("stable")
 
@@ -193,9 +189,9 @@ class OnlineMASLearnerConfig:
         _lam(self.lam)
         _choice("penalty", self.penalty, PENALTY_FORMS)
         _choice("detector", self.detector, DETECTORS)
-        if self.detector == "default" and self.detector_args:
+        if self.detector in ("default", "none") and self.detector_args:
             raise ValueError("detector_args need a named detector (e.g. detector = 'page-hinkley'); "
-                             f"'default' takes none, got {self.detector_args!r}")
+                             f"{self.detector!r} takes none, got {self.detector_args!r}")
 
 
 @dataclass(frozen=True)
@@ -305,7 +301,8 @@ class AdaptSection:
     lam: float = 1.0  # tent+mas: MAS penalty strength
     penalty: str = "proximal"  # tent+mas: "proximal", "loss" or "grad" (AdaptConfig.penalty)
     mas_every: int = 4  # tent+mas: estimate importance (and feed the detector) every k-th step
-    detector: str = "page-hinkley"  # tent+mas consolidation: "page-hinkley", "periodic", "none"
+    stable_every: int = 25  # tent+mas: steps between updates of the slow anchor copy (StableAnchor)
+    detector: str = "page-hinkley"  # tent+mas: registry.DETECTORS; "page-hinkley" means "default"
     period: int = 500  # detector = "periodic": steps between consolidations
     reset: bool = True  # tent+mas: reset to the anchor on collapse
     calibrate_batches: int = 20  # tent+mas: unlabeled clean batches for the first Omega
@@ -317,16 +314,16 @@ class AdaptSection:
                 or any(not _method_ok(m) for m in self.methods):
             raise ValueError(f"methods must be a non-empty list of distinct names from "
                              f"{ADAPT_METHODS}, optionally as name@lr with lr > 0, got {self.methods!r}")
-        _choice("params", self.params, ("all", "norm"))
+        _choice("params", self.params, ADAPT_PARAMS)
         _choice("penalty", self.penalty, PENALTY_FORMS)
-        _choice("detector", self.detector, ADAPT_DETECTORS)
+        _choice("detector", self.detector, DETECTORS)
         _lam(self.lam)
         for name in ("lr", "e_max", "train_lr"):
             if not _finite(getattr(self, name)) or getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
         if not _finite(self.momentum) or not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be a number in [0, 1), got {self.momentum!r}")
-        for name in ("mas_every", "period", "calibrate_batches", "train_epochs"):
+        for name in ("mas_every", "stable_every", "period", "calibrate_batches", "train_epochs"):
             if _bad_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
         if not isinstance(self.reset, bool):
@@ -334,17 +331,11 @@ class AdaptSection:
 
 
 def _method_ok(spec: object) -> bool:
-    if not isinstance(spec, str):
-        return False
-    name, at, lr = spec.partition("@")
-    if name not in ADAPT_METHODS:
-        return False
-    if not at:
-        return True
     try:
-        return math.isfinite(float(lr)) and float(lr) > 0
+        parse_method(spec)
     except ValueError:
         return False
+    return True
 
 
 def default_stream() -> StreamConfig:

@@ -33,17 +33,14 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from online_mas.detectors import CUSUM, NeverFires, PageHinkley, Periodic, Plateau
 from online_mas.experiment.config import ExperimentConfig
-from online_mas.experiment.mas_section import build_online_mas
-from online_mas.online import DEFAULT, Event, OnlineMAS
+from online_mas.experiment.registry import LEARNERS, build_detector, build_mas
+from online_mas.online import Event, OnlineMAS
 from online_mas.penalty import penalty_grad_, penalty_loss, proximal_
 
 __all__ = ["EWC", "L2", "MAS", "Finetune", "Learner", "build_learner"]
 
 _VERSION = 1
-_DETECTORS: dict[str, type] = {"page-hinkley": PageHinkley, "cusum": CUSUM, "plateau": Plateau,
-                               "periodic": Periodic, "never": NeverFires}
 
 
 class Learner(Protocol):
@@ -116,7 +113,10 @@ class MAS:
     >>> import torch
     >>> _ = torch.manual_seed(0)
     >>> model = torch.nn.Linear(4, 2)
-    >>> learner = MAS("mas-oracle", OnlineMAS(model, 1.0, boundaries=[2]), form="grad", lr=0.1)
+    >>> from online_mas.experiment.registry import build_mas
+    >>> from online_mas.experiment.mas_section import MASSection
+    >>> learner = MAS("mas-oracle", build_mas(model, 1.0, MASSection(), boundaries=[2]), form="grad",
+    ...               lr=0.1)
     >>> [learner.after_step(torch.randn(8, 4), 0.0) for _ in range(2)][1].reason
     'boundary'
     """
@@ -344,7 +344,7 @@ def build_learner(name: str, config: ExperimentConfig, model: nn.Module,
     Parameters
     ----------
     name
-        One of :data:`~online_mas.experiment.config.LEARNERS`.
+        One of :data:`~online_mas.experiment.registry.LEARNERS`.
     config
         The experiment (for the learner's options and the optimizer's learning rate).
     model
@@ -370,27 +370,17 @@ def build_learner(name: str, config: ExperimentConfig, model: nn.Module,
         return Finetune(joint=name == "joint")
     if name == "online-mas":
         o = opts.online_mas
-        detector: object = DEFAULT
-        if o.detector != "default":
-            cls = _DETECTORS[o.detector]
-            try:
-                detector = cls(**o.detector_args)
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"learner.online-mas.detector_args {o.detector_args!r} do not fit "
-                                 f"detector {o.detector!r}: {err}") from None
-        return MAS(name, build_online_mas(o.mas, model, o.lam, detector=detector), form=o.penalty,
-                   lr=lr)
+        detector = build_detector(o.detector, o.detector_args, where="learner.online-mas")
+        return MAS(name, build_mas(model, o.lam, o.mas, detector=detector), form=o.penalty, lr=lr)
     if name == "mas-oracle":
         m = opts.mas_oracle
-        return MAS(name, build_online_mas(m.mas, model, m.lam, boundaries=boundaries),
-                   form=m.penalty, lr=lr)
+        return MAS(name, build_mas(model, m.lam, m.mas, boundaries=boundaries), form=m.penalty, lr=lr)
     if name == "l2":
         return L2(model, opts.l2.lam, boundaries, form=opts.l2.penalty, lr=lr)
     if name == "ewc":
         return EWC(model, opts.ewc.lam, boundaries, form=opts.ewc.penalty, lr=lr,
                    gamma=opts.ewc.gamma)
-    raise ValueError(f"unknown learner {name!r}; allowed: finetune, online-mas, mas-oracle, l2, "
-                     f"ewc, joint")
+    raise ValueError(f"unknown learner {name!r}; allowed: {', '.join(LEARNERS)}")
 
 
 def _check_state(state: object, name: str) -> None:

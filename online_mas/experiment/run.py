@@ -1,6 +1,6 @@
-"""One unit (a learner on one seed's stream): the training loop, its checkpoints, and resume.
+"""One unit (a learner on one seed's stream): its steps, its checkpoints, and resume.
 
-On every batch: predict it (prequential accuracy), train on it (task loss, then the learner's
+The loop is :func:`online_mas.experiment.loop.run_loop`. On every batch: predict it (prequential accuracy), train on it (task loss, then the learner's
 penalty and consolidation), log every ``run.log_every`` steps, evaluate on every segment's
 held-out set at each true change point and at the end, and checkpoint every
 ``run.checkpoint_every`` steps. A batch whose loss is not finite (a corrupted batch) is neither
@@ -38,16 +38,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from online_mas import checkpoint
 from online_mas.experiment import dist
 from online_mas.experiment.config import ExperimentConfig, OptimConfig
 from online_mas.experiment.configio import config_to_dict
 from online_mas.experiment.learners import Learner, build_learner
+from online_mas.experiment.loop import run_loop
 from online_mas.experiment.models import build_model, model_signature
 from online_mas.experiment.plots import draw_unit_plots
 from online_mas.experiment.record import Record, summarize
+from online_mas.experiment.registry import OPTIMIZERS
 from online_mas.experiment.rundir import Unit, write_text
 from streams import Stream, build_stream
 
@@ -78,10 +79,8 @@ def build_optimizer(config: OptimConfig, model: nn.Module) -> torch.optim.Optimi
     0.001
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    if config.name == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                           weight_decay=config.weight_decay)
+    return OPTIMIZERS[config.name](params, lr=config.lr, momentum=config.momentum,
+                                   weight_decay=config.weight_decay)
 
 
 @torch.no_grad()
@@ -151,7 +150,12 @@ class _Run:
         self.model = build_model(config.model, self.stream.input_shape, self.stream.n_classes)
         self.net = dist.wrap(self.model)  # DistributedDataParallel under torchrun, else the model
         self.main = dist.is_main()  # the process that writes files
+        self.distributed = dist.ranks()[1] > 1
         self._any_stop = False  # under torchrun: some rank was asked to stop (agreed every step)
+        self._stop: _Stop | None = None
+        self._progress = False
+        self._log_file: Any = None  # metrics.jsonl while the loop runs (None on ranks > 0)
+        self._t0 = self._elapsed0 = 0.0
         self.optimizer = build_optimizer(config.optim, self.model)
         boundaries = [*self.stream.change_points, self.n]
         self.learner: Learner = build_learner(unit.learner, config, self.model, boundaries)
@@ -166,7 +170,7 @@ class _Run:
         self.ckpt = unit.path / "checkpoint.pt"
         self.metrics = unit.path / "metrics.jsonl"
 
-    # -- the loop --------------------------------------------------------------------------
+    # -- the loop (online_mas.experiment.loop.run_loop calls step, evaluate, log, end_step) ----
 
     def run(self, stop: _Stop | None, progress: bool) -> dict[str, Any]:
         if self.main:
@@ -174,46 +178,27 @@ class _Run:
                 tmp.unlink(missing_ok=True)
         resume = dist.broadcast(self.main and self.ckpt.is_file())
         start = self._restore() if resume else self._fresh()
-        every = self.config.run
-        distributed = dist.ranks()[1] > 1
-        progress = progress and self.main
-        t0, elapsed0 = time.perf_counter(), self.record.elapsed
-        bar = tqdm(total=self.n, initial=start, desc=f"{self.unit.learner} seed {self.unit.seed}",
-                   unit="batch", disable=not progress, dynamic_ncols=True, leave=True)
+        self._stop = stop
+        self._progress = progress and self.main
+        self._t0, self._elapsed0 = time.perf_counter(), self.record.elapsed
         opened = self.metrics.open("a", encoding="utf-8") if self.main else contextlib.nullcontext()
         with opened as log:
-            for i, (x, y) in self._batches(start):
-                done = i + 1
-                x, y = dist.shard(x, y)  # this rank's slice of the global batch
-                extra = self._step(i, x, y, stop)
-                self.record.elapsed = elapsed0 + time.perf_counter() - t0
-                if extra or done % every.log_every == 0 or done == self.n:
-                    line = self._log(log, i, extra)
-                    if progress:
-                        bar.set_postfix(snapshots=len(self.record.events),
-                                        acc=f"{line.get('accuracy', math.nan):.2f}",
-                                        smp_s=f"{self.record.seen / max(1e-9, self.record.elapsed):.0f}",
-                                        refresh=False)
-                bar.update(1)
-                stopping = self._any_stop if distributed else stop is not None and stop.is_set()
-                if done < self.n and stopping:
-                    self._save(done, log)
-                    bar.close()
-                    raise Interrupted(f"{self.unit.learner} seed {self.unit.seed} stopped at step "
-                                      f"{done} of {self.n}; checkpoint {self.ckpt}")
-                if done < self.n and every.checkpoint_every and done % every.checkpoint_every == 0:
-                    self._save(done, log)
-            self.record.elapsed = elapsed0 + time.perf_counter() - t0
+            self._log_file = log
+            run_loop(self, self._batches(start), total=self.n, start=start,
+                     log_every=self.config.run.log_every, eval_at=self.eval_at,
+                     eval_every=self.config.run.eval_every, progress=self._progress,
+                     desc=f"{self.unit.learner} seed {self.unit.seed}")
+            self._tick()
             self._save(self.n, log)
-        bar.close()
         return self._finish()
 
-    def _step(self, i: int, x: Tensor, y: Tensor, stop: _Stop | None = None) -> dict[str, object]:
-        """Predict batch ``i`` (this rank's slice), train on it, evaluate if due; the log extras.
+    def step(self, i: int, batch: tuple[Tensor, Tensor]) -> dict[str, object]:
+        """Predict batch ``i`` (this rank's slice), train on it; the log extras.
 
         A batch whose loss is not finite (nan/inf in the data) is not trained on and not counted;
         the learner still sees it. Under torchrun the ranks agree: one bad slice skips the step.
         """
+        x, y = dist.shard(*batch)  # this rank's slice of the global batch
         done = i + 1
         self.model.train()
         logits = self.net(x)
@@ -221,9 +206,8 @@ class _Run:
         loss_value = loss.item()
         correct, n = int((logits.argmax(1) == y).sum()), int(y.numel())
         finite = math.isfinite(loss_value)
-        distributed = dist.ranks()[1] > 1
-        if distributed:  # the global batch's numbers, bad slices, and whether a rank must stop
-            asked = float(stop is not None and stop.is_set())
+        if self.distributed:  # the global batch's numbers, bad slices, and whether a rank must stop
+            asked = float(self._stop is not None and self._stop.is_set())
             loss_sum, correct_sum, n_sum, bad, stops = dist.reduce_sums(
                 [loss_value * n if finite else 0.0, correct, n, float(not finite), asked])
             self._any_stop = stops > 0
@@ -234,7 +218,7 @@ class _Run:
             loss.backward()
             self.learner.after_backward()
             self.optimizer.step()
-            if distributed:
+            if self.distributed:
                 self.record.add(loss=loss_sum / max(1.0, n_sum), correct=round(correct_sum),
                                 n=round(n_sum))
             else:
@@ -246,13 +230,38 @@ class _Run:
             self.record.events.append({"step": done, "batch": i, "reason": event.reason,
                                        "stats": dict(event.stats)})
             extra["event"] = event.reason
-        every = self.config.run.eval_every
-        if done in self.eval_at or (every and done % every == 0):
-            extra["eval"] = accs = self._evaluate()
-            if done in self.eval_at:
-                self.record.rows.append(accs)
-                self.record.row_steps.append(done)
         return extra
+
+    def evaluate(self, done: int, at_segment_end: bool) -> dict[str, object]:
+        accs = self._evaluate()
+        if at_segment_end:  # a row of the accuracy matrix
+            self.record.rows.append(accs)
+            self.record.row_steps.append(done)
+        return {"eval": accs}
+
+    def log(self, i: int, extras: dict[str, object]) -> dict[str, object]:
+        self._tick()
+        line = self._log(self._log_file, i, extras)
+        if not self._progress:
+            return {}
+        return {"snapshots": len(self.record.events), "acc": f"{line.get('accuracy', math.nan):.2f}",
+                "smp_s": f"{self.record.seen / max(1e-9, self.record.elapsed):.0f}"}
+
+    def end_step(self, done: int) -> None:
+        self._tick()
+        if done == self.n:
+            return
+        stopping = self._any_stop if self.distributed else self._stop is not None and self._stop.is_set()
+        if stopping:
+            self._save(done, self._log_file)
+            raise Interrupted(f"{self.unit.learner} seed {self.unit.seed} stopped at step "
+                              f"{done} of {self.n}; checkpoint {self.ckpt}")
+        every = self.config.run.checkpoint_every
+        if every and done % every == 0:
+            self._save(done, self._log_file)
+
+    def _tick(self) -> None:
+        self.record.elapsed = self._elapsed0 + time.perf_counter() - self._t0
 
     def _log(self, log: Any, i: int, extra: dict[str, object]) -> dict[str, object]:
         segment = self.segments[self.order[i] if self.order is not None else i]

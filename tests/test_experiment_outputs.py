@@ -1,0 +1,72 @@
+"""Pinned outputs of tiny runs of both kinds: a change to the run loop that changes results fails here.
+
+The numbers were written by the two loops that came before the shared one
+(``online_mas.experiment.loop``); accuracies are counts over set sizes, so they are exact.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from online_mas.cli import main
+
+ADAPT = Path(__file__).resolve().parents[1] / "configs" / "adapt-digits.toml"
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def continual(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("continual") / "run"
+    assert main(["run", "--set", "stream.n_segments=3", "--set", "stream.passes=1.0", "--set",
+                 "run.eval_every=20", "--set", "run.plots=false", "--no-progress", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize(("learner", "last_row", "events"), [
+    ("finetune", [0.20612813370473537, 0.5236768802228412, 0.8022284122562674], []),
+    ("online-mas", [0.20612813370473537, 0.532033426183844, 0.8022284122562674], [100]),
+    ("mas-oracle", [0.20891364902506965, 0.5459610027855153, 0.7883008356545961], [45, 90, 135]),
+])
+def test_continual_run_gives_the_pinned_results(continual: Path, learner: str, last_row: list[float],
+                                                events: list[int]) -> None:
+    unit = continual / learner / "seed0"
+    summary = json.loads((unit / "summary.json").read_text())
+    assert summary["accuracy_matrix"][0] == pytest.approx(
+        [0.7520891364902507, 0.019498607242339833, 0.17270194986072424], rel=1e-12)
+    assert summary["accuracy_matrix"][-1] == pytest.approx(last_row, rel=1e-12)
+    assert [e["step"] for e in summary["events"]] == events
+    lines = _lines(unit / "metrics.jsonl")
+    assert len(lines) == 15 and lines[-1]["step"] == summary["n_steps"] == 135
+    extra = {"finetune": [], "online-mas": ["penalty", "signal"], "mas-oracle": ["penalty"]}[learner]
+    assert list(lines[3]) == ["step", "loss", "accuracy", "prequential", "segment", *extra,
+                              "snapshots", "eval", "time"]
+    assert (lines[3]["step"], lines[3]["accuracy"], lines[3]["prequential"]) == (40, 0.58125, 0.32578125)
+
+
+def test_adapt_run_gives_the_pinned_results(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main(["run", str(ADAPT), "--set", "stream.passes=0.4", "--set", "adapt.train_epochs=1",
+                 "--set", 'adapt.methods=["bn-stats", "tent+mas"]', "--set", "adapt.detector=periodic",
+                 "--set", "adapt.period=20", "--no-progress", "--out", str(out)]) == 0
+    methods = json.loads((out / "summary.json").read_text())["methods"]
+    got = {m: {k: e["seeds"][0][k] for k in ("steps", "online_all", "clean_end", "resets", "consolidations")}
+           for m, e in methods.items()}
+    assert got == {
+        "bn-stats": {"steps": 126, "online_all": pytest.approx(75.86805555555556, rel=1e-12),
+                     "clean_end": pytest.approx(84.40111420612813, rel=1e-12), "resets": 0,
+                     "consolidations": 0},
+        "tent+mas": {"steps": 126, "online_all": pytest.approx(30.40674603174603, rel=1e-12),
+                     "clean_end": pytest.approx(11.142061281337048, rel=1e-12), "resets": 2,
+                     "consolidations": 6},
+    }
+    lines = _lines(out / "metrics.jsonl")
+    assert len(lines) == 23 and sum("end_of_occurrence" in line for line in lines) == 2 * 7
+    steps = [(line["method"], line["t"]) for line in lines if "end_of_occurrence" not in line]
+    assert steps == [("bn-stats", 100), *[("tent+mas", t) for t in (20, 40, 60, 80, 100, 104, 120, 126)]]
