@@ -1,8 +1,8 @@
 """Every name a TOML config may use, and what it builds.
 
 :mod:`~online_mas.experiment.config` validates against these names; the learners and the adapt
-kind build from them. The runner's :class:`~online_mas.OnlineMAS` objects and their
-:class:`~online_mas.experiment.mas_section.MASSection` are made here only (:func:`build_mas`, :func:`adapt_mas_config`).
+kind build from them. The runner's :class:`~online_mas.OnlineMAS` objects are made here only, from
+a :class:`~online_mas.experiment.mas_section.MASSection` (:func:`build_mas`, :func:`adapt_mas_config`).
 
 Detector names are shared by ``[learner.online-mas]`` and ``[adapt]``: ``"default"`` is
 :func:`~online_mas.default_detector`, ``"never"`` a detector that never fires (its signal is still

@@ -1,6 +1,7 @@
 """One unit (a learner on one seed's stream): its steps, its checkpoints, and resume.
 
-The loop is :func:`online_mas.experiment.loop.run_loop`. On every batch: predict it (prequential accuracy), train on it (task loss, then the learner's
+The loop is :func:`online_mas.experiment.loop.run_loop`. On every batch: predict it (prequential
+accuracy), train on it (task loss, then the learner's
 penalty and consolidation), log every ``run.log_every`` steps, evaluate on every segment's
 held-out set at each true change point and at the end, and checkpoint every
 ``run.checkpoint_every`` steps. A batch whose loss is not finite (a corrupted batch) is neither
