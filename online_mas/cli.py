@@ -172,9 +172,9 @@ def _run_adapt(config: object, run_dir: str, args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from online_mas.experiment import report
+    from online_mas.experiment import report_runs
 
-    print(report(args.run_dirs, plots=not args.no_plots))
+    print(report_runs(args.run_dirs, plots=not args.no_plots))
     return 0
 
 

@@ -159,17 +159,8 @@ class OnlineMAS:
         output: OutputFn | None = None,
         reducer: Reducer | None = None,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model)!r}")
-        if config is not None and not isinstance(config, MASConfig):
-            raise TypeError(f"config must be a MASConfig or None, got {type(config)!r}")
-        for name, value, kind in (("anchor", anchor, CurrentAnchor | StableAnchor),
-                                  ("average", average, RunningImportance), ("buffer", buffer, HardBuffer),
-                                  ("reducer", reducer, Reducer)):
-            if value is not None and not isinstance(value, kind):
-                raise TypeError(f"{name} must be a {kind} or None, got {type(value)!r}")
-        if output is not None and not callable(output):
-            raise TypeError(f"output must be callable as output(model, x) or None, got {output!r}")
+        _check_parts(model=model, config=config, anchor=anchor, average=average, buffer=buffer,
+                     reducer=reducer, output=output)
         if boundaries is not None and detector is DEFAULT:
             detector = None
         self.model = model
@@ -343,11 +334,7 @@ class OnlineMAS:
         except NonFiniteError as err:
             self._skip(str(err))
             return 0
-        if self.reducer.size > 1:
-            self.reducer.defer(batch.materialize(), batch.n)
-            self.reducer.pending_updates += 1
-        else:
-            self._add(batch)
+        self._keep(batch, update=True)
         return batch.n
 
     def consolidate(self, *, reason: str = "manual") -> Event:
@@ -439,6 +426,13 @@ class OnlineMAS:
             self.buffer.add(xs, scores)
         return batch
 
+    def _keep(self, batch: BatchImportance, *, update: bool) -> None:
+        """Add a batch now (one process) or keep it for the next reduction across ranks."""
+        if self.reducer.size > 1:
+            self.reducer.defer(batch.materialize(), batch.n, update=update)
+        else:
+            self._add(batch)
+
     def _add(self, total: BatchImportance | tuple[dict[str, Tensor], int] | None) -> None:
         if isinstance(total, BatchImportance):
             self.running.update(total.sums, total.n, factors=total.factors)
@@ -465,11 +459,7 @@ class OnlineMAS:
         self._sync()
         if self.buffer is not None and self.buffer.samples is not None:
             try:
-                batch = self._estimate(self.buffer.samples, step=False)
-                if self.reducer.size > 1:
-                    self.reducer.defer(batch.materialize(), batch.n)
-                else:
-                    self._add(batch)
+                self._keep(self._estimate(self.buffer.samples, step=False), update=False)
             except NonFiniteError as err:
                 self._skip(str(err))
         if self.buffer is not None:
@@ -512,3 +502,18 @@ class OnlineMAS:
             warnings.warn(f"OnlineMAS skipped a batch: {why}; importance and anchors are unchanged "
                           "(further skips are only counted in n_skipped)", RuntimeWarning, stacklevel=4)
             self._warned = True
+
+
+def _check_parts(*, model: object, config: object, output: object, **parts: object) -> None:
+    """TypeError naming the argument that is not of its kind."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model)!r}")
+    if config is not None and not isinstance(config, MASConfig):
+        raise TypeError(f"config must be a MASConfig or None, got {type(config)!r}")
+    kinds = {"anchor": CurrentAnchor | StableAnchor, "average": RunningImportance, "buffer": HardBuffer,
+             "reducer": Reducer}
+    for name, value in parts.items():
+        if value is not None and not isinstance(value, kinds[name]):
+            raise TypeError(f"{name} must be a {kinds[name]} or None, got {type(value)!r}")
+    if output is not None and not callable(output):
+        raise TypeError(f"output must be callable as output(model, x) or None, got {output!r}")

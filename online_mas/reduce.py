@@ -93,8 +93,10 @@ class Reducer:
             return None, self._reduce(None, 0, weighted, weight, named)[1]
         return None, None
 
-    def defer(self, sums: Mapping[str, Tensor], n: int) -> None:
-        """Keep this rank's sums for the next reduction (counts as an update)."""
+    def defer(self, sums: Mapping[str, Tensor], n: int, *, update: bool = False) -> None:
+        """Keep this rank's sums for the next reduction (``update``: count it as an importance
+        update, as ``OnlineMAS.accumulate`` does)."""
+        self.pending_updates += int(update)
         for name, s in sums.items():
             p = self._pending.get(name)
             if p is None or p.shape != s.shape:

@@ -20,7 +20,7 @@ import pytest
 import torch
 from run_helpers import reproducible_results
 
-from online_mas.experiment import create_run_dir, load_config, open_run_dir, report, run_experiment
+from online_mas.experiment import create_run_dir, load_config, open_run_dir, report_runs, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -90,7 +90,7 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_130(tmp_path: Path, reference: Pat
     state = torch.load(run_dir / "online-mas" / "seed0" / "checkpoint.pt", weights_only=True)
     assert 20 <= state["step"] < state["n_steps"]
     assert not (run_dir / "online-mas" / "seed0" / "summary.json").exists()
-    text = report([run_dir], plots=False)
+    text = report_runs([run_dir], plots=False)
     assert "| permuted-digits | finetune | 1 |" in text
     assert f"- {run_dir}: online-mas seed 0: interrupted (resume it)" in text
     assert f"- {run_dir}: ewc seed 0: not run" in text

@@ -20,7 +20,7 @@ from online_mas.experiment import (
     create_run_dir,
     load_config,
     open_run_dir,
-    report,
+    report_runs,
     run_experiment,
 )
 from online_mas.experiment.record import matrix_metrics
@@ -150,7 +150,7 @@ def test_report_prints_mean_and_std_over_seeds(tmp_path: Path, capsys: pytest.Ca
     cfg = tiny('experiment.learners=["finetune"]', "experiment.seeds=[0, 1]", "run.plots=false")
     run_dir, cfg = create_run_dir(cfg, tmp_path / "run")
     results = run_experiment(cfg, run_dir)
-    text = report([run_dir], plots=True)
+    text = report_runs([run_dir], plots=True)
     accs = [r["average_accuracy"] for r in results]
     mean, std = 100 * sum(accs) / 2, 100 * abs(accs[0] - accs[1]) / math.sqrt(2)
     assert f"| permuted-digits | finetune | 2 | {mean:.1f} ± {std:.1f} |" in text
@@ -162,7 +162,7 @@ def test_report_of_two_run_dirs_labels_the_rows(
     other, cfg = create_run_dir(tiny('experiment.learners=["finetune"]', "run.plots=false",
                                      'experiment.name="again"'), tmp_path / "again")
     run_experiment(cfg, other)
-    text = report([finished[0], other], plots=False)
+    text = report_runs([finished[0], other], plots=False)
     assert f"| again ({other}) | finetune | 1 |" in text
     assert f"| permuted-digits ({finished[0]}) | joint | 1 |" in text
 
@@ -194,7 +194,7 @@ def test_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
     with pytest.raises(RunDirError, match=r"is not an online-mas run directory: it has no config\.toml"):
         open_run_dir(tmp_path)
     with pytest.raises(RunDirError, match=r"has no config\.toml"):
-        report([tmp_path])
+        report_runs([tmp_path])
 
 
 def test_a_checkpoint_from_another_model_is_refused(tmp_path: Path) -> None:

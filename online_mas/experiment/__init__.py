@@ -24,7 +24,7 @@ from online_mas.experiment.config import ExperimentConfig
 from online_mas.experiment.configio import ConfigError, dump_toml, load_config
 from online_mas.experiment.launch import run_experiment, run_units
 from online_mas.experiment.registry import LEARNERS
-from online_mas.experiment.report import comparison_table, final_accuracy_table, report
+from online_mas.experiment.report import comparison_table, final_accuracy_table, report_runs
 from online_mas.experiment.run import Interrupted, run_unit
 from online_mas.experiment.rundir import RunDirError, Unit, create_run_dir, open_run_dir, units
 
@@ -41,7 +41,7 @@ __all__ = [
     "final_accuracy_table",
     "load_config",
     "open_run_dir",
-    "report",
+    "report_runs",
     "run_experiment",
     "run_unit",
     "run_units",

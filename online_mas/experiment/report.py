@@ -24,7 +24,7 @@ from online_mas.experiment.record import TIMING_KEY
 from online_mas.experiment.rundir import RunDirError, open_run_dir, units, write_text
 
 __all__ = ["COLUMNS", "aggregate", "comparison_table", "final_accuracy_table", "load_results",
-           "report", "write_experiment_summary", "write_results"]
+           "report_runs", "write_experiment_summary", "write_results"]
 
 #: ``(header, how to read it from a run summary, scale, decimals)`` of the comparison table.
 COLUMNS: tuple[tuple[str, str, float, int], ...] = (
@@ -180,7 +180,7 @@ def load_results(run_dir: str | Path) -> tuple[ExperimentConfig, list[dict[str, 
     return config, results, notes
 
 
-def report(run_dirs: Sequence[str | Path], *, plots: bool = True) -> str:
+def report_runs(run_dirs: Sequence[str | Path], *, plots: bool = True) -> str:
     """The comparison table of several run directories (plots redrawn unless ``plots=False``).
 
     Raises
