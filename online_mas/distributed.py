@@ -34,7 +34,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["CommStats", "all_reduce_flat", "is_main_process", "reduce_weighted_mean", "world"]
+__all__ = [
+    "CommStats", "all_gather_rows", "all_reduce_flat", "is_main_process", "reduce_weighted_mean", "world",
+]
 
 
 @dataclass
@@ -166,6 +168,34 @@ def all_reduce_flat(
         stats.calls += int(world_size > 1)
         stats.elements += flat.numel() if world_size > 1 else 0
         stats.nbytes += flat.numel() * flat.element_size() if world_size > 1 else 0
+        stats.seconds += time.perf_counter() - start
+    return out
+
+
+def all_gather_rows(
+    t: Tensor, group: dist.ProcessGroup | None = None, *, stats: CommStats | None = None
+) -> Tensor:
+    """Every rank's ``t`` (same shape on every rank) stacked along the first dimension, rank 0 first.
+
+    Examples
+    --------
+    >>> import torch
+    >>> all_gather_rows(torch.tensor([[1.0, 2.0]]))   # a single process: the input
+    tensor([[1., 2.]])
+    """
+    start = time.perf_counter()
+    world_size = world(group)[1]
+    if world_size == 1:
+        return t.clone()
+    staging = _staging_device(t.device, str(dist.get_backend(group)))
+    src = t.contiguous().to(staging)
+    parts = [torch.empty_like(src) for _ in range(world_size)]
+    dist.all_gather(parts, src, group=group)
+    out = torch.cat(parts).to(t.device)
+    if stats is not None:
+        stats.calls += 1
+        stats.elements += out.numel()
+        stats.nbytes += out.numel() * out.element_size()
         stats.seconds += time.perf_counter() - start
     return out
 

@@ -433,11 +433,9 @@ class OnlineMAS:
         else:
             self._add(batch)
 
-    def _add(self, total: BatchImportance | tuple[dict[str, Tensor], int] | None) -> None:
-        if isinstance(total, BatchImportance):
+    def _add(self, total: BatchImportance | None) -> None:
+        if total is not None:
             self.running.update(total.sums, total.n, factors=total.factors)
-        elif total is not None:
-            self.running.update(*total)
 
     def _output(self, x: Tensor) -> Tensor:
         self._seen.active = False

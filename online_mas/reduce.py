@@ -15,13 +15,15 @@ import torch
 from torch import Tensor
 
 from online_mas.checks import is_int
-from online_mas.distributed import CommStats, all_reduce_flat, world
+from online_mas.distributed import CommStats, all_gather_rows, all_reduce_flat, world
 from online_mas.estimators import BatchImportance
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
 
 __all__ = ["Reducer"]
+
+_NO_OUTPUT = torch.empty(0)  # a reduction over ranks has no model output of its own
 
 
 class Reducer:
@@ -69,13 +71,18 @@ class Reducer:
         value: float | None,
         weight: float,
         named: Mapping[str, Tensor],
-    ) -> tuple[BatchImportance | tuple[dict[str, Tensor], int] | None, float | None]:
+    ) -> tuple[BatchImportance | None, float | None]:
         """One step's importance (``update``: this step estimated; ``batch`` None if it was skipped)
         and signal ``value`` of ``weight`` samples (``feed``: a detector wants it).
 
-        Returns what to add to the running importance (the batch itself in one process, summed
-        totals across ranks, or None) and the detector's value (across ranks
+        Returns what to add to the running importance (the batch itself in one process, the totals
+        over ranks, or None) and the detector's value (across ranks
         ``sum_r weight_r value_r / sum_r weight_r``, the same float on every rank).
+
+        Across ranks with ``sync_every=1`` the ``nn.Linear`` factors ``(|G|, |A|)`` of every rank
+        are gathered (rows stacked, zero rows for padding) when that sends less than the products
+        would, so the running importance still folds them in place; otherwise the products are
+        formed and all-reduced.
         """
         if self.size == 1:
             return batch, value
@@ -83,12 +90,11 @@ class Reducer:
         weight = weight if value is not None else 0.0
         if update:
             self.pending_updates += 1
-            sums, n = (batch.materialize(), batch.n) if batch is not None else ({}, 0)
-            if self.sync_every > 1:  # sync_every=1 reduces this update's sums directly
-                self.defer(sums, n)
-                sums, n = self._pending, self._pending_n
+            if self.sync_every == 1:
+                return self._reduce_batch(batch, weighted, weight, named)
+            self.defer(batch.materialize() if batch is not None else {}, batch.n if batch is not None else 0)
             if self.pending_updates >= self.sync_every:
-                return self._reduce(sums, n, weighted, weight, named)
+                return self._reduce(self._pending, self._pending_n, weighted, weight, named)
         if feed:
             return None, self._reduce(None, 0, weighted, weight, named)[1]
         return None, None
@@ -105,7 +111,7 @@ class Reducer:
                 p.add_(s)
         self._pending_n += n
 
-    def flush(self, named: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], int] | None:
+    def flush(self, named: Mapping[str, Tensor]) -> BatchImportance | None:
         """All-reduce what is pending (a collective: every rank calls it at the same step)."""
         if self.size == 1:
             return None
@@ -118,7 +124,7 @@ class Reducer:
         weighted: float,
         weight: float,
         named: Mapping[str, Tensor],
-    ) -> tuple[tuple[dict[str, Tensor], int] | None, float | None]:
+    ) -> tuple[BatchImportance | None, float | None]:
         """One all-reduce of ``[importance sums..., n, signal * weight, weight]``. Zeros stand in for
         names this rank has none of. The buffer is float32: counts are exact up to 2**24 samples
         per reduction."""
@@ -138,4 +144,61 @@ class Reducer:
         self._pending, self._pending_n, self.pending_updates = {}, 0, 0
         if round(count) < 1:
             return None, value
-        return (dict(zip(names, total, strict=True)), round(count)), value
+        return BatchImportance(dict(zip(names, total, strict=True)), round(count), _NO_OUTPUT), value
+
+    def _reduce_batch(
+        self,
+        batch: BatchImportance | None,
+        weighted: float,
+        weight: float,
+        named: Mapping[str, Tensor],
+    ) -> tuple[BatchImportance | None, float | None]:
+        """One update across ranks: an all-reduce of the sums, the scalars, which names each rank
+        factored and its rows; then the factors gathered, or their products all-reduced."""
+        rank, world_size, group = world(self.process_group)
+        names = list(named)
+        sums = batch.sums if batch is not None else {}
+        factors = batch.factors if batch is not None else {}
+        n = batch.n if batch is not None else 0
+        device = next(iter(named.values())).device if named else torch.device("cpu")
+        local = [sums[k] if k in sums else torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+                 for k, p in named.items()]
+        tail = torch.zeros(3 + len(names) + world_size, dtype=torch.float32, device=device)
+        tail[:3] = torch.tensor([float(n), weighted, weight])
+        tail[3:3 + len(names)] = torch.tensor([float(k in factors) for k in names])
+        tail[3 + len(names) + rank] = float(n) if factors else 0.0
+        *total, tail = all_reduce_flat([*local, tail], group, stats=self.stats)
+        count, weighted, weight = tail[:3].tolist()
+        marks = tail[3:3 + len(names)].tolist()
+        rows = round(max(tail[3 + len(names):].tolist()))
+        self.pending_updates = 0
+        value = weighted / weight if weight > 0 else None
+        if round(count) < 1:
+            return None, value
+        totals = dict(zip(names, total, strict=True))
+        factored = [k for k, m in zip(names, marks, strict=True) if m > 0]
+        everyone = [k for k, m in zip(names, marks, strict=True) if round(m) == world_size]
+        shapes = {k: named[k].shape for k in factored}
+        gather = bool(everyone) and world_size * rows * sum(shapes[k][0] + shapes[k][1] for k in everyone) \
+            < sum(shapes[k][0] * shapes[k][1] for k in everyone)
+        gathered: dict[str, tuple[Tensor, Tensor]] = {}
+        if gather:
+            widths = [w for k in everyone for w in shapes[k]]
+            rows_here = torch.zeros(rows, sum(widths), dtype=torch.float32, device=device)
+            col = 0
+            for k in everyone:
+                for t in factors[k]:  # |G| (rows, out), then |A| (rows, in)
+                    rows_here[: t.shape[0], col : col + t.shape[1]] = t
+                    col += t.shape[1]
+            stacked = all_gather_rows(rows_here, group, stats=self.stats)
+            parts = stacked.split(widths, dim=1)
+            for i, k in enumerate(everyone):
+                gathered[k] = (parts[2 * i], parts[2 * i + 1])
+                del totals[k]
+        rest = [k for k in factored if k not in gathered]
+        if rest:
+            products = [factors[k][0].t() @ factors[k][1] if k in factors
+                        else torch.zeros(shapes[k], dtype=torch.float32, device=device) for k in rest]
+            for k, s in zip(rest, all_reduce_flat(products, group, stats=self.stats), strict=True):
+                totals[k] = totals[k] + s
+        return BatchImportance(totals, round(count), _NO_OUTPUT, gathered), value

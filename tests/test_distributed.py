@@ -38,11 +38,12 @@ from online_mas.distributed import (
 WORLD = 2
 ROWS, SPLIT = 8, 3  # a global batch of 8 rows: rank 0 gets the first 3, rank 1 the other 5
 STEPS, CONSOLIDATE = 8, 4  # observe 8 steps, consolidate by hand after step 4
-CONFIGS = {  # name: (every, sync_every, average, all-reduces per rank: updates or windows,
-    # consolidation, final flush)
-    "mean": (1, 1, "mean", 8 + 0 + 1),
+CONFIGS = {  # name: (every, sync_every, average, collectives per rank: updates (an all-reduce and,
+    # with sync_every=1, the all-gather of the nn.Linear factors) or windows, consolidation, final flush)
+    "mean": (1, 1, "mean", 8 * 2 + 0 + 1),
     "mean_sync3": (1, 3, "mean", 2 + 1 + 1),  # windows end at steps 3 and 7
-    "ema": (1, 1, "ema", 8 + 0 + 1),
+    "ema": (1, 1, "ema", 8 * 2 + 0 + 1),
+    "mean_wide": (1, 1, "mean", 8 * 2 + 0 + 1),  # hidden width 64: gathering the factors sends less
     "every2_sync2": (2, 2, "mean", 2 + 0 + 1),  # updates at 2, 4, 6, 8
 }
 SHIFT, STEPS_PH = 50, 60  # rank 1's data shrinks towards 0 after step 50: its entropy rises
@@ -76,7 +77,7 @@ def _train(model: nn.Module, opt: torch.optim.Optimizer, parts: list[Tensor], ma
 def _importance_run(name: str, rank: int | None) -> om.OnlineMAS:
     """``rank=None``: the single-process reference on whole batches."""
     torch.manual_seed(0)
-    inner = MLP()
+    inner = MLP(hidden=64) if name.endswith("wide") else MLP()
     model = inner if rank is None else nn.parallel.DistributedDataParallel(inner)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     every, sync_every, average, _ = CONFIGS[name]
@@ -149,6 +150,7 @@ def _snapshot(mas: om.OnlineMAS) -> dict[str, object]:
         "anchors": {n: t.clone() for n, t in mas.anchors.items()},
         "events": [(e.step, e.reason, e.stats.get("samples")) for e in mas.events],
         "calls": mas.comm_stats.calls,
+        "elements": mas.comm_stats.elements,
         "n_skipped": mas.n_skipped,
         "last_signal": mas.last_signal,
     }
@@ -313,7 +315,16 @@ def test_importance_equals_single_process_on_the_concatenated_batches(
     _close(r0["omega"], ref.omega)
     _close(r0["anchors"], ref.anchors)
     assert r0["calls"] == r1["calls"] == CONFIGS[name][3]
-
+    if name in ("mean", "mean_wide"):  # what travelled: products all-reduced, or factors gathered
+        widths = [(m.in_features, m.out_features) for m in ref.model.modules() if isinstance(m, nn.Linear)]
+        params = sum(p.numel() for p in ref.model.parameters())
+        flat = params + 3 + len(widths) * 2 + WORLD  # sums, scalars, factored names, rows per rank
+        rows = ROWS - SPLIT  # the larger shard
+        factors = WORLD * rows * sum(i + o for i, o in widths)
+        products = sum(i * o for i, o in widths)
+        per_update = flat + (factors if name == "mean_wide" else products)
+        assert (factors < products) == (name == "mean_wide")
+        assert r0["elements"] == STEPS * per_update + params + 3  # and the final flush
 
 def test_a_rank_with_a_non_finite_batch_takes_part_with_zeros(ranks: list[dict[str, object]]) -> None:
     with _one_thread():

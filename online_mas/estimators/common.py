@@ -63,7 +63,7 @@ class BatchImportance:
 
     sums: dict[str, Tensor]
     n: int
-    out: Tensor  # the detached model output (eval mode), for label-free signals
+    out: Tensor  # the detached model output (eval mode), for signals; empty for totals over ranks
     factors: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
 
     def materialize(self) -> dict[str, Tensor]:
