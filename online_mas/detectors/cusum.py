@@ -28,9 +28,8 @@ class CUSUM(BaseDetector):
     decrease when :math:`S^{-}_t > h\sigma`. The slack :math:`k` and threshold :math:`h` are thus
     in units of :math:`\sigma`: ``slack=0.5`` tunes the chart to a shift of one standard
     deviation. A larger ``threshold`` gives fewer false alarms and longer delays; the textbook
-    4 to 5 suits charts of a few hundred points, the default 8 long training streams (on
-    Gaussian noise with warm-ups of 30 to 100 values, ``threshold=5`` raised about 1.6 false
-    alarms per thousand values, ``threshold=8`` fewer than 0.2). After a detection the next
+    4 to 5 suits charts of a few hundred points, the default 8 long training streams (the
+    false-alarm rates are measured in ``tests/test_detectors.py``). After a detection the next
     update resets the detector, which warms up again on the new regime (re-estimating what was
     not given).
 
