@@ -8,7 +8,7 @@ whose half-life is counted in samples (:mod:`online_mas.consolidate` turns it in
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import torch
 from torch import Tensor
@@ -126,12 +126,12 @@ class RunningImportance:
         """The running importance per name (live tensors: copy before modifying)."""
         return self._mean
 
-    def follow(self, params: Mapping[str, Tensor]) -> None:
-        """Follow the model's parameters: a value whose parameter changed shape restarts, one
-        whose parameter moved device moves with it."""
+    def follow(self, params: Mapping[str, Tensor], *, restart: Collection[str] = ()) -> None:
+        """Follow the model's parameters: a value whose parameter changed shape or is in
+        ``restart`` (replaced by a new one) restarts, one whose parameter moved device moves."""
         for name, p in params.items():
             m = self._mean.get(name)
-            if m is not None and m.shape != p.shape:
+            if m is not None and (m.shape != p.shape or name in restart):
                 del self._mean[name]
             elif m is not None and m.device != p.device:
                 self._mean[name] = m.to(p.device)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -272,16 +272,27 @@ class Consolidator:
         self.omega: dict[str, Tensor] = {}
         self.anchor: dict[str, Tensor] = {}
         self.segments = 0
+        self._peak: float | None = None  # max of omega, cached between consolidations
 
-    def follow(self, named: Mapping[str, Tensor]) -> None:
-        """Track the model's parameters: a new (or reshaped) one starts at zero importance and is
-        anchored at its current value; one that moved device or dtype takes its state along."""
+    @property
+    def peak(self) -> float:
+        """The largest importance in ``omega`` (0 before any)."""
+        if self._peak is None:
+            self._peak = max((float(o.max()) for o in self.omega.values() if o.numel()), default=0.0)
+        return self._peak
+
+    def follow(self, named: Mapping[str, Tensor], *, restart: Collection[str] = ()) -> None:
+        """Track the model's parameters: a new, reshaped or replaced (``restart``) one starts at
+        zero importance and is anchored at its current value; one that moved device or dtype
+        takes its state along."""
         for n, p in named.items():
             o = self.omega.get(n)
-            if o is not None and o.shape != p.shape:
+            if o is not None and (o.shape != p.shape or n in restart):
+                what = f"changed shape from {tuple(o.shape)} to {tuple(p.shape)}" if o.shape != p.shape \
+                    else "was replaced by a new parameter"
                 warnings.warn(
-                    f"parameter {n!r} changed shape from {tuple(o.shape)} to {tuple(p.shape)}: "
-                    "its importance restarts at zero and its anchor at the current value",
+                    f"parameter {n!r} {what}: its importance restarts at zero and its anchor at the "
+                    "current value",
                     RuntimeWarning,
                     stacklevel=4,
                 )
@@ -309,6 +320,7 @@ class Consolidator:
             for n in named:
                 self.omega[n] = self.rule(self.omega[n], new[n], self.segments)
             self.segments += 1
+            self._peak = None
         with torch.no_grad():
             for n, p in named.items():
                 src = anchor.get(n) if anchor is not None else None
@@ -324,11 +336,14 @@ class Consolidator:
             "omega_max": max((float(o.max()) for o in omegas if o.numel()), default=0.0),
         }
 
-    def state_dict(self) -> dict[str, object]:
+    def state_dict(self, names: Collection[str] | None = None) -> dict[str, object]:
+        """``names``: only these parameters (the model's trainable ones: a frozen or deleted
+        parameter's importance is not saved)."""
+        keep = self.omega.keys() if names is None else [n for n in names if n in self.omega]
         return {"version": 1, "rule": self.rule.name, "alpha": getattr(self.rule, "alpha", None),
                 "normalize": self.normalize, "segments": self.segments,
-                "omega": {n: t.clone() for n, t in self.omega.items()},
-                "anchor": {n: t.clone() for n, t in self.anchor.items()}}
+                "omega": {n: self.omega[n].clone() for n in keep},
+                "anchor": {n: self.anchor[n].clone() for n in keep}}
 
     def load_state_dict(self, state: Mapping[str, object], params: Mapping[str, Tensor]) -> None:
         """Restore for the parameters ``params``: names and shapes must match."""
@@ -339,6 +354,7 @@ class Consolidator:
             raise TypeError("state['omega'] and state['anchor'] must be dicts of tensors")
         _check_names(omega, params)
         self.segments = int(state["segments"])  # type: ignore[call-overload]
+        self._peak = None
         for n, p in params.items():
             self.omega[n] = omega[n].detach().to(device=p.device, dtype=torch.float32).clone()
             self.anchor[n] = anchor[n].detach().to(device=p.device, dtype=p.dtype).clone()

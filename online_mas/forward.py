@@ -31,25 +31,36 @@ class Parameters:
         self.model = model
         self.names: list[str] = []
         self.params: list[Tensor] = []
+        self.replaced: list[str] = []  # names whose parameter object changed at the last change
         self._key: tuple[object, ...] = ()
+        self._links: list[tuple[dict[str, object], str, object]] = []  # (children, name, child)
 
     def named(self) -> dict[str, Tensor]:
         return dict(zip(self.names, self.params, strict=True))
 
     def changed(self) -> bool:
         """Re-read the model; True when the set, shapes, dtypes or devices changed."""
-        named = [(n, p) for n, p in unwrap(self.model).named_parameters() if p.requires_grad]
+        root = unwrap(self.model)
+        named = [(n, p) for n, p in root.named_parameters() if p.requires_grad]
         key = tuple((n, id(p), p.shape, p.dtype, p.device) for n, p in named)
         if key == self._key:
             return False
+        before = {entry[0]: entry[1] for entry in self._key}  # type: ignore[index]
+        self.replaced = [n for n, p in named if n in before and before[n] != id(p)]
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
         self._key = key
+        self._links = [(m._modules, c, child) for m in root.modules()  # type: ignore[misc]
+                       for c, child in m._modules.items()]
+        self._links += [(m._parameters, k, p) for m in root.modules()  # type: ignore[misc]
+                        for k, p in m._parameters.items() if p is not None and p.requires_grad]
         return True
 
     def moved(self) -> bool:
-        """The per-step check: did a known parameter freeze, change shape, dtype or device?
-        (New parameters are found by the next :meth:`changed`.)"""
+        """The per-step check: was a module or parameter replaced, or did a known parameter
+        freeze, change shape, dtype or device? (New parameters are found by :meth:`changed`.)"""
+        if any(slots.get(name) is not obj for slots, name, obj in self._links):
+            return True
         return any(
             p.requires_grad is False or p.shape != key[2] or p.dtype != key[3]  # type: ignore[index]
             or p.device != key[4]  # type: ignore[index]
@@ -57,7 +68,7 @@ class Parameters:
         )
 
     def forget(self) -> None:
-        """Make the next :meth:`changed` report a change."""
+        """Make the next :meth:`changed` report a change (and no parameter as replaced)."""
         self._key = ()
 
 

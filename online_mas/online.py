@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import warnings
 import weakref
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,14 @@ from online_mas.estimators import METHODS, BatchImportance, NonFiniteError, Outp
 from online_mas.estimators.common import check_input, model_output
 from online_mas.forward import LastForward, Parameters, unwrap
 from online_mas.migrate import STATE_VERSION, current_state
-from online_mas.penalty import check_lam, penalty_grad_, penalty_loss, proximal_
+from online_mas.penalty import (
+    EXPLICIT_LIMIT,
+    PROXIMAL_SAFE_ABOVE,
+    check_lam,
+    penalty_grad_,
+    penalty_loss,
+    proximal_,
+)
 from online_mas.reduce import Reducer
 from online_mas.signals import per_sample
 from online_mas.trigger import Trigger, default_detector
@@ -177,6 +185,7 @@ class OnlineMAS:
         self._params = Parameters(model)
         self._step = 0
         self._n_skipped = 0
+        self._recent_skips: deque[bool] = deque(maxlen=_DIVERGED_WINDOW)  # skipped, of the last calls
         self._warned = False
         self._generator = torch.Generator().manual_seed(self.config.seed)
         self._seen = LastForward()
@@ -255,7 +264,7 @@ class OnlineMAS:
 
     def penalty(self) -> Tensor:
         """Differentiable ``lam * sum_k Omega_k (theta_k - theta*_k)^2`` (0 before any consolidation)."""
-        if self._active():
+        if self._active(explicit=True):
             return penalty_loss(*self._lists(), self.lam, check=False)
         device = self._params.params[0].device if self._params.params else torch.device("cpu")
         return torch.zeros((), device=device)
@@ -263,7 +272,7 @@ class OnlineMAS:
     def penalty_grad_(self) -> None:
         """Add the penalty's gradient ``2 lam Omega (theta - theta*)`` to ``.grad`` in place; call
         after ``loss.backward()`` instead of adding :meth:`penalty` to the loss."""
-        if self._active():
+        if self._active(explicit=True):
             penalty_grad_(*self._lists(), self.lam, check=False)
 
     def proximal_(self, lr: float) -> None:
@@ -272,7 +281,8 @@ class OnlineMAS:
         if not is_real(lr) or lr <= 0:
             raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
         if self._active():
-            proximal_(*self._lists(), self.lam, lr, check=False)
+            safe = not 2.0 * lr * self.lam * self.consolidator.peak < PROXIMAL_SAFE_ABOVE
+            proximal_(*self._lists(), self.lam, lr, check=False, safe=safe)
 
     def observe(self, x: Tensor, *, loss: float | Tensor | None = None) -> Event | None:
         """Update the running importance from a batch of inputs (never labels), batch dimension
@@ -281,40 +291,49 @@ class OnlineMAS:
         if self.trigger.by_loss and loss is None:
             raise ValueError("signal='loss' needs observe(x, loss=...) on every call")
         check_input(x, finite=False)  # wrong types and shapes raise before anything changes
+        value = _loss_value(loss)
         try:
-            return self._observe(x, loss)
+            return self._observe(x, value)
         finally:
             self._arm_next()
 
-    def _observe(self, x: Tensor, loss: float | Tensor | None) -> Event | None:
-        self._step += 1
-        update = self._step % self.config.every == 0
+    def _observe(self, x: Tensor, loss: float | None) -> Event | None:
+        """One step; nothing changes before everything that can raise has run (the step is
+        counted at the end, also for a skipped batch)."""
+        step = self._step + 1
+        update = step % self.config.every == 0
         ranks = self.reducer.size > 1
         self._sync(full=update or ranks)
-        seen = self._seen.take(x)
-        value = self.trigger.value(seen) if seen is not None else None
+        seen = _for_signal(self._seen.take(x))
         batch: BatchImportance | None = None
+        value: float | None = None
         weight = float(x.shape[0])
         try:
-            if value is not None and not update:
-                if not math.isfinite(value):  # the output of x stands in for x's own check
+            if update:
+                check_input(x)
+                batch = self._estimate(x)
+                out, weight = (seen, weight) if seen is not None else (batch.out, float(batch.n))
+                value = self.trigger.value(_for_signal(out))  # type: ignore[arg-type]
+            elif seen is not None and self.trigger.every_step:
+                value = self.trigger.value(seen)
+                if not math.isfinite(value):  # type: ignore[arg-type]  # the output stands in for x
                     raise NonFiniteError("the model output is not finite (nan or inf)")
             else:
                 check_input(x)
-            if update:
-                batch = self._estimate(x)
-                if seen is None:
-                    value, weight = self.trigger.value(batch.out), float(batch.n)
-            elif seen is None and self.trigger.every_step:
-                value = self.trigger.value(self._output(x))
+                if self.trigger.every_step:
+                    value = self.trigger.value(_for_signal(self._output(x)))  # type: ignore[arg-type]
         except NonFiniteError as err:
+            self._step = step
             self._skip(str(err))
+            self._diverged(str(err))
             if not ranks:
                 return None
             batch, value = None, None
+        else:
+            self._step = step
+            self._recent_skips.append(False)
         if self.trigger.by_loss and loss is not None:
-            value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
-            weight = float(x.shape[0])
+            value, weight = loss, float(x.shape[0])
         if ranks and value is not None and not math.isfinite(value):
             value = None
         feed = self.trigger.task_free and (update or self.trigger.by_loss or self.trigger.every_step)
@@ -360,7 +379,8 @@ class OnlineMAS:
             "version": STATE_VERSION, "lam": self.lam, "config": asdict(self.config),
             "step": self._step, "n_skipped": self._n_skipped,
             "events": [e.to_dict() for e in self.events], "generator": self._generator.get_state(),
-            "running": self.running.state_dict(), "consolidator": self.consolidator.state_dict(),
+            "running": self.running.state_dict(),
+            "consolidator": self.consolidator.state_dict(self._params.names),
             "anchor_policy": self.anchor_policy.state_dict(), "trigger": self.trigger.state_dict(),
             "buffer": self.buffer.state_dict() if self.buffer is not None else None,
         }
@@ -394,12 +414,17 @@ class OnlineMAS:
     def _sync(self, *, full: bool = True) -> None:
         """Follow the model's trainable parameters (full: also find new ones)."""
         if (full or self._params.moved()) and self._params.changed():
-            named = self._params.named()
-            self.running.follow(named)
-            self.consolidator.follow(named)
+            named, replaced = self._params.named(), self._params.replaced
+            self.running.follow(named, restart=replaced)
+            self.consolidator.follow(named, restart=replaced)
 
-    def _active(self) -> bool:
+    def _active(self, *, explicit: bool = False) -> bool:
+        """Whether the penalty is on; the explicit forms refuse a ``lam`` whose gradient overflows."""
         self._sync(full=False)
+        if explicit and not 2.0 * self.lam * self.consolidator.peak < EXPLICIT_LIMIT:
+            raise ValueError(f"lam={self.lam!r} times the largest importance ({self.consolidator.peak:.3g}) "
+                             "overflows float32 in the penalty's gradient: use proximal_(lr), stable for any "
+                             "lam, or a smaller lam")
         return self.consolidator.segments > 0 and self.lam != 0.0
 
     def _lists(self) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
@@ -494,12 +519,52 @@ class OnlineMAS:
         idx = torch.randperm(x.shape[0], generator=self._generator)[:k]
         return x[idx.to(x.device)]
 
+    def _diverged(self, why: str) -> None:
+        """Raise once most recent ``observe`` calls were skipped: a diverged model, said loudly
+        (in one process: ranks skip independently and must not stop alone)."""
+        self._recent_skips.append(True)
+        if self.reducer.size > 1:
+            return
+        if len(self._recent_skips) == _DIVERGED_WINDOW and sum(self._recent_skips) >= _DIVERGED_SKIPS:
+            self._recent_skips.clear()
+            raise RuntimeError(
+                f"OnlineMAS skipped {_DIVERGED_SKIPS} or more of the last {_DIVERGED_WINDOW} batches as "
+                f"non-finite ({self._n_skipped} in all; last: {why}): the model has most likely "
+                f"diverged. Lower the learning rate or lam (now {self.lam:g}), or use proximal_")
+
     def _skip(self, why: str) -> None:
         self._n_skipped += 1
         if not self._warned:
             warnings.warn(f"OnlineMAS skipped a batch: {why}; importance and anchors are unchanged "
                           "(further skips are only counted in n_skipped)", RuntimeWarning, stacklevel=4)
             self._warned = True
+
+
+_DIVERGED_WINDOW, _DIVERGED_SKIPS = 100, 90  # observe raises when this many of the last calls were skipped
+
+
+def _for_signal(out: Tensor | None) -> Tensor | None:
+    """A model output as the signals read it: ``(B,)`` (a regressor) as ``(B, 1)``."""
+    if out is None:
+        return None
+    if not out.is_floating_point():
+        raise TypeError(f"the model output must be floating point for the detector's signal, got "
+                        f"{out.dtype}: pass output= to choose a floating tensor")
+    return out.unsqueeze(1) if out.dim() == 1 else out
+
+
+def _loss_value(loss: object) -> float | None:
+    """``observe``'s ``loss=`` as a float: a real number or a one-element tensor."""
+    if loss is None:
+        return None
+    if isinstance(loss, Tensor):
+        if loss.numel() != 1 or loss.is_complex():
+            raise ValueError(f"loss must be a real number or a one-element tensor, got a tensor of "
+                             f"shape {tuple(loss.shape)} and dtype {loss.dtype}")
+        return float(loss.detach())
+    if isinstance(loss, bool) or not isinstance(loss, int | float):
+        raise TypeError(f"loss must be a real number or a one-element tensor, got {loss!r}")
+    return float(loss)
 
 
 def _check_parts(*, model: object, config: object, output: object, **parts: object) -> None:

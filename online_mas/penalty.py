@@ -25,9 +25,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["PENALTY_FORMS", "check_lam", "penalty_grad_", "penalty_loss", "proximal_"]
+__all__ = [
+    "EXPLICIT_LIMIT", "PENALTY_FORMS", "PROXIMAL_SAFE_ABOVE", "check_lam", "penalty_grad_", "penalty_loss",
+    "proximal_",
+]
 
 PENALTY_FORMS = ("loss", "grad", "proximal")  # penalty_loss in the loss, penalty_grad_, proximal_
+PROXIMAL_SAFE_ABOVE = 1e30  # proximal_ switches to its overflow-safe form when c * max(Omega) is larger
+EXPLICIT_LIMIT = 1e38  # 2 lam max(Omega) beyond this overflows float32 in the explicit forms
 
 
 def check_lam(lam: object) -> float:
@@ -162,6 +167,7 @@ def proximal_(
     lr: float,
     *,
     check: bool = True,
+    safe: bool | None = None,
 ) -> None:
     """Proximal step for the penalty: ``theta <- (theta + c Omega theta*) / (1 + c Omega)``, ``c = 2 lr lam``.
 
@@ -178,17 +184,29 @@ def proximal_(
         if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
             raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
         _check_lists(params, anchors, omegas)
-    _proximal(params, anchors, omegas, lam, lr)
+    if safe is None:  # the overflow-safe form once c * max(Omega) nears float range
+        peak = max((float(o.max()) for o in omegas if o.numel()), default=0.0)
+        safe = not 2.0 * lr * lam * peak < PROXIMAL_SAFE_ABOVE
+    _proximal(params, anchors, omegas, lam, lr, safe)
 
 
 def _proximal(
     params: Sequence[Tensor], anchors: Sequence[Tensor], omegas: Sequence[Tensor], lam: float,
-    lr: float,
+    lr: float, safe: bool = False,
 ) -> None:
-    """:func:`proximal_` without the checks (``torch.no_grad`` is the caller's)."""
+    """:func:`proximal_` without the checks (``torch.no_grad`` is the caller's). ``safe`` computes
+    ``theta* + (theta - theta*) / (1 + c Omega)``, the same value, which stays finite when
+    ``c Omega`` overflows (it then gives ``theta*``)."""
     c = 2.0 * lr * lam
     for ps, anc, om in _groups(params, anchors, omegas):
         scaled = torch._foreach_mul(om, c)  # c * Omega
+        if safe:
+            torch._foreach_add_(scaled, 1.0)  # 1 + c Omega, possibly inf
+            diff = torch._foreach_sub(ps, anc)
+            torch._foreach_div_(diff, scaled)
+            torch._foreach_add_(diff, anc)
+            torch._foreach_copy_(ps, diff)
+            continue
         num = torch._foreach_mul(scaled, anc)
         torch._foreach_add_(num, ps)  # theta + c Omega theta*
         torch._foreach_add_(scaled, 1.0)  # 1 + c Omega
