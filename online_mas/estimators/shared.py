@@ -132,6 +132,9 @@ class SharedForward:
                 self.why_not = why
                 return
             self._result = None
+            if not self._calls:
+                self.why_not = "no layer was recorded (hooks do not run inside a compiled forward)"
+                return
             used = covered(self._calls, x.shape[0])
             if {n for c in used for n in self._cands[c.module]} != set(self._names):
                 self.why_not = "a layer was called more than once, skipped or changed in place"
