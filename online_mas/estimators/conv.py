@@ -52,16 +52,18 @@ def input_padding(m: nn.Module) -> list[int]:
     >>> input_padding(nn.Conv2d(1, 1, (3, 4), padding="same"))
     [1, 1, 1, 2]
     """
-    kernel, dilation, padding = m.kernel_size, m.dilation, m.padding  # type: ignore[union-attr]
+    if not isinstance(m, _CONV + _TRANSPOSED):
+        raise TypeError(f"input_padding needs an nn.Conv*d or nn.ConvTranspose*d, got {type(m).__name__}")
+    kernel, dilation, padding = m.kernel_size, m.dilation, m.padding
     if padding == "valid":
         return [0] * (2 * len(kernel))
     if padding == "same":
         pads = []
-        for k, d in zip(kernel, dilation, strict=True):  # type: ignore[arg-type]
+        for k, d in zip(kernel, dilation, strict=True):
             total = d * (k - 1)
             pads += [total // 2, total - total // 2]
         return pads
-    return [int(p) for p in padding for _ in range(2)]  # type: ignore[union-attr]
+    return [int(p) for p in padding for _ in range(2)]
 
 
 def conv_sums(m: nn.Module, a: Tensor, g: Tensor, acc: dict[str, Tensor]) -> None:
@@ -74,7 +76,7 @@ def conv_sums(m: nn.Module, a: Tensor, g: Tensor, acc: dict[str, Tensor]) -> Non
     a, g = a.float(), g.float()
     kernel, stride, dilation = tuple(m.kernel_size), tuple(m.stride), tuple(m.dilation)
     if isinstance(m, _TRANSPOSED):  # the input plays the output gradient: (C_in, C_out / groups, *k)
-        pads = [int(p) for p in m.padding for _ in range(2)]  # type: ignore[union-attr]
+        pads = input_padding(m)
         weight = correlation_sums(_pad(g, pads, "zeros"), a, kernel, stride, dilation, m.groups)
     else:
         padded = _pad(a, input_padding(m), m.padding_mode)
