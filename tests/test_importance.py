@@ -280,6 +280,63 @@ def test_conv_padding_modes_3d_transposed_and_rank_1_equal_per_sample_loop(
                 _assert_close(om.importance(model, x, chunk_size=chunk), reference)
 
 
+class Channels(nn.Module):
+    """Puts the channels last for a norm over the last dimension, then back."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.transpose(1, -1)).transpose(1, -1)
+
+
+def _instance(cls: type[nn.Module], track: bool) -> nn.Module:
+    return cls(4, affine=True, track_running_stats=track, momentum=0.5)
+
+
+NORM_LAYERS = {  # each before a conv, so the output gradient differs per position
+    "rmsnorm": (lambda: Channels(nn.RMSNorm(4)), (4, 6)),
+    "rmsnorm-eps-2d": (lambda: nn.RMSNorm((4, 6), eps=1e-3), (4, 6)),
+    "instance1d": (lambda: _instance(nn.InstanceNorm1d, False), (4, 6)),
+    "instance1d-running": (lambda: _instance(nn.InstanceNorm1d, True), (4, 6)),
+    "instance2d": (lambda: _instance(nn.InstanceNorm2d, False), (4, 5, 3)),
+    "instance2d-running": (lambda: _instance(nn.InstanceNorm2d, True), (4, 5, 3)),
+    "instance3d": (lambda: _instance(nn.InstanceNorm3d, False), (4, 3, 2, 3)),
+    "batchnorm3d": (lambda: nn.BatchNorm3d(4), (4, 3, 2, 3)),
+    "prelu-one": (lambda: nn.PReLU(), (4, 5, 3)),
+    "prelu-channels": (lambda: nn.PReLU(4, init=0.1), (4, 6)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NORM_LAYERS))
+def test_rmsnorm_instance_norm_and_prelu_equal_per_sample_loop(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make, shape = NORM_LAYERS[name]
+    conv = {2: nn.Conv1d, 3: nn.Conv2d, 4: nn.Conv3d}[len(shape)]
+    calls: list[list[str]] = []
+    monkeypatch.setattr(exact, "func_sums", lambda model, named, *a, **k: calls.append(sorted(named)))
+    for dtype in (torch.float32, torch.float64):
+        torch.manual_seed(0)
+        model = nn.Sequential(conv(4, 4, 3, padding=1), make(), conv(4, 3, 2), nn.Tanh(), nn.Flatten())
+        model = model.to(dtype).train()
+        with torch.no_grad():  # running statistics and affine parameters away from their defaults
+            for _ in range(3):
+                model(torch.randn(8, *shape, dtype=dtype) * 2 + 1)
+            for pname, p in model[1].named_parameters():
+                p.uniform_(0.5, 1.5) if pname.endswith("weight") else p.uniform_(-0.5, 0.5)
+        assert {om.plan(model)[f"1.{k}"] for k, _ in model[1].named_parameters()} != {"torch.func"}
+        for batch in (1, 5):
+            x = torch.randn(batch, *shape, dtype=dtype) * 2 + 1
+            reference = {k: v.float() for k, v in _loop_reference(model, x).items()}
+            model.train()  # the estimator runs it in eval mode (running statistics) and restores it
+            for chunk in (2, 64):
+                _assert_close(om.importance(model, x, chunk_size=chunk), reference)
+            assert model.training
+    assert calls == []  # every parameter in closed form
+
+
 def test_importance_is_sums_over_batch_size_for_every_method() -> None:
     model, x = FAMILIES["cnn2d"]
     for method in om.METHODS:

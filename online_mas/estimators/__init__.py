@@ -182,7 +182,7 @@ def plan(model: nn.Module, x: Tensor | None = None, *, output: OutputFn | None =
     --------
     >>> from torch import nn
     >>> plan(nn.Sequential(nn.Linear(3, 4), nn.PReLU(), nn.LayerNorm(4)))
-    {'0.weight': 'linear', '0.bias': 'linear', '1.weight': 'torch.func', '2.weight': 'norm', '2.bias': 'norm'}
+    {'0.weight': 'linear', '0.bias': 'linear', '1.weight': 'prelu', '2.weight': 'norm', '2.bias': 'norm'}
     """
     model = uncompiled(model)
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from online_mas.estimators import conv, embedding, linear, norm
+from online_mas.estimators import activation, conv, embedding, linear, norm
 from online_mas.estimators.common import Rule
 
 __all__ = ["RULES", "register", "rule_for"]
@@ -28,6 +28,12 @@ RULES: dict[type[nn.Module], Rule] = {
     nn.GroupNorm: norm.RULE,
     nn.BatchNorm1d: norm.RULE,
     nn.BatchNorm2d: norm.RULE,
+    nn.BatchNorm3d: norm.RULE,
+    nn.RMSNorm: norm.RULE,
+    nn.InstanceNorm1d: norm.RULE,
+    nn.InstanceNorm2d: norm.RULE,
+    nn.InstanceNorm3d: norm.RULE,
+    nn.PReLU: activation.RULE,
 }
 
 
