@@ -5,22 +5,30 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import Tensor, nn
 
+from online_mas.estimators.common import uncompiled
 from online_mas.estimators.shared import SharedForward
 
 __all__ = ["LastForward", "Parameters", "unwrap"]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside DistributedDataParallel/DataParallel, else the model itself.
+    """The module inside DistributedDataParallel/DataParallel and ``torch.compile``, in any order,
+    else the model itself.
 
-    Importance is estimated on it: its parameter names carry no ``module.`` prefix, and its forward
-    runs on this process alone, without the wrapper's gradient hooks or scatter to replicas.
+    Importance is estimated on it: its parameter names carry no ``module.`` or ``_orig_mod.``
+    prefix, and its forward runs on this process alone, without the wrapper's gradient hooks or
+    scatter to replicas.
     """
-    if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
-        return model.module
-    return model
+    while True:
+        inner = uncompiled(model)
+        if isinstance(inner, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            inner = inner.module
+        if inner is model:
+            return model
+        model = inner
 
 
 class Parameters:
@@ -109,6 +117,8 @@ class LastForward:
                 self.shared.arm(list(names), list(params))
 
     def hook(self, module: nn.Module, args: tuple[object, ...], out: object) -> None:
+        if torch.compiler.is_compiling():  # traced into a compiled graph: keep nothing
+            return
         if self.active and args and isinstance(args[0], Tensor) and isinstance(out, Tensor):
             self.x, self.out = args[0], out.detach()
             if self.shared is not None:

@@ -1,28 +1,37 @@
 """Cost of label-free MAS importance, as a multiple of one plain training step.
 
-For an MLP 784-256-256-10 and a small CNN on 28x28 inputs at batch 64, times ``om.importance`` with
-each method (``exact``, ``vmap``, ``loop``, ``batch``) and a plain training step (forward,
-cross-entropy, backward, SGD step) on the same model and batch, in one process, interleaved over
-many rounds; prints a markdown table of median ratios and writes it as JSON.
+For an MLP 784-256-256-10 and a small CNN on 28x28 inputs, and (issue 16) a resnet18 on 3x32x32
+(``torchvision.models.resnet18(num_classes=10)``, built locally), an ``nn.TransformerEncoderLayer``
+(d 128, 4 heads, sequence 32), a GPT block built from ``nn.Linear`` (same sizes, causal), an LSTM and
+a GRU (32 -> 128, sequence 32), each with a 10-class head, times ``om.importance`` with each method
+(``exact``, ``vmap``, ``loop``, ``batch``) and a plain training step (forward, cross-entropy,
+backward, SGD step) on the same model and batch, in one process, interleaved over many rounds;
+prints a markdown table of median ratios, writes it as JSON and, with ``--results``, as markdown.
 
 Run from the repository root (package installed with ``pip install -e .``, or ``PYTHONPATH=.``)::
 
-    python scripts/bench_importance.py                       # both models, all methods
+    python scripts/bench_importance.py                       # MLP and CNN, all methods
     python scripts/bench_importance.py --threads 2 --rounds 50
     python scripts/bench_importance.py --models mlp --methods exact,vmap --out runs/bench_imp
+    python scripts/bench_importance.py --models mlp,cnn,resnet18,transformer,gpt,lstm,gru \
+        --methods exact --rounds 5 --results results/importance.md
 
 Targets (issue 2): exact <= 1.3x a training step on the MLP, <= 3x on the CNN, and at least 10x
-faster than ``vmap`` on the MLP.
+faster than ``vmap`` on the MLP. Issue 16: resnet18 <= 2x, the transformer layer and GPT block
+<= 1.3x, LSTM and GRU <= 3x.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from _bench_models import (
     CLOCKS,
     MODELS,
@@ -34,11 +43,75 @@ from _bench_models import (
     train_step,
     write_json,
 )
+from torch import Tensor, nn
 from tqdm import tqdm
 
 import online_mas as om
 
-TARGETS = {"mlp": 1.3, "cnn": 3.0}  # exact / training step
+TARGETS = {"mlp": 1.3, "cnn": 3.0, "resnet18": 2.0, "transformer": 1.3, "gpt": 1.3, "lstm": 3.0,
+           "gru": 3.0}  # exact / training step
+D_MODEL, HEADS, SEQ, RNN_IN = 128, 4, 32, 32  # sequence models: width, heads, length, RNN input
+
+
+class Sequence(nn.Module):
+    """A sequence layer (``(B, T, d) -> (B, T, d)``, or an RNN's ``(output, state)``), the mean
+    over positions (the last step for an RNN) and a 10-class head."""
+
+    def __init__(self, body: nn.Module, width: int, *, last: bool = False) -> None:
+        super().__init__()
+        self.body, self.head, self.last = body, nn.Linear(width, 10), last
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.body(x)
+        h = h[0] if isinstance(h, tuple) else h
+        return self.head(h[:, -1] if self.last else h.mean(1))
+
+
+class GPTBlock(nn.Module):
+    """Pre-norm causal self-attention and MLP, every projection an ``nn.Linear`` (nanoGPT's Block)."""
+
+    def __init__(self, d: int = D_MODEL, heads: int = HEADS) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.fc, self.out = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=2)
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(y.transpose(1, 2).reshape(b, t, d))
+        return x + self.out(F.gelu(self.fc(self.ln2(x))))
+
+
+def resnet18() -> nn.Module:
+    """torchvision's resnet18 with a 10-class head (no download)."""
+    import torchvision
+
+    return torchvision.models.resnet18(num_classes=10)
+
+
+ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {  # model and one sample's shape
+    "resnet18": (resnet18, (3, 32, 32)),
+    "transformer": (lambda: Sequence(nn.TransformerEncoderLayer(D_MODEL, HEADS, 4 * D_MODEL, dropout=0.0,
+                                                                batch_first=True), D_MODEL), (SEQ, D_MODEL)),
+    "gpt": (lambda: Sequence(GPTBlock(), D_MODEL), (SEQ, D_MODEL)),
+    "lstm": (lambda: Sequence(nn.LSTM(RNN_IN, 128, batch_first=True), 128, last=True), (SEQ, RNN_IN)),
+    "gru": (lambda: Sequence(nn.GRU(RNN_IN, 128, batch_first=True), 128, last=True), (SEQ, RNN_IN)),
+}
+ALL_MODELS = (*MODELS, *ZOO)
+
+
+def model_and_batch(name: str, batch: int, seed: int) -> tuple[nn.Module, Tensor, Tensor]:
+    """A seeded benchmark model, a batch of inputs and 10-class labels."""
+    torch.manual_seed(seed)
+    if name in MODELS:
+        return (MODELS[name](), *make_batch(batch, seed))
+    make, shape = ZOO[name]
+    g = torch.Generator().manual_seed(seed)
+    return make(), torch.randn(batch, *shape, generator=g), torch.randint(0, 10, (batch,), generator=g)
 VMAP_SPEEDUP = 10.0  # exact at least this many times faster than vmap on the MLP
 
 
@@ -53,13 +126,12 @@ class Config:
     clock: str = "cpu"  # "cpu" (process CPU time: robust on a shared machine) or "wall"
     seed: int = 0  # seed of the model and the batch
     out: str = "runs/bench_importance"  # run directory for the JSON
+    results: str = ""  # also write the table as markdown here (e.g. results/importance.md); "" for none
 
 
 def bench_model(name: str, cfg: Config) -> dict[str, object]:
     """Time the training step and every method on one model; ratios to the training step."""
-    torch.manual_seed(cfg.seed)
-    model = MODELS[name]()
-    x, y = make_batch(cfg.batch, cfg.seed)
+    model, x, y = model_and_batch(name, cfg.batch, cfg.seed)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     fns = {"train_step": lambda: train_step(model, opt, x, y)}
     for method in cfg.methods:
@@ -67,7 +139,9 @@ def bench_model(name: str, cfg: Config) -> dict[str, object]:
     with tqdm(total=cfg.rounds, desc=f"{name}", unit="round") as bar:
         res, times = interleaved(fns, baseline="train_step", rounds=cfg.rounds, block_ms=cfg.block_ms,
                                  clock=cfg.clock, progress=bar.update)
-    out: dict[str, object] = {"params": sum(p.numel() for p in model.parameters()), "timings": res}
+    plan = om.plan(model, x)
+    out: dict[str, object] = {"params": sum(p.numel() for p in model.parameters()), "timings": res,
+                              "torch_func_params": sorted(n for n, r in plan.items() if r == "torch.func")}
     if "exact" in res:
         out["target_exact_ratio"] = TARGETS.get(name)
         out["exact_meets_target"] = name in TARGETS and res["exact"]["ratio"] <= TARGETS[name]
@@ -77,14 +151,18 @@ def bench_model(name: str, cfg: Config) -> dict[str, object]:
 
 
 def table(results: dict[str, dict[str, object]], methods: tuple[str, ...]) -> str:
-    header = ["model", "train step (ms)", *[f"{m} / step" for m in methods]]
+    header = ["model", "train step (ms)", *[f"{m} / step" for m in methods], "target", "torch.func params"]
     rows = []
     for name, r in results.items():
-        t = r["timings"]
-        assert isinstance(t, dict)
+        t, slow = r["timings"], r["torch_func_params"]
+        assert isinstance(t, dict) and isinstance(slow, list)
         cells = [name, f"{t['train_step']['ms']:.2f}"]
         for m in methods:
             cells.append(f"{t[m]['ratio']:.2f}x ({t[m]['ratio_q1']:.2f}-{t[m]['ratio_q3']:.2f})")
+        target = TARGETS.get(name)
+        cells.append(f"<= {target}x" if target is not None else "")
+        cells.append(", ".join(f"`{n}`" for n in slow[:4]) + (f" (+{len(slow) - 4})" if len(slow) > 4 else "")
+                     if slow else "none")
         rows.append(cells)
     return markdown_table(header, rows)
 
@@ -92,7 +170,7 @@ def table(results: dict[str, dict[str, object]], methods: tuple[str, ...]) -> st
 def main(argv: list[str] | None = None) -> dict[str, object]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     d = Config()
-    p.add_argument("--models", default=",".join(d.models), help="comma-separated: mlp,cnn")
+    p.add_argument("--models", default=",".join(d.models), help=f"comma-separated: {','.join(ALL_MODELS)}")
     p.add_argument("--methods", default=",".join(d.methods), help="comma-separated om.METHODS")
     p.add_argument("--batch", type=int, default=d.batch)
     p.add_argument("--rounds", type=int, default=d.rounds)
@@ -101,12 +179,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     p.add_argument("--clock", choices=sorted(CLOCKS), default=d.clock)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", default=d.out)
+    p.add_argument("--results", default=d.results, help="markdown file for the table (default: none)")
     a = p.parse_args(argv)
     cfg = Config(tuple(a.models.split(",")), tuple(a.methods.split(",")), a.batch, a.rounds,
-                 a.block_ms, a.threads, a.clock, a.seed, a.out)
-    unknown = [m for m in cfg.models if m not in MODELS] + [m for m in cfg.methods if m not in om.METHODS]
+                 a.block_ms, a.threads, a.clock, a.seed, a.out, a.results)
+    unknown = [m for m in cfg.models if m not in ALL_MODELS] + [m for m in cfg.methods if m not in om.METHODS]
     if unknown:
-        p.error(f"unknown models/methods {unknown}; models: {sorted(MODELS)}, methods: {om.METHODS}")
+        p.error(f"unknown models/methods {unknown}; models: {list(ALL_MODELS)}, methods: {om.METHODS}")
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
     results = {name: bench_model(name, cfg) for name in cfg.models}
@@ -118,8 +197,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     }
     md = table(results, cfg.methods)
     report["table"] = md
-    print(f"\nimportance cost / training step, batch {cfg.batch}, {cfg.threads} thread(s), {cfg.clock} "
-          f"time, median of {cfg.rounds} interleaved rounds (interquartile range)\n")
+    title = (f"importance cost / training step, batch {cfg.batch}, {cfg.threads} thread(s), {cfg.clock} "
+             f"time, median of {cfg.rounds} interleaved rounds (interquartile range)")
+    print(f"\n{title}\n")
     print(md)
     for name, r in results.items():
         if "exact_meets_target" in r:
@@ -132,6 +212,17 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     path = Path(cfg.out) / "bench_importance.json"
     write_json(path, report)
     print(f"wrote {path}")
+    if cfg.results:
+        env = report["environment"]
+        assert isinstance(env, dict)
+        command = "python scripts/bench_importance.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        text = (f"# Importance cost\n\n{title}; torch {env['torch']}, {env['processor']}.\n\n{md}\n\n"
+                f"`torch.func params`: parameters without a closed-form rule (`om.plan`), estimated by "
+                f"torch.func (or a per-sample loop where vmap fails).\n\nWritten by `{command}` "
+                f"in {report['seconds']:.0f} s.\n")
+        Path(cfg.results).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.results).write_text(text)
+        print(f"wrote {cfg.results}")
     return report
 
 

@@ -126,3 +126,18 @@ def test_bench_reports_every_part(tmp_path: Path) -> None:
     assert stream["samples"] >= 3000 - 64 and _positive(stream["samples_per_s"])
     assert _positive(stream["rss_start_mb"]) and _positive(stream["rss_end_mb"])
     assert set(report["tables"]) == {"timing", "state", "transient", "lam", "profile", "stream"}
+
+
+def test_bench_importance_runs_the_issue_16_models_and_writes_the_results_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = _load("bench_importance")
+    md = tmp_path / "importance.md"
+    report = script.main(["--models", "gpt,gru", "--methods", "exact", "--rounds", "1", "--block-ms", "1",
+                          "--batch", "2", "--out", str(tmp_path), "--results", str(md)])
+    printed = capsys.readouterr().out
+    for model in ("gpt", "gru"):
+        _check_timings(report["results"][model]["timings"], "train_step")
+    assert report["results"]["gpt"]["torch_func_params"] == []  # every projection an nn.Linear
+    assert "body.weight_hh_l0" in report["results"]["gru"]["torch_func_params"]
+    assert report["table"] in printed and report["table"] in md.read_text()  # the script's own output

@@ -62,7 +62,9 @@ def test_adapt_run_gives_the_pinned_results(tmp_path: Path) -> None:
         "bn-stats": {"steps": 126, "online_all": pytest.approx(75.86805555555556, rel=1e-12),
                      "clean_end": pytest.approx(84.40111420612813, rel=1e-12), "resets": 0,
                      "consolidations": 0},
-        "tent+mas": {"steps": 126, "online_all": pytest.approx(30.40674603174603, rel=1e-12),
+        # 30.357... since the im2col form of the conv rule (first conv, one input channel): exact too,
+        # rounded differently from the per-offset products; one of 2016 predictions changed
+        "tent+mas": {"steps": 126, "online_all": pytest.approx(30.357142857142858, rel=1e-12),
                      "clean_end": pytest.approx(11.142061281337048, rel=1e-12), "resets": 2,
                      "consolidations": 6},
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 
 import pytest
@@ -235,6 +236,107 @@ def test_conv_fast_path_geometries_equal_per_sample_loop(conv: nn.Module) -> Non
         _assert_close(om.importance(model, x, chunk_size=chunk), reference)
 
 
+CONV_GEOMETRIES = {
+    "same-2d": (nn.Conv2d(3, 4, 3, padding="same"), (3, 7, 6)),
+    "same-even-dilated": (nn.Conv2d(3, 4, (2, 4), padding="same", dilation=(1, 2)), (3, 7, 6)),
+    "same-1d-even": (nn.Conv1d(2, 4, 4, padding="same"), (2, 9)),
+    "valid": (nn.Conv2d(3, 4, 3, padding="valid"), (3, 7, 6)),
+    "reflect-grouped-stride": (nn.Conv2d(4, 6, 3, padding=2, padding_mode="reflect", groups=2, stride=2),
+                               (4, 7, 6)),
+    "replicate-dilated": (nn.Conv2d(3, 4, 3, padding=1, padding_mode="replicate", dilation=2), (3, 7, 6)),
+    "circular-1d": (nn.Conv1d(3, 4, 3, padding=2, padding_mode="circular"), (3, 7)),
+    "circular-same": (nn.Conv2d(3, 4, 3, padding="same", padding_mode="circular"), (3, 7, 6)),
+    "conv3d": (nn.Conv3d(2, 4, (2, 3, 2), stride=(1, 2, 1), padding=(1, 0, 1), dilation=(2, 1, 1)),
+               (2, 5, 6, 4)),
+    "conv3d-reflect-same-grouped": (nn.Conv3d(2, 4, 3, padding="same", padding_mode="reflect", groups=2),
+                                    (2, 4, 5, 4)),
+    "transposed-1d": (nn.ConvTranspose1d(2, 4, 3, stride=2, padding=1, output_padding=1), (2, 6)),
+    "transposed-2d-grouped": (nn.ConvTranspose2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 0),
+                                                 dilation=(1, 2), groups=2), (4, 5, 4)),
+    "transposed-3d": (nn.ConvTranspose3d(2, 3, 2, stride=2, bias=False), (2, 3, 2, 3)),
+    "rank-1": (nn.Conv2d(3, 5, 4), (3, 4, 4)),  # one output position
+    "rank-1-grouped-padded": (nn.Conv2d(4, 6, 3, groups=2, padding=1, stride=3), (4, 3, 3)),
+    "rank-1-1d-depthwise": (nn.Conv1d(4, 4, 5, groups=4), (4, 5)),
+}
+
+
+@pytest.mark.parametrize("form", ["chosen", "offsets", "im2col"])
+@pytest.mark.parametrize("name", sorted(CONV_GEOMETRIES))
+def test_conv_padding_modes_3d_transposed_and_rank_1_equal_per_sample_loop(
+    name: str, form: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conv_module = sys.modules["online_mas.estimators.conv"]
+    if form != "chosen":  # each exact form on every geometry (rank 1 takes its own form)
+        monkeypatch.setattr(conv_module, "im2col", lambda *args: form == "im2col")
+    layer, shape = CONV_GEOMETRIES[name]
+    assert om.plan(layer)["weight"] == "conv"
+    for dtype in (torch.float32, torch.float64):
+        torch.manual_seed(0)
+        model = nn.Sequential(copy.deepcopy(layer), nn.Tanh(), nn.Flatten()).to(dtype)
+        for batch in (1, 5):
+            x = torch.randn(batch, *shape, dtype=dtype)
+            reference = {k: v.float() for k, v in _loop_reference(model, x).items()}
+            for chunk in (2, 64):
+                _assert_close(om.importance(model, x, chunk_size=chunk), reference)
+
+
+class Channels(nn.Module):
+    """Puts the channels last for a norm over the last dimension, then back."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.transpose(1, -1)).transpose(1, -1)
+
+
+def _instance(cls: type[nn.Module], track: bool) -> nn.Module:
+    return cls(4, affine=True, track_running_stats=track, momentum=0.5)
+
+
+NORM_LAYERS = {  # each before a conv, so the output gradient differs per position
+    "rmsnorm": (lambda: Channels(nn.RMSNorm(4)), (4, 6)),
+    "rmsnorm-eps-2d": (lambda: nn.RMSNorm((4, 6), eps=1e-3), (4, 6)),
+    "instance1d": (lambda: _instance(nn.InstanceNorm1d, False), (4, 6)),
+    "instance1d-running": (lambda: _instance(nn.InstanceNorm1d, True), (4, 6)),
+    "instance2d": (lambda: _instance(nn.InstanceNorm2d, False), (4, 5, 3)),
+    "instance2d-running": (lambda: _instance(nn.InstanceNorm2d, True), (4, 5, 3)),
+    "instance3d": (lambda: _instance(nn.InstanceNorm3d, False), (4, 3, 2, 3)),
+    "batchnorm3d": (lambda: nn.BatchNorm3d(4), (4, 3, 2, 3)),
+    "prelu-one": (lambda: nn.PReLU(), (4, 5, 3)),
+    "prelu-channels": (lambda: nn.PReLU(4, init=0.1), (4, 6)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NORM_LAYERS))
+def test_rmsnorm_instance_norm_and_prelu_equal_per_sample_loop(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make, shape = NORM_LAYERS[name]
+    conv = {2: nn.Conv1d, 3: nn.Conv2d, 4: nn.Conv3d}[len(shape)]
+    calls: list[list[str]] = []
+    monkeypatch.setattr(exact, "func_sums", lambda model, named, *a, **k: calls.append(sorted(named)))
+    for dtype in (torch.float32, torch.float64):
+        torch.manual_seed(0)
+        model = nn.Sequential(conv(4, 4, 3, padding=1), make(), conv(4, 3, 2), nn.Tanh(), nn.Flatten())
+        model = model.to(dtype).train()
+        with torch.no_grad():  # running statistics and affine parameters away from their defaults
+            for _ in range(3):
+                model(torch.randn(8, *shape, dtype=dtype) * 2 + 1)
+            for pname, p in model[1].named_parameters():
+                p.uniform_(0.5, 1.5) if pname.endswith("weight") else p.uniform_(-0.5, 0.5)
+        assert {om.plan(model)[f"1.{k}"] for k, _ in model[1].named_parameters()} != {"torch.func"}
+        for batch in (1, 5):
+            x = torch.randn(batch, *shape, dtype=dtype) * 2 + 1
+            reference = {k: v.float() for k, v in _loop_reference(model, x).items()}
+            model.train()  # the estimator runs it in eval mode (running statistics) and restores it
+            for chunk in (2, 64):
+                _assert_close(om.importance(model, x, chunk_size=chunk), reference)
+            assert model.training
+    assert calls == []  # every parameter in closed form
+
+
 def test_importance_is_sums_over_batch_size_for_every_method() -> None:
     model, x = FAMILIES["cnn2d"]
     for method in om.METHODS:
@@ -338,10 +440,18 @@ def test_factored_sums_multiply_out_to_the_sums_and_are_checked_before_they_are_
 
 
 def test_plan_names_the_rule_of_every_parameter_and_sees_layers_called_twice() -> None:
+    class Scale(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.weight
+
     class Twice(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.lin, self.conv, self.act = nn.Linear(4, 4), nn.Conv1d(1, 2, 3, padding="same"), nn.PReLU()
+            self.lin, self.conv, self.act = nn.Linear(4, 4), nn.Conv1d(1, 2, 3, padding="same"), Scale()
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             h = self.lin(self.lin(x))  # called twice: the rule does not apply
@@ -349,6 +459,6 @@ def test_plan_names_the_rule_of_every_parameter_and_sees_layers_called_twice() -
 
     model = Twice()
     static = om.plan(model)
-    assert static == {"lin.weight": "linear", "lin.bias": "linear", "conv.weight": "torch.func",
-                      "conv.bias": "torch.func", "act.weight": "torch.func"}  # str padding: no rule
+    assert static == {"lin.weight": "linear", "lin.bias": "linear", "conv.weight": "conv",
+                      "conv.bias": "conv", "act.weight": "torch.func"}  # a custom module: no rule
     assert om.plan(model, torch.randn(3, 4))["lin.weight"] == "torch.func"

@@ -12,8 +12,9 @@ Methods (``method=``):
 
 ``"exact"``
     The formula above, exactly, at about the cost of one backward pass: closed-form rules per
-    layer family (:mod:`.registry`: ``nn.Linear``, ``nn.Conv1d/2d``, ``nn.Embedding``, affine
-    norms, eval-mode batch norm) and ``torch.func`` per-sample gradients for every other parameter.
+    layer family (:mod:`.registry`: ``nn.Linear``, ``nn.Conv1d/2d/3d`` and ``nn.ConvTranspose1d/2d/3d``
+    with any padding, ``nn.Embedding``, affine norms (layer, RMS, group, instance), eval-mode batch
+    norm, ``nn.PReLU``) and ``torch.func`` per-sample gradients for every other parameter.
 ``"vmap"``
     ``torch.func`` per-sample gradients for every parameter.
 ``"loop"``
@@ -25,7 +26,9 @@ Methods (``method=``):
     Local MAS (l-MAS, section 4 of the paper): each layer judged by its own output (:mod:`.local`).
 
 Every method runs the model in eval mode (restoring each module's ``training`` flag), never writes
-``param.grad`` and returns float32. :func:`plan` shows which rule each parameter takes.
+``param.grad`` and returns float32. A ``torch.compile``-d model is estimated as the model it wraps,
+under its names (no ``_orig_mod.``), and compiled code runs eagerly during the pass. :func:`plan`
+shows which rule each parameter takes.
 """
 
 from __future__ import annotations
@@ -42,8 +45,10 @@ from online_mas.estimators.common import (
     check_chunk_size,
     check_finite_sums,
     check_input,
+    eager,
     eval_mode,
     forward,
+    uncompiled,
 )
 from online_mas.estimators.exact import covered, exact_sums, fast_candidates, recording
 from online_mas.estimators.func import batch_sums, func_sums, loop_sums
@@ -178,13 +183,14 @@ def plan(model: nn.Module, x: Tensor | None = None, *, output: OutputFn | None =
     --------
     >>> from torch import nn
     >>> plan(nn.Sequential(nn.Linear(3, 4), nn.PReLU(), nn.LayerNorm(4)))
-    {'0.weight': 'linear', '0.bias': 'linear', '1.weight': 'torch.func', '2.weight': 'norm', '2.bias': 'norm'}
+    {'0.weight': 'linear', '0.bias': 'linear', '1.weight': 'prelu', '2.weight': 'norm', '2.bias': 'norm'}
     """
+    model = uncompiled(model)
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     cands = fast_candidates(model, named)
     if x is not None:
         check_input(x)
-        with recording(cands) as calls, eval_mode(model), torch.enable_grad():
+        with recording(cands) as calls, eval_mode(model), torch.enable_grad(), eager():
             forward(model, x, output if output is not None else call_model)
             used = {c.module for c in covered(calls, x.shape[0])}
         cands = {m: ns for m, ns in cands.items() if m in used}
@@ -213,9 +219,10 @@ def _run(
     check_input(x)
     chunk = check_chunk_size(chunk_size)
     fn: OutputFn = output if output is not None else call_model
+    model = uncompiled(model)
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     folded: dict[str, tuple[Tensor, Tensor]] = {}
-    with eval_mode(model), torch.enable_grad():
+    with eval_mode(model), torch.enable_grad(), eager():
         scale = 1.0 / x.shape[0] if mean else 1.0
         if method == "exact":
             sums, out, folded = exact_sums(model, named, x, fn, chunk, scale=scale,

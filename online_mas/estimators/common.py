@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -18,11 +19,13 @@ __all__ = [
     "check_chunk_size",
     "check_finite_sums",
     "check_input",
+    "eager",
     "eval_mode",
     "finite",
     "forward",
     "model_output",
     "sq_norm_total",
+    "uncompiled",
     "zeros",
 ]
 
@@ -132,7 +135,8 @@ def model_output(model: nn.Module, x: Tensor, output: OutputFn | None = None) ->
 
     Raises :class:`NonFiniteError` if it is not finite, like the estimators.
     """
-    with eval_mode(model), torch.no_grad():
+    model = uncompiled(model)
+    with eval_mode(model), torch.no_grad(), eager():
         return forward(model, x, output if output is not None else call_model)
 
 
@@ -178,6 +182,42 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
         for m, flag in zip(mods, flags, strict=True):
             if m.training is not flag:
                 object.__setattr__(m, "training", flag)
+
+
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The module that ``torch.compile`` wrapped (``OptimizedModule._orig_mod``), else ``model``.
+
+    Its parameter names carry no ``_orig_mod.`` prefix: the names of the uncompiled model.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> lin = nn.Linear(2, 2)
+    >>> uncompiled(lin) is lin
+    True
+    """
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # not loaded: nothing was compiled
+    while eval_frame is not None and isinstance(model, eval_frame.OptimizedModule):
+        inner = model._orig_mod
+        if not isinstance(inner, nn.Module):  # a compiled function, not a module: keep it
+            break
+        model = inner
+    return model
+
+
+@contextlib.contextmanager
+def eager() -> Iterator[None]:
+    """Compiled code runs eagerly inside (``torch.compiler.set_stance("force_eager")``).
+
+    The estimators' hooks and their backward to recorded layer outputs need the eager modules: in
+    a compiled graph the hooks see tensors that the graph's own backward does not pass through, so
+    their gradients would be zero. Costs nothing when ``torch.compile`` was never used.
+    """
+    if "torch._dynamo" not in sys.modules:
+        yield
+        return
+    with torch.compiler.set_stance("force_eager"):
+        yield
 
 
 def zeros(named: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -1,7 +1,23 @@
-"""``nn.Conv1d`` and ``nn.Conv2d`` with zero padding given as numbers: one batched matmul per
-kernel offset."""
+"""Convolutions: ``nn.Conv1d/2d/3d`` with any padding (numbers, ``"same"``, ``"valid"``) and padding
+mode, and ``nn.ConvTranspose1d/2d/3d``.
+
+A convolution's weight gradient is a correlation of its (padded) input with its output gradient:
+``dW_n[o, c, k] = sum_p G_n[o, p] A_n[c, s p + d k]``. The input is padded the way the module pads
+it (``F.pad`` with its mode), then one of three exact forms sums ``|dW_n|`` over samples:
+
+- one output position (``p`` takes one value, e.g. a ResNet's last stage at 1x1): every
+  ``dW_n`` is rank 1, ``|dW_n| = |G_n| |A_n|^T``, and the sum is one matmul of absolute values;
+- few input channels per group (thin per-offset matmuls) and small per-sample gradients: the
+  input windows of all kernel offsets side by side (im2col) and one batched matmul per sample;
+- otherwise one batched matmul per kernel offset, without the ``k``-times larger unfolded copy.
+
+A transposed convolution's weight gradient is the same correlation with the roles swapped: its
+input plays the output gradient and its zero-padded output gradient the input.
+"""
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -9,50 +25,117 @@ from torch import Tensor, nn
 
 from online_mas.estimators.common import Rule
 
+__all__ = [
+    "IM2COL_BYTES", "RULE", "conv_sums", "conv_supported", "correlation_sums", "im2col", "input_padding",
+]
+
+IM2COL_BYTES = 64 * 2**20  # im2col form when its per-sample gradients and columns fit in this
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
 
 def conv_supported(m: nn.Module) -> bool:
-    return getattr(m, "padding_mode", None) == "zeros" and not isinstance(getattr(m, "padding", 0), str)
+    if isinstance(m, _TRANSPOSED):
+        return m.padding_mode == "zeros" and not isinstance(m.padding, str)
+    return isinstance(m, _CONV) and m.padding_mode in ("zeros", "reflect", "replicate", "circular")
+
+
+def input_padding(m: nn.Module) -> list[int]:
+    """``(left, right)`` per spatial dimension, first dimension first, as the module pads its input.
+
+    ``"same"`` puts the odd element on the right, as ``nn.Conv*d`` does.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> input_padding(nn.Conv2d(1, 1, (3, 4), padding="same"))
+    [1, 1, 1, 2]
+    """
+    if not isinstance(m, _CONV + _TRANSPOSED):
+        raise TypeError(f"input_padding needs an nn.Conv*d or nn.ConvTranspose*d, got {type(m).__name__}")
+    kernel, dilation, padding = m.kernel_size, m.dilation, m.padding
+    if padding == "valid":
+        return [0] * (2 * len(kernel))
+    if padding == "same":
+        pads = []
+        for k, d in zip(kernel, dilation, strict=True):
+            total = d * (k - 1)
+            pads += [total // 2, total - total // 2]
+        return pads
+    return [int(p) for p in padding for _ in range(2)]
 
 
 def conv_sums(m: nn.Module, a: Tensor, g: Tensor, acc: dict[str, Tensor]) -> None:
-    """Per-sample weight gradients, one kernel offset at a time.
-
-    For kernel offset ``(i, j)`` the per-sample gradient is ``dW_n[:, :, i, j] = G_n S_n^T`` with
-    ``G_n`` the output gradient (out channels x positions) and ``S_n`` the input window that the
-    offset sees (in channels x positions): one batched matmul per offset, whose ``|.|`` is summed
-    over samples at once. Same arithmetic as unfolding (im2col) the input, without the
-    ``k*k``-times larger unfolded copy.
-    """
-    if not isinstance(m, nn.Conv1d | nn.Conv2d):
-        raise TypeError(f"conv_sums needs nn.Conv1d or nn.Conv2d, got {type(m).__name__}")
-    a = a.float()
-    padding = tuple(int(p) for p in m.padding)  # str padding has no rule
-    if isinstance(m, nn.Conv1d):  # a 1-D convolution is a 2-D one of height 1
-        a, g = a.unsqueeze(-2), g.unsqueeze(-2)
-        (kh, kw), (sh, sw), (dh, dw) = (1, *m.kernel_size), (1, *m.stride), (1, *m.dilation)
-        ph, pw = 0, padding[0]
-    else:
-        (kh, kw), (sh, sw), (dh, dw) = m.kernel_size, m.stride, m.dilation
-        ph, pw = padding
-    if a.dim() != 4:  # unbatched call: not a batch of samples
+    """Per-sample ``|dW|`` and ``|db|`` of a (transposed) convolution summed over the batch."""
+    if not isinstance(m, _CONV + _TRANSPOSED):
+        raise TypeError(f"conv_sums needs an nn.Conv*d or nn.ConvTranspose*d, got {type(m).__name__}")
+    spatial = len(m.kernel_size)
+    if a.dim() != spatial + 2:  # unbatched call: not a batch of samples
         raise RuntimeError("internal error: unbatched convolution reached the fast path")
-    groups, out_c, in_c = m.groups, g.shape[1], a.shape[1]
-    og, cg = out_c // groups, in_c // groups
-    ho, wo = g.shape[-2:]
-    w = torch.empty(kh, kw, out_c, cg, device=a.device)
-    n = a.shape[0]
-    ap = F.pad(a, (pw, pw, ph, ph)) if ph or pw else a
-    gl = g.reshape(n * groups, og, ho * wo)
-    for i in range(kh):
-        for j in range(kw):
-            r, c = i * dh, j * dw
-            window = ap[:, :, r : r + sh * (ho - 1) + 1 : sh, c : c + sw * (wo - 1) + 1 : sw]
-            per = torch.bmm(gl, window.reshape(n * groups, cg, ho * wo).transpose(1, 2))
-            torch.sum(per.abs_().view(n, out_c, cg), 0, out=w[i, j])
-    weight = w.permute(2, 3, 0, 1).reshape(m.weight.shape)
-    _add(acc, "weight", weight)
+    a, g = a.float(), g.float()
+    kernel, stride, dilation = tuple(m.kernel_size), tuple(m.stride), tuple(m.dilation)
+    if isinstance(m, _TRANSPOSED):  # the input plays the output gradient: (C_in, C_out / groups, *k)
+        pads = input_padding(m)
+        weight = correlation_sums(_pad(g, pads, "zeros"), a, kernel, stride, dilation, m.groups)
+    else:
+        padded = _pad(a, input_padding(m), m.padding_mode)
+        weight = correlation_sums(padded, g, kernel, stride, dilation, m.groups)
+    _add(acc, "weight", weight.reshape(m.weight.shape))
     if m.bias is not None:
         _add(acc, "bias", g.flatten(2).sum(-1).abs().sum(0))
+
+
+def correlation_sums(
+    a: Tensor, g: Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...],
+    groups: int,
+) -> Tensor:
+    """``sum_n |dW_n|`` with ``dW_n[o, c, k] = sum_p g[n, o, p] a[n, c, s p + d k]``.
+
+    ``a`` (already padded) is ``(N, C, *S)``, ``g`` is ``(N, O, *P)``; returns ``(O, C / groups, *k)``.
+    """
+    n, in_c, out_c = a.shape[0], a.shape[1], g.shape[1]
+    og, cg = out_c // groups, in_c // groups
+    positions = g.shape[2:]
+    p = positions.numel()
+    offsets = list(itertools.product(*(range(k) for k in kernel)))
+
+    def window(off: tuple[int, ...]) -> Tensor:
+        index = tuple(slice(o * d, o * d + s * (q - 1) + 1, s)
+                      for o, d, s, q in zip(off, dilation, stride, positions, strict=True))
+        return a[(slice(None), slice(None), *index)]
+
+    gl = g.reshape(n, groups, og, p)
+    if p == 1:  # rank 1: sum_n |g_n| |a_n|^T, one matmul per group over the batch
+        cols = torch.stack([window(off).reshape(n, groups, cg) for off in offsets], -1).abs_()
+        w = torch.bmm(gl.abs().reshape(n, groups, og).permute(1, 2, 0),
+                      cols.permute(1, 0, 2, 3).reshape(groups, n, cg * len(offsets)))
+        return w.reshape(out_c, cg, *kernel)
+    k = len(offsets)
+    gl = gl.reshape(n * groups, og, p)
+    if im2col(n, groups, og, cg, k, p):  # one matmul per sample
+        cols = torch.stack([window(off).reshape(n * groups, cg, p) for off in offsets], 2)
+        per = torch.bmm(gl, cols.reshape(n * groups, cg * k, p).transpose(1, 2))
+        return per.abs_().view(n, out_c, cg, k).sum(0).reshape(out_c, cg, *kernel)
+    w = torch.empty(k, out_c, cg, device=a.device)
+    for i, off in enumerate(offsets):  # one batched matmul per kernel offset
+        per = torch.bmm(gl, window(off).reshape(n * groups, cg, p).transpose(1, 2))
+        torch.sum(per.abs_().view(n, out_c, cg), 0, out=w[i])
+    return w.permute(1, 2, 0).reshape(out_c, cg, *kernel)
+
+
+def im2col(n: int, groups: int, og: int, cg: int, k: int, p: int) -> bool:
+    """Whether the im2col form is the cheaper one: few input channels per group (the per-offset
+    matmuls would be thin) and its columns and per-sample gradients within :data:`IM2COL_BYTES`."""
+    return cg < 16 and og >= 8 and 4 * n * groups * (og * cg * k + cg * k * p) <= IM2COL_BYTES
+
+
+def _pad(a: Tensor, pads: list[int], mode: str) -> Tensor:
+    """Pad the spatial dimensions by ``pads`` ((left, right) per dimension, first one first)."""
+    if not any(pads):
+        return a
+    flat = [p for i in reversed(range(len(pads) // 2)) for p in pads[2 * i : 2 * i + 2]]  # last dim first
+    return F.pad(a, flat, mode="constant" if mode == "zeros" else mode)
 
 
 def _add(acc: dict[str, Tensor], key: str, t: Tensor) -> None:

@@ -79,6 +79,8 @@ def record_hook(calls: dict[nn.Module, Call]) -> Callable[[nn.Module, tuple[obje
     """A forward hook that records each module's first call (input, output) into ``calls``."""
 
     def hook(m: nn.Module, inputs: tuple[object, ...], out: object) -> object:
+        if torch.compiler.is_compiling():  # traced into a compiled graph: record nothing
+            return None
         if m in calls:
             calls[m].count += 1
             return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from online_mas.estimators import conv, embedding, linear, norm
+from online_mas.estimators import activation, conv, embedding, linear, norm
 from online_mas.estimators.common import Rule
 
 __all__ = ["RULES", "register", "rule_for"]
@@ -19,11 +19,21 @@ RULES: dict[type[nn.Module], Rule] = {
     nn.Linear: linear.RULE,
     nn.Conv1d: conv.RULE,
     nn.Conv2d: conv.RULE,
+    nn.Conv3d: conv.RULE,
+    nn.ConvTranspose1d: conv.RULE,
+    nn.ConvTranspose2d: conv.RULE,
+    nn.ConvTranspose3d: conv.RULE,
     nn.Embedding: embedding.RULE,
     nn.LayerNorm: norm.RULE,
     nn.GroupNorm: norm.RULE,
     nn.BatchNorm1d: norm.RULE,
     nn.BatchNorm2d: norm.RULE,
+    nn.BatchNorm3d: norm.RULE,
+    nn.RMSNorm: norm.RULE,
+    nn.InstanceNorm1d: norm.RULE,
+    nn.InstanceNorm2d: norm.RULE,
+    nn.InstanceNorm3d: norm.RULE,
+    nn.PReLU: activation.RULE,
 }
 
 

@@ -11,9 +11,9 @@ into importance, folding the ``nn.Linear`` products straight into the running me
 
 Only used where it gives the same numbers as the separate pass:
 
-- every trainable parameter belongs to a layer with a closed-form fast path (``nn.Linear``,
-  ``nn.Conv1d/2d``, ``nn.Embedding``, ``nn.LayerNorm``, ``nn.GroupNorm``, eval-mode batch norm),
-  called once in the forward;
+- every trainable parameter belongs to a layer with a closed-form fast path (a rule of
+  :mod:`.registry`), called once in the forward, and the forward is not compiled (hooks record
+  nothing inside a ``torch.compile``-d graph);
 - no module that behaves differently in training mode is in training mode: dropout with ``p > 0``
   (samples would see random masks), batch norm (couples the samples of a batch), instance norm with
   running statistics, ``nn.RReLU``, attention and transformer layers (their own dropout);
@@ -132,6 +132,9 @@ class SharedForward:
                 self.why_not = why
                 return
             self._result = None
+            if not self._calls:
+                self.why_not = "no layer was recorded (hooks do not run inside a compiled forward)"
+                return
             used = covered(self._calls, x.shape[0])
             if {n for c in used for n in self._cands[c.module]} != set(self._names):
                 self.why_not = "a layer was called more than once, skipped or changed in place"
