@@ -22,7 +22,7 @@ from online_mas.signals import Loss, signal_from
 __all__ = ["Trigger", "check_boundaries", "default_detector"]
 
 
-def default_detector(*, window: int = 32, warmup: int = 256, min_segment: int = 1024,
+def default_detector(*, window: int = 32, warmup: int = 512, min_segment: int = 1024,
                      threshold: float = 8.0) -> Windowed:
     """The detector ``OnlineMAS`` uses when none is given: a self-calibrated one-sided CUSUM on the
     predictive entropy, fed means of ``window`` samples whatever the batch size.
@@ -51,7 +51,7 @@ def default_detector(*, window: int = 32, warmup: int = 256, min_segment: int = 
     Examples
     --------
     >>> default_detector()
-    Windowed(ScaledCUSUM(warmup=8, slack=0.5, threshold=8.0, clip=4.0, half_life=16.0, mode='up'), \
+    Windowed(ScaledCUSUM(warmup=16, slack=0.5, threshold=8.0, clip=4.0, half_life=16.0, mode='up'), \
 window=32, min_segment=1024)
     """
     window = check_int("window", window, minimum=1)
@@ -139,11 +139,11 @@ class Trigger:
             many = getattr(self.detector, "update_many", None)
             if callable(many):
                 many(values)
-                return "detector" if self.detector.drift_detected else None  # type: ignore[attr-defined]
+                return "detector" if self.detector.drift_detected else None
             fired = False
             for v in values:
                 self.detector.update(v)  # type: ignore[attr-defined]
-                fired = fired or bool(self.detector.drift_detected)  # type: ignore[attr-defined]
+                fired = fired or bool(self.detector.drift_detected)
             return "detector" if fired else None
         self.detector.update(value)  # type: ignore[attr-defined]
         return "detector" if self.detector.drift_detected else None

@@ -71,7 +71,7 @@ class ScaledCUSUM(BaseDetector):
     def __init__(
         self,
         *,
-        warmup: int = 8,
+        warmup: int = 16,
         slack: float = 0.5,
         threshold: float = 8.0,
         clip: float = 4.0,

@@ -117,7 +117,7 @@ class Windowed:
         if self._count == self.window:
             self.detector.update(self._sum / self.window)  # type: ignore[attr-defined]
             self._sum, self._count = 0.0, 0
-            if self.detector.drift_detected:  # type: ignore[attr-defined]
+            if self.detector.drift_detected:
                 self._held = True
         if self._held and self._since >= self.min_segment:
             self._held, self._since = False, 0
