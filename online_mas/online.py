@@ -330,7 +330,7 @@ class OnlineMAS:
         total, value = self.reducer.reduce(batch, update=update, feed=feed, value=value, weight=weight,
                                            named=self._params.named())
         self._add(total)
-        return self._after(value, round(weight) * self.reducer.size, pooled=ranks)
+        return self._after(value, round(self.reducer.last_weight if ranks else weight), pooled=ranks)
 
     def accumulate(self, x: Tensor) -> int:
         """Estimate the importance of a batch now and add it to the running average, outside the
