@@ -28,6 +28,8 @@ from online_mas.detectors import (
     PageHinkley,
     Periodic,
     Plateau,
+    ScaledCUSUM,
+    Windowed,
     detector_state_dict,
     load_detector_state,
 )
@@ -82,7 +84,9 @@ __all__ = [
     "Plateau",
     "Reducer",
     "RunningImportance",
+    "ScaledCUSUM",
     "StableAnchor",
+    "Windowed",
     "__version__",
     "accuracy_matrix_summary",
     "adapt",

@@ -340,7 +340,7 @@ class OnlineMAS:
         total, value = self.reducer.reduce(batch, update=update, feed=feed, value=value, weight=weight,
                                            named=self._params.named())
         self._add(total)
-        return self._after(value)
+        return self._after(value, round(self.reducer.last_weight if ranks else weight), pooled=ranks)
 
     def accumulate(self, x: Tensor) -> int:
         """Estimate the importance of a batch now and add it to the running average, outside the
@@ -469,11 +469,12 @@ class OnlineMAS:
         finally:
             self._seen.active = True
 
-    def _after(self, value: float | None) -> Event | None:
-        """The step's end: move the anchor policy, then consolidate if the trigger fires."""
+    def _after(self, value: float | None, n: int = 1, *, pooled: bool = False) -> Event | None:
+        """The step's end: move the anchor policy, then consolidate if the trigger fires (``value``
+        of ``n`` samples; ``pooled``: a mean over ranks)."""
         if self.trigger.task_free:
             self.anchor_policy.step(self._step, self._params.names, self._params.params)
-        reason = self.trigger.fire(self._step, value)
+        reason = self.trigger.fire(self._step, value, n=n, pooled=pooled)
         if reason == "detector":
             return self._consolidate(reason, self.anchor_policy.source(), value)
         return self._consolidate(reason, None, None) if reason else None

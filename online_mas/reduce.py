@@ -56,6 +56,7 @@ class Reducer:
         self._pending: dict[str, Tensor] = {}  # importance sums not yet reduced
         self._pending_n = 0
         self.pending_updates = 0  # importance updates since the last reduction
+        self.last_weight = 0.0  # samples behind the last value reduced across ranks
 
     @property
     def size(self) -> int:
@@ -138,6 +139,7 @@ class Reducer:
         group = world(self.process_group)[2]
         *total, scalars = all_reduce_flat([*local, scalars], group, stats=self.stats)
         count, weighted, weight = scalars.tolist()
+        self.last_weight = weight
         value = weighted / weight if weight > 0 else None
         if sums is None:
             return None, value

@@ -88,6 +88,10 @@ class _Stateless:
         """Per-sample surprise for the hard-sample buffer (higher: more surprising)."""
         return per_sample(self.name if self.name != "max_prob" else "entropy", out)
 
+    def per_sample(self, out: Tensor) -> Tensor:
+        """The signal of each sample (its batch mean is ``self(out)``), shape ``(N,)``."""
+        return per_sample(self.name, out)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 

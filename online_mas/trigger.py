@@ -1,31 +1,63 @@
 """When to consolidate: at known boundaries, or when a detector watching a signal fires.
 
-The detector sees one value per ``observe`` call (river's contract: ``update(x)``,
-``drift_detected``). The signal maps the batch output to that value (:mod:`online_mas.signals`),
-or is the training loss (:class:`~online_mas.signals.Loss`).
+A detector with ``per_sample = True`` (:class:`~online_mas.detectors.Windowed`, the default) is
+fed one value per sample: the signal's per-sample values where it has them (``entropy``,
+``output_norm``, ``max_prob``), else the batch value once per sample of the batch (``loss``,
+``feature_shift``, a callable). Any other detector (river's contract: ``update(x)``,
+``drift_detected``) sees one value per ``observe`` call, the batch mean, as before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
 
 from torch import Tensor
 
 from online_mas.checks import is_int
-from online_mas.detectors import PageHinkley
+from online_mas.detectors import ScaledCUSUM, Windowed
+from online_mas.detectors.base import check_int
 from online_mas.signals import Loss, signal_from
 
 __all__ = ["Trigger", "check_boundaries", "default_detector"]
 
 
-def default_detector() -> PageHinkley:
-    """The detector ``OnlineMAS`` uses when none is given: one-sided Page-Hinkley on the entropy.
+def default_detector(*, window: int = 32, warmup: int = 512, min_segment: int = 1024,
+                     threshold: float = 8.0) -> Windowed:
+    """The detector ``OnlineMAS`` uses when none is given: a self-calibrated one-sided CUSUM on the
+    predictive entropy, fed means of ``window`` samples whatever the batch size.
 
-    A new distribution makes the model unsure, so the mean predictive entropy of its outputs
-    jumps; ``mode="up"`` ignores the slow decrease while a segment is being learned. Thresholds are
-    in nats. Measured by ``scripts/detect_digits.py`` (``results/detect_digits.md``).
+    A new distribution makes the model unsure, so the entropy jumps. The CUSUM
+    (:class:`~online_mas.detectors.ScaledCUSUM`, ``mode="up"``) standardises each window mean by
+    the robust running scale of the window means of the current segment, so ``threshold`` is in
+    standard deviations, not nats. The scale is set on the first ``warmup`` samples after each
+    detection; detections less than ``min_segment`` samples apart are merged
+    (:class:`~online_mas.detectors.Windowed`). Before ``Windowed`` the default was
+    ``PageHinkley(min_instances=30, delta=0.05, threshold=1.0, alpha=0.999, mode="up")``, one
+    value per call: pass it as ``detector=`` to continue a state saved with it.
+
+    Parameters
+    ----------
+    window
+        Samples per value fed to the CUSUM, >= 1.
+    warmup
+        Samples after each detection that set the level and scale (rounded up to whole windows,
+        at least 2 windows).
+    min_segment
+        Least number of samples between two consolidations, >= 0.
+    threshold
+        CUSUM threshold in standard deviations of a window mean, > 0.
+
+    Examples
+    --------
+    >>> default_detector()
+    Windowed(ScaledCUSUM(warmup=16, slack=0.5, threshold=8.0, clip=4.0, half_life=16.0, mode='up'), \
+window=32, min_segment=1024)
     """
-    return PageHinkley(min_instances=30, delta=0.05, threshold=1.0, alpha=0.999, mode="up")
+    window = check_int("window", window, minimum=1)
+    warmup = check_int("warmup", warmup, minimum=1)
+    return Windowed(ScaledCUSUM(warmup=max(2, -(-warmup // window)), threshold=threshold, mode="up"),
+                    window=window, min_segment=min_segment)
 
 
 class Trigger:
@@ -56,6 +88,7 @@ class Trigger:
         self.signal = signal_from(signal)
         self.boundaries = check_boundaries(boundaries) if boundaries is not None else None
         self.last_signal: float | None = None  # the last value fed to the detector
+        self._samples: list[float] | None = None  # per-sample values of the last value()
 
     @property
     def by_loss(self) -> bool:
@@ -68,23 +101,50 @@ class Trigger:
         return self.detector is not None and not isinstance(self.signal, Loss)
 
     @property
+    def per_sample(self) -> bool:
+        """The detector takes one value per sample (``detector.per_sample is True``)."""
+        return getattr(self.detector, "per_sample", False) is True
+
+    @property
     def task_free(self) -> bool:
         """A detector (not boundaries) decides."""
         return self.detector is not None
 
     def value(self, out: Tensor) -> float | None:
         """The detector's signal of a batch output (None when it watches the loss or is absent)."""
+        self._samples = None
         if not self.every_step:
             return None
+        each = getattr(self.signal, "per_sample", None)
+        if self.per_sample and callable(each):
+            values = each(out).tolist()
+            self._samples = values
+            return math.fsum(values) / len(values) if values else math.nan
         return float(self.signal(out))  # type: ignore[operator]
 
-    def fire(self, step: int, value: float | None) -> str | None:
-        """Feed ``value`` (if any); the reason to consolidate after ``step``, or None."""
+    def fire(self, step: int, value: float | None, *, n: int = 1, pooled: bool = False) -> str | None:
+        """Feed ``value`` (if any); the reason to consolidate after ``step``, or None.
+
+        A per-sample detector gets the per-sample values of the last :meth:`value` call, or (none
+        kept, or ``pooled``: ``value`` is a mean over ranks) ``value`` once for each of ``n`` samples.
+        """
+        samples, self._samples = self._samples, None
         if self.boundaries is not None:
             return "boundary" if step in self.boundaries else None
         if self.detector is None or value is None:
             return None
         self.last_signal = value
+        if self.per_sample:
+            values: Sequence[float] = samples if samples is not None and not pooled else [value] * max(1, n)
+            many = getattr(self.detector, "update_many", None)
+            if callable(many):
+                many(values)
+                return "detector" if self.detector.drift_detected else None
+            fired = False
+            for v in values:
+                self.detector.update(v)  # type: ignore[attr-defined]
+                fired = fired or bool(self.detector.drift_detected)
+            return "detector" if fired else None
         self.detector.update(value)  # type: ignore[attr-defined]
         return "detector" if self.detector.drift_detected else None
 

@@ -48,6 +48,11 @@ CONFIGS = {  # name: (every, sync_every, average, collectives per rank: updates 
 }
 SHIFT, STEPS_PH = 50, 60  # rank 1's data shrinks towards 0 after step 50: its entropy rises
 
+
+def _short_default() -> object:
+    """The default detector with a warm-up and a minimum segment that fit 50 steps of 8 samples."""
+    return om.default_detector(window=8, warmup=128, min_segment=256)
+
 EVERY_STEP = om.MASConfig(every=1)  # estimate importance on every observe() call
 
 
@@ -173,7 +178,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         res["feature_shift"] = _snapshot(_signal_run("feature_shift", 0, rank))
         res["buffer"] = _snapshot(_signal_run("entropy", 4, rank))
         res["periodic"] = _snapshot(_detector_run(om.Periodic(every=4), "current", 12, rank))
-        res["page_hinkley"] = _snapshot(_detector_run(om.default_detector(), "stable", STEPS_PH, rank))
+        res["page_hinkley"] = _snapshot(_detector_run(_short_default(), "stable", STEPS_PH, rank))
         torch.save(res, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -368,7 +373,7 @@ def test_ranks_consolidate_at_the_same_step_with_identical_anchor_and_omega(
         return
     # only rank 1's data changes, yet both ranks fire, where one process on the whole batch does
     with _one_thread():
-        ref = _detector_run(om.default_detector(), "stable", STEPS_PH, None)
+        ref = _detector_run(_short_default(), "stable", STEPS_PH, None)
     assert steps == [e.step for e in ref.events] and len(steps) == 1 and SHIFT < steps[0] <= SHIFT + 10
     _close(r0["omega"], ref.omega)
     _close(r0["anchors"], ref.anchors)

@@ -31,7 +31,9 @@ def continual(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize(("learner", "last_row", "events"), [
     ("finetune", [0.20612813370473537, 0.5236768802228412, 0.8022284122562674], []),
-    ("online-mas", [0.20612813370473537, 0.532033426183844, 0.8022284122562674], [100]),
+    # the default detector fed per sample (Windowed ScaledCUSUM) finds no change in this one-pass run;
+    # Page-Hinkley on per-call means consolidated once, at step 100 (last row 0.2061, 0.5320, 0.8022)
+    ("online-mas", [0.20612813370473537, 0.5236768802228412, 0.8022284122562674], []),
     ("mas-oracle", [0.20891364902506965, 0.5459610027855153, 0.7883008356545961], [45, 90, 135]),
 ])
 def test_continual_run_gives_the_pinned_results(continual: Path, learner: str, last_row: list[float],

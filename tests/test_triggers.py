@@ -8,7 +8,7 @@ from torch import nn
 
 import online_mas as om
 from online_mas.buffer import HardBuffer
-from online_mas.detectors import PageHinkley, Periodic
+from online_mas.detectors import PageHinkley, Periodic, ScaledCUSUM, Windowed
 
 
 def _model() -> nn.Module:
@@ -27,11 +27,52 @@ def _fire_steps(mas: om.OnlineMAS, xs: list[torch.Tensor]) -> list[int]:
     return [e.step for x in xs if (e := mas.observe(x)) is not None]
 
 
-def test_default_detector_is_page_hinkley_on_entropy() -> None:
+def test_default_detector_is_a_per_sample_scaled_cusum_on_entropy() -> None:
     mas = om.OnlineMAS(_model())
-    assert isinstance(mas.detector, PageHinkley) and mas.trigger.signal.name == "entropy"
+    assert isinstance(mas.detector, Windowed) and isinstance(mas.detector.detector, ScaledCUSUM)
+    assert mas.trigger.signal.name == "entropy" and mas.trigger.per_sample
     mas.observe(torch.randn(8, 4))
     assert mas.last_signal is not None and 0.0 <= mas.last_signal <= 1.0986123 + 1e-6
+    assert mas.detector.state_dict()["seen"] == 8  # one update per sample
+    with pytest.raises(ValueError, match="window must be an integer >= 1, got 0"):
+        om.default_detector(window=0)
+
+
+def _samples(scales: list[float], n: int, *, seed: int) -> torch.Tensor:
+    """``n`` samples per scale, in order; a fixed model's entropy rises as the scale falls."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([torch.randn(n, 4, generator=g) * s for s in scales])
+
+
+def _consolidations(data: torch.Tensor, batch: int) -> list[int]:
+    """Samples seen when the default OnlineMAS consolidated, ``data`` cut into batches."""
+    mas = om.OnlineMAS(_model())  # no training: the per-sample signal is the same at any batch size
+    return [e.step * batch for i in range(0, len(data), batch)
+            if (e := mas.observe(data[i:i + batch])) is not None]
+
+
+@pytest.mark.filterwarnings("ignore:consolidation at step")
+def test_default_detector_finds_the_same_changes_at_batch_1_and_64() -> None:
+    data = _samples([10.0, 2.0, 0.3], 2048, seed=0)  # changes at samples 2048 and 4096
+    one, big = _consolidations(data, 1), _consolidations(data, 64)
+    assert len(one) == 2 and 2048 < one[0] <= 2048 + 512 and 4096 < one[1] <= 4096 + 512, one
+    assert [-(-s // 64) * 64 for s in one] == big  # the same samples, rounded up to the batch
+
+
+@pytest.mark.parametrize("batch", [1, 64])
+def test_default_detector_never_consolidates_on_a_stationary_stream(batch: int) -> None:
+    assert _consolidations(_samples([10.0], 6144, seed=1), batch) == []
+
+
+def test_a_per_call_detector_sees_one_value_per_call_and_a_per_sample_one_every_sample() -> None:
+    per_call = om.OnlineMAS(_model(), detector=Periodic(every=3))
+    per_sample = om.OnlineMAS(_model(), detector=Windowed(Periodic(every=3), window=5))
+    xs = [torch.randn(4, 4) for _ in range(8)]  # 32 samples: windows end at samples 5, 10, ...
+    assert _fire_steps(per_call, xs) == [3, 6]
+    assert _fire_steps(per_sample, xs) == [4, 8]  # windows 3 and 6 end at samples 15 and 30
+    loss = om.OnlineMAS(_model(), signal="loss", detector=Windowed(Periodic(every=1), window=6))
+    fired = [e.step for x in xs if (e := loss.observe(x, loss=1.0))]
+    assert fired == [2, 3, 5, 6, 8]  # the batch loss counts once per sample: windows end at 6, 12, ...
 
 
 def test_detector_on_output_norm_fires_right_after_the_change() -> None:

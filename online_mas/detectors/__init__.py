@@ -39,6 +39,8 @@ from online_mas.detectors.baselines import NeverFires, Periodic
 from online_mas.detectors.cusum import CUSUM
 from online_mas.detectors.page_hinkley import PageHinkley
 from online_mas.detectors.plateau import Plateau
+from online_mas.detectors.scaled_cusum import ScaledCUSUM
+from online_mas.detectors.windowed import Windowed
 
 __all__ = [
     "CUSUM",
@@ -47,6 +49,8 @@ __all__ = [
     "PageHinkley",
     "Periodic",
     "Plateau",
+    "ScaledCUSUM",
+    "Windowed",
     "detector_state_dict",
     "load_detector_state",
 ]

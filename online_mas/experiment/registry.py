@@ -8,7 +8,8 @@ Detector names are shared by ``[learner.online-mas]`` and ``[adapt]``: ``"defaul
 :func:`~online_mas.default_detector`, ``"never"`` a detector that never fires (its signal is still
 computed), ``"none"`` no detector at all. In ``[adapt]``, which has no ``detector_args``,
 ``"page-hinkley"`` has always meant the default detector and still does
-(:data:`ADAPT_DETECTOR_ALIASES`).
+(:data:`ADAPT_DETECTOR_ALIASES`), now a :class:`~online_mas.detectors.Windowed`
+:class:`~online_mas.detectors.ScaledCUSUM`; ``"scaled-cusum"`` is that CUSUM fed one value per call.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import nn
 
 from online_mas.adapt import PARAMS as ADAPT_PARAMS
 from online_mas.adapt import PENALTY_FORMS
-from online_mas.detectors import CUSUM, NeverFires, PageHinkley, Periodic, Plateau
+from online_mas.detectors import CUSUM, NeverFires, PageHinkley, Periodic, Plateau, ScaledCUSUM
 from online_mas.experiment.mas_section import MASSection, build_online_mas
 from online_mas.online import OnlineMAS, default_detector
 
@@ -69,7 +70,7 @@ OPTIMIZERS: Mapping[str, Callable[..., torch.optim.Optimizer]] = MappingProxyTyp
 
 DETECTORS: Mapping[str, Callable[..., object]] = MappingProxyType({
     "default": default_detector, "page-hinkley": PageHinkley, "cusum": CUSUM, "plateau": Plateau,
-    "periodic": Periodic, "never": NeverFires, "none": _no_detector})
+    "periodic": Periodic, "never": NeverFires, "scaled-cusum": ScaledCUSUM, "none": _no_detector})
 """Detector name -> constructor of its keyword arguments (``"none"`` builds ``None``)."""
 
 ADAPT_DETECTOR_ALIASES: Mapping[str, str] = MappingProxyType({"page-hinkley": "default"})
@@ -117,8 +118,8 @@ def adapt_detector(name: str, *, period: int) -> object:
     Examples
     --------
     >>> type(adapt_detector("page-hinkley", period=5)).__name__, adapt_detector("none", period=5)
-    ('PageHinkley', None)
-    >>> adapt_detector("page-hinkley", period=5).threshold == default_detector().threshold
+    ('Windowed', None)
+    >>> repr(adapt_detector("page-hinkley", period=5)) == repr(default_detector())
     True
     """
     name = ADAPT_DETECTOR_ALIASES.get(name, name)
