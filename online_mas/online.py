@@ -409,6 +409,18 @@ class OnlineMAS:
         self._sync()
         self._arm_next()
 
+    def __getstate__(self) -> dict[str, object]:
+        """For pickle and deepcopy: the subsample generator as bytes, so equal objects pickle to
+        equal bytes (a generator's state tensor is new at every read)."""
+        state = self.__dict__.copy()
+        state["_generator"] = bytes(self._generator.get_state().tolist())
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        generator = torch.Generator()
+        generator.set_state(torch.tensor(list(state["_generator"]), dtype=torch.uint8))  # type: ignore[call-overload]
+        self.__dict__.update(state, _generator=generator)
+
     # ------------------------------------------------------------------ wiring
 
     def _sync(self, *, full: bool = True) -> None:

@@ -141,3 +141,19 @@ def test_bench_importance_runs_the_issue_16_models_and_writes_the_results_table(
     assert report["results"]["gpt"]["torch_func_params"] == []  # every projection an nn.Linear
     assert "body.weight_hh_l0" in report["results"]["gru"]["torch_func_params"]
     assert report["table"] in printed and report["table"] in md.read_text()  # the script's own output
+
+
+def test_bench_river_writes_its_table(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "river.md"
+    subprocess.run([sys.executable, "scripts/bench_river.py", "--segment", "60", "--probe", "20", "--seeds", "0",
+                    "--results", str(out), "--out", str(tmp_path / "runs")], check=True, capture_output=True,
+                   cwd=Path(__file__).resolve().parents[1], timeout=300)
+    text = out.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "learner" not in line]
+    assert len(rows) == 3 * 4  # three streams, four learners
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert 0.0 <= float(cells[2]) <= 100.0 and 0.0 <= float(cells[3]) <= 100.0 and float(cells[4]) > 0
