@@ -145,11 +145,11 @@ def test_bench_importance_runs_the_issue_16_models_and_writes_the_results_table(
 
 def test_bench_river_writes_its_table(tmp_path: Path) -> None:
     import subprocess
-    import sys
 
     out = tmp_path / "river.md"
-    subprocess.run([sys.executable, "scripts/bench_river.py", "--segment", "60", "--probe", "20", "--seeds", "0",
-                    "--results", str(out), "--out", str(tmp_path / "runs")], check=True, capture_output=True,
+    subprocess.run([sys.executable, "scripts/bench_river.py", "--segment", "60", "--probe", "20",
+                    "--seeds", "0", "--results", str(out), "--out", str(tmp_path / "runs")],
+                   check=True, capture_output=True,
                    cwd=Path(__file__).resolve().parents[1], timeout=300)
     text = out.read_text()
     rows = [line for line in text.splitlines() if line.startswith("| ") and "learner" not in line]
