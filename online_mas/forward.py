@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import torch
 from torch import Tensor, nn
 
 from online_mas.estimators.common import uncompiled
+from online_mas.estimators.inputs import Inputs, batch_size, is_same
 from online_mas.estimators.shared import SharedForward
 
 __all__ = ["LastForward", "Parameters", "unwrap"]
@@ -85,10 +85,11 @@ class LastForward:
     so that ``observe(x)`` can compute the signal of a batch from the forward the training step
     already made; and the :class:`SharedForward` recorder, when importance shares that forward."""
 
-    __slots__ = ("active", "out", "shared", "x")
+    __slots__ = ("active", "args", "kwargs", "out", "shared")
 
     def __init__(self) -> None:
-        self.x: Tensor | None = None
+        self.args: tuple[object, ...] = ()
+        self.kwargs: dict[str, object] = {}
         self.out: Tensor | None = None
         self.active = True  # False while OnlineMAS runs forwards of its own
         self.shared: SharedForward | None = None
@@ -96,7 +97,7 @@ class LastForward:
     def attach(self, model: nn.Module, *, shared: bool, chunk: int | None) -> Callable[[], None]:
         """Hook the model's forward (and, with ``shared``, record it for importance); returns the
         function that detaches everything again."""
-        handle = model.register_forward_hook(self.hook)
+        handle = model.register_forward_hook(self.hook, with_kwargs=True)
         if shared:
             self.shared = SharedForward(unwrap(model), chunk, gate=lambda: self.active)
         recorder = self.shared
@@ -116,18 +117,17 @@ class LastForward:
             else:
                 self.shared.arm(list(names), list(params))
 
-    def hook(self, module: nn.Module, args: tuple[object, ...], out: object) -> None:
-        if torch.compiler.is_compiling():  # traced into a compiled graph: keep nothing
-            return
-        if self.active and args and isinstance(args[0], Tensor) and isinstance(out, Tensor):
-            self.x, self.out = args[0], out.detach()
-            if self.shared is not None:
+    def hook(self, module: nn.Module, args: tuple[object, ...], kwargs: dict[str, object],
+             out: object) -> None:
+        if self.active and isinstance(out, Tensor):
+            self.args, self.kwargs, self.out = args, kwargs, out.detach()
+            if self.shared is not None and args and isinstance(args[0], Tensor):
                 self.shared.on_forward(args[0], out)
 
-    def take(self, x: Tensor) -> Tensor | None:
-        """The output recorded for this very tensor ``x`` (then forgotten), or None."""
-        out = self.out if self.x is x else None
-        self.x = self.out = None
-        if out is not None and (out.dim() == 0 or out.shape[0] != x.shape[0]):
+    def take(self, x: Inputs) -> Tensor | None:
+        """The output recorded for this very ``x`` (then forgotten), or None."""
+        out = self.out if self.out is not None and is_same(x, self.args, self.kwargs) else None
+        self.args, self.kwargs, self.out = (), {}, None
+        if out is not None and (out.dim() == 0 or out.shape[0] != batch_size(x)):
             return None
         return out

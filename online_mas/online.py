@@ -20,6 +20,7 @@ from online_mas.checks import check_choice, is_int, is_real
 from online_mas.consolidate import NORMALIZE, ConsolidationRule, Consolidator, CurrentAnchor, StableAnchor
 from online_mas.estimators import METHODS, BatchImportance, NonFiniteError, OutputFn, estimate
 from online_mas.estimators.common import check_input, model_output
+from online_mas.estimators.inputs import Inputs, batch_size, select
 from online_mas.forward import LastForward, Parameters, unwrap
 from online_mas.migrate import STATE_VERSION, current_state
 from online_mas.penalty import (
@@ -284,20 +285,23 @@ class OnlineMAS:
             safe = not 2.0 * lr * self.lam * self.consolidator.peak < PROXIMAL_SAFE_ABOVE
             proximal_(*self._lists(), self.lam, lr, check=False, safe=safe)
 
-    def observe(self, x: Tensor, *, loss: float | Tensor | None = None) -> Event | None:
+    def observe(self, x: Inputs, *, loss: float | Tensor | None = None) -> Event | None:
         """Update the running importance from a batch of inputs (never labels), batch dimension
-        first; consolidate if the trigger fires. ``loss``: this step's loss, for ``signal="loss"``.
+        first (a tensor, or a tuple or dict of tensors for ``model(*x)``, ``model(**x)``);
+        consolidate if the trigger fires. ``loss``: this step's loss, for ``signal="loss"``.
         Returns the :class:`Event` if this call consolidated."""
         if self.trigger.by_loss and loss is None:
             raise ValueError("signal='loss' needs observe(x, loss=...) on every call")
         check_input(x, finite=False)  # wrong types and shapes raise before anything changes
+        if self.buffer is not None and not isinstance(x, Tensor):
+            raise TypeError("a HardBuffer keeps tensor inputs: with a tuple or dict x, pass buffer=None")
         value = _loss_value(loss)
         try:
             return self._observe(x, value)
         finally:
             self._arm_next()
 
-    def _observe(self, x: Tensor, loss: float | None) -> Event | None:
+    def _observe(self, x: Inputs, loss: float | None) -> Event | None:
         """One step; nothing changes before everything that can raise has run (the step is
         counted at the end, also for a skipped batch)."""
         step = self._step + 1
@@ -307,7 +311,7 @@ class OnlineMAS:
         seen = _for_signal(self._seen.take(x))
         batch: BatchImportance | None = None
         value: float | None = None
-        weight = float(x.shape[0])
+        weight = float(batch_size(x))
         try:
             if update:
                 check_input(x)
@@ -333,7 +337,7 @@ class OnlineMAS:
             self._step = step
             self._recent_skips.append(False)
         if self.trigger.by_loss and loss is not None:
-            value, weight = loss, float(x.shape[0])
+            value, weight = loss, float(batch_size(x))
         if ranks and value is not None and not math.isfinite(value):
             value = None
         feed = self.trigger.task_free and (update or self.trigger.by_loss or self.trigger.every_step)
@@ -342,7 +346,7 @@ class OnlineMAS:
         self._add(total)
         return self._after(value, round(self.reducer.last_weight if ranks else weight), pooled=ranks)
 
-    def accumulate(self, x: Tensor) -> int:
+    def accumulate(self, x: Inputs) -> int:
         """Estimate the importance of a batch now and add it to the running average, outside the
         step count and the detector (e.g. unlabeled source data before deployment). Returns the
         samples added (0 if the batch was skipped as non-finite)."""
@@ -443,11 +447,11 @@ class OnlineMAS:
         names, c = self._params.names, self.consolidator
         return self._params.params, [c.anchor[n] for n in names], [c.omega[n] for n in names]
 
-    def _estimate(self, x: Tensor, *, step: bool = True) -> BatchImportance:
+    def _estimate(self, x: Inputs, *, step: bool = True) -> BatchImportance:
         """This batch's importance: from the user's forward (shared_forward) or a separate pass.
         ``step``: an observe step (subsampled, factors to fold, offered to the buffer)."""
         shared = self._seen.shared
-        batch = shared.take(x, self._params.names) if shared is not None else None
+        batch = shared.take(x, self._params.names) if shared is not None and isinstance(x, Tensor) else None
         xs = x
         if batch is None:
             xs = self._subsample(x) if step else x
@@ -457,7 +461,7 @@ class OnlineMAS:
                                  chunk_size=self.config.chunk_size, factors=step)
             finally:
                 self._seen.active = True
-        if self.buffer is not None and step:
+        if self.buffer is not None and step and isinstance(xs, Tensor):
             surprise = getattr(self.trigger.signal, "surprise", None)
             scores = surprise(batch.out) if callable(surprise) else per_sample("entropy", batch.out)
             self.buffer.add(xs, scores)
@@ -474,7 +478,7 @@ class OnlineMAS:
         if total is not None:
             self.running.update(total.sums, total.n, factors=total.factors)
 
-    def _output(self, x: Tensor) -> Tensor:
+    def _output(self, x: Inputs) -> Tensor:
         self._seen.active = False
         try:
             return model_output(unwrap(self.model), x, self.output)
@@ -525,12 +529,11 @@ class OnlineMAS:
             due = (self._step + 1) % self.config.every == 0 and self.reducer.size == 1
             self._seen.arm(self._params.names if due else None, self._params.params)
 
-    def _subsample(self, x: Tensor) -> Tensor:
+    def _subsample(self, x: Inputs) -> Inputs:
         k = self.config.subsample
-        if k is None or x.shape[0] <= k:
+        if k is None or batch_size(x) <= k:
             return x
-        idx = torch.randperm(x.shape[0], generator=self._generator)[:k]
-        return x[idx.to(x.device)]
+        return select(x, torch.randperm(batch_size(x), generator=self._generator)[:k])
 
     def _diverged(self, why: str) -> None:
         """Raise once most recent ``observe`` calls were skipped: a diverged model, said loudly

@@ -52,12 +52,14 @@ from online_mas.estimators.common import (
 )
 from online_mas.estimators.exact import covered, exact_sums, fast_candidates, recording
 from online_mas.estimators.func import batch_sums, func_sums, loop_sums
+from online_mas.estimators.inputs import Inputs, batch_size
 from online_mas.estimators.local import local_sums
 from online_mas.estimators.registry import register, rule_for
 
 __all__ = [
     "METHODS",
     "BatchImportance",
+    "Inputs",
     "NonFiniteError",
     "OutputFn",
     "Rule",
@@ -72,7 +74,7 @@ METHODS = ("exact", "vmap", "loop", "batch", "local")
 
 def importance(
     model: nn.Module,
-    x: Tensor,
+    x: Inputs,
     *,
     method: str = "exact",
     output: OutputFn | None = None,
@@ -85,7 +87,8 @@ def importance(
     model
         Any ``nn.Module``. Only parameters with ``requires_grad=True`` are scored.
     x
-        A batch of inputs, batch dimension first (floating point, or integer for embeddings).
+        A batch of inputs, batch dimension first (floating point, or integer for embeddings): one
+        tensor, or a tuple (``model(*x)``) or dict (``model(**x)``) of tensors.
     method
         ``"exact"`` (default), ``"vmap"``, ``"loop"``, ``"batch"`` or ``"local"``.
     output
@@ -134,7 +137,7 @@ def importance(
 
 def estimate(
     model: nn.Module,
-    x: Tensor,
+    x: Inputs,
     *,
     method: str = "exact",
     output: OutputFn | None = None,
@@ -162,7 +165,7 @@ def estimate(
 
 def importance_sums(
     model: nn.Module,
-    x: Tensor,
+    x: Inputs,
     *,
     method: str = "exact",
     output: OutputFn | None = None,
@@ -173,7 +176,7 @@ def importance_sums(
     return b.sums, b.n, b.out
 
 
-def plan(model: nn.Module, x: Tensor | None = None, *, output: OutputFn | None = None) -> dict[str, str]:
+def plan(model: nn.Module, x: Inputs | None = None, *, output: OutputFn | None = None) -> dict[str, str]:
     """Which rule the exact method uses for each trainable parameter: ``"torch.func"`` where none.
 
     Without ``x`` this is what the module types allow; with ``x`` one forward also finds layers
@@ -192,7 +195,7 @@ def plan(model: nn.Module, x: Tensor | None = None, *, output: OutputFn | None =
         check_input(x)
         with recording(cands) as calls, eval_mode(model), torch.enable_grad(), eager():
             forward(model, x, output if output is not None else call_model)
-            used = {c.module for c in covered(calls, x.shape[0])}
+            used = {c.module for c in covered(calls, batch_size(x))}
         cands = {m: ns for m, ns in cands.items() if m in used}
     rules = {n: rule_for(m).name for m, ns in cands.items() for n in ns}  # type: ignore[union-attr]
     return {n: rules.get(n, "torch.func") for n in named}
@@ -200,7 +203,7 @@ def plan(model: nn.Module, x: Tensor | None = None, *, output: OutputFn | None =
 
 def _run(
     model: nn.Module,
-    x: Tensor,
+    x: Inputs,
     method: str,
     output: OutputFn | None,
     chunk_size: int | None,
@@ -223,7 +226,7 @@ def _run(
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     folded: dict[str, tuple[Tensor, Tensor]] = {}
     with eval_mode(model), torch.enable_grad(), eager():
-        scale = 1.0 / x.shape[0] if mean else 1.0
+        scale = 1.0 / batch_size(x) if mean else 1.0
         if method == "exact":
             sums, out, folded = exact_sums(model, named, x, fn, chunk, scale=scale,
                                            factor=factors and not mean)
@@ -241,4 +244,4 @@ def _run(
             torch._foreach_mul_(list(sums.values()), scale)  # fresh tensors: in place is safe
     if not folded:  # a factored result was checked before it was returned
         check_finite_sums(sums)
-    return BatchImportance(sums, x.shape[0], out, folded)
+    return BatchImportance(sums, batch_size(x), out, folded)

@@ -6,9 +6,12 @@ import contextlib
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from online_mas.estimators.inputs import Inputs, batch_size, call, check_inputs, describe
 
 __all__ = [
     "BatchImportance",
@@ -29,7 +32,7 @@ __all__ = [
     "zeros",
 ]
 
-OutputFn = Callable[[nn.Module, Tensor], Tensor]
+OutputFn = Callable[[nn.Module, Any], Tensor]
 """Maps ``(model, x)`` to the tensor whose squared norm is used; batch dimension first."""
 
 
@@ -77,21 +80,14 @@ class BatchImportance:
         return full
 
 
-def call_model(model: nn.Module, x: Tensor) -> Tensor:
-    return model(x)
+def call_model(model: nn.Module, x: Inputs) -> Tensor:
+    """``model(x)``, ``model(*x)`` or ``model(**x)`` (:mod:`.inputs`)."""
+    return call(model, x)
 
 
-def check_input(x: Tensor, *, finite: bool = True) -> None:
+def check_input(x: Inputs, *, finite: bool = True) -> None:
     """Raise TypeError/ValueError for what is not a batch, NonFiniteError for nan/inf (if ``finite``)."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor with the batch dimension first, got {type(x)!r}")
-    if x.dtype == torch.bool or x.is_complex():
-        raise TypeError(f"x must have a floating point or integer dtype, got {x.dtype}")
-    if x.dim() == 0 or x.shape[0] == 0:
-        raise ValueError(f"x must be a non-empty batch (batch dimension first), got shape "
-                         f"{tuple(x.shape)}")
-    if finite and x.is_floating_point() and not _all_finite(x):
-        raise NonFiniteError("x contains non-finite values (nan or inf)")
+    check_inputs(x, finite=finite)
 
 
 def check_chunk_size(chunk_size: int | None) -> int:
@@ -102,7 +98,7 @@ def check_chunk_size(chunk_size: int | None) -> int:
     return chunk_size
 
 
-def forward(model: nn.Module, x: Tensor, fn: OutputFn) -> Tensor:
+def forward(model: nn.Module, x: Inputs, fn: OutputFn) -> Tensor:
     """``fn(model, x)``, checked: one floating tensor, batch dimension first, finite."""
     try:
         out = fn(model, x)
@@ -110,7 +106,7 @@ def forward(model: nn.Module, x: Tensor, fn: OutputFn) -> Tensor:
         raise
     except RuntimeError as err:  # shape or dtype the model does not accept
         raise ValueError(
-            f"the model cannot run on x of shape {tuple(x.shape)} and dtype {x.dtype}: {err}"
+            f"the model cannot run on x of shape {describe(x)}: {err}"
         ) from err
     if not isinstance(out, Tensor):
         raise TypeError(
@@ -118,9 +114,9 @@ def forward(model: nn.Module, x: Tensor, fn: OutputFn) -> Tensor:
             "output=lambda model, x: ... to choose the tensor whose squared norm MAS uses "
             "(e.g. output=lambda m, x: m(x)[0])"
         )
-    if out.dim() == 0 or out.shape[0] != x.shape[0]:
+    if out.dim() == 0 or out.shape[0] != batch_size(x):
         raise ValueError(
-            f"the output must have the batch dimension first: input batch {x.shape[0]}, "
+            f"the output must have the batch dimension first: input batch {batch_size(x)}, "
             f"output shape {tuple(out.shape)}"
         )
     if not out.is_floating_point():
@@ -130,7 +126,7 @@ def forward(model: nn.Module, x: Tensor, fn: OutputFn) -> Tensor:
     return out
 
 
-def model_output(model: nn.Module, x: Tensor, output: OutputFn | None = None) -> Tensor:
+def model_output(model: nn.Module, x: Inputs, output: OutputFn | None = None) -> Tensor:
     """The output MAS uses for ``x``, in eval mode and without gradients (for signals).
 
     Raises :class:`NonFiniteError` if it is not finite, like the estimators.

@@ -23,6 +23,7 @@ from online_mas.estimators.common import (
     sq_norm_total,
 )
 from online_mas.estimators.func import func_sums
+from online_mas.estimators.inputs import Inputs, batch_size, split
 from online_mas.estimators.registry import rule_for
 
 __all__ = [
@@ -191,7 +192,7 @@ def factored_sums(
 def exact_sums(
     model: nn.Module,
     named: Mapping[str, Tensor],
-    x: Tensor,
+    x: Inputs,
     fn: OutputFn,
     chunk: int,
     *,
@@ -209,7 +210,7 @@ def exact_sums(
     cands = fast_candidates(model, named)
     sums: dict[str, Tensor] = {}
     hits: dict[str, int] = {}
-    pieces = x.split(chunk)
+    pieces = split(x, chunk)
     keep = factor and len(pieces) == 1 and scale == 1.0
     pairs: list[Pair] = []
     outs = []
@@ -218,7 +219,7 @@ def exact_sums(
             calls.clear()
             out = forward(model, xc, fn)
             outs.append(out.detach())
-            used = covered(calls, xc.shape[0])
+            used = covered(calls, batch_size(xc))
             if used:
                 if keep:
                     pairs = output_grads(used, out)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from online_mas.estimators.common import OutputFn, forward, sq_norm_total, zeros
+from online_mas.estimators.inputs import Inputs, batch_size, rows, split, unsqueeze
 
 __all__ = ["batch_sums", "func_sums", "loop_sums"]
 
@@ -21,12 +22,12 @@ class _Wrapped(nn.Module):
         self.model = model
         self.fn = fn
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Inputs) -> Tensor:
         return self.fn(self.model, x)
 
 
 def func_sums(
-    model: nn.Module, named: Mapping[str, Tensor], x: Tensor, fn: OutputFn, chunk: int
+    model: nn.Module, named: Mapping[str, Tensor], x: Inputs, fn: OutputFn, chunk: int
 ) -> dict[str, Tensor]:
     """Exact per-sample |grad| summed over the batch for ``named`` via torch.func, in chunks."""
     if not named:
@@ -36,14 +37,14 @@ def func_sums(
     wrapped = _Wrapped(model, fn)
     detached = {"model." + n: p.detach() for n, p in named.items()}
 
-    def sq_norm(p: dict[str, Tensor], xi: Tensor) -> Tensor:
-        out = functional_call(wrapped, p, (xi.unsqueeze(0),))
+    def sq_norm(p: dict[str, Tensor], xi: Inputs) -> Tensor:
+        out = functional_call(wrapped, p, (unsqueeze(xi),))
         return out.float().pow(2).sum()
 
     per_sample = vmap(grad(sq_norm), in_dims=(None, 0))
     sums = zeros(named)
     try:
-        for xc in x.split(chunk):
+        for xc in split(x, chunk):
             grads = per_sample(detached, xc)
             for n in named:
                 sums[n] += grads["model." + n].float().abs().sum(0)
@@ -59,14 +60,14 @@ def func_sums(
 
 
 def loop_sums(
-    model: nn.Module, named: Mapping[str, Tensor], x: Tensor, fn: OutputFn
+    model: nn.Module, named: Mapping[str, Tensor], x: Inputs, fn: OutputFn
 ) -> tuple[dict[str, Tensor], Tensor]:
     """One sample at a time: the slow, obviously correct reference."""
     sums = zeros(named)
     names, params = list(named), list(named.values())
     outs = []
-    for i in range(x.shape[0]):
-        out = forward(model, x[i : i + 1], fn)
+    for i in range(batch_size(x)):
+        out = forward(model, rows(x, i, i + 1), fn)
         outs.append(out.detach())
         grads = torch.autograd.grad(sq_norm_total(out), params, allow_unused=True)
         for name, g in zip(names, grads, strict=True):
@@ -76,7 +77,7 @@ def loop_sums(
 
 
 def batch_sums(
-    named: Mapping[str, Tensor], model: nn.Module, x: Tensor, fn: OutputFn
+    named: Mapping[str, Tensor], model: nn.Module, x: Inputs, fn: OutputFn
 ) -> tuple[dict[str, Tensor], Tensor]:
     """``|d sum_n ||f(x_n)||^2 / d theta|``: N times the absolute gradient of the batch mean (the
     original MAS code's approximation, never larger than the exact sum)."""

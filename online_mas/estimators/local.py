@@ -16,12 +16,13 @@ import torch
 from torch import Tensor, nn
 
 from online_mas.estimators.common import call_model, forward, zeros
+from online_mas.estimators.inputs import Inputs
 
 __all__ = ["local_sums"]
 
 
 def local_sums(
-    model: nn.Module, named: Mapping[str, Tensor], x: Tensor, chunk: int
+    model: nn.Module, named: Mapping[str, Tensor], x: Inputs, chunk: int
 ) -> tuple[dict[str, Tensor], Tensor]:
     """Each module is judged by the squared norm of its own output, its inputs held fixed."""
     name_of = {id(p): n for n, p in named.items()}
