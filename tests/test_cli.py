@@ -72,3 +72,16 @@ def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert exit_info.value.code == 0
     assert "{run,report}" in capsys.readouterr().out
+
+
+def test_an_emoji_run_directory_resumes_and_reports(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 18, item 3: the stored config.toml is real TOML, so --resume and report read it."""
+    out = tmp_path / "my run ü 😀"
+    assert main(["run", "--out", str(out), *TINY, "--set", 'experiment.learners=["finetune"]']) == 0
+    text = (out / "config.toml").read_text(encoding="utf-8")
+    assert f'out_dir = "{out}"' in text and "\\ud83d" not in text
+    capsys.readouterr()
+    assert main(["report", str(out), "--no-plots"]) == 0
+    assert "| permuted-digits | finetune | 1 |" in capsys.readouterr().out
+    assert main(["run", "--resume", str(out), "--no-progress"]) == 0
