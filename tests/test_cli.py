@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from online_mas.cli import main
+from online_mas.experiment import create_run_dir, load_config
 
 TINY = ["--set", "stream.n_segments=2", "--set", "stream.passes=1.0", "--set", "run.plots=false",
         "--set", "model.hidden=[16]", "--no-progress"]
@@ -59,12 +60,29 @@ def test_malformed_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 
 def test_an_existing_run_needs_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "run"
-    out.mkdir()
-    (out / "config.toml").write_text("# an older run\n")
+    out, _ = create_run_dir(load_config(None, []), tmp_path / "run")
+    before = (out / "config.toml").read_text()
     assert main(["run", "--out", str(out), *TINY]) == 2
     assert "already exists; pass --force" in capsys.readouterr().err
-    assert (out / "config.toml").read_text() == "# an older run\n"
+    assert (out / "config.toml").read_text() == before
+
+
+def test_force_refuses_a_folder_that_merely_holds_a_config_toml(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 18, item 2: only the runner's marker proves a run directory."""
+    folder = tmp_path / "p"
+    (folder / "chapters").mkdir(parents=True)
+    (folder / "config.toml").write_text('title="x"\n')
+    (folder / "thesis.tex").write_text("d\n")
+    (folder / "chapters" / "one.tex").write_text("precious\n")
+    before = sorted(str(f.relative_to(folder)) for f in folder.rglob("*"))
+    for force in ([], ["--force"]):
+        assert main(["run", "--out", str(folder), *TINY, *force]) == 2
+        err = capsys.readouterr().err
+        assert "is not an online-mas run directory (no .online-mas-run marker): refusing to delete " \
+               "it, even with --force" in err
+    assert sorted(str(f.relative_to(folder)) for f in folder.rglob("*")) == before  # no lock file
+    assert (folder / "chapters" / "one.tex").read_text() == "precious\n"
 
 
 def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:

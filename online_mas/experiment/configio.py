@@ -20,8 +20,8 @@ from typing import Any
 from online_mas.experiment.config import ExperimentConfig
 from streams import StreamConfig
 
-__all__ = ["ConfigError", "config_from_dict", "config_to_dict", "dump_toml", "load_config",
-           "parse_override"]
+__all__ = ["ConfigError", "config_diff", "config_from_dict", "config_to_dict", "dump_toml",
+           "load_config", "parse_override"]
 
 #: Fields of a section that the runner sets itself, with the reason given when a file sets them.
 _RESERVED: dict[type, dict[str, str]] = {
@@ -169,6 +169,38 @@ def dump_toml(config: ExperimentConfig, *, header: str = "") -> str:
     lines = [f"# {_comment(line)}" for line in header.splitlines()]
     _dump_table(config_to_dict(config), [], lines)
     return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def config_diff(saved: object, current: Mapping[str, Any], *, labels: tuple[str, str] = ("recorded", "now"),
+                prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two config dicts, one line each.
+
+    NaN equals NaN and ``1 == 1.0``, as the values read back from TOML or JSON.
+
+    Examples
+    --------
+    >>> config_diff({"optim": {"lr": 0.05, "momentum": 0.9}}, {"optim": {"lr": 0.1, "momentum": 0.9}})
+    ['optim.lr: recorded 0.05, now 0.1']
+    """
+    if not isinstance(saved, Mapping):
+        return [f"{prefix or 'config'}: {labels[0]} {saved!r}, {labels[1]} {current!r}"]
+    out = []
+    for key in sorted(set(saved) | set(current), key=str):
+        a, b = saved.get(key), current.get(key)
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += config_diff(a, b, labels=labels, prefix=path)
+        elif not _same(a, b):
+            out.append(f"{path}: {labels[0]} {a!r}, {labels[1]} {b!r}")
+    return out
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
 
 
 # ------------------------------------------------------------------------------------ internals

@@ -26,7 +26,7 @@ from online_mas.experiment import dist
 from online_mas.experiment.config import ExperimentConfig
 from online_mas.experiment.report import write_experiment_summary
 from online_mas.experiment.run import Interrupted, run_unit
-from online_mas.experiment.rundir import Unit, units
+from online_mas.experiment.rundir import Unit, lock_run_dir, units
 
 __all__ = ["run_experiment", "run_units"]
 
@@ -51,9 +51,11 @@ def run_experiment(config: ExperimentConfig, run_dir: str | Path, *,
                   f"{dist.ranks()[1]} processes train each run together, one run after the other",
                   file=sys.stderr, flush=True)
         workers = 1
-    results = run_units(jobs, workers=workers, progress=show and dist.is_main())
-    if dist.is_main():
-        write_experiment_summary(run_dir, config, results)
+    # rank 0 writes the directory, and holds its lock meanwhile; a second process fails fast
+    with lock_run_dir(run_dir) if dist.is_main() else contextlib.nullcontext():
+        results = run_units(jobs, workers=workers, progress=show and dist.is_main())
+        if dist.is_main():
+            write_experiment_summary(run_dir, config, results)
     return results
 
 

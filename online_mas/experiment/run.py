@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from online_mas import checkpoint
 from online_mas.experiment import dist
 from online_mas.experiment.config import ExperimentConfig, OptimConfig
-from online_mas.experiment.configio import config_to_dict
+from online_mas.experiment.configio import config_diff, config_to_dict
 from online_mas.experiment.learners import Learner, build_learner
 from online_mas.experiment.loop import run_loop
 from online_mas.experiment.models import build_model, model_signature
@@ -363,7 +363,7 @@ class _Run:
             raise checkpoint.CheckpointError(
                 f"{where} belongs to learner {state.get('learner')!r} seed {state.get('seed')!r}, "
                 f"not to {self.unit.learner!r} seed {self.unit.seed}")
-        diff = _diff(state.get("config"), self._identity())
+        diff = config_diff(state.get("config"), self._identity(), labels=("checkpoint", "config.toml"))
         if diff:
             raise checkpoint.CheckpointError(
                 f"{where} was written with a different config than {self.unit.path.parent.parent}"
@@ -395,20 +395,6 @@ class _Run:
         with self.metrics.open("r+b") as fh:
             fh.truncate(size)  # drop the lines logged after the checkpoint
         return int(state["step"])  # type: ignore[call-overload]
-
-
-def _diff(saved: object, current: dict[str, Any], prefix: str = "") -> list[str]:
-    if not isinstance(saved, dict):
-        return [f"{prefix or 'config'}: checkpoint {saved!r}, config.toml {current!r}"]
-    out = []
-    for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key), current.get(key)
-        path = f"{prefix}.{key}" if prefix else key
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _diff(a, b, path)
-        elif a != b:
-            out.append(f"{path}: checkpoint {a!r}, config.toml {b!r}")
-    return out
 
 
 def _rng_state() -> dict[str, object]:
