@@ -90,7 +90,10 @@ def run_units(jobs: Sequence[tuple[ExperimentConfig, Unit]], *, workers: int = 1
             for config, unit in jobs:
                 if dist.broadcast(stop.is_set()):  # under torchrun: rank 0's flag, on every rank
                     break
-                results.append(run_unit(config, unit, stop=stop, progress=progress))
+                try:
+                    results.append(run_unit(config, unit, stop=stop, progress=progress))
+                except Interrupted as err:  # the unit knows it stopped, not which signal asked
+                    raise Interrupted(str(err), got[0] if got else err.signum) from None
         if got:
             raise Interrupted("stopped", got[0])
     return results
