@@ -104,6 +104,7 @@ def _run(args: argparse.Namespace) -> int:
         load_config,
         open_run_dir,
     )
+    from online_mas.experiment.preflight import preflight
     from online_mas.experiment.rundir import lock_run_dir
 
     if args.resume and (args.config or args.overrides or args.out or args.force):
@@ -120,8 +121,10 @@ def _run(args: argparse.Namespace) -> int:
                     raise ConfigError(f"{run_dir} is an experiment of kind 'adapt', which writes no "
                                       "checkpoints and cannot be resumed; rerun it with: online-mas "
                                       f"run {run_dir}/config.toml --out NEW_DIR")
+                preflight(config)  # the data files may have changed since
             else:
                 config = load_config(args.config, args.overrides)
+                preflight(config)  # every value checked before the run directory exists
                 run_dir, config = create_run_dir(config, args.out, force=args.force)
             setup = (config, str(run_dir), None)
         except (ConfigError, RunDirError) as err:

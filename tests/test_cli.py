@@ -103,3 +103,31 @@ def test_an_emoji_run_directory_resumes_and_reports(tmp_path: Path,
     assert main(["report", str(out), "--no-plots"]) == 0
     assert "| permuted-digits | finetune | 1 |" in capsys.readouterr().out
     assert main(["run", "--resume", str(out), "--no-progress"]) == 0
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("stream.batch_size=0", "[stream] (seed 0): batch_size must be an int >= 1, got 0"),
+    ("stream.batch_size=-5", "[stream] (seed 0): batch_size must be an int >= 1, got -5"),
+    ("stream.batch_size=100000", "[stream] (seed 0): batch_size must be at most the smallest "
+                                 "segment's training data (1438 samples), got 100000"),
+    ("stream.passes=0", "passes must be a finite number > 0, got 0.0"),
+    ("stream.passes=nan", "passes must be a finite number > 0, got nan"),
+    ("stream.passes=inf", "passes must be a finite number > 0, got inf"),
+    ("stream.order=[0,0,0,9]", "order must list segment ids in [0, 2), got [0, 0, 0, 9]"),
+    ("experiment.seeds=[18446744073709551616]", "seeds must be a non-empty list of distinct ints in "
+                                                "[0, 2**63), got (18446744073709551616,)"),
+    ("learner.online-mas.detector_args={threshold=-1}",
+     "[learner.online-mas]: learner.online-mas.detector_args {'threshold': -1} do not fit detector "
+     "'page-hinkley': threshold must be a finite number > 0.0, got -1"),
+])
+def test_every_value_is_checked_before_the_run_directory_exists(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], setting: str, message: str) -> None:
+    """Issue 18, item 8: a clear error, exit 2, and no directory to --force away."""
+    out = tmp_path / "run"
+    argv = ["run", "--out", str(out), *TINY, "--set", setting]
+    if "detector_args" in setting:
+        argv += ["--set", "learner.online-mas.detector=page-hinkley"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("online-mas: error: ") and message in err and "Traceback" not in err
+    assert not out.exists()

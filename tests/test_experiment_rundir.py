@@ -113,3 +113,23 @@ def test_concurrent_atomic_writes_of_one_file_do_not_race(tmp_path: Path) -> Non
     assert errors == []
     assert target.read_text() in ("a 149\n", "b 149\n")
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+@pytest.mark.parametrize("damage", [b'{"learner": "finetune", "se', b"\xff\xfe", b"[1, 2]"])
+def test_a_corrupted_summary_is_a_clear_error_for_report_and_resume(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: bytes) -> None:
+    """Issue 18, item 8: no JSONDecodeError traceback; the message says how to write it again."""
+    out = finished_run(tmp_path)
+    summary = out / "finetune" / "seed0" / "summary.json"
+    summary.write_bytes(damage)
+    capsys.readouterr()
+    for argv in (["report", str(out), "--no-plots"], ["run", "--resume", str(out), "--no-progress"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"online-mas: error: {summary} is corrupted (not ")
+        assert f"delete it, and online-mas run --resume {out} writes it again" in err
+        assert "Traceback" not in err
+    summary.unlink()
+    assert main(["run", "--resume", str(out), "--no-progress"]) == 0
+    assert main(["report", str(out), "--no-plots"]) == 0
+    assert "| permuted-digits | finetune | 1 |" in capsys.readouterr().out

@@ -50,7 +50,7 @@ from online_mas.experiment.models import build_model, model_signature
 from online_mas.experiment.plots import draw_unit_plots
 from online_mas.experiment.record import Record, summarize
 from online_mas.experiment.registry import OPTIMIZERS
-from online_mas.experiment.rundir import Unit, write_text
+from online_mas.experiment.rundir import RunDirError, Unit, read_summary, write_text
 from streams import Stream, build_stream
 
 __all__ = ["Interrupted", "build_optimizer", "evaluate", "run_unit"]
@@ -124,10 +124,15 @@ def run_unit(config: ExperimentConfig, unit: Unit, *, stop: _Stop | None = None,
         message names what differs.
     """
     summary_path = unit.path / "summary.json"
-    complete = None
+    complete, error = None, None
     if dist.is_main() and summary_path.is_file():
-        complete = json.loads(summary_path.read_text(encoding="utf-8"))
-    complete = dist.broadcast(complete)  # rank 0's files decide, on every rank
+        try:
+            complete = read_summary(summary_path)
+        except RunDirError as err:
+            error = str(err)
+    complete, error = dist.broadcast((complete, error))  # rank 0's files decide, on every rank
+    if error is not None:
+        raise RunDirError(error)
     if complete is not None:
         return dict(complete)
     if dist.is_main():

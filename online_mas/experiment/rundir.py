@@ -59,7 +59,7 @@ except ImportError:  # not POSIX: no lock
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["LOCK", "MARKER", "RunDirError", "Unit", "continue_or_create", "create_run_dir",
-           "lock_run_dir", "open_run_dir", "units", "write_text"]
+           "lock_run_dir", "open_run_dir", "read_summary", "units", "write_text"]
 
 #: The file that proves a folder is a run directory and records the config its runs compute with.
 MARKER = ".online-mas-run"
@@ -297,6 +297,20 @@ def continue_or_create(config: ExperimentConfig, run_dir: str | Path, *,
 
 
 # --------------------------------------------------------------------------- experiment
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    """A run's ``summary.json``; a damaged one is a :class:`RunDirError` that says how to redo it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        problem: str = f"not valid JSON: {err}"
+    else:
+        if isinstance(data, dict) and isinstance(data.get("learner", data.get("kind")), str):
+            return data
+        problem = f"not a run summary: a JSON {type(data).__name__}"
+    raise RunDirError(f"{path} is corrupted ({problem}); delete it, and online-mas run --resume "
+                      f"{path.parent.parent.parent} writes it again from the run's final checkpoint")
 
 
 def write_text(path: Path, text: str) -> None:
