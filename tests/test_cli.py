@@ -131,3 +131,21 @@ def test_every_value_is_checked_before_the_run_directory_exists(
     err = capsys.readouterr().err
     assert err.startswith("online-mas: error: ") and message in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_garbage_data_files_exit_2_naming_the_file_and_leave_no_directory(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 18, item 8: a garbage CIFAR file is named (no raw UnpicklingError), before any writing."""
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]:
+        (folder / name).write_bytes(b"\x80\x02garbage")
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="verify=False"):
+        code = main(["run", "--out", str(out), *TINY, "--set", "stream.name=permuted-cifar10",
+                     "--set", f"stream.root={tmp_path / 'data'}", "--set", "stream.verify=false"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"online-mas: error: [stream] (seed 0): {folder / 'data_batch_1'} is not a "
+                          "pickle of numpy arrays and plain containers")
+    assert not out.exists()
