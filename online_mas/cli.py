@@ -18,9 +18,14 @@ checkpoint is kept, resume once it is fixed); 2 bad input (config, run directory
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from online_mas.experiment import ExperimentConfig
 
 __all__ = ["main"]
 
@@ -94,14 +99,13 @@ def _run(args: argparse.Namespace) -> int:
     from online_mas.experiment import (
         ConfigError,
         RunDirError,
-        comparison_table,
         create_run_dir,
         dist,
-        final_accuracy_table,
         load_config,
         open_run_dir,
-        run_experiment,
     )
+    from online_mas.experiment.preflight import preflight
+    from online_mas.experiment.rundir import lock_run_dir
 
     if args.resume and (args.config or args.overrides or args.out or args.force):
         raise ConfigError("--resume takes the config from RUN_DIR/config.toml: drop CONFIG, "
@@ -117,8 +121,10 @@ def _run(args: argparse.Namespace) -> int:
                     raise ConfigError(f"{run_dir} is an experiment of kind 'adapt', which writes no "
                                       "checkpoints and cannot be resumed; rerun it with: online-mas "
                                       f"run {run_dir}/config.toml --out NEW_DIR")
+                preflight(config)  # the data files may have changed since
             else:
                 config = load_config(args.config, args.overrides)
+                preflight(config)  # every value checked before the run directory exists
                 run_dir, config = create_run_dir(config, args.out, force=args.force)
             setup = (config, str(run_dir), None)
         except (ConfigError, RunDirError) as err:
@@ -130,6 +136,20 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(error)
     config = got  # type: ignore[assignment]
     args.run_dir = run_dir
+    # rank 0 holds the run directory's lock until the end: a second run of it fails fast
+    with lock_run_dir(run_dir) if dist.is_main() else contextlib.nullcontext():
+        return _run_locked(config, run_dir, args)
+
+
+def _run_locked(config: ExperimentConfig, run_dir: str, args: argparse.Namespace) -> int:
+    from online_mas.experiment import (
+        ConfigError,
+        comparison_table,
+        dist,
+        final_accuracy_table,
+        run_experiment,
+    )
+
     if config.experiment.kind == "adapt":
         if dist.ranks()[1] > 1:
             raise ConfigError("experiment.kind = 'adapt' runs in one process; start it without "

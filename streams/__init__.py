@@ -37,7 +37,12 @@ from streams.sources import (
     tensor_source,
 )
 from streams.stream import Batch, Stream
-from streams.torchvision_sources import TORCHVISION_NAMES, expected_files, torchvision_source
+from streams.torchvision_sources import (
+    TORCHVISION_NAMES,
+    expected_files,
+    load_array_pickle,
+    torchvision_source,
+)
 from streams.transforms import CORRUPTIONS, MAX_SEVERITY, Corrupt, Permute, Rotate, Transform
 from streams.transitions import (
     TRANSITIONS,
@@ -77,6 +82,7 @@ __all__ = [
     "digits_source",
     "expected_files",
     "label_shift",
+    "load_array_pickle",
     "make_schedule",
     "make_stream",
     "permutations",

@@ -79,3 +79,43 @@ def test_other_formats_and_versions_are_named(tmp_path: Path) -> None:
         checkpoint.load(future)
     with pytest.raises(TypeError, match="must be a dict"):
         checkpoint.save([1, 2], tmp_path / "x.pt")  # type: ignore[arg-type]
+
+
+def _flip_high_byte(path: Path, values: torch.Tensor) -> None:
+    """XOR the high byte of the first float of ``values`` where it is stored in ``path``."""
+    data = bytearray(path.read_bytes())
+    at = bytes(data).find(values.contiguous().numpy().tobytes())
+    assert at >= 0, "the tensor's bytes are stored uncompressed in the zip"
+    data[at + values.element_size() - 1] ^= 0x40  # little endian: the sign/exponent byte
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_bit_in_a_stored_float_is_refused_naming_the_file(tmp_path: Path) -> None:
+    w = torch.linspace(0.1, 0.9, 9)
+    p = checkpoint.save({"w": w, "step": 3}, tmp_path / "c.pt")
+    _flip_high_byte(p, w)
+    assert not torch.equal(torch.load(p, weights_only=True)["w"], w)  # torch itself accepts it
+    damaged = p.read_bytes()
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=rf"'{p}' is corrupted: its contents do not match the SHA-256"):
+        checkpoint.load(p)
+    assert p.read_bytes() == damaged  # the file is kept as it is
+
+
+def test_a_changed_primitive_is_refused(tmp_path: Path) -> None:
+    p = checkpoint.save({"w": torch.ones(2), "step": 3}, tmp_path / "c.pt")
+    state = torch.load(p, weights_only=True)
+    torch.save({**state, "step": 4}, p)  # a valid file, but not what was written
+    with pytest.raises(checkpoint.CheckpointError, match="is corrupted"):
+        checkpoint.load(p)
+
+
+def test_digest_covers_values_dtypes_shapes_and_structure() -> None:
+    base = checkpoint.digest({"w": torch.zeros(2, 3), "n": 1, "t": (1, 2)})
+    assert base == checkpoint.digest({"w": torch.zeros(3, 2).t(), "n": 1, "t": (1, 2)})  # strides
+    others = [{"w": torch.zeros(3, 2), "n": 1, "t": (1, 2)}, {"w": torch.zeros(2, 3), "n": 1.0, "t": (1, 2)},
+              {"w": torch.zeros(2, 3), "n": 1, "t": [1, 2]}, {"v": torch.zeros(2, 3), "n": 1, "t": (1, 2)},
+              {"w": torch.zeros(2, 3, dtype=torch.float16), "n": 1, "t": (1, 2)}]
+    assert len({base, *(checkpoint.digest(o) for o in others)}) == 1 + len(others)
+    with pytest.raises(TypeError, match="tensors and primitive values only, got object"):
+        checkpoint.digest({"x": object()})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from pathlib import Path
 
@@ -146,3 +147,23 @@ def test_resolved_config_round_trips_every_field() -> None:
                              "stream.order=[1, 0, 2, 3, 4]", "learner.online-mas.mas.subsample=8",
                              "experiment.detect_tolerance=7"])
     assert config_from_dict(tomllib.loads(dump_toml(cfg))) == cfg
+
+
+@pytest.mark.parametrize("text", ["my run ü 😀", 'a "quoted" \\ back\\slash', "tab\there", "bell\x07 del\x7f",
+                                  "new\nline", "\u2028sep"])
+def test_strings_are_written_as_real_toml(text: str) -> None:
+    """Issue 18, item 3: no JSON surrogate escapes (\\ud83d), every character read back as written."""
+    cfg = load_config(None, [])
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out_dir=text))
+    written = dump_toml(cfg, header=f"rerun: online-mas run {text}/config.toml")
+    assert "\\ud83d" not in written
+    assert config_from_dict(tomllib.loads(written)) == cfg
+    if "😀" in text:
+        assert f'out_dir = "{text}"' in written  # UTF-8 as it is
+
+
+def test_a_lone_surrogate_is_refused_with_a_config_error() -> None:
+    cfg = load_config(None, [])
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out_dir="bad\udce9byte"))
+    with pytest.raises(ConfigError, match="lone surrogate U\\+DCE9"):
+        dump_toml(cfg)

@@ -261,6 +261,26 @@ def test_resume_on_a_truncated_checkpoint_names_it_and_touches_nothing(
     assert checkpoint.load(ckpt)["step"] == N
 
 
+def test_resume_on_a_bit_flipped_checkpoint_names_it_and_touches_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 18, item 1: the high byte of one stored weight XORed; resume must not accept it."""
+    run_dir, ckpt = interrupted_run(tmp_path)
+    weight = torch.load(ckpt, weights_only=True)["model"]["1.weight"]
+    data = bytearray(ckpt.read_bytes())
+    at = bytes(data).find(weight.contiguous().numpy().tobytes())
+    assert at >= 0
+    data[at + 3] ^= 0x40
+    ckpt.write_bytes(bytes(data))
+    metrics = (ckpt.parent / "metrics.jsonl").read_bytes()
+    assert main(["run", "--resume", str(run_dir), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"online-mas: error: '{ckpt}' is corrupted: its contents do not match the SHA-256" in err
+    assert "delete it to restart this run (learner online-mas, seed 0) from scratch" in err
+    assert ckpt.read_bytes() == bytes(data)  # kept for inspection, nothing rewritten
+    assert (ckpt.parent / "metrics.jsonl").read_bytes() == metrics
+    assert not (ckpt.parent / "summary.json").exists()
+
+
 @pytest.mark.parametrize(("edit", "message"), [
     ({"kind": "something-else"}, r"is not a run checkpoint of this online-mas \(kind 'something-else', "
                                  r"version 1\)"),

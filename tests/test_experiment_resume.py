@@ -97,3 +97,13 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_130(tmp_path: Path, reference: Pat
 
     run_experiment(open_run_dir(run_dir), run_dir, progress=False)
     assert results(run_dir) == results(reference)
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path: Path) -> None:
+    """Issue 18, item 13: 128 + SIGTERM, as the command's docstring and the README say."""
+    run_dir = tmp_path / "terminated"
+    done = start_and_stop_mid_run(run_dir, signal.SIGTERM)
+    assert done.returncode == 143, done.stderr
+    assert f"Continue with: online-mas run --resume {run_dir}" in done.stderr
+    state = torch.load(run_dir / "online-mas" / "seed0" / "checkpoint.pt", weights_only=True)
+    assert 20 <= state["step"] < state["n_steps"]

@@ -168,14 +168,33 @@ def test_report_of_two_run_dirs_labels_the_rows(
 
 
 def test_an_existing_run_dir_is_not_overwritten(tmp_path: Path) -> None:
-    run_dir, _ = create_run_dir(tiny(), tmp_path / "run")
-    (run_dir / "notes.txt").write_text("mine")
+    run_dir, cfg = create_run_dir(tiny('experiment.learners=["finetune"]', "run.plots=true"),
+                                  tmp_path / "run")
+    run_experiment(cfg, run_dir)
     with pytest.raises(RunDirError, match=r"already exists; pass --force to replace it, or continue "
                                           r"it with: online-mas run --resume"):
         create_run_dir(tiny(), run_dir)
-    assert (run_dir / "notes.txt").read_text() == "mine"
-    create_run_dir(tiny(), run_dir, force=True)
-    assert not (run_dir / "notes.txt").exists() and (run_dir / "config.toml").is_file()
+    assert (run_dir / "finetune" / "seed0" / "summary.json").is_file()
+    create_run_dir(tiny(), run_dir, force=True)  # only what the runner wrote: replaced
+    assert sorted(p.name for p in run_dir.iterdir()) == [".online-mas-run", ".online-mas.lock",
+                                                        "config.toml"]
+
+
+@pytest.mark.parametrize("where", ["notes.txt", "finetune/seed0/notes.txt", "finetune/old",
+                                   "finetune/seed0/plots/mine.pdf"])
+def test_force_keeps_a_run_dir_that_holds_files_the_runner_did_not_write(tmp_path: Path,
+                                                                       where: str) -> None:
+    """Issue 18, item 2: --force removes only what the runner itself wrote."""
+    run_dir, cfg = create_run_dir(tiny('experiment.learners=["finetune"]', "run.plots=true"),
+                                  tmp_path / "run")
+    run_experiment(cfg, run_dir)
+    (run_dir / where).parent.mkdir(parents=True, exist_ok=True)
+    (run_dir / where).write_text("mine")
+    before = sorted(str(f.relative_to(run_dir)) for f in run_dir.rglob("*"))
+    with pytest.raises(RunDirError, match=rf"holds files online-mas did not write: '{where}'; "
+                                          r"refusing to delete anything, even with --force"):
+        create_run_dir(tiny(), run_dir, force=True)
+    assert sorted(str(f.relative_to(run_dir)) for f in run_dir.rglob("*")) == before
 
 
 def test_force_never_deletes_a_folder_that_is_not_a_run(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -162,15 +163,18 @@ def test_mnist_family_idx_files_load_through_torchvision(streams_tiny_root: Path
 
 
 def test_cifar_and_svhn_files_load_with_verify_false(streams_tiny_root: Path) -> None:
-    c10 = torchvision_source("cifar10", streams_tiny_root, verify=False)
+    with pytest.warns(UserWarning, match=r"cifar10: verify=False: the files under .* are NOT checked"):
+        c10 = torchvision_source("cifar10", streams_tiny_root, verify=False)
     assert (len(c10.train), len(c10.test), c10.input_shape) == (30, N_TEST, (3, 32, 32))
     batch = pickle.loads((streams_tiny_root / "cifar-10-batches-py" / "data_batch_1").read_bytes())
     want = torch.from_numpy(batch["data"][2].reshape(3, 32, 32)).float() / 255
     assert torch.allclose(c10.train.fetch(torch.tensor([2]))[0], want)
     assert c10.train.y[:6].tolist() == [1, 2, 3, 4, 5, 6]
-    c100 = torchvision_source("cifar100", streams_tiny_root, verify=False)
+    with pytest.warns(UserWarning, match="cifar100: verify=False"):
+        c100 = torchvision_source("cifar100", streams_tiny_root, verify=False)
     assert (len(c100.train), c100.n_classes, c100.test.y[:3].tolist()) == (200, 100, [0, 1, 2])
-    svhn = torchvision_source("svhn", streams_tiny_root, verify=False)
+    with pytest.warns(UserWarning, match="svhn: verify=False"):
+        svhn = torchvision_source("svhn", streams_tiny_root, verify=False)
     assert (len(svhn.train), svhn.input_shape) == (N_TRAIN, (3, 32, 32))
     assert svhn.train.y[:11].tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]  # label 10 -> 0
 
@@ -201,7 +205,73 @@ def test_named_streams_over_tiny_files(streams_tiny_root: Path) -> None:
     assert len(stream) == 12 and stream.input_shape == (1, 28, 28)
     x, y = stream.batch(7)
     assert x.shape == (10, 1, 28, 28) and y.dtype == torch.int64
-    split = make_stream("split-cifar10-domain", root=root, verify=False, batch_size=2)
+    with pytest.warns(UserWarning, match="verify=False"):
+        split = make_stream("split-cifar10-domain", root=root, verify=False, batch_size=2)
     assert split.n_classes == 2 and split.eval_sets[4][1].tolist() == [0, 1, 0, 1]
     with pytest.raises(ValueError, match="pass root="):
         make_stream("rotated-fashion-mnist")
+
+
+class _RunsCode:
+    """A pickle that calls os.system when a plain unpickler reads it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+def _copy_tree(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize(("stream", "folder", "files"), [
+    ("permuted-cifar10", "cifar-10-batches-py", ["data_batch_1", "test_batch", "batches.meta"]),
+    ("split-cifar100", "cifar-100-python", ["train", "test", "meta"]),
+])
+def test_a_cifar_pickle_that_runs_code_is_refused_without_running_it(
+        streams_tiny_root: Path, tmp_path: Path, stream: str, folder: str, files: list[str]) -> None:
+    """Issue 18, item 7: verify=False never hands a file to the plain unpickler."""
+    for target in files:
+        root = _copy_tree(streams_tiny_root, tmp_path / f"root-{target}")
+        marker = tmp_path / f"ran-{target}"
+        path = root / folder / target
+        path.write_bytes(pickle.dumps({"data": _RunsCode(marker), "labels": [1]}, protocol=2))
+        with pytest.warns(UserWarning, match="verify=False"), \
+                pytest.raises(ValueError, match=rf"{path} is not a pickle of numpy arrays and plain "
+                                                r"containers: it names posix\.system"):
+            make_stream(stream, root=os.fspath(root), verify=False)
+        assert not marker.exists(), "the pickle's code ran"
+
+
+@pytest.mark.parametrize(("name", "relative", "damage", "message"), [
+    ("mnist", "MNIST/raw/train-images-idx3-ubyte", b"garbage!", "is not an IDX file of uint8"),
+    ("mnist", "MNIST/raw/t10k-labels-idx1-ubyte", "truncate", "truncated or corrupted"),
+    ("cifar10", "cifar-10-batches-py/data_batch_2", b"\x80\x04garbage", "is not a pickle of numpy"),
+    ("cifar10", "cifar-10-batches-py/test_batch", "truncate", "is not a pickle of numpy"),
+    ("cifar10", "cifar-10-batches-py/data_batch_1", pickle.dumps({"labels": [1]}), "is not a CIFAR batch"),
+    ("cifar100", "cifar-100-python/meta", b"", "is not a pickle of numpy"),
+    ("svhn", "test_32x32.mat", b"not a mat file at all", "is not a readable SVHN .mat file"),
+    ("svhn", "train_32x32.mat", "mat", "is not a readable SVHN .mat file"),
+])
+def test_garbage_data_files_name_the_file(streams_tiny_root: Path, tmp_path: Path, name: str,
+                                          relative: str, damage: bytes | str, message: str) -> None:
+    """Issue 18, item 8: not a raw AssertionError, UnpicklingError, EOFError or MatReadError."""
+    root = _copy_tree(streams_tiny_root, tmp_path / "root")
+    path = root / relative
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "mat":
+        path.write_bytes(b"MATLAB 5.0 MAT-file" + bytes(range(256)) * 3)
+    else:
+        assert isinstance(damage, bytes)
+        path.write_bytes(damage)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with pytest.raises(ValueError, match=message) as err:
+            torchvision_source(name, root, verify=False)
+    assert str(path) in str(err.value)

@@ -92,9 +92,10 @@ class ExperimentSection:
                 or len(set(self.learners)) != len(self.learners):
             raise ValueError(f"learners must be a non-empty list of distinct names from {LEARNERS}, "
                              f"got {self.learners!r}")
-        if not self.seeds or any(_bad_int(s) or s < 0 for s in self.seeds) \
+        if not self.seeds or any(_bad_int(s) or not 0 <= s < 2**63 for s in self.seeds) \
                 or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be a non-empty list of distinct ints >= 0, got {self.seeds!r}")
+            raise ValueError(f"seeds must be a non-empty list of distinct ints in [0, 2**63), got "
+                             f"{self.seeds!r}")
         if self.detect_tolerance is not None and (_bad_int(self.detect_tolerance)
                                                   or self.detect_tolerance < 0):
             raise ValueError(f"detect_tolerance must be an int >= 0 or absent, got "

@@ -9,7 +9,6 @@ what is allowed. TOML has no null: a field that may be ``None`` is ``None`` when
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import tomllib
 import types
@@ -21,8 +20,8 @@ from typing import Any
 from online_mas.experiment.config import ExperimentConfig
 from streams import StreamConfig
 
-__all__ = ["ConfigError", "config_from_dict", "config_to_dict", "dump_toml", "load_config",
-           "parse_override"]
+__all__ = ["ConfigError", "config_diff", "config_from_dict", "config_to_dict", "dump_toml",
+           "load_config", "parse_override"]
 
 #: Fields of a section that the runner sets itself, with the reason given when a file sets them.
 _RESERVED: dict[type, dict[str, str]] = {
@@ -167,9 +166,41 @@ def dump_toml(config: ExperimentConfig, *, header: str = "") -> str:
     >>> config_from_dict(tomllib.loads(text)) == ExperimentConfig()
     True
     """
-    lines = [f"# {line}" for line in header.splitlines()]
+    lines = [f"# {_comment(line)}" for line in header.splitlines()]
     _dump_table(config_to_dict(config), [], lines)
     return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def config_diff(saved: object, current: Mapping[str, Any], *, labels: tuple[str, str] = ("recorded", "now"),
+                prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two config dicts, one line each.
+
+    NaN equals NaN and ``1 == 1.0``, as the values read back from TOML or JSON.
+
+    Examples
+    --------
+    >>> config_diff({"optim": {"lr": 0.05, "momentum": 0.9}}, {"optim": {"lr": 0.1, "momentum": 0.9}})
+    ['optim.lr: recorded 0.05, now 0.1']
+    """
+    if not isinstance(saved, Mapping):
+        return [f"{prefix or 'config'}: {labels[0]} {saved!r}, {labels[1]} {current!r}"]
+    out = []
+    for key in sorted(set(saved) | set(current), key=str):
+        a, b = saved.get(key), current.get(key)
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += config_diff(a, b, labels=labels, prefix=path)
+        elif not _same(a, b):
+            out.append(f"{path}: {labels[0]} {a!r}, {labels[1]} {b!r}")
+    return out
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
 
 
 # ------------------------------------------------------------------------------------ internals
@@ -303,9 +334,9 @@ def _dump_table(table: Mapping[str, Any], path: list[str], lines: list[str]) -> 
     scalars = {k: v for k, v in table.items() if not isinstance(v, dict) or _inline(".".join([*path, k]))}
     tables = {k: v for k, v in table.items() if k not in scalars}
     if path and (scalars or not tables):
-        lines.extend(["", f"[{'.'.join(path)}]"])
+        lines.extend(["", f"[{'.'.join(_toml_key(k) for k in path)}]"])
     for key, value in scalars.items():
-        lines.append(f"{key} = {_toml_value(value)}")
+        lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
     for key, value in tables.items():
         _dump_table(value, [*path, key], lines)
 
@@ -322,9 +353,48 @@ def _toml_value(value: object) -> str:
             return "inf" if value > 0 else "-inf"
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)  # a TOML basic string (JSON escapes are valid TOML escapes)
+        return _toml_string(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {value!r} ({type(value).__name__}) as TOML")
+
+
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
+            "\r": "\\r"}
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string: UTF-8 as it is, control characters escaped (not JSON's surrogates).
+
+    Examples
+    --------
+    >>> print(_toml_string('my run ü 😀 "x"\\t'))
+    "my run ü 😀 \\"x\\"\\t"
+    """
+    out = []
+    for ch in text:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        elif 0xD800 <= ord(ch) <= 0xDFFF:  # a lone surrogate (undecodable bytes in a path)
+            raise ConfigError(f"cannot write {text!r} as TOML: it holds a lone surrogate "
+                             f"U+{ord(ch):04X}, which is not a Unicode character")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _comment(text: str) -> str:
+    """``text`` fit for a TOML comment: control characters and lone surrogates shown as escapes."""
+    return "".join(f"\\u{ord(ch):04x}" if (ord(ch) < 0x20 and ch != "\t") or ord(ch) == 0x7F
+                   or 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in text)
+
+
+def _toml_key(key: object) -> str:
+    text = str(key)
+    if text and all(ch.isascii() and (ch.isalnum() or ch in "-_") for ch in text):
+        return text
+    return _toml_string(text)

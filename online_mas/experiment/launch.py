@@ -3,12 +3,15 @@
 SIGINT and SIGTERM set a flag that the running unit checks after every step: it writes a checkpoint
 and raises :class:`~online_mas.experiment.run.Interrupted`. Workers (``run.workers > 1``) are
 spawned processes with one torch thread each; they ignore SIGINT themselves and learn about it
-from the parent through a shared event, and they also stop (with a checkpoint) if the parent dies.
+from the parent through a shared event. They die with the parent: on Linux the kernel kills them
+when it dies (``prctl(PR_SET_PDEATHSIG, SIGKILL)``), elsewhere a thread of theirs watches the
+parent's pid; their last checkpoints are kept, and ``--resume`` continues from them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import sys
@@ -26,7 +29,7 @@ from online_mas.experiment import dist
 from online_mas.experiment.config import ExperimentConfig
 from online_mas.experiment.report import write_experiment_summary
 from online_mas.experiment.run import Interrupted, run_unit
-from online_mas.experiment.rundir import Unit, units
+from online_mas.experiment.rundir import Unit, lock_run_dir, units
 
 __all__ = ["run_experiment", "run_units"]
 
@@ -51,9 +54,11 @@ def run_experiment(config: ExperimentConfig, run_dir: str | Path, *,
                   f"{dist.ranks()[1]} processes train each run together, one run after the other",
                   file=sys.stderr, flush=True)
         workers = 1
-    results = run_units(jobs, workers=workers, progress=show and dist.is_main())
-    if dist.is_main():
-        write_experiment_summary(run_dir, config, results)
+    # rank 0 writes the directory, and holds its lock meanwhile; a second process fails fast
+    with lock_run_dir(run_dir) if dist.is_main() else contextlib.nullcontext():
+        results = run_units(jobs, workers=workers, progress=show and dist.is_main())
+        if dist.is_main():
+            write_experiment_summary(run_dir, config, results)
     return results
 
 
@@ -88,7 +93,10 @@ def run_units(jobs: Sequence[tuple[ExperimentConfig, Unit]], *, workers: int = 1
             for config, unit in jobs:
                 if dist.broadcast(stop.is_set()):  # under torchrun: rank 0's flag, on every rank
                     break
-                results.append(run_unit(config, unit, stop=stop, progress=progress))
+                try:
+                    results.append(run_unit(config, unit, stop=stop, progress=progress))
+                except Interrupted as err:  # the unit knows it stopped, not which signal asked
+                    raise Interrupted(str(err), got[0] if got else err.signum) from None
         if got:
             raise Interrupted("stopped", got[0])
     return results
@@ -155,7 +163,27 @@ class _WorkerStop:
 def _init_worker(event: Any, parent: int) -> None:
     global _WORKER_STOP
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides, and tells through event
+    _die_with(parent)
     _WORKER_STOP = _WorkerStop(event, parent)
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with(parent: int) -> None:
+    """End this worker when ``parent`` dies (an orphan would block on the pool's queue forever)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+    def watch() -> None:  # elsewhere, and should prctl have failed
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    if os.getppid() != parent:  # the parent died before the kernel was told
+        os._exit(1)
+    threading.Thread(target=watch, name="online-mas-parent-watch", daemon=True).start()
 
 
 def _worker_unit(config: ExperimentConfig, unit: Unit) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any
 from online_mas.experiment.config import ExperimentConfig
 from online_mas.experiment.plots import draw_unit_plots
 from online_mas.experiment.record import TIMING_KEY
-from online_mas.experiment.rundir import RunDirError, open_run_dir, units, write_text
+from online_mas.experiment.rundir import RunDirError, open_run_dir, read_summary, units, write_text
 
 __all__ = ["COLUMNS", "aggregate", "comparison_table", "final_accuracy_table", "load_results",
            "report_runs", "write_experiment_summary", "write_results"]
@@ -173,7 +173,7 @@ def load_results(run_dir: str | Path) -> tuple[ExperimentConfig, list[dict[str, 
     for unit in units(config, run_dir):
         path = unit.path / "summary.json"
         if path.is_file():
-            results.append(json.loads(path.read_text(encoding="utf-8")))
+            results.append(read_summary(path))
         else:
             state = "interrupted (resume it)" if (unit.path / "checkpoint.pt").is_file() else "not run"
             notes.append(f"{run_dir}: {unit.learner} seed {unit.seed}: {state}")

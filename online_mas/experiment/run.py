@@ -43,14 +43,14 @@ from torch import Tensor, nn
 from online_mas import checkpoint
 from online_mas.experiment import dist
 from online_mas.experiment.config import ExperimentConfig, OptimConfig
-from online_mas.experiment.configio import config_to_dict
+from online_mas.experiment.configio import config_diff, config_to_dict
 from online_mas.experiment.learners import Learner, build_learner
 from online_mas.experiment.loop import run_loop
 from online_mas.experiment.models import build_model, model_signature
 from online_mas.experiment.plots import draw_unit_plots
 from online_mas.experiment.record import Record, summarize
 from online_mas.experiment.registry import OPTIMIZERS
-from online_mas.experiment.rundir import Unit, write_text
+from online_mas.experiment.rundir import RunDirError, Unit, read_summary, write_text
 from streams import Stream, build_stream
 
 __all__ = ["Interrupted", "build_optimizer", "evaluate", "run_unit"]
@@ -124,10 +124,15 @@ def run_unit(config: ExperimentConfig, unit: Unit, *, stop: _Stop | None = None,
         message names what differs.
     """
     summary_path = unit.path / "summary.json"
-    complete = None
+    complete, error = None, None
     if dist.is_main() and summary_path.is_file():
-        complete = json.loads(summary_path.read_text(encoding="utf-8"))
-    complete = dist.broadcast(complete)  # rank 0's files decide, on every rank
+        try:
+            complete = read_summary(summary_path)
+        except RunDirError as err:
+            error = str(err)
+    complete, error = dist.broadcast((complete, error))  # rank 0's files decide, on every rank
+    if error is not None:
+        raise RunDirError(error)
     if complete is not None:
         return dict(complete)
     if dist.is_main():
@@ -363,7 +368,7 @@ class _Run:
             raise checkpoint.CheckpointError(
                 f"{where} belongs to learner {state.get('learner')!r} seed {state.get('seed')!r}, "
                 f"not to {self.unit.learner!r} seed {self.unit.seed}")
-        diff = _diff(state.get("config"), self._identity())
+        diff = config_diff(state.get("config"), self._identity(), labels=("checkpoint", "config.toml"))
         if diff:
             raise checkpoint.CheckpointError(
                 f"{where} was written with a different config than {self.unit.path.parent.parent}"
@@ -395,20 +400,6 @@ class _Run:
         with self.metrics.open("r+b") as fh:
             fh.truncate(size)  # drop the lines logged after the checkpoint
         return int(state["step"])  # type: ignore[call-overload]
-
-
-def _diff(saved: object, current: dict[str, Any], prefix: str = "") -> list[str]:
-    if not isinstance(saved, dict):
-        return [f"{prefix or 'config'}: checkpoint {saved!r}, config.toml {current!r}"]
-    out = []
-    for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key), current.get(key)
-        path = f"{prefix}.{key}" if prefix else key
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _diff(a, b, path)
-        elif a != b:
-            out.append(f"{path}: checkpoint {a!r}, config.toml {b!r}")
-    return out
 
 
 def _rng_state() -> dict[str, object]:

@@ -3,6 +3,8 @@
 Layout of a run directory::
 
     RUN_DIR/
+      .online-mas-run           marker (JSON): proves a run directory, records its config
+      .online-mas.lock          flock-ed by the process that writes the directory
       config.toml               the resolved config (rerun it with ``online-mas run config.toml``)
       summary.json              every run's results and the mean/std per learner
       comparison.md             the comparison table
@@ -20,24 +22,57 @@ Layout of a run directory::
                                 detection scores, importance statistics, timing
         plots/*.png             accuracy_matrix, stream_accuracy, importance
 
-A run directory is recognised by its ``config.toml``. Creating one where a non-empty folder
-exists is an error unless ``force`` is given, and even then only a run directory is replaced.
+A run directory is recognised by its marker ``.online-mas-run`` (JSON), written first when the
+directory is created; it also records the config the runs compute with (all but ``[run]``), so a
+``config.toml`` edited afterwards is refused on ``--resume`` and ``report``, naming the changed keys.
+Creating a run where a non-empty folder exists is an error unless ``force`` is given, and even then
+only a folder with the marker that holds nothing but the files listed above is emptied; anything
+else is refused and nothing is deleted.
+
+While a process writes a run directory it holds an exclusive ``fcntl.flock`` on
+``RUN_DIR/.online-mas.lock`` (:func:`lock_run_dir`); a second ``run`` or ``--resume`` of the same
+directory fails at once with :class:`RunDirError`. The lock goes with the process, however it ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import os
+import re
+import secrets
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from online_mas.experiment.config import ExperimentConfig
-from online_mas.experiment.configio import ConfigError, dump_toml, load_config
+from online_mas.experiment.configio import ConfigError, config_diff, config_to_dict, dump_toml, load_config
+from online_mas.experiment.registry import LEARNERS
 
-__all__ = ["RunDirError", "Unit", "continue_or_create", "create_run_dir", "open_run_dir", "units",
-           "write_text"]
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["LOCK", "MARKER", "RunDirError", "Unit", "continue_or_create", "create_run_dir",
+           "lock_run_dir", "open_run_dir", "read_summary", "units", "write_text"]
+
+#: The file that proves a folder is a run directory and records the config its runs compute with.
+MARKER = ".online-mas-run"
+#: The file a writing process holds an exclusive flock on.
+LOCK = ".online-mas.lock"
+_MARKER_FORMAT = "online-mas-run-dir"
+_MARKER_VERSION = 1
+
+#: What the runner writes: top-level files, learner folders, unit folders, plot files.
+_TOP_FILES = frozenset({MARKER, LOCK, "config.toml", "summary.json", "comparison.md", "table.md",
+                        "metrics.jsonl"})
+_UNIT_FILES = frozenset({"metrics.jsonl", "checkpoint.pt", "importance.pt", "summary.json"})
+_TMP = re.compile(r"^\..+\.tmp$")  # an atomic write cut short
 
 
 class RunDirError(ValueError):
@@ -71,11 +106,12 @@ def units(config: ExperimentConfig, run_dir: str | Path) -> list[Unit]:
 
 def create_run_dir(config: ExperimentConfig, out: str | Path | None = None, *,
                    force: bool = False) -> tuple[Path, ExperimentConfig]:
-    """Create the run directory and write the resolved ``config.toml`` into it.
+    """Create the run directory: its marker, then the resolved ``config.toml``.
 
     The directory is ``out``, else ``config.run.out_dir``, else ``runs/<name>-<date>-<time>``.
-    An existing non-empty directory is an error unless ``force`` is set, and even then only a
-    run directory (one with a ``config.toml``) is deleted and replaced.
+    An existing non-empty directory is an error unless ``force`` is set, and even then it is
+    emptied only if it is a run directory (it has the marker) holding nothing but what the runner
+    writes; otherwise nothing is deleted. The directory is locked while this runs.
 
     Returns
     -------
@@ -85,23 +121,122 @@ def create_run_dir(config: ExperimentConfig, out: str | Path | None = None, *,
     if out is None or str(out) == "":
         out = config.run.out_dir or f"runs/{config.experiment.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise RunDirError(f"{str(path)!r} exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()):
-        if not force:
-            raise RunDirError(f"run directory {str(path)!r} already exists; pass --force to replace "
-                              f"it, or continue it with: online-mas run --resume {path}")
-        if not (path / "config.toml").is_file():
-            raise RunDirError(f"{str(path)!r} is not empty and is not an online-mas run directory "
-                              "(no config.toml): refusing to delete it, even with --force")
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
     config = dataclasses.replace(config, run=dataclasses.replace(config.run, out_dir=str(path)))
     header = f"online-mas run config (resolved); rerun: online-mas run {path}/config.toml --out NEW_DIR"
     if config.experiment.kind == "continual":  # adapt runs write no checkpoints
         header += f"; continue: online-mas run --resume {path}"
-    write_text(path / "config.toml", dump_toml(config, header=header))
+    text = dump_toml(config, header=header)  # a config that cannot be written fails before any change
+    _check_replaceable(path, force)  # before the lock file is made: a foreign folder is not touched
+    path.mkdir(parents=True, exist_ok=True)
+    with lock_run_dir(path):
+        _check_replaceable(path, force)  # again, now that no other process can write it
+        for entry in path.iterdir():
+            if entry.name in (LOCK, MARKER):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        record = {"format": _MARKER_FORMAT, "version": _MARKER_VERSION, "config": _recorded(config)}
+        write_text(path / MARKER, json.dumps(record, indent=1) + "\n")
+        write_text(path / "config.toml", text)
     return path, config
+
+
+def _check_replaceable(path: Path, force: bool) -> None:
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"{str(path)!r} exists and is not a directory")
+    if not path.is_dir() or not [e for e in path.iterdir() if e.name != LOCK]:
+        return
+    if not (path / MARKER).is_file():
+        raise RunDirError(f"{str(path)!r} is not empty and is not an online-mas run directory (no "
+                          f"{MARKER} marker): refusing to delete it, even with --force; choose "
+                          "another --out")
+    if not force:
+        raise RunDirError(f"run directory {str(path)!r} already exists; pass --force to replace "
+                          f"it, or continue it with: online-mas run --resume {path}")
+    foreign = _foreign(path)
+    if foreign:
+        shown = ", ".join(repr(str(f.relative_to(path))) for f in foreign[:10])
+        more = f" and {len(foreign) - 10} more" if len(foreign) > 10 else ""
+        raise RunDirError(f"run directory {str(path)!r} holds files online-mas did not write: "
+                          f"{shown}{more}; refusing to delete anything, even with --force (move "
+                          "them out, or choose another --out)")
+
+
+def _foreign(path: Path) -> list[Path]:
+    """Entries of a run directory that the runner does not write (checked three levels deep)."""
+    out: list[Path] = []
+
+    def ok_file(e: Path, names: frozenset[str]) -> bool:
+        return not e.is_symlink() and e.is_file() and (e.name in names or bool(_TMP.match(e.name)))
+
+    for top in sorted(path.iterdir()):
+        if ok_file(top, _TOP_FILES):
+            continue
+        if top.is_symlink() or not top.is_dir() or top.name not in LEARNERS:
+            out.append(top)
+            continue
+        for seed in sorted(top.iterdir()):
+            if seed.is_symlink() or not seed.is_dir() or not re.fullmatch(r"seed\d+", seed.name):
+                out.append(seed)
+                continue
+            for e in sorted(seed.iterdir()):
+                if ok_file(e, _UNIT_FILES):
+                    continue
+                if e.name == "plots" and e.is_dir() and not e.is_symlink():
+                    out += [f for f in sorted(e.iterdir())
+                            if f.is_symlink() or not f.is_file() or f.suffix != ".png"]
+                    continue
+                out.append(e)
+    return out
+
+
+def _recorded(config: ExperimentConfig) -> dict[str, Any]:
+    """What a run directory records of its config: all but ``[run]``, which may change."""
+    data = config_to_dict(config)
+    data.pop("run", None)
+    return data
+
+
+@contextlib.contextmanager
+def lock_run_dir(run_dir: str | Path) -> Iterator[Path]:
+    """Hold the exclusive lock of a run directory (re-entrant within a process).
+
+    Raises
+    ------
+    RunDirError
+        Another process holds it: a ``run`` or ``--resume`` of this directory is under way.
+    """
+    path = Path(run_dir)
+    key = os.path.realpath(path)
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield path
+        finally:
+            _HELD[key][1] -= 1
+        return
+    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        other = os.read(fd, 64).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise RunDirError(f"run directory {str(path)!r} is in use by another online-mas process (pid "
+                          f"{other}): wait until it ends, or stop it first") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _HELD[key] = [fd, 1]
+    try:
+        yield path
+    finally:
+        del _HELD[key]
+        os.close(fd)  # releases the flock
+
+
+_HELD: dict[str, list[int]] = {}  # real path -> [fd of the lock file, depth]
 
 
 def open_run_dir(run_dir: str | Path) -> ExperimentConfig:
@@ -110,7 +245,8 @@ def open_run_dir(run_dir: str | Path) -> ExperimentConfig:
     Raises
     ------
     RunDirError
-        The directory does not exist or has no ``config.toml``.
+        The directory does not exist, has no ``config.toml`` or no marker, or its ``config.toml``
+        differs from the config recorded when it was created (the message names the keys).
     ConfigError
         Its ``config.toml`` is not a valid config.
     """
@@ -120,9 +256,28 @@ def open_run_dir(run_dir: str | Path) -> ExperimentConfig:
     if not (path / "config.toml").is_file():
         raise RunDirError(f"{str(path)!r} is not an online-mas run directory: it has no config.toml")
     try:
-        return load_config(path / "config.toml")
+        config = load_config(path / "config.toml")
     except ConfigError as err:
         raise ConfigError(f"{path}/config.toml is not a valid run config: {err}") from None
+    marker = path / MARKER
+    if not marker.is_file():
+        raise RunDirError(f"{str(path)!r} is not an online-mas run directory: it has no {MARKER} "
+                          "marker (written when online-mas run creates one)")
+    try:
+        record = json.loads(marker.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise RunDirError(f"{marker} is corrupted (not JSON: {err})") from None
+    if not isinstance(record, dict) or record.get("format") != _MARKER_FORMAT \
+            or record.get("version") != _MARKER_VERSION or not isinstance(record.get("config"), dict):
+        raise RunDirError(f"{marker} is not a run directory marker of this online-mas (format "
+                          f"{_MARKER_FORMAT!r}, version {_MARKER_VERSION})")
+    diff = config_diff(record["config"], _recorded(config), labels=("recorded", "config.toml"))
+    if diff:
+        raise RunDirError(f"{path}/config.toml differs from the config its runs were started with "
+                          f"({len(diff)} key{'s' if len(diff) > 1 else ''}: " + "; ".join(diff)
+                          + "). Undo the edit, or start a new run with: online-mas run "
+                          f"{path}/config.toml --out NEW_DIR")
+    return config
 
 
 def continue_or_create(config: ExperimentConfig, run_dir: str | Path, *,
@@ -144,11 +299,31 @@ def continue_or_create(config: ExperimentConfig, run_dir: str | Path, *,
 # --------------------------------------------------------------------------- experiment
 
 
+def read_summary(path: Path) -> dict[str, Any]:
+    """A run's ``summary.json``; a damaged one is a :class:`RunDirError` that says how to redo it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        problem: str = f"not valid JSON: {err}"
+    else:
+        if isinstance(data, dict) and isinstance(data.get("learner", data.get("kind")), str):
+            return data
+        problem = f"not a run summary: a JSON {type(data).__name__}"
+    raise RunDirError(f"{path} is corrupted ({problem}); delete it, and online-mas run --resume "
+                      f"{path.parent.parent.parent} writes it again from the run's final checkpoint")
+
+
 def write_text(path: Path, text: str) -> None:
-    """Write a small text file atomically (temporary file, flush, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
+    """Write a small text file atomically (a temporary file of its own, flush, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
