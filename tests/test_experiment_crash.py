@@ -346,3 +346,5 @@ def test_one_percent_poisoned_batches_keep_the_snapshot_count_in_the_runner(
         losses = [line["loss"] for line in lines if "loss" in line]  # one line per step
         assert len(losses) == n - len(poison)
         assert summary["mean_loss"] == pytest.approx(sum(losses) / len(losses)), learner
+        assert summary["n_skipped"] == len(poison), learner  # counted in the summary, not only warned
+    assert clean["n_skipped"] == 0

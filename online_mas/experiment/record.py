@@ -207,6 +207,8 @@ def summarize(record: Record, *, learner: str, seed: int, iid: bool, stream: str
         "prequential_accuracy": record.correct / record.seen if record.seen else None,
         # over the batches trained on (skipped non-finite ones have no loss); n_steps if unknown
         "mean_loss": _mean_loss(record, n_steps),
+        # batches not trained on because their loss was not finite (None: a checkpoint without it)
+        "n_skipped": n_steps - record.batches if record.batches is not None else None,
         "n_snapshots": len(record.events),
         "events": [dict(e) for e in record.events],
         "detection": detection,
