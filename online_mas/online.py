@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import warnings
 import weakref
-from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -33,6 +32,7 @@ from online_mas.penalty import (
 )
 from online_mas.reduce import Reducer
 from online_mas.signals import per_sample
+from online_mas.skips import Skips
 from online_mas.trigger import Trigger, default_detector
 
 if TYPE_CHECKING:
@@ -185,9 +185,7 @@ class OnlineMAS:
         self.reducer = reducer if reducer is not None else Reducer()
         self._params = Parameters(model)
         self._step = 0
-        self._n_skipped = 0
-        self._recent_skips: deque[bool] = deque(maxlen=_DIVERGED_WINDOW)  # skipped, of the last calls
-        self._warned = False
+        self._skips = Skips()
         self._generator = torch.Generator().manual_seed(self.config.seed)
         self._seen = LastForward()
         shared = self.config.shared_forward and output is None and self.config.method == "exact" \
@@ -239,7 +237,7 @@ class OnlineMAS:
     @property
     def n_skipped(self) -> int:
         """Batches skipped because the input, output or importance was not finite."""
-        return self._n_skipped
+        return self._skips.count
 
     @property
     def omega(self) -> dict[str, Tensor]:
@@ -328,14 +326,13 @@ class OnlineMAS:
                     value = self.trigger.value(_for_signal(self._output(x)))  # type: ignore[arg-type]
         except NonFiniteError as err:
             self._step = step
-            self._skip(str(err))
-            self._diverged(str(err))
+            self._skips.observed(False, str(err), check=not ranks)
             if not ranks:
                 return None
             batch, value = None, None
         else:
             self._step = step
-            self._recent_skips.append(False)
+            self._skips.observed(True)
         if self.trigger.by_loss and loss is not None:
             value, weight = loss, float(batch_size(x))
         if ranks and value is not None and not math.isfinite(value):
@@ -355,7 +352,7 @@ class OnlineMAS:
             check_input(x)  # wrong types and shapes raise; nan/inf is skipped and counted
             batch = self._estimate(x, step=False)
         except NonFiniteError as err:
-            self._skip(str(err))
+            self._skips.skip(str(err))
             return 0
         self._keep(batch, update=True)
         return batch.n
@@ -381,7 +378,7 @@ class OnlineMAS:
         self._sync()
         return {
             "version": STATE_VERSION, "lam": self.lam, "config": asdict(self.config),
-            "step": self._step, "n_skipped": self._n_skipped,
+            "step": self._step, "n_skipped": self._skips.count,
             "events": [e.to_dict() for e in self.events], "generator": self._generator.get_state(),
             "running": self.running.state_dict(),
             "consolidator": self.consolidator.state_dict(self._params.names),
@@ -398,7 +395,7 @@ class OnlineMAS:
         self.running.load_state_dict(state["running"])  # type: ignore[arg-type]
         self.lam = state["lam"]  # type: ignore[assignment]
         self._step = int(state["step"])  # type: ignore[call-overload]
-        self._n_skipped = int(state["n_skipped"])  # type: ignore[call-overload]
+        self._skips.count = int(state["n_skipped"])  # type: ignore[call-overload]
         self.events = [Event.from_dict(e) for e in state.get("events", [])]  # type: ignore[attr-defined]
         generator = state.get("generator")
         if isinstance(generator, Tensor):
@@ -501,7 +498,7 @@ class OnlineMAS:
             try:
                 self._keep(self._estimate(self.buffer.samples, step=False), update=False)
             except NonFiniteError as err:
-                self._skip(str(err))
+                self._skips.skip(str(err))
         if self.buffer is not None:
             self.buffer.clear()
         if self.reducer.size > 1 and (self.reducer.pending_updates or self.buffer is not None):
@@ -534,29 +531,6 @@ class OnlineMAS:
         if k is None or batch_size(x) <= k:
             return x
         return select(x, torch.randperm(batch_size(x), generator=self._generator)[:k])
-
-    def _diverged(self, why: str) -> None:
-        """Raise once most recent ``observe`` calls were skipped: a diverged model, said loudly
-        (in one process: ranks skip independently and must not stop alone)."""
-        self._recent_skips.append(True)
-        if self.reducer.size > 1:
-            return
-        if len(self._recent_skips) == _DIVERGED_WINDOW and sum(self._recent_skips) >= _DIVERGED_SKIPS:
-            self._recent_skips.clear()
-            raise RuntimeError(
-                f"OnlineMAS skipped {_DIVERGED_SKIPS} or more of the last {_DIVERGED_WINDOW} batches as "
-                f"non-finite ({self._n_skipped} in all; last: {why}): the model has most likely "
-                f"diverged. Lower the learning rate or lam (now {self.lam:g}), or use proximal_")
-
-    def _skip(self, why: str) -> None:
-        self._n_skipped += 1
-        if not self._warned:
-            warnings.warn(f"OnlineMAS skipped a batch: {why}; importance and anchors are unchanged "
-                          "(further skips are only counted in n_skipped)", RuntimeWarning, stacklevel=4)
-            self._warned = True
-
-
-_DIVERGED_WINDOW, _DIVERGED_SKIPS = 100, 90  # observe raises when this many of the last calls were skipped
 
 
 def _for_signal(out: Tensor | None) -> Tensor | None:
