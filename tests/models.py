@@ -6,6 +6,21 @@ import torch
 from torch import Tensor, nn
 
 
+def loop_reference(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
+    """The independent computation: one autograd call per sample, in eval mode, |grad| averaged
+    (in the parameters' dtype)."""
+    model.eval()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    acc = {n: torch.zeros_like(p) for n, p in named}
+    for i in range(x.shape[0]):
+        out = model(x[i : i + 1])
+        grads = torch.autograd.grad(out.pow(2).sum(), [p for _, p in named], allow_unused=True)
+        for (n, _), g in zip(named, grads, strict=True):
+            if g is not None:
+                acc[n] += g.abs()
+    return {n: a / x.shape[0] for n, a in acc.items()}
+
+
 def MLP(d_in: int = 10, hidden: int = 16, d_out: int = 5) -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(d_in, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, hidden), nn.Tanh(),

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from models import MLP, families
+from models import MLP, families, loop_reference
 from torch import nn
 
 import online_mas as om
@@ -17,19 +17,6 @@ exact = sys.modules["online_mas.estimators.exact"]
 FAMILIES = families()
 FAST_ONLY = {"mlp", "cnn2d", "cnn1d", "embedding"}
 
-
-def _loop_reference(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Independent computation: one autograd call per sample, in eval mode, |grad| averaged."""
-    model.eval()
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    acc = {n: torch.zeros_like(p) for n, p in named}
-    for i in range(x.shape[0]):
-        out = model(x[i : i + 1])
-        grads = torch.autograd.grad(out.pow(2).sum(), [p for _, p in named], allow_unused=True)
-        for (n, _), g in zip(named, grads, strict=True):
-            if g is not None:
-                acc[n] += g.abs()
-    return {n: a / x.shape[0] for n, a in acc.items()}
 
 
 def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -42,7 +29,7 @@ def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> Non
 @pytest.mark.parametrize("method", ["exact", "vmap", "loop"])
 def test_exact_methods_equal_per_sample_loop(family: str, method: str) -> None:
     model, x = FAMILIES[family]
-    reference = _loop_reference(model, x)
+    reference = loop_reference(model, x)
     _assert_close(om.importance(model, x, method=method), reference)
 
 
@@ -181,7 +168,7 @@ def test_works_under_no_grad_and_returns_float32_for_float64_models() -> None:
     with torch.no_grad():
         omega = om.importance(model, x)
     assert all(v.dtype == torch.float32 for v in omega.values())
-    ref = _loop_reference(model, x)
+    ref = loop_reference(model, x)
     _assert_close(omega, {k: v.float() for k, v in ref.items()})
 
 
@@ -231,7 +218,7 @@ def test_conv_fast_path_geometries_equal_per_sample_loop(conv: nn.Module) -> Non
     shape = (5, conv.in_channels, 7) if isinstance(conv, nn.Conv1d) else (5, conv.in_channels, 7, 6)
     model = nn.Sequential(conv, nn.Tanh(), nn.Flatten())
     x = torch.randn(*shape)
-    reference = _loop_reference(model, x)
+    reference = loop_reference(model, x)
     for chunk in (2, 64):
         _assert_close(om.importance(model, x, chunk_size=chunk), reference)
 
@@ -275,7 +262,7 @@ def test_conv_padding_modes_3d_transposed_and_rank_1_equal_per_sample_loop(
         model = nn.Sequential(copy.deepcopy(layer), nn.Tanh(), nn.Flatten()).to(dtype)
         for batch in (1, 5):
             x = torch.randn(batch, *shape, dtype=dtype)
-            reference = {k: v.float() for k, v in _loop_reference(model, x).items()}
+            reference = {k: v.float() for k, v in loop_reference(model, x).items()}
             for chunk in (2, 64):
                 _assert_close(om.importance(model, x, chunk_size=chunk), reference)
 
@@ -329,7 +316,7 @@ def test_rmsnorm_instance_norm_and_prelu_equal_per_sample_loop(
         assert {om.plan(model)[f"1.{k}"] for k, _ in model[1].named_parameters()} != {"torch.func"}
         for batch in (1, 5):
             x = torch.randn(batch, *shape, dtype=dtype) * 2 + 1
-            reference = {k: v.float() for k, v in _loop_reference(model, x).items()}
+            reference = {k: v.float() for k, v in loop_reference(model, x).items()}
             model.train()  # the estimator runs it in eval mode (running statistics) and restores it
             for chunk in (2, 64):
                 _assert_close(om.importance(model, x, chunk_size=chunk), reference)
@@ -403,7 +390,7 @@ def test_a_layer_covered_in_some_chunks_only_falls_back_to_torch_func(
     torch.manual_seed(0)
     model = Sometimes()
     x = torch.randn(5, 3)  # chunks of 2, 2 and 1: the last one calls lin twice
-    _assert_close(om.importance(model, x, chunk_size=2), _loop_reference(model, x))
+    _assert_close(om.importance(model, x, chunk_size=2), loop_reference(model, x))
     assert calls == [["lin.bias", "lin.weight"]]
 
 
