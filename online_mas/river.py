@@ -29,13 +29,14 @@ ModuleFactory = Callable[[int, int], nn.Module]
 """``factory(n_features, n_classes) -> nn.Module``: a network from 1-D inputs to class logits."""
 
 
-class Classifier(base.Classifier):
+class Classifier(base.MiniBatchClassifier):
     """A torch classifier trained online with task-free online MAS.
 
     Features are mapped to input positions by name (sorted within the first sample, new ones
     appended), a missing feature counts as 0. Without ``module``, a small MLP is built on the first
     sample; its input grows as new features appear and its output as new classes appear (capacity
-    doubling, logits of unseen classes ignored). A layer that grows starts its importance over.
+    doubling, new weights zero, logits of unseen classes ignored). A layer that grows starts its
+    importance over. ``learn_many`` and ``predict_proba_many`` take pandas frames, row by row.
 
     Parameters
     ----------
@@ -150,6 +151,20 @@ class Classifier(base.Classifier):
             batch, self._pending = torch.cat(self._pending), []
             mas.observe(batch)
 
+    def learn_many(self, X: Any, y: Any) -> None:
+        """Learn the rows of a pandas ``DataFrame`` in order, one step each, as ``learn_one`` would
+        (missing values, NaN, count as absent features)."""
+        for row, target in zip(X.to_dict(orient="records"), list(y), strict=True):
+            self.learn_one({k: v for k, v in row.items() if not _missing(v)}, target)
+
+    def predict_proba_many(self, X: Any) -> Any:
+        """Class probabilities of every row of a pandas ``DataFrame``, one column per class."""
+        import pandas as pd
+
+        rows = [self.predict_proba_one({k: v for k, v in r.items() if not _missing(v)})
+                for r in X.to_dict(orient="records")]
+        return pd.DataFrame(rows, index=X.index, columns=list(self._classes), dtype=float)
+
     def predict_proba_one(self, x: dict[Hashable, Any], **kwargs: Any) -> dict[Any, float]:
         if self._net is None:
             return {}
@@ -221,14 +236,19 @@ class Classifier(base.Classifier):
                 _ = self._mas.omega  # type: ignore[union-attr]  # follow the new parameters now
 
 
+def _missing(v: object) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
 def _widen(layer: nn.Linear, *, in_features: int | None = None, out_features: int | None = None) -> nn.Linear:
-    """A copy of ``layer`` with more inputs (new columns zero) or more outputs (new rows freshly
-    initialised)."""
+    """A copy of ``layer`` with more inputs or outputs, the new weights zero (no random draw, so a
+    seeded classifier grows the same way whatever else used the global generator)."""
     new = nn.Linear(in_features or layer.in_features, out_features or layer.out_features,
                     bias=layer.bias is not None)
     with torch.no_grad():
-        if in_features is not None:
-            new.weight.zero_()
+        new.weight.zero_()
+        if new.bias is not None:
+            new.bias.zero_()
         new.weight[: layer.out_features, : layer.in_features] = layer.weight
         if layer.bias is not None and new.bias is not None:
             new.bias[: layer.out_features] = layer.bias

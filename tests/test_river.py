@@ -97,3 +97,18 @@ def test_a_pickled_classifier_predicts_and_learns_like_the_original() -> None:
 def test_bad_arguments_name_the_value(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         Classifier(**kwargs)  # type: ignore[arg-type]
+
+
+def test_learn_many_and_predict_proba_many_on_pandas_frames_match_the_one_sample_calls() -> None:
+    import pandas as pd  # in the test extra
+    rows = list(datasets.Phishing())[:80]
+    X = pd.DataFrame([x for x, _ in rows])
+    y = pd.Series([t for _, t in rows])
+    one, many = Classifier(seed=0, window=8), Classifier(seed=0, window=8)
+    for x, t in rows[:40]:
+        one.learn_one(x, t)
+    many.learn_many(X.iloc[:40], y.iloc[:40])
+    probs = many.predict_proba_many(X.iloc[40:])
+    assert list(probs.index) == list(range(40, 80))
+    for i, (x, _) in enumerate(rows[40:]):
+        assert dict(probs.iloc[i]) == pytest.approx(one.predict_proba_one(x))
