@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import pkgutil
+import subprocess
+import sys
 from pathlib import Path
 
 import online_mas as om
 
 ROOT = Path(__file__).resolve().parents[1]
+EXTRAS = {"online_mas.avalanche": "avalanche"}  # a module of an optional extra -> what it imports
 
 
 def _private_imports(root: Path, package: str) -> list[str]:
@@ -47,7 +51,10 @@ def test_no_public_name_shadows_a_submodule() -> None:
     experiment = importlib.import_module("online_mas.experiment")
     for package in (om, om.estimators, om.detectors, experiment):
         for info in pkgutil.iter_modules(package.__path__):
-            module = importlib.import_module(f"{package.__name__}.{info.name}")
+            name = f"{package.__name__}.{info.name}"
+            if name in EXTRAS and importlib.util.find_spec(EXTRAS[name]) is None:
+                continue  # its extra is not installed
+            module = importlib.import_module(name)
             value = getattr(package, info.name, module)
             assert value is module, f"{package.__name__}.{info.name} is a {type(value).__name__}"
 
@@ -57,3 +64,9 @@ def test_every_public_name_imports_and_is_documented() -> None:
         value = getattr(om, name)
         if (callable(value) or isinstance(value, type(om))) and name != "OutputFn":  # a type alias
             assert value.__doc__, f"om.{name} has no docstring"
+
+
+def test_the_package_does_not_import_an_optional_extra() -> None:
+    code = "import sys, online_mas; print(sorted({'avalanche', 'river'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
