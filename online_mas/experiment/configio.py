@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import tomllib
 import types
 import typing
@@ -303,11 +304,16 @@ def _dump_table(table: Mapping[str, Any], path: list[str], lines: list[str]) -> 
     scalars = {k: v for k, v in table.items() if not isinstance(v, dict) or _inline(".".join([*path, k]))}
     tables = {k: v for k, v in table.items() if k not in scalars}
     if path and (scalars or not tables):
-        lines.extend(["", f"[{'.'.join(path)}]"])
+        lines.extend(["", f"[{'.'.join(_toml_key(p) for p in path)}]"])
     for key, value in scalars.items():
         lines.append(f"{key} = {_toml_value(value)}")
     for key, value in tables.items():
         _dump_table(value, [*path, key], lines)
+
+
+def _toml_key(key: str) -> str:
+    """A bare TOML key as it is, any other (e.g. ``mas+er``) quoted."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
 
 
 def _toml_value(value: object) -> str:
