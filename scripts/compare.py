@@ -186,8 +186,8 @@ def main() -> None:
               f"within this table.")
     if cached:
         footer += f" {cached} more runs were read from an earlier call (--fresh recomputes them)."
-    missing = ("Not in this table: the split, recurring and mnist1d scenarios, and Avalanche's "
-               "strategies (scripts/compare_avalanche.py does not exist yet).")
+    missing = ("Not in this table: the split, recurring and mnist1d scenarios; Avalanche's strategies "
+               "on the same streams are in results/compare_avalanche.md (scripts/compare_avalanche.py).")
     text = (f"{header}\n\n{text_table}\n\nDifferences of the means:\n\n" + "\n".join(notes(data))
             + f"\n\n{missing}\n\n{footer}\n")
     print("\n" + text)

@@ -39,3 +39,20 @@ def test_compare_writes_the_table_from_the_runs(tmp_path: Path, monkeypatch: pyt
     text = (tmp_path / "compare.md").read_text()
     acc = 100 * runs["er"]["average_accuracy"]
     assert f"| permuted-digits | er | 1 | {acc:.1f} |" in text and "0.2 passes" in text
+
+
+def test_compare_avalanche_gives_each_segment_in_stream_order() -> None:
+    from streams import StreamConfig, build_stream
+
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "scripts"))
+    harness = importlib.import_module("compare_avalanche")  # Avalanche itself is imported lazily
+    stream = build_stream(StreamConfig("permuted-digits", n_segments=3, passes=0.3, batch_size=32, seed=0))
+    segs = harness.segments(stream)
+    bounds = [0, *stream.change_points, len(stream)]
+    assert len(segs) == 3
+    for (x, y), a, b in zip(segs, bounds[:-1], bounds[1:], strict=True):
+        xs, ys = zip(*(stream.batch(i) for i in range(a, b)), strict=True)
+        assert torch.equal(x, torch.cat(xs)) and torch.equal(y, torch.cat(ys))
+    assert harness.grid("naive", harness.AvalancheConfig()) == (None,)
+    assert harness.grid("ewc", harness.AvalancheConfig()) == harness.AvalancheConfig().ewc_lambdas
