@@ -33,6 +33,7 @@ from online_mas.detectors import (
     detector_state_dict,
     load_detector_state,
 )
+from online_mas.distill import Distiller, distillation_loss
 from online_mas.estimators import (
     METHODS,
     BatchImportance,
@@ -54,6 +55,7 @@ from online_mas.metrics import (
 from online_mas.online import DEFAULT, Event, MASConfig, OnlineMAS, default_detector
 from online_mas.penalty import PENALTY_FORMS, penalty_grad_, penalty_loss, proximal_
 from online_mas.reduce import Reducer
+from online_mas.rehearsal import ClassBalanced, HardReplay, Replay, Reservoir
 from online_mas.signals import SIGNALS, FeatureShift
 
 __version__ = "0.1.0"
@@ -68,12 +70,15 @@ __all__ = [
     "AdaptStep",
     "Adapter",
     "BatchImportance",
+    "ClassBalanced",
     "CurrentAnchor",
     "DetectionScores",
     "Detector",
+    "Distiller",
     "Event",
     "FeatureShift",
     "HardBuffer",
+    "HardReplay",
     "MASConfig",
     "NeverFires",
     "NonFiniteError",
@@ -83,6 +88,8 @@ __all__ = [
     "Periodic",
     "Plateau",
     "Reducer",
+    "Replay",
+    "Reservoir",
     "RunningImportance",
     "ScaledCUSUM",
     "StableAnchor",
@@ -100,6 +107,7 @@ __all__ = [
     "default_detector",
     "detection_scores",
     "detector_state_dict",
+    "distillation_loss",
     "distributed",
     "entropy",
     "entropy_loss",

@@ -59,7 +59,8 @@ def test_unknown_section_lists_the_sections(tmp_path: Path) -> None:
 
 def test_unknown_learner_table_lists_the_learner_tables(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"unknown key 'learner\.si'; allowed in \[learner\]: "
-                                          r"online-mas, mas-oracle, l2, ewc$"):
+                                          r"online-mas, mas-oracle, l2, ewc, er, der, lwf, tfcl, mas\+er, "
+                                          r"mas\+lwf$"):
         load_config(write(tmp_path, "[learner.si]\nlam = 1.0\n"))
 
 

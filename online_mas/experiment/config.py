@@ -24,6 +24,7 @@ from online_mas.experiment.registry import (
     DETECTORS,
     KINDS,
     LEARNERS,
+    MEMORIES,
     MODELS,
     OPTIMIZERS,
     PENALTY_FORMS,
@@ -33,15 +34,20 @@ from streams import StreamConfig
 
 __all__ = [
     "AdaptSection",
+    "DERLearnerConfig",
     "EWCConfig",
     "ExperimentConfig",
     "ExperimentSection",
     "L2Config",
     "LearnersConfig",
+    "LwFLearnerConfig",
     "MASLearnerConfig",
+    "MASLwFLearnerConfig",
+    "MASReplayLearnerConfig",
     "ModelConfig",
     "OnlineMASLearnerConfig",
     "OptimConfig",
+    "ReplayLearnerConfig",
     "RunConfig",
     "default_stream",
 ]
@@ -230,6 +236,136 @@ class EWCConfig:
             raise ValueError(f"gamma must be a number in [0, 1], got {self.gamma!r}")
 
 
+def _memory(size: object, batch: object, weight: object, buffer: object | None = None) -> None:
+    if _bad_int(size) or size < 1:  # type: ignore[operator]
+        raise ValueError(f"size must be an int >= 1, got {size!r}")
+    if _bad_int(batch) or batch < 1:  # type: ignore[operator]
+        raise ValueError(f"batch must be an int >= 1, got {batch!r}")
+    if not _finite(weight) or weight < 0:  # type: ignore[operator]
+        raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
+    if buffer is not None:
+        _choice("buffer", buffer, MEMORIES)
+
+
+def _distill(temperature: object, weight: object) -> None:
+    if not _finite(temperature) or temperature <= 0:  # type: ignore[operator]
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if not _finite(weight) or weight < 0:  # type: ignore[operator]
+        raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
+
+
+@dataclass(frozen=True)
+class ReplayLearnerConfig:
+    """``[learner.er]``: experience replay from a memory of labeled samples (task-free).
+
+    Examples
+    --------
+    >>> ReplayLearnerConfig(size=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: size must be an int >= 1, got 0
+    """
+
+    size: int = 200  # memory budget in stored samples
+    buffer: str = "reservoir"  # "reservoir", "class-balanced" or "hard" (highest loss, CVPR 2019)
+    batch: int = 32  # replayed samples per step, besides the stream's batch
+    weight: float = 1.0  # weight of the replayed samples' mean loss
+
+    def __post_init__(self) -> None:
+        _memory(self.size, self.batch, self.weight, self.buffer)
+
+
+@dataclass(frozen=True)
+class DERLearnerConfig:
+    """``[learner.der]``: DER++ (Buzzega et al., 2020): replayed logits and labels, reservoir memory.
+
+    Examples
+    --------
+    >>> DERLearnerConfig(alpha=-1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: alpha must be a finite number >= 0, got -1.0
+    """
+
+    size: int = 200  # memory budget in stored samples (with their logits)
+    batch: int = 32  # samples of each of the two replay batches per step
+    alpha: float = 0.1  # weight of the squared error to the stored logits
+    beta: float = 0.5  # weight of the cross-entropy on the stored labels
+
+    def __post_init__(self) -> None:
+        _memory(self.size, self.batch, 1.0)
+        for name in ("alpha", "beta"):
+            value = getattr(self, name)
+            if not _finite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class LwFLearnerConfig:
+    """``[learner.lwf]``: distillation from the model at the last **true** boundary (not task-free).
+
+    Examples
+    --------
+    >>> LwFLearnerConfig(temperature=0.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: temperature must be a finite number > 0, got 0.0
+    """
+
+    temperature: float = 2.0  # softening temperature of both outputs
+    weight: float = 1.0  # weight of the distillation term
+
+    def __post_init__(self) -> None:
+        _distill(self.temperature, self.weight)
+
+
+@dataclass(frozen=True)
+class MASReplayLearnerConfig(OnlineMASLearnerConfig):
+    """``[learner.mas+er]``, ``[learner.tfcl]``: task-free online MAS plus replay from a memory.
+
+    ``tfcl`` (Aljundi, Kelchtermans, Tuytelaars, CVPR 2019) defaults to the hard buffer, replayed
+    in the loss and also estimated for importance (``buffer_importance``).
+
+    Examples
+    --------
+    >>> MASReplayLearnerConfig(buffer="fifo")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: buffer must be one of ('reservoir', 'class-balanced', 'hard'), got 'fifo'
+    """
+
+    size: int = 200  # memory budget in stored samples
+    buffer: str = "reservoir"  # "reservoir", "class-balanced" or "hard"
+    batch: int = 32  # replayed samples per step, besides the stream's batch
+    weight: float = 1.0  # weight of the replayed samples' mean loss
+    buffer_importance: bool = False  # also estimate importance on the memory (label-free), every mas.every
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _memory(self.size, self.batch, self.weight, self.buffer)
+        if not isinstance(self.buffer_importance, bool):
+            raise ValueError(f"buffer_importance must be a boolean, got {self.buffer_importance!r}")
+
+
+@dataclass(frozen=True)
+class MASLwFLearnerConfig(OnlineMASLearnerConfig):
+    """``[learner.mas+lwf]``: task-free online MAS plus distillation from its anchor ``theta*``.
+
+    The teacher is refreshed at each consolidation the detector triggers.
+    """
+
+    temperature: float = 2.0  # softening temperature of both outputs
+    weight: float = 1.0  # weight of the distillation term
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _distill(self.temperature, self.weight)
+
+
+def _tfcl() -> MASReplayLearnerConfig:
+    return MASReplayLearnerConfig(buffer="hard", buffer_importance=True)
+
+
 @dataclass(frozen=True)
 class LearnersConfig:
     """``[learner.<name>]``: the options of each learner (fine-tuning and joint have none)."""
@@ -240,6 +376,14 @@ class LearnersConfig:
                                          metadata={"key": "mas-oracle"})  # MAS at true boundaries
     l2: L2Config = L2Config()  # uniform importance at true boundaries
     ewc: EWCConfig = EWCConfig()  # online EWC at true boundaries
+    er: ReplayLearnerConfig = ReplayLearnerConfig()  # experience replay, task-free
+    der: DERLearnerConfig = DERLearnerConfig()  # DER++, task-free
+    lwf: LwFLearnerConfig = LwFLearnerConfig()  # distillation at true boundaries
+    tfcl: MASReplayLearnerConfig = field(default_factory=_tfcl)  # online MAS + hard buffer in the loss
+    mas_er: MASReplayLearnerConfig = field(default_factory=MASReplayLearnerConfig,
+                                           metadata={"key": "mas+er"})  # online MAS + reservoir replay
+    mas_lwf: MASLwFLearnerConfig = field(default_factory=MASLwFLearnerConfig,
+                                         metadata={"key": "mas+lwf"})  # online MAS + distillation
 
 
 @dataclass(frozen=True)

@@ -341,6 +341,7 @@ def _dump_table(table: Mapping[str, Any], path: list[str], lines: list[str]) -> 
         _dump_table(value, [*path, key], lines)
 
 
+
 def _toml_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

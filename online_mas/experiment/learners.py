@@ -1,7 +1,8 @@
 """The learners compared by the runner: one small class each, sharing a four-call protocol.
 
 The run loop owns the model, the optimizer and the stream. On every batch it computes the task
-loss, calls ``loss.backward()``, then
+loss, adds ``learner.extra_loss(x, y, logits)`` unless that is None (replay, distillation), calls
+``backward()``, then
 
 1. ``learner.after_backward()``: ``.grad`` holds the task gradient; add the penalty's gradient
    (penalty forms ``"loss"`` and ``"grad"``; EWC reads the task gradient first);
@@ -24,6 +25,10 @@ Which learners see what:
 - ``mas-oracle``, ``l2``, ``ewc``: consolidate at the **true** boundaries (the last batch of each
   segment); they are not task-free. ``ewc`` also uses the labels for its Fisher information.
 - ``joint``: the same batches in a seeded random order (i.i.d.), an upper bound.
+- ``er``, ``der``, ``tfcl``, ``mas+er`` (:mod:`~online_mas.experiment.replay_learners`) replay a
+  memory of stored samples; ``lwf`` and ``mas+lwf``
+  (:mod:`~online_mas.experiment.distill_learners`) distil from a frozen teacher. ``lwf`` refreshes
+  its teacher at the true boundaries; the others are task-free.
 """
 
 from __future__ import annotations
@@ -33,10 +38,14 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
+from online_mas.distill import Distiller
 from online_mas.experiment.config import ExperimentConfig
-from online_mas.experiment.registry import LEARNERS, build_detector, build_mas
+from online_mas.experiment.distill_learners import Distillation
+from online_mas.experiment.registry import LEARNERS, MEMORIES, build_detector, build_mas
+from online_mas.experiment.replay_learners import Rehearsal
 from online_mas.online import Event, OnlineMAS
 from online_mas.penalty import penalty_grad_, penalty_loss, proximal_
+from online_mas.rehearsal import Reservoir
 
 __all__ = ["EWC", "L2", "MAS", "Finetune", "Learner", "build_learner"]
 
@@ -49,6 +58,8 @@ class Learner(Protocol):
     name: str  # the learner's name in LEARNERS
     iid: bool  # True: train on the stream's batches in a seeded random order (joint)
 
+    def extra_loss(self, x: Tensor, y: Tensor, logits: Tensor) -> Tensor | None: ...
+
     def after_backward(self) -> None: ...
 
     def after_step(self, x: Tensor, loss: float) -> Event | None: ...
@@ -56,6 +67,8 @@ class Learner(Protocol):
     def log_values(self) -> dict[str, float]: ...
 
     def importance(self) -> dict[str, Tensor] | None: ...
+
+    def stored_samples(self) -> int | None: ...
 
     def state_dict(self) -> dict[str, object]: ...
 
@@ -74,6 +87,12 @@ class Finetune:
     def __init__(self, *, joint: bool = False) -> None:
         self.name = "joint" if joint else "finetune"
         self.iid = joint
+
+    def extra_loss(self, x: Tensor, y: Tensor, logits: Tensor) -> Tensor | None:
+        return None
+
+    def stored_samples(self) -> int | None:
+        return None
 
     def after_backward(self) -> None:
         pass
@@ -130,6 +149,12 @@ class MAS:
         self.lr = lr
         self._loss_signal = mas.trigger.by_loss
 
+    def extra_loss(self, x: Tensor, y: Tensor, logits: Tensor) -> Tensor | None:
+        return None
+
+    def stored_samples(self) -> int | None:
+        return None
+
     def after_backward(self) -> None:
         if self.form == "loss":
             value = self.mas.penalty()
@@ -181,6 +206,12 @@ class _Anchored:
         self._step = 0
         self._omega: list[Tensor] | None = None  # None until the first boundary
         self._anchor: list[Tensor] | None = None
+
+    def extra_loss(self, x: Tensor, y: Tensor, logits: Tensor) -> Tensor | None:
+        return None
+
+    def stored_samples(self) -> int | None:
+        return None
 
     def after_backward(self) -> None:
         self._read_gradient()
@@ -338,7 +369,7 @@ class EWC(_Anchored):
 
 
 def build_learner(name: str, config: ExperimentConfig, model: nn.Module,
-                  boundaries: list[int]) -> Learner:
+                  boundaries: list[int], *, seed: int = 0) -> Learner:
     """The learner ``name`` on ``model``, with its options from ``config.learner``.
 
     Parameters
@@ -351,7 +382,9 @@ def build_learner(name: str, config: ExperimentConfig, model: nn.Module,
         The run's model.
     boundaries
         The true boundaries as 1-based step counts: the last batch of each segment, i.e.
-        ``[*stream.change_points, len(stream)]``. Only the oracle learners read them.
+        ``[*stream.change_points, len(stream)]``. Only the oracle learners (and ``lwf``) read them.
+    seed
+        Seed of a replay learner's memory (the runner passes the run's seed).
 
     Examples
     --------
@@ -362,7 +395,8 @@ def build_learner(name: str, config: ExperimentConfig, model: nn.Module,
     >>> build_learner("sgd", ExperimentConfig(), model, [10, 20])
     Traceback (most recent call last):
     ...
-    ValueError: unknown learner 'sgd'; allowed: finetune, online-mas, mas-oracle, l2, ewc, joint
+    ValueError: unknown learner 'sgd'; allowed: finetune, online-mas, mas-oracle, l2, ewc, joint, er, \
+der, lwf, tfcl, mas+er, mas+lwf
     """
     lr = config.optim.lr
     opts = config.learner
@@ -380,6 +414,30 @@ def build_learner(name: str, config: ExperimentConfig, model: nn.Module,
     if name == "ewc":
         return EWC(model, opts.ewc.lam, boundaries, form=opts.ewc.penalty, lr=lr,
                    gamma=opts.ewc.gamma)
+    if name == "er":
+        e = opts.er
+        return Rehearsal(name, model, MEMORIES[e.buffer](e.size, seed=seed), batch=e.batch,
+                         weight=e.weight)
+    if name == "der":
+        d = opts.der
+        return Rehearsal(name, model, Reservoir(d.size, seed=seed), batch=d.batch, weight=0.0,
+                         der=(d.alpha, d.beta))
+    if name == "lwf":
+        w = opts.lwf
+        return Distillation(name, Distiller(model, temperature=w.temperature, weight=w.weight),
+                            boundaries=boundaries)
+    if name in ("tfcl", "mas+er"):
+        r = opts.tfcl if name == "tfcl" else opts.mas_er
+        detector = build_detector(r.detector, r.detector_args, where=f"learner.{name}")
+        inner = MAS(name, build_mas(model, r.lam, r.mas, detector=detector), form=r.penalty, lr=lr)
+        return Rehearsal(name, model, MEMORIES[r.buffer](r.size, seed=seed), batch=r.batch,
+                         weight=r.weight, mas=inner, buffer_importance=r.buffer_importance)
+    if name == "mas+lwf":
+        m2 = opts.mas_lwf
+        detector = build_detector(m2.detector, m2.detector_args, where="learner.mas+lwf")
+        inner = MAS(name, build_mas(model, m2.lam, m2.mas, detector=detector), form=m2.penalty, lr=lr)
+        return Distillation(name, Distiller(model, temperature=m2.temperature, weight=m2.weight),
+                            mas=inner)
     raise ValueError(f"unknown learner {name!r}; allowed: {', '.join(LEARNERS)}")
 
 

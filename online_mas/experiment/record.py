@@ -175,11 +175,13 @@ def importance_stats(importance: dict[str, Tensor] | None) -> dict[str, dict[str
 def summarize(record: Record, *, learner: str, seed: int, iid: bool, stream: str, n_steps: int,
               batch_size: int, change_points: Sequence[int], order: Sequence[int],
               segment_names: Sequence[str], importance: dict[str, Tensor] | None, detect: bool,
-              tolerance: int | None) -> dict[str, object]:
+              tolerance: int | None, stored_samples: int | None = None) -> dict[str, object]:
     """The ``summary.json`` of a finished run.
 
     Everything except the ``"timing"`` entry is a deterministic function of the config and seed
-    (bit-identical for an interrupted and resumed run on CPU). Detection scores (for learners
+    (bit-identical for an interrupted and resumed run on CPU). ``"stored_samples"`` (the
+    samples a memory holds at the end, 0 for a distillation learner) is written only for the
+    learners that report it. Detection scores (for learners
     with a detector) match the batch on which each consolidation fired, ``event.step - 1``,
     against the true change points, with ``tolerance`` batches (default: half the shortest
     segment).
@@ -213,6 +215,7 @@ def summarize(record: Record, *, learner: str, seed: int, iid: bool, stream: str
         "events": [dict(e) for e in record.events],
         "detection": detection,
         "importance": importance_stats(importance),
+        **({"stored_samples": stored_samples} if stored_samples is not None else {}),
         TIMING_KEY: {"wall_time_s": wall, "samples_per_s": record.seen / wall if wall > 0 else None,
                      "steps_per_s": n_steps / wall if wall > 0 else None},
     }

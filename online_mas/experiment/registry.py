@@ -26,14 +26,17 @@ from online_mas.adapt import PENALTY_FORMS
 from online_mas.detectors import CUSUM, NeverFires, PageHinkley, Periodic, Plateau, ScaledCUSUM
 from online_mas.experiment.mas_section import MASSection, build_online_mas
 from online_mas.online import OnlineMAS, default_detector
+from online_mas.rehearsal import ClassBalanced, HardReplay, Reservoir
 
 __all__ = [
     "ADAPT_DETECTOR_ALIASES",
     "ADAPT_METHODS",
     "ADAPT_PARAMS",
+    "DETECTING",
     "DETECTORS",
     "KINDS",
     "LEARNERS",
+    "MEMORIES",
     "MODELS",
     "OPTIMIZERS",
     "PENALTY_FORMS",
@@ -45,7 +48,9 @@ __all__ = [
 ]
 
 KINDS = ("continual", "adapt")  # [experiment] kind
-LEARNERS = ("finetune", "online-mas", "mas-oracle", "l2", "ewc", "joint")  # built by learners.py
+LEARNERS = ("finetune", "online-mas", "mas-oracle", "l2", "ewc", "joint",  # built by learners.py
+            "er", "der", "lwf", "tfcl", "mas+er", "mas+lwf")
+DETECTING = ("online-mas", "tfcl", "mas+er", "mas+lwf")  # task-free: their detections are scored
 MODELS = ("mlp", "cnn")  # [model] kind, built by models.py
 ADAPT_METHODS = ("source", "bn-stats", "tent", "tent+reset", "filter", "tent+mas", "tent+mas-nofilter")
 
@@ -72,6 +77,10 @@ DETECTORS: Mapping[str, Callable[..., object]] = MappingProxyType({
     "default": default_detector, "page-hinkley": PageHinkley, "cusum": CUSUM, "plateau": Plateau,
     "periodic": Periodic, "never": NeverFires, "scaled-cusum": ScaledCUSUM, "none": _no_detector})
 """Detector name -> constructor of its keyword arguments (``"none"`` builds ``None``)."""
+
+MEMORIES: Mapping[str, type[Reservoir]] = MappingProxyType({
+    "reservoir": Reservoir, "class-balanced": ClassBalanced, "hard": HardReplay})
+"""``buffer`` of the replay learners -> the rehearsal memory (:mod:`online_mas.rehearsal`)."""
 
 ADAPT_DETECTOR_ALIASES: Mapping[str, str] = MappingProxyType({"page-hinkley": "default"})
 """``[adapt] detector`` names that mean another entry of :data:`DETECTORS`."""

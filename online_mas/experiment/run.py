@@ -49,7 +49,7 @@ from online_mas.experiment.loop import run_loop
 from online_mas.experiment.models import build_model, model_signature
 from online_mas.experiment.plots import draw_unit_plots
 from online_mas.experiment.record import Record, summarize
-from online_mas.experiment.registry import OPTIMIZERS
+from online_mas.experiment.registry import DETECTING, OPTIMIZERS
 from online_mas.experiment.rundir import RunDirError, Unit, read_summary, write_text
 from streams import Stream, build_stream
 
@@ -164,7 +164,8 @@ class _Run:
         self._t0 = self._elapsed0 = 0.0
         self.optimizer = build_optimizer(config.optim, self.model)
         boundaries = [*self.stream.change_points, self.n]
-        self.learner: Learner = build_learner(unit.learner, config, self.model, boundaries)
+        self.learner: Learner = build_learner(unit.learner, config, self.model, boundaries,
+                                              seed=unit.seed)
         self.record = Record()
         self.eval_sets = list(self.stream.eval_sets)
         self.eval_at = frozenset(boundaries)  # steps done when a matrix row is evaluated
@@ -221,7 +222,8 @@ class _Run:
         extra: dict[str, object] = {}
         if finite:
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            extra_loss = self.learner.extra_loss(x, y, logits)  # replay, distillation: else None
+            (loss if extra_loss is None else loss + extra_loss).backward()
             self.learner.after_backward()
             self.optimizer.step()
             if self.distributed:
@@ -305,14 +307,15 @@ class _Run:
         if imp is not None and self.main:
             checkpoint.save({k: v.detach().cpu() for k, v in imp.items()},
                             self.unit.path / "importance.pt")
-        detect = self.unit.learner == "online-mas"
+        detect = self.unit.learner in DETECTING
         summary = summarize(self.record, learner=self.unit.learner, seed=self.unit.seed,
                             iid=self.learner.iid, stream=self.config.stream.name, n_steps=self.n,
                             batch_size=self.stream.batch_size,
                             change_points=self.stream.change_points,
                             order=self.stream.truth.order,
                             segment_names=self.stream.truth.segment_names, importance=imp, detect=detect,
-                            tolerance=self.config.experiment.detect_tolerance)
+                            tolerance=self.config.experiment.detect_tolerance,
+                            stored_samples=self.learner.stored_samples())
         if not self.main:
             return summary
         if self.config.run.plots:
