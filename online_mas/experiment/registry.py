@@ -46,7 +46,7 @@ __all__ = [
 
 KINDS = ("continual", "adapt")  # [experiment] kind
 LEARNERS = ("finetune", "online-mas", "mas-oracle", "l2", "ewc", "joint")  # built by learners.py
-MODELS = ("mlp", "cnn")  # [model] kind, built by models.py
+MODELS = ("mlp", "cnn", "factory")  # [model] kind, built by models.py
 ADAPT_METHODS = ("source", "bn-stats", "tent", "tent+reset", "filter", "tent+mas", "tent+mas-nofilter")
 
 
