@@ -101,7 +101,8 @@ def _tiny_cifar10(root: Path) -> Path:
                  "labels": [(i + j) % 10 for j in range(6)]}
         (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch))
     (folder / "test_batch").write_bytes(pickle.dumps(
-        {"data": rng.integers(0, 256, size=(20, 3072), dtype=np.uint8), "labels": [j % 10 for j in range(20)]}))
+        {"data": rng.integers(0, 256, size=(20, 3072), dtype=np.uint8),
+         "labels": [j % 10 for j in range(20)]}))
     (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
     return root
 

@@ -356,8 +356,7 @@ class _Run:
     def _identity(self) -> dict[str, Any]:
         cfg = config_to_dict(self.config)
         run = cfg.pop("run", {})  # how it runs does not change what it computes, but for precision
-        if run.get("precision", "32") != "32":  # "32" left out: checkpoints from before it existed
-            cfg["run"] = {"precision": run["precision"]}
+        cfg["run"] = {"precision": run.get("precision", "32")}
         return cfg
 
     def _save(self, done: int, log: Any) -> None:
@@ -396,7 +395,10 @@ class _Run:
             raise checkpoint.CheckpointError(
                 f"{where} belongs to learner {state.get('learner')!r} seed {state.get('seed')!r}, "
                 f"not to {self.unit.learner!r} seed {self.unit.seed}")
-        diff = config_diff(state.get("config"), self._identity(), labels=("checkpoint", "config.toml"))
+        recorded = state.get("config")
+        if isinstance(recorded, dict) and "run" not in recorded:  # written before run.precision existed
+            recorded = {**recorded, "run": {"precision": "32"}}
+        diff = config_diff(recorded, self._identity(), labels=("checkpoint", "config.toml"))
         if diff:
             raise checkpoint.CheckpointError(
                 f"{where} was written with a different config than {self.unit.path.parent.parent}"
