@@ -157,3 +157,13 @@ def test_a_cpu_checkpoint_resumes_on_the_gpu(tmp_path: Path) -> None:
     (run_dir / "config.toml").write_text(text.replace('device = "cpu"', 'device = "cuda"'))
     run_experiment(open_run_dir(run_dir), run_dir, progress=False)
     assert _results(run_dir) == cpu  # the final checkpoint: nothing left to train, same results
+
+
+def test_under_torchrun_a_fixed_cuda_index_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from online_mas.experiment import ConfigError
+    from online_mas.experiment.preflight import preflight
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets; preflight runs on rank 0 only
+    with pytest.raises(ConfigError, match=r"^\[run\]: under torchrun each rank takes cuda:LOCAL_RANK: "
+                                          r"device must be 'auto' or 'cuda', got 'cuda:0'$"):
+        preflight(load_config(None, [*TINY, "run.device=cuda:0"]))

@@ -17,6 +17,7 @@ import dataclasses
 
 import torch
 
+from online_mas.experiment import dist
 from online_mas.experiment.config import ExperimentConfig
 from online_mas.experiment.configio import ConfigError
 from online_mas.experiment.device import check_precision, resolve_device
@@ -86,6 +87,9 @@ def _check_run(config: ExperimentConfig) -> None:
                                  f"be 'auto' or 'cpu' and precision '32', got {run.device!r} and "
                                  f"{run.precision!r}")
             return
+        if dist.launched() and run.device.startswith("cuda:"):
+            raise ValueError(f"under torchrun each rank takes cuda:LOCAL_RANK: device must be 'auto' "
+                             f"or 'cuda', got {run.device!r}")
         check_precision(run.precision, resolve_device(run.device))
     except ValueError as err:
         raise ConfigError(f"[run]: {err}") from None
