@@ -73,11 +73,13 @@ class HardBuffer:
         x, scores = x[keep_new], scores[keep_new]
         if self._samples is not None and self._samples.shape[1:] != x.shape[1:]:
             self._reset()  # the input shape changed: start over
+        if self._samples is not None and self._samples.device != x.device:  # loaded on the CPU
+            self._samples, self._scores = self._samples.to(x.device), self._scores.to(x.device)
         if self._samples is None:
             pool_x, pool_s = x, scores
         else:
-            pool_x = torch.cat([self._samples, x.to(self._samples.device)])
-            pool_s = torch.cat([self._scores * self.decay, scores.to(self._scores.device)])
+            pool_x = torch.cat([self._samples, x])
+            pool_s = torch.cat([self._scores * self.decay, scores])
         k = min(self.size, pool_s.shape[0])
         top = torch.topk(pool_s, k).indices
         self._samples, self._scores = pool_x[top].clone(), pool_s[top].clone()

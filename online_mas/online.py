@@ -495,8 +495,11 @@ class OnlineMAS:
     def _consolidate(self, reason: str, anchor: dict[str, Tensor] | None, signal: float | None) -> Event:
         self._sync()
         if self.buffer is not None and self.buffer.samples is not None:
+            kept = self.buffer.samples  # on the CPU after loading a state: to the model's device
+            if self._params.params and kept.device != self._params.params[0].device:
+                kept = kept.to(self._params.params[0].device)
             try:
-                self._keep(self._estimate(self.buffer.samples, step=False), update=False)
+                self._keep(self._estimate(kept, step=False), update=False)
             except NonFiniteError as err:
                 self._skips.skip(str(err))
         if self.buffer is not None:

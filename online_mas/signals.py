@@ -196,6 +196,8 @@ class FeatureShift:
         flat = out.detach().float().flatten(1)
         m = flat.mean(0)
         within = flat.var(0, unbiased=True) if flat.shape[0] > 1 else None
+        if self._mean is not None and self._var is not None and self._mean.device != m.device:
+            self._mean, self._var = self._mean.to(m.device), self._var.to(m.device)  # a loaded state
         if self._mean is None or self._var is None or self._mean.shape != m.shape:
             self._mean = m.clone()
             self._var = within.clone() if within is not None else torch.zeros_like(m)

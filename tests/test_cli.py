@@ -149,3 +149,40 @@ def test_garbage_data_files_exit_2_naming_the_file_and_leave_no_directory(
     assert err.startswith(f"online-mas: error: [stream] (seed 0): {folder / 'data_batch_1'} is not a "
                           "pickle of numpy arrays and plain containers")
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    (["run.device=cuda:99"], "[run]: device 'cuda:99' is not available on this machine; available: cpu"),
+    (["run.device=gpu"], "device must be one of ('auto', 'cpu', 'cuda', 'cuda:N', 'mps'), got 'gpu'"),
+    (["run.precision=fp16"], "precision must be one of ('32', 'bf16-mixed', '16-mixed'), got 'fp16'"),
+    (["model.kind=factory", "model.factory=no_such_pkg.models:net"],
+     "[model]: factory 'no_such_pkg.models:net': cannot import module 'no_such_pkg.models' "
+     "(ModuleNotFoundError: No module named 'no_such_pkg'); it must be installed or on PYTHONPATH"),
+    (["model.kind=factory", "model.factory=torchvision.models:resnet18"],
+     "[model]: the model does not take the stream's inputs of shape (1, 8, 8) (batch first): "
+     "RuntimeError: Given groups=1, weight of size [64, 3, 7, 7], expected input[2, 1, 8, 8] to have "
+     "3 channels, but got 1 channels instead"),
+    (["model.kind=factory", "model.factory=factories:broken"],
+     "[model]: factory 'factories:broken' called with kwargs {} failed: KeyError: 'no such layer'"),
+    (["experiment.kind=adapt", "stream.name=corrupted-digits", "run.device=cpu", "run.precision=bf16-mixed"],
+     "[run]: experiment.kind = 'adapt' runs on the CPU in float32: device must be 'auto' or 'cpu' and "
+     "precision '32', got 'cpu' and 'bf16-mixed'"),
+])
+def test_a_bad_device_or_model_factory_exits_2_with_one_line_and_no_directory(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], settings: list[str], message: str) -> None:
+    """Issue 17, point 6: checked before the run directory exists; one clear line."""
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), *TINY, *[a for s in settings for a in ("--set", s)]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("online-mas: error: ") and message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="CUDA is there")
+def test_16_mixed_without_cuda_exits_2_before_the_run_directory(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), *TINY, "--set", "run.precision=16-mixed"]) == 2
+    assert capsys.readouterr().err == ("online-mas: error: [run]: precision '16-mixed' needs a CUDA "
+                                       "device, got device cpu; use 'bf16-mixed' or '32'\n")
+    assert not out.exists()

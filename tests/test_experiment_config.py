@@ -87,7 +87,8 @@ def test_wrong_types_say_what_is_expected(tmp_path: Path, text: str, message: st
 
 @pytest.mark.parametrize(("text", "message"), [
     ("[optim]\nlr = -1\n", r"\[optim\]: lr must be a finite number > 0, got -1\.0"),
-    ('[model]\nkind = "resnet"\n', r"\[model\]: kind must be one of \('mlp', 'cnn'\), got 'resnet'"),
+    ('[model]\nkind = "resnet"\n',
+     r"\[model\]: kind must be one of \('mlp', 'cnn', 'factory'\), got 'resnet'"),
     ('[experiment]\nlearners = ["finetune", "finetune"]\n', r"\[experiment\]: learners must be"),
     ('[stream]\nname = "permuted-cifar"\n', r"\[stream\]: unknown stream 'permuted-cifar'; allowed:"),
     ('[learner.ewc]\ngamma = 2\n', r"\[learner\.ewc\]: gamma must be a number in \[0, 1\], got 2\.0"),

@@ -43,7 +43,8 @@ def test_every_learner_name_builds_that_learner(name: str) -> None:
 
 @pytest.mark.parametrize("kind", MODELS)
 def test_every_model_kind_builds(kind: str) -> None:
-    model = build_model(ModelConfig(kind=kind), (1, 8, 8), 10)
+    extra = {"factory": "factories:tiny_mlp"} if kind == "factory" else {}
+    model = build_model(ModelConfig(kind=kind, **extra), (1, 8, 8), 10)  # type: ignore[arg-type]
     assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
 
 

@@ -4,7 +4,8 @@
   embedded default experiment); :mod:`~online_mas.experiment.configio`: TOML in and out.
 - :mod:`~online_mas.experiment.registry`: every name a config may use (learners, models,
   optimizers, penalty forms, detectors, adapt methods) and what it builds.
-- :mod:`~online_mas.experiment.models`: MLP and small CNN.
+- :mod:`~online_mas.experiment.models`: MLP, small CNN, or a model factory of your own.
+- :mod:`~online_mas.experiment.device`: ``run.device`` and ``run.precision`` (autocast, scaler).
 - :mod:`~online_mas.experiment.learners`: fine-tuning, online MAS, MAS at the true boundaries,
   L2, online EWC, joint training.
 - :mod:`~online_mas.experiment.loop`: the run loop of both kinds (step, evaluate, log, progress).

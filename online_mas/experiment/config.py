@@ -17,6 +17,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from online_mas.experiment.device import PRECISIONS, check_device_spec
 from online_mas.experiment.mas_section import MASSection
 from online_mas.experiment.registry import (
     ADAPT_METHODS,
@@ -112,17 +113,27 @@ class ExperimentSection:
 class ModelConfig:
     """``[model]``: the network every learner trains (built from the seed, so all start equal).
 
+    ``kind = "factory"`` builds your own module: ``factory = "package.module:callable"`` is
+    imported, which runs that module's code, and called with ``kwargs``, e.g.
+    ``factory = "torchvision.models:resnet18"``, ``kwargs = {num_classes = 10}``. The module must
+    be installed or on ``PYTHONPATH``; it must take the stream's inputs (batch first) and return
+    one logit per class. ``hidden`` and ``channels`` do not apply to it.
+
     Examples
     --------
+    >>> ModelConfig(kind="factory", factory="torchvision.models:resnet18").kwargs
+    {}
     >>> ModelConfig(kind="resnet")
     Traceback (most recent call last):
     ...
-    ValueError: kind must be one of ('mlp', 'cnn'), got 'resnet'
+    ValueError: kind must be one of ('mlp', 'cnn', 'factory'), got 'resnet'
     """
 
-    kind: str = "mlp"  # "mlp" (flattens its input) or "cnn" (conv blocks, then dense layers)
+    kind: str = "mlp"  # "mlp" (flattens its input), "cnn" (conv blocks, then dense) or "factory"
     hidden: tuple[int, ...] = (100, 100)  # widths of the hidden dense layers (ReLU between)
     channels: tuple[int, ...] = (16, 32)  # cnn: channels of the blocks 3x3 conv, ReLU, 2x2 max-pool
+    factory: str | None = None  # kind "factory": "package.module:callable" returning an nn.Module
+    kwargs: dict[str, bool | int | float | str] | None = None  # kind "factory": its keyword arguments
 
     def __post_init__(self) -> None:
         _choice("kind", self.kind, MODELS)
@@ -132,6 +143,24 @@ class ModelConfig:
                 raise ValueError(f"{name} must be a list of ints >= 1, got {widths!r}")
         if self.kind == "cnn" and not self.channels:
             raise ValueError("a cnn needs at least one conv block: channels must not be empty")
+        if self.kind != "factory":
+            if self.factory is not None or self.kwargs is not None:
+                raise ValueError(f"factory and kwargs need kind = 'factory', got kind {self.kind!r}")
+            return
+        if not _dotted_pair(self.factory):
+            raise ValueError(f"kind 'factory' needs factory = 'package.module:callable' (e.g. "
+                             f"'torchvision.models:resnet18'), got {self.factory!r}")
+        if self.kwargs is None:
+            object.__setattr__(self, "kwargs", {})
+        elif not isinstance(self.kwargs, dict) or any(not isinstance(k, str) for k in self.kwargs):
+            raise TypeError(f"kwargs must be a table of keyword arguments, got {self.kwargs!r}")
+
+
+def _dotted_pair(spec: object) -> bool:
+    """``"a.b:c.d"``: dotted identifiers on both sides of one colon."""
+    if not isinstance(spec, str) or spec.count(":") != 1:
+        return False
+    return all(part.isidentifier() for side in spec.split(":") for part in side.split("."))
 
 
 @dataclass(frozen=True)
@@ -388,7 +417,10 @@ class LearnersConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """``[run]``: how a run is executed and recorded (does not change the results).
+    """``[run]``: how a run is executed and recorded.
+
+    Only ``device`` (rounding) and ``precision`` change the results; the device is checked
+    against the machine before the run directory exists (see ``experiment.device``).
 
     Examples
     --------
@@ -406,8 +438,12 @@ class RunConfig:
     checkpoint_every: int = 500  # steps between checkpoints (0: only the final one)
     progress: bool = True  # show a tqdm bar per run (one bar over runs when workers > 1)
     plots: bool = True  # draw the PNG plots at the end of each run
+    device: str = "auto"  # "auto" (CUDA if present, else CPU), "cpu", "cuda", "cuda:N" or "mps"
+    precision: str = "32"  # "32", "bf16-mixed" or "16-mixed" (CUDA): autocast of the forward
 
     def __post_init__(self) -> None:
+        check_device_spec(self.device)
+        _choice("precision", self.precision, PRECISIONS)
         for name in ("threads", "workers", "log_every"):
             value = getattr(self, name)
             if _bad_int(value) or value < 1:

@@ -232,7 +232,7 @@ def _merge(base: dict[str, Any], new: Mapping[str, Any], where: str) -> None:
 
 def _inline(path: str) -> bool:
     """Tables that are values (a whole dict replaces the old one)."""
-    return path.endswith("detector_args")
+    return path.endswith("detector_args") or path == "model.kwargs"
 
 
 def _nest(key: str, value: object) -> dict[str, Any]:

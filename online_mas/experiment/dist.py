@@ -53,9 +53,9 @@ def launched() -> bool:
 def init() -> bool:
     """Join the process group torchrun describes; returns whether this is a distributed run.
 
-    The runner trains on the CPU, which gloo reduces. With CUDA available the group is
+    The runner trains on ``run.device``. With CUDA available the group is
     ``"cpu:gloo,cuda:nccl"`` (gloo for CPU tensors, NCCL for CUDA ones) and each process takes
-    ``cuda:LOCAL_RANK``, so a model moved to the GPU would be reduced by NCCL.
+    ``cuda:LOCAL_RANK``, which ``run.device = "auto"`` or ``"cuda"`` then means.
     """
     if not launched():
         return False

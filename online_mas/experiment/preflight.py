@@ -5,7 +5,10 @@ on the data (a batch bigger than a segment, a segment order naming a segment tha
 unreadable data files), on the combination (detector arguments the detector refuses) or on a
 library's limits (a seed torch cannot take) is known only once the stream, the model, the optimizer
 and the learners are built. :func:`preflight` builds them once per seed, before the run directory is
-created, so a bad value is an error (exit 2) and not a traceback in a half-made run directory.
+created, so a bad value is an error (exit 2) and not a traceback in a half-made run directory. It
+also checks that ``run.device`` is on this machine and ``run.precision`` runs there, and that
+the model (a ``model.factory`` is imported and called) takes the stream's inputs and gives one
+logit per class.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ import dataclasses
 
 import torch
 
+from online_mas.experiment import dist
 from online_mas.experiment.config import ExperimentConfig
 from online_mas.experiment.configio import ConfigError
+from online_mas.experiment.device import check_precision, resolve_device
 from online_mas.experiment.learners import build_learner
-from online_mas.experiment.models import build_model
+from online_mas.experiment.models import build_model, check_model
 from online_mas.experiment.run import build_optimizer
 from streams import build_stream
 
@@ -44,6 +49,7 @@ def preflight(config: ExperimentConfig) -> None:
     ...
     online_mas.experiment.configio.ConfigError: [stream] (seed 0): batch_size must be at most the ...
     """
+    _check_run(config)
     seeds = config.experiment.seeds
     with torch.random.fork_rng(devices=[]):
         for i, seed in enumerate(seeds):
@@ -56,6 +62,7 @@ def preflight(config: ExperimentConfig) -> None:
                 continue
             try:
                 model = build_model(config.model, stream.input_shape, stream.n_classes)
+                check_model(model, stream.input_shape, stream.n_classes)
             except _ERRORS as err:
                 raise ConfigError(f"[model]: {err}") from None
             try:
@@ -69,3 +76,20 @@ def preflight(config: ExperimentConfig) -> None:
                                                             stream.n_classes), boundaries)
                 except _ERRORS as err:
                     raise ConfigError(f"[learner.{name}]: {err}") from None
+
+
+def _check_run(config: ExperimentConfig) -> None:
+    run = config.run
+    try:
+        if config.experiment.kind == "adapt":
+            if run.device not in ("auto", "cpu") or run.precision != "32":
+                raise ValueError(f"experiment.kind = 'adapt' runs on the CPU in float32: device must "
+                                 f"be 'auto' or 'cpu' and precision '32', got {run.device!r} and "
+                                 f"{run.precision!r}")
+            return
+        if dist.launched() and run.device.startswith("cuda:"):
+            raise ValueError(f"under torchrun each rank takes cuda:LOCAL_RANK: device must be 'auto' "
+                             f"or 'cuda', got {run.device!r}")
+        check_precision(run.precision, resolve_device(run.device))
+    except ValueError as err:
+        raise ConfigError(f"[run]: {err}") from None

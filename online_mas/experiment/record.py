@@ -175,7 +175,8 @@ def importance_stats(importance: dict[str, Tensor] | None) -> dict[str, dict[str
 def summarize(record: Record, *, learner: str, seed: int, iid: bool, stream: str, n_steps: int,
               batch_size: int, change_points: Sequence[int], order: Sequence[int],
               segment_names: Sequence[str], importance: dict[str, Tensor] | None, detect: bool,
-              tolerance: int | None, stored_samples: int | None = None) -> dict[str, object]:
+              tolerance: int | None, stored_samples: int | None = None,
+              device: str = "cpu") -> dict[str, object]:
     """The ``summary.json`` of a finished run.
 
     Everything except the ``"timing"`` entry is a deterministic function of the config and seed
@@ -184,7 +185,7 @@ def summarize(record: Record, *, learner: str, seed: int, iid: bool, stream: str
     learners that report it. Detection scores (for learners
     with a detector) match the batch on which each consolidation fired, ``event.step - 1``,
     against the true change points, with ``tolerance`` batches (default: half the shortest
-    segment).
+    segment). ``device``, where the last session ran, is recorded with the timing.
     """
     metrics = matrix_metrics(record.rows, record.initial, iid=iid)
     lengths = [b - a for a, b in zip([0, *change_points], [*change_points, n_steps], strict=True)]
@@ -217,7 +218,7 @@ def summarize(record: Record, *, learner: str, seed: int, iid: bool, stream: str
         "importance": importance_stats(importance),
         **({"stored_samples": stored_samples} if stored_samples is not None else {}),
         TIMING_KEY: {"wall_time_s": wall, "samples_per_s": record.seen / wall if wall > 0 else None,
-                     "steps_per_s": n_steps / wall if wall > 0 else None},
+                     "steps_per_s": n_steps / wall if wall > 0 else None, "device": device},
     }
 
 

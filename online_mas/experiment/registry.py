@@ -51,7 +51,7 @@ KINDS = ("continual", "adapt")  # [experiment] kind
 LEARNERS = ("finetune", "online-mas", "mas-oracle", "l2", "ewc", "joint",  # built by learners.py
             "er", "der", "lwf", "tfcl", "mas+er", "mas+lwf")
 DETECTING = ("online-mas", "tfcl", "mas+er", "mas+lwf")  # task-free: their detections are scored
-MODELS = ("mlp", "cnn")  # [model] kind, built by models.py
+MODELS = ("mlp", "cnn", "factory")  # [model] kind, built by models.py
 ADAPT_METHODS = ("source", "bn-stats", "tent", "tent+reset", "filter", "tent+mas", "tent+mas-nofilter")
 
 

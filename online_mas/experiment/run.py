@@ -20,6 +20,10 @@ message naming the differences.
 
 Under ``torchrun`` every rank runs this loop on its slice of each batch and only rank 0 writes;
 see :mod:`online_mas.experiment.dist`.
+
+The model, the optimizer, the learner's state and each batch live on ``run.device``; the forward
+and the task loss run in ``run.precision`` (:mod:`online_mas.experiment.device`). A checkpoint
+loads on another device; one written in another precision is refused, as another config is.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from online_mas import checkpoint
 from online_mas.experiment import dist
 from online_mas.experiment.config import ExperimentConfig, OptimConfig
 from online_mas.experiment.configio import config_diff, config_to_dict
+from online_mas.experiment.device import autocast, grad_scaler, resolve_device
 from online_mas.experiment.learners import Learner, build_learner
 from online_mas.experiment.loop import run_loop
 from online_mas.experiment.models import build_model, model_signature
@@ -89,6 +94,8 @@ def evaluate(model: nn.Module, sets: Sequence[tuple[Tensor, Tensor]], *,
              batch_size: int = 1024) -> list[float]:
     """Accuracy of ``model`` (in eval mode) on each ``(x, y)`` held-out set; the mode is restored.
 
+    Each chunk of ``batch_size`` samples is moved to the device of the model's parameters.
+
     Examples
     --------
     >>> model = torch.nn.Linear(2, 2)
@@ -99,11 +106,13 @@ def evaluate(model: nn.Module, sets: Sequence[tuple[Tensor, Tensor]], *,
     """
     was = model.training
     model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     out = []
     for x, y in sets:
         correct = 0
         for i in range(0, len(y), batch_size):
-            correct += int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
+            pred = model(x[i:i + batch_size].to(device, non_blocking=True)).argmax(1)
+            correct += int((pred.cpu() == y[i:i + batch_size]).sum())
         out.append(correct / max(1, len(y)))
     model.train(was)
     return out
@@ -152,8 +161,11 @@ class _Run:
         self.config, self.unit = config, unit
         self.stream: Stream = build_stream(dataclasses.replace(config.stream, seed=unit.seed))
         self.n = len(self.stream)
+        self.device = resolve_device(config.run.device)
+        self.precision = config.run.precision
         torch.manual_seed(unit.seed)
-        self.model = build_model(config.model, self.stream.input_shape, self.stream.n_classes)
+        self.model = build_model(config.model, self.stream.input_shape,
+                                 self.stream.n_classes).to(self.device)
         self.net = dist.wrap(self.model)  # DistributedDataParallel under torchrun, else the model
         self.main = dist.is_main()  # the process that writes files
         self.distributed = dist.ranks()[1] > 1
@@ -163,6 +175,7 @@ class _Run:
         self._log_file: Any = None  # metrics.jsonl while the loop runs (None on ranks > 0)
         self._t0 = self._elapsed0 = 0.0
         self.optimizer = build_optimizer(config.optim, self.model)
+        self.scaler = grad_scaler(self.device, self.precision)  # "16-mixed" on CUDA only
         boundaries = [*self.stream.change_points, self.n]
         self.learner: Learner = build_learner(unit.learner, config, self.model, boundaries,
                                               seed=unit.seed)
@@ -206,10 +219,12 @@ class _Run:
         the learner still sees it. Under torchrun the ranks agree: one bad slice skips the step.
         """
         x, y = dist.shard(*batch)  # this rank's slice of the global batch
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         done = i + 1
         self.model.train()
-        logits = self.net(x)
-        loss = F.cross_entropy(logits, y)
+        with autocast(self.device, self.precision):
+            logits = self.net(x)
+            loss = F.cross_entropy(logits, y)
         loss_value = loss.item()
         correct, n = int((logits.argmax(1) == y).sum()), int(y.numel())
         finite = math.isfinite(loss_value)
@@ -223,9 +238,17 @@ class _Run:
         if finite:
             self.optimizer.zero_grad(set_to_none=True)
             extra_loss = self.learner.extra_loss(x, y, logits)  # replay, distillation: else None
-            (loss if extra_loss is None else loss + extra_loss).backward()
-            self.learner.after_backward()
-            self.optimizer.step()
+            total = loss if extra_loss is None else loss + extra_loss
+            if self.scaler is None:
+                total.backward()
+                self.learner.after_backward()
+                self.optimizer.step()
+            else:  # the learner adds its penalty to the unscaled task gradient
+                self.scaler.scale(total).backward()
+                self.scaler.unscale_(self.optimizer)
+                self.learner.after_backward()
+                self.scaler.step(self.optimizer)  # skipped if the scaled gradient overflowed
+                self.scaler.update()
             if self.distributed:
                 self.record.add(loss=loss_sum / max(1.0, n_sum), correct=round(correct_sum),
                                 n=round(n_sum))
@@ -283,9 +306,11 @@ class _Run:
     def _evaluate(self) -> list[float]:
         """Held-out accuracy per segment; under torchrun each rank counts its slice of each set."""
         if dist.ranks()[1] == 1:
-            return evaluate(self.model, self.eval_sets)
+            with autocast(self.device, self.precision):
+                return evaluate(self.model, self.eval_sets)
         shards = [dist.shard(x, y) for x, y in self.eval_sets]
-        accs = evaluate(self.model, shards)  # type: ignore[arg-type]
+        with autocast(self.device, self.precision):
+            accs = evaluate(self.model, shards)  # type: ignore[arg-type]
         sizes = [float(len(y)) for _, y in shards]
         sums = dist.reduce_sums([a * s for a, s in zip(accs, sizes, strict=True)] + sizes)
         k = len(sizes)
@@ -315,7 +340,7 @@ class _Run:
                             order=self.stream.truth.order,
                             segment_names=self.stream.truth.segment_names, importance=imp, detect=detect,
                             tolerance=self.config.experiment.detect_tolerance,
-                            stored_samples=self.learner.stored_samples())
+                            stored_samples=self.learner.stored_samples(), device=str(self.device))
         if not self.main:
             return summary
         if self.config.run.plots:
@@ -333,7 +358,8 @@ class _Run:
 
     def _identity(self) -> dict[str, Any]:
         cfg = config_to_dict(self.config)
-        cfg.pop("run", None)  # how it runs does not change what it computes
+        run = cfg.pop("run", {})  # how it runs does not change what it computes, but for precision
+        cfg["run"] = {"precision": run.get("precision", "32")}
         return cfg
 
     def _save(self, done: int, log: Any) -> None:
@@ -347,7 +373,8 @@ class _Run:
             "seed": self.unit.seed, "step": done, "n_steps": self.n, "config": self._identity(),
             "model_signature": model_signature(self.model), "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "learner_state": learner_state,
-            "stream": self.stream.state_dict(), "rng": _rng_state(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "stream": self.stream.state_dict(), "rng": _rng_state(self.device),
             "record": self.record.state_dict(), "metrics_bytes": log.tell(),
         }, self.ckpt)
 
@@ -371,7 +398,10 @@ class _Run:
             raise checkpoint.CheckpointError(
                 f"{where} belongs to learner {state.get('learner')!r} seed {state.get('seed')!r}, "
                 f"not to {self.unit.learner!r} seed {self.unit.seed}")
-        diff = config_diff(state.get("config"), self._identity(), labels=("checkpoint", "config.toml"))
+        recorded = state.get("config")
+        if isinstance(recorded, dict) and "run" not in recorded:  # written before run.precision existed
+            recorded = {**recorded, "run": {"precision": "32"}}
+        diff = config_diff(recorded, self._identity(), labels=("checkpoint", "config.toml"))
         if diff:
             raise checkpoint.CheckpointError(
                 f"{where} was written with a different config than {self.unit.path.parent.parent}"
@@ -391,9 +421,12 @@ class _Run:
             self.learner.load_state_dict(state["learner_state"])  # type: ignore[arg-type]
             self.stream.load_state_dict(state["stream"])  # type: ignore[arg-type]
             self.record.load_state_dict(state["record"])  # type: ignore[arg-type]
+            scaler = state.get("scaler")
+            if self.scaler is not None and isinstance(scaler, dict):
+                self.scaler.load_state_dict(scaler)
         except (ValueError, TypeError, KeyError, RuntimeError) as err:
             raise checkpoint.CheckpointError(f"{where} does not fit this run: {err}") from None
-        _set_rng_state(state["rng"])  # type: ignore[arg-type]
+        _set_rng_state(state["rng"], self.device)  # type: ignore[arg-type]
         size = int(state["metrics_bytes"])  # type: ignore[call-overload]
         if not self.main:
             return int(state["step"])  # type: ignore[call-overload]
@@ -405,15 +438,21 @@ class _Run:
         return int(state["step"])  # type: ignore[call-overload]
 
 
-def _rng_state() -> dict[str, object]:
+def _rng_state(device: torch.device) -> dict[str, object]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-                      "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}}
+    out: dict[str, object] = {
+        "torch": torch.get_rng_state(), "python": random.getstate(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}}
+    if device.type == "cuda":  # dropout on the GPU draws from the device's generator
+        out["cuda"] = torch.cuda.get_rng_state(device)
+    return out
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and isinstance(state.get("cuda"), torch.Tensor):
+        torch.cuda.set_rng_state(state["cuda"], device)
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
