@@ -137,7 +137,8 @@ class Classifier(base.MiniBatchClassifier):
             self._build(x, y)
         self._grow(x, y)
         net, opt, mas = self._net, self._opt, self._mas
-        assert net is not None and opt is not None and mas is not None  # built above
+        if net is None or opt is None or mas is None:  # built above
+            raise RuntimeError("internal error: the classifier was not built")
         v = self._vector(x)
         target = torch.tensor([self._classes.index(y)])
         net.train()
@@ -216,9 +217,10 @@ class Classifier(base.MiniBatchClassifier):
                                  f"n_classes={self.n_classes} outputs")
             return
         net = self._net
-        assert isinstance(net, nn.Sequential)
-        first, head = net[0], net[len(net) - 1]
-        assert isinstance(first, nn.Linear) and isinstance(head, nn.Linear)
+        first, head = (net[0], net[len(net) - 1]) if isinstance(net, nn.Sequential) else (None, None)
+        if not isinstance(net, nn.Sequential) or not isinstance(first, nn.Linear) \
+                or not isinstance(head, nn.Linear):
+            raise RuntimeError("internal error: the growing MLP is not a Sequential of Linear ends")
         grown = False
         if new_features:
             for name in new_features:

@@ -122,7 +122,8 @@ class Rehearsal:
             self._replayed = per.detach()
             return self.weight * per.mean()
         alpha, beta = self.der
-        assert replay.logits is not None  # a DER memory stores logits with every sample
+        if replay.logits is None:  # a DER memory stores logits with every sample
+            raise RuntimeError("internal error: a DER replay batch came without logits")
         term = alpha * F.mse_loss(out, replay.logits)
         second = self.memory.sample(self.batch)
         if second is not None and beta:
