@@ -6,8 +6,9 @@ run directory's ``summary.json`` and ``comparison.md`` at the end of ``online-ma
 
 Standard deviations are sample standard deviations (``ddof=1``) over seeds; with one seed only the
 mean is shown. Accuracies are in percent. ``n/a`` marks a metric that is undefined for that learner
-(joint training has no backward transfer or forgetting; detection scores exist only for the
-task-free learner).
+(joint training has no backward transfer, forgetting or continual-evaluation metrics; detection
+scores exist only for the task-free learner). The continual-evaluation columns (anytime accuracy,
+min-ACC, WC-ACC, recovery) come from every evaluation of the run (``run.eval_every``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ COLUMNS: tuple[tuple[str, str, float, int], ...] = (
     ("forgetting %", "forgetting", 100.0, 1),
     ("FWT %", "forward_transfer", 100.0, 1),
     ("prequential %", "prequential_accuracy", 100.0, 1),
+    ("anytime %", "anytime_accuracy.all", 100.0, 1),
+    ("anytime seen %", "anytime_accuracy.seen", 100.0, 1),
+    ("min-ACC %", "min_accuracy", 100.0, 1),
+    ("WC-ACC %", "wc_accuracy", 100.0, 1),
+    ("recovery (steps)", "recovery_steps.mean", 1.0, 0),
     ("snapshots", "n_snapshots", 1.0, 1),
     ("detection F1", "detection.f1", 1.0, 2),
     ("delay (batches)", "detection.mean_delay", 1.0, 1),
@@ -150,7 +156,8 @@ def write_experiment_summary(run_dir: str | Path, config: ExperimentConfig,
                              results: Sequence[dict[str, Any]]) -> Path:
     """Write ``summary.json`` (every run, and mean/std per learner) and ``comparison.md``."""
     root = Path(run_dir)
-    slim = [{k: v for k, v in r.items() if k not in ("events", "importance", "accuracy_matrix")}
+    slim = [{k: v for k, v in r.items()
+             if k not in ("events", "importance", "accuracy_matrix", "accuracy_curve")}
             for r in results]
     data = {"name": config.experiment.name, "stream": config.stream.name,
             "learners": list(config.experiment.learners), "seeds": list(config.experiment.seeds),
