@@ -98,3 +98,22 @@ def test_continual_metrics_come_from_every_evaluation(continual: Path, learner: 
     assert anytime["seen"] == pytest.approx(sum(seen) / 9, rel=1e-12)
     rec = summary["recovery_steps"]
     assert rec["tolerance"] == 0.02 and [len(r) for r in rec["per_change"]] == [1, 2]
+
+
+def test_report_draws_the_comparison_figures(continual: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "figures"
+    assert main(["report", str(continual), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    for name in ("comparison-accuracy", "comparison-acc"):
+        assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert b"<svg" in (out / f"{name}.svg").read_bytes()[:500]
+    lines = text.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("| experiment"))
+    header = lines[at]
+    row = next(line for line in lines[at:] if "| mas-oracle |" in line)
+    cells = dict(zip(header.split(" | "), row.split(" | "), strict=True))
+    summary = json.loads((continual / "mas-oracle" / "seed0" / "summary.json").read_text())
+    assert cells["min-ACC %"] == f"{100 * summary['min_accuracy']:.1f}"
+    assert cells["WC-ACC %"] == f"{100 * summary['wc_accuracy']:.1f}"
+    assert cells["anytime %"] == f"{100 * summary['anytime_accuracy']['all']:.1f}"
