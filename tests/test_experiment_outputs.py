@@ -117,3 +117,14 @@ def test_report_draws_the_comparison_figures(continual: Path, tmp_path: Path,
     assert cells["min-ACC %"] == f"{100 * summary['min_accuracy']:.1f}"
     assert cells["WC-ACC %"] == f"{100 * summary['wc_accuracy']:.1f}"
     assert cells["anytime %"] == f"{100 * summary['anytime_accuracy']['all']:.1f}"
+
+
+def test_comparison_figures_do_not_block_force(continual: Path, tmp_path: Path) -> None:
+    from online_mas.experiment.rundir import _foreign
+
+    assert main(["report", str(continual), "--no-plots"]) == 0
+    from online_mas.experiment.plots import plot_comparison
+
+    summary = json.loads((continual / "finetune" / "seed0" / "summary.json").read_text())
+    plot_comparison([summary], continual)
+    assert (continual / "comparison-accuracy.svg").is_file() and _foreign(continual) == []
