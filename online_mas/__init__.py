@@ -44,13 +44,18 @@ from online_mas.estimators import (
     plan,
 )
 from online_mas.metrics import (
+    AnytimeAccuracy,
     DetectionScores,
     accuracy_matrix_summary,
+    anytime_accuracy,
     average_accuracy,
     backward_transfer,
     detection_scores,
     forgetting,
     forward_transfer,
+    min_accuracy,
+    recovery_steps,
+    wc_accuracy,
 )
 from online_mas.online import DEFAULT, Event, MASConfig, OnlineMAS, default_detector
 from online_mas.penalty import PENALTY_FORMS, penalty_grad_, penalty_loss, proximal_
@@ -69,6 +74,7 @@ __all__ = [
     "AdaptConfig",
     "AdaptStep",
     "Adapter",
+    "AnytimeAccuracy",
     "BatchImportance",
     "ClassBalanced",
     "CurrentAnchor",
@@ -97,6 +103,7 @@ __all__ = [
     "__version__",
     "accuracy_matrix_summary",
     "adapt",
+    "anytime_accuracy",
     "average_accuracy",
     "backward_transfer",
     "checkpoint",
@@ -118,11 +125,14 @@ __all__ = [
     "importance",
     "load_detector_state",
     "metrics",
+    "min_accuracy",
     "norm_parameters",
     "norm_statistics",
     "penalty_grad_",
     "penalty_loss",
     "plan",
     "proximal_",
+    "recovery_steps",
     "signals",
+    "wc_accuracy",
 ]

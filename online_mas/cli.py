@@ -4,7 +4,7 @@
 
     online-mas run [CONFIG.toml] [--set section.key=value ...] [--out DIR] [--force]
     online-mas run --resume RUN_DIR
-    online-mas report RUN_DIR [RUN_DIR ...]
+    online-mas report RUN_DIR [RUN_DIR ...] [--out DIR] [--no-plots]
 
 Under ``torchrun --nproc-per-node N -m online_mas run ...`` the N processes train each run
 together (data parallel) and rank 0 writes the one run directory; see
@@ -54,11 +54,15 @@ def _parser() -> argparse.ArgumentParser:
                      help="continue the runs of RUN_DIR from their checkpoints")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     report = sub.add_parser(
-        "report", help="redraw the plots of run directories and print a comparison table",
-        description="Redraw the PNG plots of every complete run in each RUN_DIR and print one "
-                    "comparison table (mean ± std over seeds).")
+        "report", help="redraw the plots of run directories, compare them and print a table",
+        description="Redraw the PNG plots of every complete run in each RUN_DIR, draw the "
+                    "comparison figures across learners and seeds (comparison-accuracy.png, "
+                    "comparison-acc.png, and SVG) and print one comparison table (mean ± std "
+                    "over seeds).")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    report.add_argument("--no-plots", action="store_true", help="do not redraw the plots")
+    report.add_argument("--out", metavar="DIR",
+                        help="folder of the comparison figures (default: the first RUN_DIR)")
+    report.add_argument("--no-plots", action="store_true", help="do not draw any plot")
     return parser
 
 
@@ -194,7 +198,7 @@ def _run_adapt(config: object, run_dir: str, args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from online_mas.experiment import report_runs
 
-    print(report_runs(args.run_dirs, plots=not args.no_plots))
+    print(report_runs(args.run_dirs, plots=not args.no_plots, out=args.out))
     return 0
 
 

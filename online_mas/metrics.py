@@ -9,6 +9,13 @@ Every entry must be finite: evaluate every segment at every boundary, including 
 seen yet (the entries above the diagonal, which forward transfer needs). Accuracies may be
 fractions or percentages; the metrics come out in the same unit.
 
+**Continual evaluation.** ``A`` is an ``E x T`` matrix where ``A[e, j]`` is the accuracy on
+segment ``j`` at the ``e``-th evaluation during the stream, taken after ``steps[e]`` training
+steps. Segments are trained once, in order: segment ``j`` takes the steps
+``change_points[j-1] < s <= change_points[j]`` (with ``0`` before the first change point and the
+end of the stream after the last), so it is *seen* at an evaluation after more than
+``change_points[j-1]`` steps and *learned* after ``change_points[j]`` steps.
+
 **Detection scores.** A detector's detections (update indices) are matched to the true change
 points of the stream, see :func:`detection_scores`.
 
@@ -19,6 +26,11 @@ References
 .. [2] A. Chaudhry, P. K. Dokania, T. Ajanthan, P. H. S. Torr. Riemannian Walk for Incremental
    Learning: Understanding Forgetting and Intransigence. ECCV 2018, arXiv:1801.10112
    (forgetting).
+.. [3] M. De Lange, G. M. van de Ven, T. Tuytelaars. Continual Evaluation for Lifelong Learning:
+   Identifying the Stability Gap. ICLR 2023, arXiv:2205.13452 (min-ACC, WC-ACC).
+.. [4] H. Koh, D. Kim, J.-W. Ha, J. Choi. Online Continual Learning on Class Incremental Blurry
+   Task Configuration with Anytime Inference. ICLR 2022, arXiv:2110.10031 (anytime accuracy; as
+   in CapyMOA's ``OCLMetrics``, over all and over seen segments).
 """
 
 from __future__ import annotations
@@ -34,13 +46,18 @@ import numpy as np
 import torch
 
 __all__ = [
+    "AnytimeAccuracy",
     "DetectionScores",
     "accuracy_matrix_summary",
+    "anytime_accuracy",
     "average_accuracy",
     "backward_transfer",
     "detection_scores",
     "forgetting",
     "forward_transfer",
+    "min_accuracy",
+    "recovery_steps",
+    "wc_accuracy",
 ]
 
 # ----------------------------------------------------------------------------------------------
@@ -255,6 +272,251 @@ def accuracy_matrix_summary(R: object, baseline: object | None = None) -> dict[s
         "forward_transfer": math.nan if baseline is None else forward_transfer(R, baseline),
         "forgetting": forgetting(R),
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# continual evaluation
+
+
+def _as_curve(A: object, steps: object, change_points: object) -> tuple[np.ndarray, np.ndarray,
+                                                                           np.ndarray]:
+    """Check ``(A, steps, change_points)``; return them with the segment bounds ``(E, T+1)``."""
+    curve = _as_array(A, "A")
+    if curve.ndim != 2 or curve.shape[0] < 1 or curve.shape[1] < 1:
+        raise ValueError(f"A must be a 2-D accuracy curve of shape (E, T) with E, T >= 1, "
+                         f"got shape {curve.shape}")
+    _check_finite(curve, "A")
+    E, T = curve.shape
+    at = _as_array(steps, "steps")
+    if at.shape != (E,):
+        raise ValueError(f"steps must hold one step count per evaluation, shape ({E},), "
+                         f"got shape {at.shape}")
+    _check_finite(at, "steps")
+    if np.any(np.diff(at) <= 0) or at[0] < 0:
+        raise ValueError(f"steps must be >= 0 and strictly increasing, got {at.tolist()}")
+    cps = _as_array(change_points, "change_points")
+    if cps.shape != (T - 1,):
+        raise ValueError(f"change_points must hold T - 1 = {T - 1} step indices for {T} segments, "
+                         f"got shape {cps.shape}")
+    if np.any(np.diff(cps) <= 0) or (T > 1 and cps[0] <= 0):
+        raise ValueError(f"change_points must be > 0 and strictly increasing, got {cps.tolist()}")
+    bounds = np.concatenate([[0.0], cps, [max(float(at[-1]), float(cps[-1]) if T > 1 else 0.0)]])
+    return curve, at, bounds
+
+
+@dataclass(frozen=True)
+class AnytimeAccuracy:
+    """Accuracy along the stream; see :func:`anytime_accuracy`.
+
+    Attributes
+    ----------
+    all
+        Mean over evaluations of the mean accuracy over all segments.
+    seen
+        Mean over evaluations (those with a seen segment) of the mean over seen segments.
+    all_curve
+        The mean over all segments at each evaluation.
+    seen_curve
+        The mean over seen segments at each evaluation (``nan`` before any is seen).
+    """
+
+    all: float
+    seen: float
+    all_curve: tuple[float, ...]
+    seen_curve: tuple[float, ...]
+
+
+def anytime_accuracy(A: object, steps: object, change_points: object) -> AnytimeAccuracy:
+    r"""Anytime accuracy over all segments and over the segments seen so far.
+
+    .. math::
+
+        a_\mathrm{all}(e) = \frac{1}{T} \sum_{j} A_{e, j}, \qquad
+        a_\mathrm{seen}(e) = \frac{1}{|S_e|} \sum_{j \in S_e} A_{e, j}
+
+    where :math:`S_e` are the segments trained on at least once by evaluation :math:`e`
+    (``steps[e] > change_points[j-1]``). ``all`` and ``seen`` average these curves over the
+    evaluations (``seen`` over those where :math:`S_e` is not empty; ``nan`` if none is).
+
+    Parameters
+    ----------
+    A
+        The ``E x T`` accuracy curve, see the module docstring.
+    steps
+        The training steps done at each evaluation, strictly increasing.
+    change_points
+        The ``T - 1`` steps where a new segment starts.
+
+    Returns
+    -------
+    AnytimeAccuracy
+
+    Examples
+    --------
+    >>> A = [[0.6, 0.1],   # after 50 steps: segment 0 seen
+    ...      [0.9, 0.2],   # after 100 steps: segment 1 starts next
+    ...      [0.5, 0.7]]   # after 150 steps: both seen
+    >>> r = anytime_accuracy(A, steps=[50, 100, 150], change_points=[100])
+    >>> round(r.all, 4), round(r.seen, 4)   # (.35 + .55 + .6) / 3, (.6 + .9 + .6) / 3
+    (0.5, 0.7)
+    """
+    curve, at, bounds = _as_curve(A, steps, change_points)
+    seen = at[:, None] > bounds[None, :-1]  # (E, T): segment j started before evaluation e
+    all_curve = curve.mean(axis=1)
+    n_seen = seen.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        seen_curve = np.where(n_seen > 0, (curve * seen).sum(axis=1) / n_seen, math.nan)
+    valid = seen_curve[n_seen > 0]
+    return AnytimeAccuracy(
+        all=float(all_curve.mean()),
+        seen=float(valid.mean()) if len(valid) else math.nan,
+        all_curve=tuple(float(v) for v in all_curve),
+        seen_curve=tuple(float(v) for v in seen_curve),
+    )
+
+
+def _min_after(curve: np.ndarray, at: np.ndarray, bounds: np.ndarray) -> list[float]:
+    """For each segment with evaluations after it was learned, the lowest accuracy there."""
+    out = []
+    for j in range(curve.shape[1]):
+        after = at > bounds[j + 1]
+        if after.any():
+            out.append(float(curve[after, j].min()))
+    return out
+
+
+def min_accuracy(A: object, steps: object, change_points: object) -> float:
+    r"""min-ACC (De Lange et al., 2023): the worst accuracy on each segment after it was learned.
+
+    .. math::
+
+        \mathrm{min\text{-}ACC} = \frac{1}{|L|} \sum_{j \in L}
+            \min_{e:\ \mathrm{steps}_e > c_j} A_{e, j}
+
+    where :math:`c_j` is the step at which segment :math:`j` ends and :math:`L` the segments
+    with an evaluation after it (at the end of the stream, all but the last). It sees the
+    "stability gap", the drop just after a change, that the end-of-segment matrix misses.
+    ``nan`` if no segment has an evaluation after it was learned.
+
+    Parameters
+    ----------
+    A, steps, change_points
+        The accuracy curve, its steps and the change points, as in :func:`anytime_accuracy`.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> A = [[0.9, 0.1, 0.1],   # step 100: segment 0 learned
+    ...      [0.4, 0.8, 0.1],   # step 150: the gap on segment 0
+    ...      [0.7, 0.9, 0.2],   # step 200: segment 1 learned
+    ...      [0.6, 0.5, 0.9]]   # step 300: the end
+    >>> round(min_accuracy(A, [100, 150, 200, 300], [100, 200]), 4)   # (0.4 + 0.5) / 2
+    0.45
+    """
+    curve, at, bounds = _as_curve(A, steps, change_points)
+    worst = _min_after(curve, at, bounds)
+    return float(np.mean(worst)) if worst else math.nan
+
+
+def wc_accuracy(A: object, steps: object, change_points: object) -> float:
+    r"""WC-ACC (De Lange et al., 2023): the last segment's final accuracy and min-ACC, weighted.
+
+    .. math::
+
+        \mathrm{WC\text{-}ACC} = \frac{1}{T} A_{E-1, T-1}
+            + \left(1 - \frac{1}{T}\right) \mathrm{min\text{-}ACC}
+
+    A lower bound on the accuracy over all segments at any time after each was learned. With
+    ``T = 1`` it is the final accuracy on the only segment.
+
+    Parameters
+    ----------
+    A, steps, change_points
+        The accuracy curve, its steps and the change points, as in :func:`anytime_accuracy`.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> A = [[0.9, 0.1, 0.1],
+    ...      [0.4, 0.8, 0.1],
+    ...      [0.7, 0.9, 0.2],
+    ...      [0.6, 0.5, 0.9]]
+    >>> round(wc_accuracy(A, [100, 150, 200, 300], [100, 200]), 4)   # 0.9 / 3 + 2 / 3 * 0.45
+    0.6
+    """
+    curve, at, bounds = _as_curve(A, steps, change_points)
+    T = curve.shape[1]
+    last = float(curve[-1, -1])
+    if T == 1:
+        return last
+    worst = _min_after(curve, at, bounds)
+    if not worst:
+        return math.nan
+    return last / T + (1 - 1 / T) * float(np.mean(worst))
+
+
+def recovery_steps(A: object, steps: object, change_points: object, *,
+                   tolerance: float) -> list[list[float | None]]:
+    """Steps after each change until each earlier segment is back near its pre-change accuracy.
+
+    For the change at step ``c`` (the start of segment ``k``) and each earlier segment ``j``, the
+    reference is the accuracy on ``j`` at the last evaluation at or before ``c``. Looking at the
+    evaluations of segment ``k`` (``c < steps[e] <= end of k``): if none is below
+    ``reference - tolerance`` the result is 0; otherwise it is ``steps[e] - c`` for the first
+    evaluation at or above that level after the first drop, or ``None`` if the accuracy does
+    not come back before the segment ends. The resolution is the spacing of the evaluations.
+
+    Parameters
+    ----------
+    A, steps, change_points
+        The accuracy curve, its steps and the change points, as in :func:`anytime_accuracy`.
+    tolerance
+        How far below the reference still counts as recovered, >= 0, in the unit of ``A``.
+
+    Returns
+    -------
+    list of list
+        One list per change point, with one entry per earlier segment (``None``: not
+        recovered; also ``None`` when no evaluation precedes the change).
+
+    Examples
+    --------
+    >>> A = [[0.9, 0.1, 0.1],   # step 100: before the first change
+    ...      [0.4, 0.8, 0.1],   # step 150: segment 0 dropped
+    ...      [0.89, 0.9, 0.2],  # step 200: back within 0.02 of 0.9, 100 steps after the change
+    ...      [0.6, 0.5, 0.9]]   # step 300: segments 0 and 1 drop, do not come back
+    >>> recovery_steps(A, [100, 150, 200, 300], [100, 200], tolerance=0.02)
+    [[100.0], [None, None]]
+    """
+    if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or not (
+            math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
+    curve, at, bounds = _as_curve(A, steps, change_points)
+    out: list[list[float | None]] = []
+    for k in range(1, curve.shape[1]):
+        c, end = bounds[k], bounds[k + 1]
+        before = np.flatnonzero(at <= c)
+        window = np.flatnonzero((at > c) & (at <= end))
+        row: list[float | None] = []
+        for j in range(k):
+            if not len(before):
+                row.append(None)
+                continue
+            level = curve[before[-1], j] - tolerance
+            below = np.flatnonzero(curve[window, j] < level)
+            if not len(below):
+                row.append(0.0)
+                continue
+            back = [e for e in window[below[0]:] if curve[e, j] >= level]
+            row.append(float(at[back[0]] - c) if back else None)
+        out.append(row)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -74,3 +74,57 @@ def test_adapt_run_gives_the_pinned_results(tmp_path: Path) -> None:
     assert len(lines) == 23 and sum("end_of_occurrence" in line for line in lines) == 2 * 7
     steps = [(line["method"], line["t"]) for line in lines if "end_of_occurrence" not in line]
     assert steps == [("bn-stats", 100), *[("tent+mas", t) for t in (20, 40, 60, 80, 100, 104, 120, 126)]]
+
+
+@pytest.mark.parametrize("learner", ["finetune", "mas-oracle"])
+def test_continual_metrics_come_from_every_evaluation(continual: Path, learner: str) -> None:
+    unit = continual / learner / "seed0"
+    summary = json.loads((unit / "summary.json").read_text())
+    evals = [(line["step"], line["eval"]) for line in _lines(unit / "metrics.jsonl") if "eval" in line]
+    # every 20 steps and at the changes 45, 90 and the end 135
+    assert [s for s, _ in evals] == [20, 40, 45, 60, 80, 90, 100, 120, 135]
+    assert summary["accuracy_curve"] == {"steps": [s for s, _ in evals], "accuracy": [a for _, a in evals]}
+    ends = [45, 90, 135]
+    # min-ACC by a plain loop: segments 0 and 1, the lowest accuracy after their end
+    worst = [min(a[j] for s, a in evals if s > ends[j]) for j in (0, 1)]
+    assert summary["min_accuracy"] == pytest.approx(sum(worst) / 2, rel=1e-12)
+    assert summary["wc_accuracy"] == pytest.approx(evals[-1][1][2] / 3 + 2 / 3 * sum(worst) / 2, rel=1e-12)
+    # never above the end-of-stream view of the same segments
+    assert summary["min_accuracy"] <= sum(summary["final_accuracy"][:2]) / 2
+    anytime = summary["anytime_accuracy"]
+    assert anytime["all"] == pytest.approx(sum(sum(a) / 3 for _, a in evals) / 9, rel=1e-12)
+    starts = [0, 45, 90]
+    seen = [sum(a[j] for j in range(3) if s > starts[j]) / sum(s > c for c in starts) for s, a in evals]
+    assert anytime["seen"] == pytest.approx(sum(seen) / 9, rel=1e-12)
+    rec = summary["recovery_steps"]
+    assert rec["tolerance"] == 0.02 and [len(r) for r in rec["per_change"]] == [1, 2]
+
+
+def test_report_draws_the_comparison_figures(continual: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "figures"
+    assert main(["report", str(continual), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    for name in ("comparison-accuracy", "comparison-acc"):
+        assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert b"<svg" in (out / f"{name}.svg").read_bytes()[:500]
+    lines = text.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("| experiment"))
+    header = lines[at]
+    row = next(line for line in lines[at:] if "| mas-oracle |" in line)
+    cells = dict(zip(header.split(" | "), row.split(" | "), strict=True))
+    summary = json.loads((continual / "mas-oracle" / "seed0" / "summary.json").read_text())
+    assert cells["min-ACC %"] == f"{100 * summary['min_accuracy']:.1f}"
+    assert cells["WC-ACC %"] == f"{100 * summary['wc_accuracy']:.1f}"
+    assert cells["anytime %"] == f"{100 * summary['anytime_accuracy']['all']:.1f}"
+
+
+def test_comparison_figures_do_not_block_force(continual: Path, tmp_path: Path) -> None:
+    from online_mas.experiment.rundir import _foreign
+
+    assert main(["report", str(continual), "--no-plots"]) == 0
+    from online_mas.experiment.plots import plot_comparison
+
+    summary = json.loads((continual / "finetune" / "seed0" / "summary.json").read_text())
+    plot_comparison([summary], continual)
+    assert (continual / "comparison-accuracy.svg").is_file() and _foreign(continual) == []

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import online_mas.metrics as om_metrics
 from online_mas.metrics import (
     DetectionScores,
     accuracy_matrix_summary,
@@ -287,3 +288,86 @@ def test_non_integer_indices_raise_type_error(kwargs: dict[str, object], match: 
     arguments.update(kwargs)
     with pytest.raises(TypeError, match=match):
         detection_scores(**arguments)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------------------------
+# continual evaluation
+
+# A[e, j] = accuracy on segment j after STEPS[e] steps; segments end at 100, 200 and 300.
+# Segment 0 drops right after the change at 100 (the stability gap) and recovers by 175;
+# segment 1 drops after 200 and does not recover; segment 0 drops again after 200 and recovers.
+A = [
+    [0.50, 0.10, 0.10],  # 50: segment 0 seen
+    [0.90, 0.10, 0.20],  # 100: segment 0 learned
+    [0.30, 0.60, 0.20],  # 125: segment 0 drops
+    [0.89, 0.80, 0.20],  # 175: segment 0 back within 0.02 of 0.90
+    [0.85, 0.90, 0.30],  # 200: segment 1 learned
+    [0.70, 0.40, 0.70],  # 250: segments 0 and 1 drop
+    [0.84, 0.50, 0.95],  # 300: segment 0 back within 0.02 of 0.85; segment 1 not
+]
+STEPS = [50, 100, 125, 175, 200, 250, 300]
+CHANGES = [100, 200]
+# By hand:
+#   anytime all  = mean of the row means
+#                = (0.70 + 1.20 + 1.10 + 1.89 + 2.05 + 1.80 + 2.29) / 3 / 7 = 11.03 / 21
+#   anytime seen = mean over rows of the mean over seen segments (steps > 0, > 100, > 200):
+#                  0.50, 0.90, (0.30 + 0.60) / 2, (0.89 + 0.80) / 2, (0.85 + 0.90) / 2,
+#                  (0.70 + 0.40 + 0.70) / 3, (0.84 + 0.50 + 0.95) / 3
+#                = (0.50 + 0.90 + 0.45 + 0.845 + 0.875 + 0.60 + 0.76333...) / 7
+#   min-ACC      = (min(0.30, 0.89, 0.85, 0.70, 0.84) + min(0.40, 0.50)) / 2 = (0.30 + 0.40) / 2
+#                = 0.35 (the end-of-segment matrix would see 0.84 and 0.50)
+#   WC-ACC       = 0.95 / 3 + 2 / 3 * 0.35 = 0.55
+#   recovery     = change 100: segment 0 below 0.88 at 125, back at 175 -> 75 steps
+#                  change 200: segment 0 (ref 0.85) below 0.83 at 250, back at 300 -> 100;
+#                  segment 1 (ref 0.90) below 0.88 at 250 and 300 -> None
+SEEN = [0.50, 0.90, 0.45, 0.845, 0.875, 0.60, (0.84 + 0.50 + 0.95) / 3]
+
+
+def test_anytime_accuracy_by_hand() -> None:
+    r = om_metrics.anytime_accuracy(A, STEPS, CHANGES)
+    assert r.all == pytest.approx(11.03 / 21, abs=1e-12)
+    assert r.seen == pytest.approx(sum(SEEN) / 7, abs=1e-12)
+    assert r.seen_curve == pytest.approx(SEEN, abs=1e-12)
+    assert r.all_curve == pytest.approx([sum(row) / 3 for row in A], abs=1e-12)
+
+
+def test_anytime_seen_is_nan_before_training() -> None:
+    r = om_metrics.anytime_accuracy([[0.1, 0.2], [0.5, 0.2]], [0, 10], [20])
+    assert math.isnan(r.seen_curve[0]) and r.seen == pytest.approx(0.5)
+    assert r.all == pytest.approx((0.15 + 0.35) / 2)
+
+
+def test_min_and_wc_accuracy_by_hand() -> None:
+    assert om_metrics.min_accuracy(A, STEPS, CHANGES) == pytest.approx(0.35, abs=1e-12)
+    assert om_metrics.wc_accuracy(A, STEPS, CHANGES) == pytest.approx(0.55, abs=1e-12)
+
+
+def test_min_accuracy_only_after_learning() -> None:
+    # evaluated only at the segment ends: min-ACC is the accuracy of later rows, never R[j, j]
+    curve = [[0.9, 0.0], [0.6, 0.8]]
+    assert om_metrics.min_accuracy(curve, [10, 20], [10]) == pytest.approx(0.6)
+    assert om_metrics.wc_accuracy(curve, [10, 20], [10]) == pytest.approx(0.8 / 2 + 0.6 / 2)
+    one = [[0.3], [0.7]]  # one segment: nothing after it; WC-ACC is the final accuracy
+    assert math.isnan(om_metrics.min_accuracy(one, [5, 10], []))
+    assert om_metrics.wc_accuracy(one, [5, 10], []) == pytest.approx(0.7)
+
+
+def test_recovery_steps_by_hand() -> None:
+    got = om_metrics.recovery_steps(A, STEPS, CHANGES, tolerance=0.02)
+    assert got == [[75.0], [100.0, None]]
+    # a wide tolerance: nothing drops below it
+    assert om_metrics.recovery_steps(A, STEPS, CHANGES, tolerance=0.65) == [[0.0], [0.0, 0.0]]
+
+
+@pytest.mark.parametrize(("call", "match"), [
+    (lambda: om_metrics.min_accuracy([[0.1, 0.2]], [1], []), r"change_points must hold T - 1 = 1"),
+    (lambda: om_metrics.min_accuracy([[0.1], [0.2]], [2, 1], []), r"strictly increasing, got \[2.0, 1.0\]"),
+    (lambda: om_metrics.min_accuracy([[0.1], [0.2]], [1], []), r"steps must hold one step count"),
+    (lambda: om_metrics.anytime_accuracy([0.1, 0.2], [1, 2], []), r"shape \(E, T\)"),
+    (lambda: om_metrics.wc_accuracy([[math.nan]], [1], []), r"A must be finite, got nan"),
+    (lambda: om_metrics.recovery_steps(A, STEPS, CHANGES, tolerance=-1), r"tolerance must be .* got -1"),
+    (lambda: om_metrics.anytime_accuracy([[0.1, 0.2]], [1], [0]), r"change_points must be > 0"),
+])
+def test_continual_metrics_reject_bad_input(call: Any, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        call()

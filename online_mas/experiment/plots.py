@@ -9,10 +9,16 @@ backend of a user's own session.
 - ``stream_accuracy.png``: accuracy along the stream (prequential, and held-out per segment at the
   evaluations), with the true change points (dashed) and the consolidations (solid) marked.
 - ``importance.png``: a histogram of log10 importance per parameter tensor ("layer").
+
+Across runs (``online-mas report``), :func:`plot_comparison` draws ``comparison-accuracy.png``
+(accuracy on each segment along the stream, mean and band over seeds, true changes and
+detections) and ``comparison-acc.png`` (ACC, min-ACC, WC-ACC and forgetting with error bars),
+each also as SVG.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -23,7 +29,8 @@ from torch import Tensor
 
 from online_mas import checkpoint
 
-__all__ = ["draw_unit_plots", "plot_accuracy_matrix", "plot_importance", "plot_stream_accuracy"]
+__all__ = ["draw_unit_plots", "plot_accuracy_matrix", "plot_comparison", "plot_importance",
+           "plot_stream_accuracy"]
 
 
 def _figure(width: float, height: float) -> Any:
@@ -35,11 +42,13 @@ def _figure(width: float, height: float) -> Any:
     return fig
 
 
-def _save(fig: Any, path: Path) -> Path:
+def _save(fig: Any, path: Path, *, svg: bool = False) -> Path:
+    """Write ``path`` (PNG), and the same figure as ``.svg`` beside it if ``svg``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    tmp.replace(path)
+    for target, fmt in [(path, "png"), *([(path.with_suffix(".svg"), "svg")] if svg else [])]:
+        tmp = target.with_name(f".{target.name}.tmp")
+        fig.savefig(tmp, format=fmt, dpi=150 if svg else None)
+        tmp.replace(target)
     return path
 
 
@@ -142,6 +151,165 @@ def plot_importance(importance: dict[str, Tensor], path: str | Path, *, title: s
     fig.suptitle(title or "importance per layer", fontsize=9)
     fig.tight_layout()
     return _save(fig, Path(path))
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def _groups(results: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Runs by label (``learner``, or ``learner (label)`` when a run carries a ``"group"``)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        label = r["learner"] if not r.get("group") else f"{r['learner']} ({r['group']})"
+        out.setdefault(label, []).append(r)
+    return out
+
+
+def plot_comparison(results: Sequence[dict[str, Any]], out_dir: str | Path, *,
+                    title: str = "") -> list[Path]:
+    """Comparison figures of several runs (learners x seeds) from their ``summary.json`` dicts.
+
+    ``comparison-accuracy.png``: one panel per segment, held-out accuracy (%) along the stream
+    at every evaluation (``accuracy_curve``), the mean over seeds as a line and mean ± one
+    sample standard deviation as a band; true changes as grey dashed lines, and every seed's
+    detector consolidations as triangles in the learner's colour above each panel, so the
+    delay shows. ``comparison-acc.png``: ACC, min-ACC and
+    WC-ACC (%), and forgetting (percentage points), mean with a one-std error bar. Runs whose
+    label is the same (``learner``, plus ``"group"`` if set) are seeds of one curve; runs of a
+    label with a different number of evaluations than its first are left out. Each figure is
+    written as PNG and SVG; returns the PNG paths.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> runs = [{"learner": "finetune", "seed": s, "change_points": [2], "events": [],
+    ...          "segment_names": ["a", "b"], "average_accuracy": 0.5, "forgetting": 0.3,
+    ...          "min_accuracy": 0.2, "wc_accuracy": 0.4,
+    ...          "accuracy_curve": {"steps": [1, 2, 3, 4],
+    ...                             "accuracy": [[0.5, 0.1], [0.9, 0.1], [0.4, 0.6], [0.3, 0.9]]}}
+    ...         for s in (0, 1)]
+    >>> [p.name for p in plot_comparison(runs, tempfile.mkdtemp())]
+    ['comparison-accuracy.png', 'comparison-acc.png']
+    """
+    out = Path(out_dir)
+    groups = _groups([r for r in results if r.get("accuracy_curve")])
+    written = []
+    if groups:
+        written.append(_plot_comparison_accuracy(groups, out / "comparison-accuracy.png", title))
+    groups = _groups(results)
+    if groups:
+        written.append(_plot_comparison_bars(groups, out / "comparison-acc.png", title))
+    return written
+
+
+_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
+            "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
+
+
+def _plot_comparison_accuracy(groups: dict[str, list[dict[str, Any]]], path: Path,
+                              title: str) -> Path:
+    first = next(iter(groups.values()))[0]
+    k = len(first["accuracy_curve"]["accuracy"][0])
+    names = first.get("segment_names") or [f"segment {j}" for j in range(k)]
+    cols = min(k, 3)
+    nrows = math.ceil(k / cols)
+    fig = _figure(3.0 * cols + 1.9, 2.3 * nrows + 0.5)
+    axes = [fig.add_subplot(nrows, cols, j + 1) for j in range(k)]
+    handles: dict[str, Any] = {}
+    for colour, (label, runs) in zip(itertools.cycle(_COLOURS), groups.items(), strict=False):
+        n_evals = len(runs[0]["accuracy_curve"]["steps"])
+        runs = [r for r in runs if len(r["accuracy_curve"]["steps"]) == n_evals
+                and len(r["accuracy_curve"]["accuracy"][0]) == k]
+        steps = runs[0]["accuracy_curve"]["steps"]
+        fired = sorted(e["step"] for r in runs for e in r.get("events", ())
+                       if e.get("reason") == "detector")
+        for j, ax in enumerate(axes):
+            stats = [_mean_std([100 * r["accuracy_curve"]["accuracy"][e][j] for r in runs])
+                     for e in range(n_evals)]
+            mean = [m for m, _ in stats]
+            (line,) = ax.plot(steps, mean, color=colour, lw=1.3)
+            if len(runs) > 1:
+                ax.fill_between(steps, [m - s for m, s in stats], [m + s for m, s in stats],
+                                color=colour, alpha=0.18, lw=0)
+            if fired:
+                ax.plot(fired, [103.0] * len(fired), ls="none", marker="v", ms=5, color=colour,
+                        clip_on=False)
+            handles[f"{label} (n={len(runs)})"] = line
+    changes = first.get("change_points", [])
+    for j, ax in enumerate(axes):
+        for c in changes:
+            ax.axvline(c, color="0.35", ls="--", lw=0.9, zorder=0)
+        ax.set_ylim(0, 100)
+        ax.set_title(names[j], fontsize=9, pad=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.25, lw=0.5)
+        if j % cols == 0:
+            ax.set_ylabel("held-out accuracy (%)", fontsize=8)
+        if j >= k - cols:
+            ax.set_xlabel("step (batches trained)", fontsize=8)
+    from matplotlib.lines import Line2D
+
+    extra = {"true change": Line2D([], [], color="0.35", ls="--", lw=0.9),
+             "detection (one per seed)": Line2D([], [], color="0.2", ls="none", marker="v", ms=5),
+             "band: mean ± 1 std over seeds": Line2D([], [], color="0.6", lw=6, alpha=0.4)}
+    legend = {**handles, **extra}
+    fig.legend(list(legend.values()), list(legend), loc="center right", fontsize=7,
+               frameon=False, bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle(title or "accuracy on each segment along the stream", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1 - 1.9 / (3.0 * cols + 1.9), 1))
+    return _save(fig, path, svg=True)
+
+
+#: ``(label, summary key)`` of the accuracy bars of ``comparison-acc.png``.
+_BARS = (("ACC", "average_accuracy"), ("min-ACC", "min_accuracy"), ("WC-ACC", "wc_accuracy"))
+
+
+def _plot_comparison_bars(groups: dict[str, list[dict[str, Any]]], path: Path, title: str) -> Path:
+    labels = list(groups)
+    fig = _figure(2.2 + 1.3 * len(labels) + 1.4, 3.0)
+    ax_acc = fig.add_subplot(1, 4, (1, 3))
+    ax_fgt = fig.add_subplot(1, 4, 4)
+    width = 0.8 / len(_BARS)
+    for b, (name, key) in enumerate(_BARS):
+        xs, means, errs = [], [], []
+        for i, label in enumerate(labels):
+            values = [100 * r[key] for r in groups[label] if isinstance(r.get(key), int | float)]
+            if values:
+                m, s = _mean_std(values)
+                xs.append(i + (b - (len(_BARS) - 1) / 2) * width)
+                means.append(m)
+                errs.append(s)
+        ax_acc.bar(xs, means, width, yerr=errs, capsize=2, label=name,
+                   color=_COLOURS[b], error_kw={"lw": 0.8})
+    xs, means, errs = [], [], []
+    for i, label in enumerate(labels):
+        values = [100 * r["forgetting"] for r in groups[label]
+                  if isinstance(r.get("forgetting"), int | float)]
+        if values:
+            m, s = _mean_std(values)
+            xs.append(i)
+            means.append(m)
+            errs.append(s)
+    ax_fgt.bar(xs, means, 0.6, yerr=errs, capsize=2, color="0.45", error_kw={"lw": 0.8})
+    for ax in (ax_acc, ax_fgt):
+        ax.set_xticks(range(len(labels)), labels, rotation=25, ha="right", fontsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.grid(axis="y", alpha=0.25, lw=0.5)
+        ax.set_axisbelow(True)
+    ax_acc.set_ylim(0, 100)
+    ax_acc.set_ylabel("accuracy (%)", fontsize=8)
+    ax_acc.legend(fontsize=7, frameon=False, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=3)
+    ax_fgt.set_ylabel("forgetting (percentage points)", fontsize=8)
+    ax_fgt.set_title("forgetting", fontsize=8)
+    fig.suptitle(title or "end-of-stream and worst-case accuracy", fontsize=10)
+    fig.text(0.99, 0.01, "bars: mean over seeds; error bars: ± 1 std", ha="right", va="bottom",
+             fontsize=6.5, color="0.3")
+    fig.tight_layout()
+    return _save(fig, path, svg=True)
 
 
 def draw_unit_plots(unit_dir: str | Path, summary: dict[str, Any] | None = None) -> list[Path]:

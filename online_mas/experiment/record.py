@@ -7,7 +7,10 @@ events; its state goes into every checkpoint so a resumed run ends with the same
 
 The accuracy matrix ``R[i, j]`` is the accuracy on segment ``j``'s held-out set after training
 through occurrence ``i``: it is evaluated at each true change point (before the first batch of
-the next occurrence) and at the end of the stream. Evaluation never trains.
+the next occurrence) and at the end of the stream. Evaluation never trains. Every evaluation
+(these and the periodic ones of ``run.eval_every``) is also kept in the accuracy curve
+``Record.curve``, from which the continual-evaluation metrics (anytime accuracy, min-ACC,
+WC-ACC, recovery after a change) are computed.
 """
 
 from __future__ import annotations
@@ -19,13 +22,23 @@ from typing import Any
 
 from torch import Tensor
 
-from online_mas.metrics import accuracy_matrix_summary, detection_scores
+from online_mas.metrics import (
+    accuracy_matrix_summary,
+    anytime_accuracy,
+    detection_scores,
+    min_accuracy,
+    recovery_steps,
+    wc_accuracy,
+)
 
-__all__ = ["TIMING_KEY", "Record", "importance_stats", "matrix_metrics", "summarize"]
+__all__ = ["RECOVERY_TOLERANCE", "TIMING_KEY", "Record", "curve_metrics", "importance_stats",
+           "matrix_metrics", "summarize"]
 
 _VERSION = 1
 #: The key of ``summary.json`` that holds wall-clock numbers (the only non-reproducible part).
 TIMING_KEY = "timing"
+#: How far (a fraction) below its pre-change accuracy a segment still counts as recovered.
+RECOVERY_TOLERANCE = 0.02
 
 
 class Record:
@@ -47,6 +60,9 @@ class Record:
         self.initial: list[float] = []  # accuracy per segment before any training
         self.rows: list[list[float]] = []  # accuracy matrix rows, one per true change point + end
         self.row_steps: list[int] = []  # steps done when each row was evaluated
+        # every evaluation during the stream: (steps done, accuracy per segment); None: a
+        # checkpoint written before the curve was kept (its continual metrics are unknown)
+        self.curve: list[tuple[int, list[float]]] | None = []
         self.events: list[dict[str, Any]] = []  # consolidations: step, batch, reason
         self.correct = 0  # prequential: correctly predicted samples so far
         self.seen = 0  # prequential: samples so far
@@ -86,6 +102,7 @@ class Record:
         """Primitives only (``weights_only`` safe)."""
         return {"version": _VERSION, "initial": list(self.initial),
                 "rows": [list(r) for r in self.rows], "row_steps": list(self.row_steps),
+                "curve": None if self.curve is None else [[s, list(a)] for s, a in self.curve],
                 "events": [dict(e) for e in self.events], "correct": self.correct,
                 "seen": self.seen, "loss_sum": self.loss_sum, "elapsed": self.elapsed,
                 "batches": -1 if self.batches is None else self.batches,
@@ -98,6 +115,8 @@ class Record:
         self.initial = list(state["initial"])
         self.rows = [list(r) for r in state["rows"]]
         self.row_steps = list(state["row_steps"])
+        curve = state.get("curve")  # saved before it was kept: unknown
+        self.curve = None if curve is None else [(int(s), list(a)) for s, a in curve]
         self.events = [dict(e) for e in state["events"]]
         self.correct, self.seen = int(state["correct"]), int(state["seen"])
         self.loss_sum, self.elapsed = float(state["loss_sum"]), float(state["elapsed"])
@@ -146,6 +165,49 @@ def matrix_metrics(rows: Sequence[Sequence[float]], initial: Sequence[float], *,
             "forward_transfer": None, "forgetting": None}
 
 
+def curve_metrics(curve: Sequence[tuple[int, Sequence[float]]] | None, change_points: Sequence[int],
+                  *, square: bool, iid: bool = False,
+                  tolerance: float = RECOVERY_TOLERANCE) -> dict[str, Any]:
+    """The continual-evaluation metrics of an accuracy curve, via :mod:`online_mas.metrics`.
+
+    ``curve`` holds ``(steps done, accuracy per segment)`` for every evaluation during the
+    stream. Like BWT, the metrics need each segment seen once, in order (``square``), and a
+    learner that is not trained i.i.d.; otherwise, or without a curve, they are ``None``.
+    ``recovery_steps`` gives the mean and the largest number of steps until an earlier segment
+    is back within ``tolerance`` of its accuracy at the change (over the pairs that recover),
+    how many pairs do not recover before the next change, and each pair.
+
+    Examples
+    --------
+    >>> curve = [(50, [0.5, 0.1]), (100, [0.9, 0.1]), (150, [0.4, 0.8]), (200, [0.9, 0.9])]
+    >>> m = curve_metrics(curve, [100], square=True)
+    >>> round(m["anytime_accuracy"]["all"], 4), m["min_accuracy"], m["wc_accuracy"]
+    (0.575, 0.4, 0.65)
+    >>> m["recovery_steps"]["mean"], m["recovery_steps"]["per_change"]
+    (100.0, [[100.0]])
+    """
+    none = {"anytime_accuracy": None, "min_accuracy": None, "wc_accuracy": None,
+            "recovery_steps": None}
+    if not curve or not square or iid:
+        return none
+    steps = [s for s, _ in curve]
+    A = [list(a) for _, a in curve]
+    anytime = anytime_accuracy(A, steps, change_points)
+    per_change = recovery_steps(A, steps, change_points, tolerance=tolerance)
+    done = [v for row in per_change for v in row if v is not None]
+    return {
+        "anytime_accuracy": {"all": anytime.all, "seen": _finite_or_none(anytime.seen),
+                             "steps": steps, "all_curve": list(anytime.all_curve),
+                             "seen_curve": [_finite_or_none(v) for v in anytime.seen_curve]},
+        "min_accuracy": _finite_or_none(min_accuracy(A, steps, change_points)),
+        "wc_accuracy": _finite_or_none(wc_accuracy(A, steps, change_points)),
+        "recovery_steps": {"mean": sum(done) / len(done) if done else None,
+                           "max": max(done) if done else None,
+                           "not_recovered": sum(v is None for row in per_change for v in row),
+                           "tolerance": tolerance, "per_change": per_change},
+    }
+
+
 def importance_stats(importance: dict[str, Tensor] | None) -> dict[str, dict[str, float]] | None:
     """Per-parameter statistics of an importance dict (for ``summary.json``).
 
@@ -188,6 +250,9 @@ def summarize(record: Record, *, learner: str, seed: int, iid: bool, stream: str
     segment). ``device``, where the last session ran, is recorded with the timing.
     """
     metrics = matrix_metrics(record.rows, record.initial, iid=iid)
+    rows = record.rows
+    square = bool(rows) and len(rows) == len(rows[0]) and all(len(r) == len(rows) for r in rows)
+    continual = curve_metrics(record.curve, change_points, square=square, iid=iid)
     lengths = [b - a for a, b in zip([0, *change_points], [*change_points, n_steps], strict=True)]
     tol = tolerance if tolerance is not None else max(1, min(lengths) // 2)
     detection = None
@@ -205,8 +270,12 @@ def summarize(record: Record, *, learner: str, seed: int, iid: bool, stream: str
         "change_points": list(change_points), "order": list(order),
         "eval_steps": list(record.row_steps), "initial_accuracy": list(record.initial),
         "accuracy_matrix": [list(r) for r in record.rows],
+        # every evaluation during the stream (None: a run resumed from an older checkpoint)
+        "accuracy_curve": None if record.curve is None else {
+            "steps": [s for s, _ in record.curve], "accuracy": [list(a) for _, a in record.curve]},
         "final_accuracy": list(record.rows[-1]) if record.rows else [],
         **metrics,
+        **continual,
         "prequential_accuracy": record.correct / record.seen if record.seen else None,
         # over the batches trained on (skipped non-finite ones have no loss); n_steps if unknown
         "mean_loss": _mean_loss(record, n_steps),

@@ -1,13 +1,16 @@
 """Tables across runs: mean and standard deviation over seeds, per learner and experiment.
 
 ``online-mas report RUN_DIR...`` reads the ``summary.json`` of every complete (learner, seed) run
-in each directory, redraws its plots and prints one comparison table. The same functions write a
+in each directory, redraws its plots, draws the comparison figures across learners and seeds
+(``comparison-*.png``, see :func:`~online_mas.experiment.plots.plot_comparison`) and prints one
+comparison table. The same functions write a
 run directory's ``summary.json`` and ``comparison.md`` at the end of ``online-mas run``.
 
 Standard deviations are sample standard deviations (``ddof=1``) over seeds; with one seed only the
 mean is shown. Accuracies are in percent. ``n/a`` marks a metric that is undefined for that learner
-(joint training has no backward transfer or forgetting; detection scores exist only for the
-task-free learner).
+(joint training has no backward transfer, forgetting or continual-evaluation metrics; detection
+scores exist only for the task-free learner). The continual-evaluation columns (anytime accuracy,
+min-ACC, WC-ACC, recovery) come from every evaluation of the run (``run.eval_every``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from online_mas.experiment.config import ExperimentConfig
-from online_mas.experiment.plots import draw_unit_plots
+from online_mas.experiment.plots import draw_unit_plots, plot_comparison
 from online_mas.experiment.record import TIMING_KEY
 from online_mas.experiment.rundir import RunDirError, open_run_dir, read_summary, units, write_text
 
@@ -33,6 +36,12 @@ COLUMNS: tuple[tuple[str, str, float, int], ...] = (
     ("forgetting %", "forgetting", 100.0, 1),
     ("FWT %", "forward_transfer", 100.0, 1),
     ("prequential %", "prequential_accuracy", 100.0, 1),
+    ("anytime %", "anytime_accuracy.all", 100.0, 1),
+    ("anytime seen %", "anytime_accuracy.seen", 100.0, 1),
+    ("min-ACC %", "min_accuracy", 100.0, 1),
+    ("WC-ACC %", "wc_accuracy", 100.0, 1),
+    ("recovery (steps)", "recovery_steps.mean", 1.0, 0),
+    ("not recovered", "recovery_steps.not_recovered", 1.0, 1),
     ("snapshots", "n_snapshots", 1.0, 1),
     ("detection F1", "detection.f1", 1.0, 2),
     ("delay (batches)", "detection.mean_delay", 1.0, 1),
@@ -150,7 +159,8 @@ def write_experiment_summary(run_dir: str | Path, config: ExperimentConfig,
                              results: Sequence[dict[str, Any]]) -> Path:
     """Write ``summary.json`` (every run, and mean/std per learner) and ``comparison.md``."""
     root = Path(run_dir)
-    slim = [{k: v for k, v in r.items() if k not in ("events", "importance", "accuracy_matrix")}
+    slim = [{k: v for k, v in r.items()
+             if k not in ("events", "importance", "accuracy_matrix", "accuracy_curve")}
             for r in results]
     data = {"name": config.experiment.name, "stream": config.stream.name,
             "learners": list(config.experiment.learners), "seeds": list(config.experiment.seeds),
@@ -180,8 +190,12 @@ def load_results(run_dir: str | Path) -> tuple[ExperimentConfig, list[dict[str, 
     return config, results, notes
 
 
-def report_runs(run_dirs: Sequence[str | Path], *, plots: bool = True) -> str:
+def report_runs(run_dirs: Sequence[str | Path], *, plots: bool = True,
+                out: str | Path | None = None) -> str:
     """The comparison table of several run directories (plots redrawn unless ``plots=False``).
+
+    With plots, the comparison figures of all the runs go to ``out`` (default: the first run
+    directory); with several directories each learner is labelled by its experiment too.
 
     Raises
     ------
@@ -189,6 +203,7 @@ def report_runs(run_dirs: Sequence[str | Path], *, plots: bool = True) -> str:
         A directory is not an online-mas run.
     """
     groups, notes, finals = [], [], []
+    everything: list[dict[str, Any]] = []
     for run_dir in run_dirs:
         config, results, missing = load_results(run_dir)
         notes += missing
@@ -199,9 +214,14 @@ def report_runs(run_dirs: Sequence[str | Path], *, plots: bool = True) -> str:
                     draw_unit_plots(unit.path)
         label = config.experiment.name if len(run_dirs) == 1 else f"{config.experiment.name} ({run_dir})"
         groups.append((label, results))
+        everything += [{**r, "group": label} if len(run_dirs) > 1 else r for r in results]
         finals.append(f"{label}: final accuracy on each segment (mean over seeds)\n\n"
                       f"{final_accuracy_table(results)}")
     text = "\n\n".join([*finals, "Comparison (mean ± std over seeds)\n\n" + comparison_table(groups)])
+    if plots and everything:
+        title = groups[0][0] if len(groups) == 1 else ""
+        written = plot_comparison(everything, out if out is not None else run_dirs[0], title=title)
+        text += "\n\nComparison figures: " + ", ".join(str(p) for p in written)
     if notes:
         text += "\n\nIncomplete runs:\n" + "\n".join(f"- {n}" for n in notes)
     return text

@@ -265,6 +265,8 @@ class _Run:
 
     def evaluate(self, done: int, at_segment_end: bool) -> dict[str, object]:
         accs = self._evaluate()
+        if self.record.curve is not None:
+            self.record.curve.append((done, accs))
         if at_segment_end:  # a row of the accuracy matrix
             self.record.rows.append(accs)
             self.record.row_steps.append(done)

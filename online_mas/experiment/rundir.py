@@ -8,6 +8,7 @@ Layout of a run directory::
       config.toml               the resolved config (rerun it with ``online-mas run config.toml``)
       summary.json              every run's results and the mean/std per learner
       comparison.md             the comparison table
+      comparison-*.png, .svg    the comparison figures of ``online-mas report``
       <learner>/seed<k>/
         metrics.jsonl           one line per logged step (every run.log_every steps, and at each
                                 evaluation and consolidation): step, segment (the true one, for
@@ -70,7 +71,8 @@ _MARKER_VERSION = 1
 
 #: What the runner writes: top-level files, learner folders, unit folders, plot files.
 _TOP_FILES = frozenset({MARKER, LOCK, "config.toml", "summary.json", "comparison.md", "table.md",
-                        "metrics.jsonl"})
+                        "metrics.jsonl", *(f"comparison-{name}.{ext}" for name in ("accuracy", "acc")
+                                           for ext in ("png", "svg"))})
 _UNIT_FILES = frozenset({"metrics.jsonl", "checkpoint.pt", "importance.pt", "summary.json"})
 _TMP = re.compile(r"^\..+\.tmp$")  # an atomic write cut short
 
