@@ -54,7 +54,7 @@ DEFAULT: Any = _Default()
 class MASConfig:
     """The numbers of OnlineMAS's importance estimate; every field always applies."""
 
-    method: str = "exact"  # importance estimator: exact, vmap, loop, batch, local (om.importance)
+    method: str = "exact"  # importance estimator, one of om.METHODS (exact, ..., jacobian, norm, fisher)
     every: int = 64  # estimate importance on every k-th call of observe() (1: every call)
     subsample: int | None = None  # estimate on at most this many samples of each batch (seeded)
     chunk_size: int | None = None  # max samples whose per-sample gradients exist at once (64)
