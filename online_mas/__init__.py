@@ -19,6 +19,15 @@ from online_mas.adapt import (
     norm_parameters,
     norm_statistics,
 )
+from online_mas.bounded import (
+    PENALTY_SHAPES,
+    huber_grad_,
+    huber_loss,
+    huber_proximal_,
+    l1_grad_,
+    l1_loss,
+    l1_proximal_,
+)
 from online_mas.buffer import HardBuffer
 from online_mas.consolidate import CurrentAnchor, StableAnchor, combine
 from online_mas.detectors import (
@@ -65,6 +74,7 @@ __all__ = [
     "DEFAULT",
     "METHODS",
     "PENALTY_FORMS",
+    "PENALTY_SHAPES",
     "SIGNALS",
     "AdaptConfig",
     "AdaptStep",
@@ -115,7 +125,13 @@ __all__ = [
     "estimators",
     "forgetting",
     "forward_transfer",
+    "huber_grad_",
+    "huber_loss",
+    "huber_proximal_",
     "importance",
+    "l1_grad_",
+    "l1_loss",
+    "l1_proximal_",
     "load_detector_state",
     "metrics",
     "norm_parameters",
