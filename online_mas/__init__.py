@@ -19,6 +19,15 @@ from online_mas.adapt import (
     norm_parameters,
     norm_statistics,
 )
+from online_mas.bounded import (
+    PENALTY_SHAPES,
+    huber_grad_,
+    huber_loss,
+    huber_proximal_,
+    l1_grad_,
+    l1_loss,
+    l1_proximal_,
+)
 from online_mas.buffer import HardBuffer
 from online_mas.consolidate import CurrentAnchor, StableAnchor, combine
 from online_mas.detectors import (
@@ -70,6 +79,7 @@ __all__ = [
     "DEFAULT",
     "METHODS",
     "PENALTY_FORMS",
+    "PENALTY_SHAPES",
     "SIGNALS",
     "AdaptConfig",
     "AdaptStep",
@@ -122,7 +132,13 @@ __all__ = [
     "estimators",
     "forgetting",
     "forward_transfer",
+    "huber_grad_",
+    "huber_loss",
+    "huber_proximal_",
     "importance",
+    "l1_grad_",
+    "l1_loss",
+    "l1_proximal_",
     "load_detector_state",
     "metrics",
     "min_accuracy",

@@ -14,6 +14,16 @@ import torch
 from torch import Tensor, nn
 
 from online_mas.accumulate import RunningImportance
+from online_mas.bounded import (
+    PENALTY_SHAPES,
+    check_delta,
+    huber_grad_,
+    huber_loss,
+    huber_proximal_,
+    l1_grad_,
+    l1_loss,
+    l1_proximal_,
+)
 from online_mas.buffer import HardBuffer
 from online_mas.checks import check_choice, is_int, is_real
 from online_mas.consolidate import NORMALIZE, ConsolidationRule, Consolidator, CurrentAnchor, StableAnchor
@@ -54,7 +64,7 @@ DEFAULT: Any = _Default()
 class MASConfig:
     """The numbers of OnlineMAS's importance estimate; every field always applies."""
 
-    method: str = "exact"  # importance estimator: exact, vmap, loop, batch, local (om.importance)
+    method: str = "exact"  # importance estimator, one of om.METHODS (exact, ..., jacobian, norm, fisher)
     every: int = 64  # estimate importance on every k-th call of observe() (1: every call)
     subsample: int | None = None  # estimate on at most this many samples of each batch (seeded)
     chunk_size: int | None = None  # max samples whose per-sample gradients exist at once (64)
@@ -261,27 +271,48 @@ class OnlineMAS:
 
     # ------------------------------------------------------------------ the three calls
 
-    def penalty(self) -> Tensor:
-        """Differentiable ``lam * sum_k Omega_k (theta_k - theta*_k)^2`` (0 before any consolidation)."""
+    def penalty(self, *, shape: str = "quadratic", delta: float | None = None) -> Tensor:
+        """Differentiable ``lam * sum_k Omega_k rho(theta_k - theta*_k)`` (0 before any consolidation):
+        ``rho(d) = d^2`` (``shape="quadratic"``), ``|d|`` (``"l1"``) or the Huber ``h(d)`` with
+        threshold ``delta`` (``"huber"``, :mod:`online_mas.bounded`)."""
+        delta = _check_shape(shape, delta)
         if self._active(explicit=True):
-            return penalty_loss(*self._lists(), self.lam, check=False)
+            lists = self._lists()
+            if shape == "l1":
+                return l1_loss(*lists, self.lam, check=False)
+            if shape == "huber":
+                return huber_loss(*lists, self.lam, delta=delta, check=False)
+            return penalty_loss(*lists, self.lam, check=False)
         device = self._params.params[0].device if self._params.params else torch.device("cpu")
         return torch.zeros((), device=device)
 
-    def penalty_grad_(self) -> None:
-        """Add the penalty's gradient ``2 lam Omega (theta - theta*)`` to ``.grad`` in place; call
-        after ``loss.backward()`` instead of adding :meth:`penalty` to the loss."""
+    def penalty_grad_(self, *, shape: str = "quadratic", delta: float | None = None) -> None:
+        """Add the penalty's gradient (``2 lam Omega (theta - theta*)`` for the quadratic) to ``.grad``
+        in place; call after ``loss.backward()`` instead of adding :meth:`penalty` to the loss."""
+        delta = _check_shape(shape, delta)
         if self._active(explicit=True):
-            penalty_grad_(*self._lists(), self.lam, check=False)
+            lists = self._lists()
+            if shape == "l1":
+                l1_grad_(*lists, self.lam, check=False)
+            elif shape == "huber":
+                huber_grad_(*lists, self.lam, delta=delta, check=False)
+            else:
+                penalty_grad_(*lists, self.lam, check=False)
 
-    def proximal_(self, lr: float) -> None:
-        """The penalty as an implicit step after ``optimizer.step()``, stable for any ``lam``:
-        ``theta <- (theta + c Omega theta*) / (1 + c Omega)``, ``c = 2 lr lam``."""
+    def proximal_(self, lr: float, *, shape: str = "quadratic", delta: float | None = None) -> None:
+        """The penalty as an implicit step after ``optimizer.step()``, stable for any ``lam``; for the
+        quadratic ``theta <- (theta + c Omega theta*) / (1 + c Omega)``, ``c = 2 lr lam``."""
         if not is_real(lr) or lr <= 0:
             raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+        delta = _check_shape(shape, delta)
         if self._active():
-            safe = not 2.0 * lr * self.lam * self.consolidator.peak < PROXIMAL_SAFE_ABOVE
-            proximal_(*self._lists(), self.lam, lr, check=False, safe=safe)
+            if shape == "l1":
+                l1_proximal_(*self._lists(), self.lam, lr, check=False)
+            elif shape == "huber":
+                huber_proximal_(*self._lists(), self.lam, lr, delta=delta, check=False)
+            else:
+                safe = not 2.0 * lr * self.lam * self.consolidator.peak < PROXIMAL_SAFE_ABOVE
+                proximal_(*self._lists(), self.lam, lr, check=False, safe=safe)
 
     def observe(self, x: Inputs, *, loss: float | Tensor | None = None) -> Event | None:
         """Update the running importance from a batch of inputs (never labels), batch dimension
@@ -573,3 +604,15 @@ def _check_parts(*, model: object, config: object, output: object, **parts: obje
             raise TypeError(f"{name} must be a {kinds[name]} or None, got {type(value)!r}")
     if output is not None and not callable(output):
         raise TypeError(f"output must be callable as output(model, x) or None, got {output!r}")
+
+
+def _check_shape(shape: object, delta: object) -> float:
+    """A penalty shape of ``PENALTY_SHAPES``; ``delta`` (> 0) given exactly when it is ``"huber"``."""
+    check_choice("shape", shape, PENALTY_SHAPES)
+    if shape == "huber":
+        if delta is None:
+            raise ValueError("shape='huber' needs delta, a finite number > 0, got None")
+        return check_delta(delta)
+    if delta is not None:
+        raise ValueError(f"delta applies to shape='huber' only, got delta={delta!r} with shape={shape!r}")
+    return 0.0

@@ -26,8 +26,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "EXPLICIT_LIMIT", "PENALTY_FORMS", "PROXIMAL_SAFE_ABOVE", "check_lam", "penalty_grad_", "penalty_loss",
-    "proximal_",
+    "EXPLICIT_LIMIT", "PENALTY_FORMS", "PROXIMAL_SAFE_ABOVE", "check_lam", "check_lists", "penalty_grad_",
+    "penalty_loss", "proximal_",
 ]
 
 PENALTY_FORMS = ("loss", "grad", "proximal")  # penalty_loss in the loss, penalty_grad_, proximal_
@@ -61,7 +61,7 @@ def penalty_loss(
     """
     if check:  # False: the lists are valid by construction (OnlineMAS)
         lam = check_lam(lam)
-        _check_lists(params, anchors, omegas)
+        check_lists(params, anchors, omegas)
     return _penalty(params, anchors, omegas, lam)
 
 
@@ -142,7 +142,7 @@ def penalty_grad_(
     """
     if check:
         lam = check_lam(lam)
-        _check_lists(params, anchors, omegas)
+        check_lists(params, anchors, omegas)
     _penalty_grad(params, anchors, omegas, lam)
 
 
@@ -183,7 +183,7 @@ def proximal_(
         lam = check_lam(lam)
         if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
             raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-        _check_lists(params, anchors, omegas)
+        check_lists(params, anchors, omegas)
     if safe is None:  # the overflow-safe form once c * max(Omega) nears float range
         peak = max((float(o.max()) for o in omegas if o.numel()), default=0.0)
         safe = not 2.0 * lr * lam * peak < PROXIMAL_SAFE_ABOVE
@@ -214,7 +214,7 @@ def _proximal(
         torch._foreach_copy_(ps, num)
 
 
-def _check_lists(params: object, anchors: object, omegas: object) -> None:
+def check_lists(params: object, anchors: object, omegas: object) -> None:
     """Parallel sequences of tensors of matching shapes (a few microseconds per call)."""
     for name, seq in (("params", params), ("anchors", anchors), ("omegas", omegas)):
         if not isinstance(seq, list | tuple) or not all(isinstance(t, Tensor) for t in seq):

@@ -175,7 +175,7 @@ def test_works_under_no_grad_and_returns_float32_for_float64_models() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "x", "error", "match"),
     [
-        ({"method": "fisher"}, torch.randn(3, 10), ValueError, "method must be one of"),
+        ({"method": "hessian"}, torch.randn(3, 10), ValueError, "method must be one of"),
         ({}, torch.randn(0, 10), ValueError, "non-empty batch"),
         ({}, [[0.0] * 10], TypeError, "must be a torch.Tensor"),
         ({}, torch.zeros(3, 10, dtype=torch.bool), TypeError, "floating point or integer"),

@@ -250,7 +250,7 @@ def test_bad_constructor_arguments(kwargs: dict, error: type, match: str) -> Non
 @pytest.mark.parametrize(
     ("field", "value", "match"),
     [
-        ("method", "fisher", "method must be one of"),
+        ("method", "hessian", "method must be one of"),
         ("normalize", "l2", "normalize must be one of"),
         ("every", 0, "every must be an int >= 1"),
         ("subsample", 0, "subsample must be an int >= 1"),

@@ -24,6 +24,11 @@ Methods (``method=``):
     original MAS code and Avalanche compute it: never larger than the exact value.
 ``"local"``
     Local MAS (l-MAS, section 4 of the paper): each layer judged by its own output (:mod:`.local`).
+``"jacobian"``, ``"norm"``, ``"fisher"``
+    Other per-sample sensitivities, to compare with MAS's (:mod:`.sensitivity`):
+    ``sum_k |d f_k / d theta|`` (one gradient per output), ``|d ||f|| / d theta|`` (the unsquared
+    norm, on the exact path), ``(d log softmax(f)_y / d theta)^2`` with ``y = argmax f`` (the
+    own-prediction Fisher diagonal). Label-free, averaged over samples like the others.
 
 Every method runs the model in eval mode (restoring each module's ``training`` flag), never writes
 ``param.grad`` and returns float32. A ``torch.compile``-d model is estimated as the model it wraps,
@@ -55,6 +60,7 @@ from online_mas.estimators.func import batch_sums, func_sums, loop_sums
 from online_mas.estimators.inputs import Inputs, batch_size
 from online_mas.estimators.local import local_sums
 from online_mas.estimators.registry import register, rule_for
+from online_mas.estimators.sensitivity import fisher_sums, jacobian_sums, norm_output, unit_output
 
 __all__ = [
     "METHODS",
@@ -69,7 +75,7 @@ __all__ = [
     "register",
 ]
 
-METHODS = ("exact", "vmap", "loop", "batch", "local")
+METHODS = ("exact", "vmap", "loop", "batch", "local", "jacobian", "norm", "fisher")
 
 
 def importance(
@@ -90,7 +96,8 @@ def importance(
         A batch of inputs, batch dimension first (floating point, or integer for embeddings): one
         tensor, or a tuple (``model(*x)``) or dict (``model(**x)``) of tensors.
     method
-        ``"exact"`` (default), ``"vmap"``, ``"loop"``, ``"batch"`` or ``"local"``.
+        ``"exact"`` (default), ``"vmap"``, ``"loop"``, ``"batch"``, ``"local"``, ``"jacobian"``,
+        ``"norm"`` or ``"fisher"`` (see the module docstring).
     output
         Optional ``output(model, x) -> Tensor`` choosing the tensor whose squared L2 norm is used
         (features, an embedding, one head); default ``model(x)``. Models returning tuples or dicts
@@ -227,9 +234,10 @@ def _run(
     folded: dict[str, tuple[Tensor, Tensor]] = {}
     with eval_mode(model), torch.enable_grad(), eager():
         scale = 1.0 / batch_size(x) if mean else 1.0
-        if method == "exact":
-            sums, out, folded = exact_sums(model, named, x, fn, chunk, scale=scale,
-                                           factor=factors and not mean)
+        if method in ("exact", "norm"):
+            sums, out, folded = exact_sums(model, named, x, unit_output(fn) if method == "norm" else fn,
+                                           chunk, scale=scale, factor=factors and not mean)
+            out = norm_output(out) if method == "norm" else out
             scale = 1.0  # applied inside
         elif method == "vmap":
             out = forward(model, x, fn).detach()
@@ -238,6 +246,10 @@ def _run(
             sums, out = loop_sums(model, named, x, fn)
         elif method == "batch":
             sums, out = batch_sums(named, model, x, fn)
+        elif method == "jacobian":
+            sums, out = jacobian_sums(model, named, x, fn, chunk)
+        elif method == "fisher":
+            sums, out = fisher_sums(model, named, x, fn, chunk)
         else:
             sums, out = local_sums(model, named, x, chunk)
         if scale != 1.0 and sums:

@@ -11,10 +11,10 @@ from torch import Tensor, nn
 from online_mas.estimators.common import OutputFn, forward, sq_norm_total, zeros
 from online_mas.estimators.inputs import Inputs, batch_size, rows, split, unsqueeze
 
-__all__ = ["batch_sums", "func_sums", "loop_sums"]
+__all__ = ["Wrapped", "batch_sums", "func_sums", "loop_sums"]
 
 
-class _Wrapped(nn.Module):
+class Wrapped(nn.Module):
     """Lets torch.func.functional_call substitute parameters under a custom ``output`` function."""
 
     def __init__(self, model: nn.Module, fn: OutputFn) -> None:
@@ -34,7 +34,7 @@ def func_sums(
         return {}
     from torch.func import functional_call, grad, vmap
 
-    wrapped = _Wrapped(model, fn)
+    wrapped = Wrapped(model, fn)
     detached = {"model." + n: p.detach() for n, p in named.items()}
 
     def sq_norm(p: dict[str, Tensor], xi: Inputs) -> Tensor:
