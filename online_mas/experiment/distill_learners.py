@@ -14,7 +14,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from online_mas.distill import Distiller
-from online_mas.experiment.replay_learners import Inner
+from online_mas.experiment.replay_learners import Inner, check_learner_state
 from online_mas.online import Event
 
 __all__ = ["Distillation"]
@@ -97,10 +97,7 @@ class Distillation:
                 "mas": self.mas.state_dict() if self.mas is not None else None}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
-        if not isinstance(state, dict) or state.get("version") != _VERSION:
-            raise ValueError(f"learner state must be a dict with version {_VERSION}")
-        if state.get("learner") != self.name:
-            raise ValueError(f"learner state was saved by {state.get('learner')!r}, not by {self.name!r}")
+        check_learner_state(state, self.name)
         self._step = int(state["step"])  # type: ignore[call-overload]
         self.distiller.load_state_dict(state["distiller"])  # type: ignore[arg-type]
         if self.mas is not None:

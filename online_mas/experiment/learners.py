@@ -42,7 +42,7 @@ from online_mas.distill import Distiller
 from online_mas.experiment.config import ExperimentConfig
 from online_mas.experiment.distill_learners import Distillation
 from online_mas.experiment.registry import LEARNERS, MEMORIES, build_detector, build_mas
-from online_mas.experiment.replay_learners import Rehearsal
+from online_mas.experiment.replay_learners import Rehearsal, check_learner_state
 from online_mas.online import Event, OnlineMAS
 from online_mas.penalty import penalty_grad_, penalty_loss, proximal_
 from online_mas.rehearsal import Reservoir
@@ -110,7 +110,7 @@ class Finetune:
         return {"version": _VERSION, "learner": self.name}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
-        _check_state(state, self.name)
+        check_learner_state(state, self.name)
 
 
 class MAS:
@@ -184,7 +184,7 @@ class MAS:
         return {"version": _VERSION, "learner": self.name, "mas": self.mas.state_dict()}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
-        _check_state(state, self.name)
+        check_learner_state(state, self.name)
         self.mas.load_state_dict(state["mas"])  # type: ignore[arg-type]
 
 
@@ -264,7 +264,7 @@ class _Anchored:
                 "omega": named(self._omega), "anchor": named(self._anchor), **self._tensors()}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
-        _check_state(state, self.name)
+        check_learner_state(state, self.name)
         self._step = int(state["step"])  # type: ignore[call-overload]
         self._omega = self._unnamed(state["omega"], "omega")
         self._anchor = self._unnamed(state["anchor"], "anchor")
@@ -439,14 +439,6 @@ der, lwf, tfcl, mas+er, mas+lwf
         return Distillation(name, Distiller(model, temperature=m2.temperature, weight=m2.weight),
                             mas=inner)
     raise ValueError(f"unknown learner {name!r}; allowed: {', '.join(LEARNERS)}")
-
-
-def _check_state(state: object, name: str) -> None:
-    if not isinstance(state, dict) or state.get("version") != _VERSION:
-        raise ValueError(f"learner state must be a dict with version {_VERSION}, got "
-                         f"{state.get('version') if isinstance(state, dict) else type(state)!r}")
-    if state.get("learner") != name:
-        raise ValueError(f"learner state was saved by {state.get('learner')!r}, not by {name!r}")
 
 
 def _check_names(saved: dict[str, Tensor], current: dict[str, Tensor], what: str) -> None:

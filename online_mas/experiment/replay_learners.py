@@ -31,6 +31,15 @@ __all__ = ["Inner", "Rehearsal"]
 _VERSION = 1
 
 
+def check_learner_state(state: object, name: str) -> None:
+    """ValueError unless ``state`` is a learner state of this version saved by learner ``name``."""
+    if not isinstance(state, dict) or state.get("version") != _VERSION:
+        raise ValueError(f"learner state must be a dict with version {_VERSION}, got "
+                         f"{state.get('version') if isinstance(state, dict) else type(state)!r}")
+    if state.get("learner") != name:
+        raise ValueError(f"learner state was saved by {state.get('learner')!r}, not by {name!r}")
+
+
 class Inner(Protocol):
     """The MAS learner a rehearsal or distillation learner adds its term to."""
 
@@ -164,10 +173,7 @@ class Rehearsal:
                 "mas": self.mas.state_dict() if self.mas is not None else None}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
-        if not isinstance(state, dict) or state.get("version") != _VERSION:
-            raise ValueError(f"learner state must be a dict with version {_VERSION}")
-        if state.get("learner") != self.name:
-            raise ValueError(f"learner state was saved by {state.get('learner')!r}, not by {self.name!r}")
+        check_learner_state(state, self.name)
         self._step = int(state["step"])  # type: ignore[call-overload]
         self.memory.load_state_dict(state["memory"])  # type: ignore[arg-type]
         if self.mas is not None:
