@@ -345,8 +345,8 @@ class OnlineMAS:
             if update:
                 check_input(x)
                 batch = self._estimate(x)
-                out, weight = (seen, weight) if seen is not None else (batch.out, float(batch.n))
-                value = self.trigger.value(_for_signal(out))  # type: ignore[arg-type]
+                out, weight = (seen, weight) if seen is not None else (_for_signal(batch.out), float(batch.n))
+                value = self.trigger.value(out)  # type: ignore[arg-type]
             elif seen is not None and self.trigger.every_step:
                 value = self.trigger.value(seen)
                 if not math.isfinite(value):  # type: ignore[arg-type]  # the output stands in for x
@@ -370,7 +370,7 @@ class OnlineMAS:
             value = None
         feed = self.trigger.task_free and (update or self.trigger.by_loss or self.trigger.every_step)
         total, value = self.reducer.reduce(batch, update=update, feed=feed, value=value, weight=weight,
-                                           named=self._params.named())
+                                           named=self._params.named() if ranks else {})
         self._add(total)
         return self._after(value, round(self.reducer.last_weight if ranks else weight), pooled=ranks)
 

@@ -1,27 +1,24 @@
 """``[learner.<name>.mas]``: the OnlineMAS settings of a config file, and the object they build.
 
 The section keeps the flat keys of the config files (``average``, ``half_life``, ``rule``,
-``alpha``, ``signal``, ``anchor``, ``stable_*``, ``buffer_*``, ``sync_every``); :func:`build_online_mas`
-turns them into :class:`~online_mas.OnlineMAS`'s policy objects. A key that only means something
-with another's value is checked to be left at its default otherwise.
+``alpha``, ``signal``, ``anchor``, ``stable_*``, ``buffer_*``, ``sync_every``);
+:func:`~online_mas.experiment.registry.build_mas` turns them into :class:`~online_mas.OnlineMAS`'s
+policy objects.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, fields
-
-from torch import nn
 
 from online_mas.accumulate import AVERAGES, RunningImportance
 from online_mas.buffer import HardBuffer
 from online_mas.checks import check_choice, is_int, is_real
 from online_mas.consolidate import EMA, RULES, CurrentAnchor, StableAnchor, rule_from
-from online_mas.online import DEFAULT, MASConfig, OnlineMAS
+from online_mas.online import MASConfig
 from online_mas.reduce import Reducer
 from online_mas.signals import SIGNALS
 
-__all__ = ["ANCHORS", "MASSection", "build_online_mas"]
+__all__ = ["ANCHORS", "MASSection"]
 
 ANCHORS = ("current", "stable")
 
@@ -93,17 +90,3 @@ class MASSection:
     def keys(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
 
-
-def build_online_mas(
-    section: MASSection,
-    model: nn.Module,
-    lam: float,
-    *,
-    detector: object | None = DEFAULT,
-    boundaries: Sequence[int] | None = None,
-) -> OnlineMAS:
-    """The :class:`~online_mas.OnlineMAS` a config section describes."""
-    if boundaries is not None:
-        detector = None
-    return OnlineMAS(model, lam, config=section.config(), detector=detector, boundaries=boundaries,
-                     **section.policies())  # type: ignore[arg-type]

@@ -24,7 +24,7 @@ from torch import nn
 from online_mas.adapt import PARAMS as ADAPT_PARAMS
 from online_mas.adapt import PENALTY_FORMS
 from online_mas.detectors import CUSUM, NeverFires, PageHinkley, Periodic, Plateau, ScaledCUSUM
-from online_mas.experiment.mas_section import MASSection, build_online_mas
+from online_mas.experiment.mas_section import MASSection
 from online_mas.online import OnlineMAS, default_detector
 from online_mas.rehearsal import ClassBalanced, HardReplay, Reservoir
 
@@ -169,7 +169,10 @@ def build_mas(model: nn.Module, lam: float, config: MASSection, *, detector: obj
     >>> sorted(mas.boundaries), mas.detector
     ([3], None)
     """
-    return build_online_mas(config, model, lam, detector=detector, boundaries=boundaries)
+    if boundaries is not None:
+        detector = None
+    return OnlineMAS(model, lam, config=config.config(), detector=detector, boundaries=boundaries,
+                     **config.policies())  # type: ignore[arg-type]
 
 
 def parse_method(spec: object) -> tuple[str, float | None]:
