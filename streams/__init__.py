@@ -33,6 +33,7 @@ from streams.sources import (
     TensorPool,
     dataset_source,
     digits_source,
+    mnist1d_source,
     stratified_split,
     tensor_source,
 )
@@ -85,6 +86,7 @@ __all__ = [
     "load_array_pickle",
     "make_schedule",
     "make_stream",
+    "mnist1d_source",
     "permutations",
     "recurring_order",
     "rotations",

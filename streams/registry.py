@@ -2,8 +2,9 @@
 
 A name is ``<recipe>-<data>``, with recipes ``permuted``, ``rotated``, ``split``
 (class-incremental), ``split-...-domain`` (domain-incremental labels) and ``corrupted``, and data
-``digits`` (bundled, offline) or one of torchvision's sets read from ``root``: ``mnist``,
-``fashion-mnist``, ``kmnist``, ``cifar10``, ``cifar100``, ``svhn``.
+``digits`` (bundled, offline), ``mnist1d`` (generated locally by the ``mnist1d`` extra; 1-D
+signals, so no ``rotated``/``corrupted`` recipes) or one of torchvision's sets read from ``root``:
+``mnist``, ``fashion-mnist``, ``kmnist``, ``cifar10``, ``cifar100``, ``svhn``.
 Every option lives in :class:`StreamConfig`.
 """
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streams.scenarios import Segment, class_splits, corruptions, permutations, rotations
-from streams.sources import Source, digits_source
+from streams.sources import Source, digits_source, mnist1d_source
 from streams.stream import Stream
 from streams.torchvision_sources import TORCHVISION_NAMES, torchvision_source
 from streams.transforms import CORRUPTIONS, MAX_SEVERITY
@@ -24,11 +25,12 @@ from streams.transitions import make_schedule
 __all__ = ["STREAM_NAMES", "StreamConfig", "build_stream", "make_stream"]
 
 _RECIPES = ("permuted", "rotated", "split", "corrupted")
-_DATA = ("digits", *TORCHVISION_NAMES)
+_DATA = ("digits", "mnist1d", *TORCHVISION_NAMES)
 
 #: Every name :func:`make_stream` accepts.
 STREAM_NAMES: tuple[str, ...] = tuple(
-    [f"{r}-{d}" for d in _DATA for r in _RECIPES] + [f"split-{d}-domain" for d in _DATA])
+    [f"{r}-{d}" for d in _DATA for r in _RECIPES if d != "mnist1d" or r in ("permuted", "split")]
+    + [f"split-{d}-domain" for d in _DATA])
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class StreamConfig:
     passes: float = 1.0  # passes over a segment's training data per occurrence
     transition: str = "abrupt"  # "abrupt", "gradual", "blurry"; "recurring" = abrupt + recurring
     labels: bool = True  # yield (x, y); False yields x only
-    root: str | None = None  # folder with the torchvision files (not needed for *-digits)
+    root: str | None = None  # folder with the torchvision files (not needed for *-digits, *-mnist1d)
     download: bool = False  # let torchvision download missing files (needs internet)
     verify: bool = True  # check torchvision's md5 sums (CIFAR, SVHN)
     flatten: bool = False  # yield inputs as (B, D)
@@ -190,9 +192,11 @@ def build_stream(config: StreamConfig) -> Stream:
 def _source(config: StreamConfig) -> Source:
     if config.data == "digits":
         return digits_source(test_fraction=config.test_fraction)
+    if config.data == "mnist1d":
+        return mnist1d_source()
     if config.root is None:
         raise ValueError(f"{config.name} reads {config.data} from disk: pass root= (the folder "
-                         f"given to torchvision); only the *-digits streams work without files")
+                         f"given to torchvision); only the *-digits and *-mnist1d streams work without files")
     return torchvision_source(config.data, config.root, download=config.download,
                               verify=config.verify)
 

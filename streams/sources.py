@@ -7,6 +7,8 @@ batch at a time: nothing is copied per sample, and torchvision's arrays are view
 Four ways to get a source:
 
 - :func:`digits_source`: scikit-learn's bundled 8x8 digits, the offline default;
+- :func:`mnist1d_source`: MNIST-1D (Greydanus, 2020), generated locally by the ``mnist1d`` package
+  (the ``mnist1d`` extra), 40-step 1-D signals, 10 classes;
 - :func:`tensor_source`: arrays or tensors given directly;
 - :func:`dataset_source`: any map-style ``torch.utils.data.Dataset``;
 - :func:`torchvision_source` (in ``streams/torchvision_sources.py``): MNIST, FashionMNIST, KMNIST,
@@ -26,7 +28,7 @@ from torch.utils.data import Dataset
 from streams._seeding import numpy_rng
 
 __all__ = ["DatasetPool", "Pool", "Source", "TensorPool", "dataset_source", "digits_source",
-           "stratified_split", "tensor_source"]
+           "mnist1d_source", "stratified_split", "tensor_source"]
 
 
 class Pool:
@@ -215,6 +217,67 @@ def digits_source(*, test_fraction: float = 0.2, split_seed: int = 0) -> Source:
     x = torch.from_numpy(data.images.astype(np.float32) / 16.0).unsqueeze(1)
     y = torch.from_numpy(data.target.astype(np.int64))
     return tensor_source(x, y, test_fraction=test_fraction, split_seed=split_seed, name="digits")
+
+
+def mnist1d_source(*, num_samples: int = 5000, seed: int = 42) -> Source:
+    """MNIST-1D (Greydanus, 2020): 1-D signals of 40 steps, 10 classes, generated on this machine.
+
+    The ``mnist1d`` package's own generator (``mnist1d.data.make_dataset``) with its default
+    arguments, which give the published data set for ``seed=42``: 4000 training and 1000 held-out
+    samples. Nothing is downloaded. The generator seeds numpy's and Python's global random state; it
+    is restored afterwards. Inputs are standardised by the training set's mean and standard deviation
+    (one number each), so they are not in ``[0, 1]``.
+
+    Parameters
+    ----------
+    num_samples : int
+        Samples generated, 80% of them for training (default 5000, the published size).
+    seed : int
+        The generator's seed (42: the published set).
+
+    Returns
+    -------
+    Source
+        Inputs of shape ``(1, 40)``, 10 classes.
+
+    Examples
+    --------
+    >>> src = mnist1d_source()  # doctest: +SKIP
+    >>> len(src.train), len(src.test), src.input_shape  # doctest: +SKIP
+    (4000, 1000, (1, 40))
+    """
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 50:
+        raise ValueError(f"num_samples must be an int >= 50, got {num_samples!r}")
+    x, y, x_test, y_test = _mnist1d_arrays(num_samples, int(seed))
+    mean, std = float(x.mean()), float(x.std())
+    norm = [torch.from_numpy(((a - mean) / std).astype(np.float32)).unsqueeze(1) for a in (x, x_test)]
+    return tensor_source(norm[0], y, x_test=norm[1], y_test=y_test, n_classes=10, name="mnist1d")
+
+
+def _mnist1d_arrays(num_samples: int, seed: int) -> tuple[Any, Any, Any, Any]:
+    key = (num_samples, seed)
+    if key not in _MNIST1D_CACHE:
+        import random
+
+        try:
+            from mnist1d.data import get_dataset_args, make_dataset
+        except ImportError as err:
+            raise ImportError("the mnist1d streams need the mnist1d package: "
+                              "pip install 'online-mas[mnist1d]'") from err
+        args = get_dataset_args()
+        args.num_samples, args.seed = num_samples, seed
+        np_state, py_state = np.random.get_state(), random.getstate()
+        try:
+            data = make_dataset(args)
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+        _MNIST1D_CACHE[key] = (np.asarray(data["x"]), np.asarray(data["y"], dtype=np.int64),
+                               np.asarray(data["x_test"]), np.asarray(data["y_test"], dtype=np.int64))
+    return _MNIST1D_CACHE[key]
+
+
+_MNIST1D_CACHE: dict[tuple[int, int], tuple[Any, Any, Any, Any]] = {}
 
 
 def tensor_source(x: Any, y: Any, *, x_test: Any = None, y_test: Any = None,

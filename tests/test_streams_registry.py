@@ -111,3 +111,27 @@ def test_config_knows_recipe_and_data() -> None:
     cfg = StreamConfig("split-fashion-mnist-domain")
     assert (cfg.recipe, cfg.data, cfg.segment_count()) == ("split-domain", "fashion-mnist", 5)
     assert StreamConfig("split-cifar100").segment_count(100) == 10
+
+
+def test_mnist1d_streams_are_generated_locally_and_leave_global_seeds_alone() -> None:
+    import random
+
+    import numpy as np
+
+    assert [n for n in STREAM_NAMES if "mnist1d" in n] == [
+        "permuted-mnist1d", "split-mnist1d", "split-mnist1d-domain"]
+    np.random.seed(7)
+    random.seed(7)
+    stream = make_stream("permuted-mnist1d", batch_size=8, seed=0)
+    assert (np.random.rand(), random.random()) == (np.random.RandomState(7).rand(),
+                                                   random.Random(7).random())
+    assert stream.input_shape == (1, 40) and stream.n_classes == 10 and stream.n_segments == 5
+    assert len(stream.eval_sets[0][1]) == 1000
+    x, y = stream.batch(0)
+    assert x.shape == (8, 1, 40) and x.dtype == torch.float32 and y.dtype == torch.int64
+    again = make_stream("permuted-mnist1d", batch_size=8, seed=0).batch(0)[0]
+    assert torch.equal(x, again)
+    split = make_stream("split-mnist1d-domain", batch_size=8)
+    assert split.n_classes == 2 and set(split.eval_sets[1][1].tolist()) == {0, 1}
+    with pytest.raises(ValueError, match="unknown stream 'rotated-mnist1d'"):
+        make_stream("rotated-mnist1d")
