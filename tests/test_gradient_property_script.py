@@ -115,4 +115,5 @@ def test_tables_are_the_measured_runs(gp: ModuleType, tmp_path: Path) -> None:
                               f"{r['learner']}-exact-quadratic-{r['form']}-lam{r['lam']:g}" / "seed0" /
                               "summary.json").read_text())
         assert r["acc"] == pytest.approx(100 * summary["average_accuracy"])
-        assert f"| {r['learner']} | exact | quadratic {r['form']} | {r['lam']:g} | {r['acc']:.1f} ± 0.0 |" in md
+        row = f"| {r['learner']} | exact | quadratic {r['form']} | {r['lam']:g} | {r['acc']:.1f} ± 0.0 |"
+        assert row in md
