@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import copy
 import dataclasses
 import json
 import math
@@ -174,30 +175,27 @@ def decompose(model: nn.Module, batches: Sequence[Tensor], chunk: int = 64) -> d
     return {"means": means, "agree": agree, "kept": kept, "dominance": dominance}
 
 
-def _digits_model(kind: str, seed: int, passes: float) -> tuple[nn.Module, list[Tensor], float]:
-    """A runner model trained on segment 0 of permuted digits; one pass of that segment's inputs;
-    the median ms of a training step."""
+def _digits_model(kind: str, seed: int, passes: float) -> tuple[nn.Module, list[Tensor], list[Tensor]]:
+    """A runner model trained on segment 0 of permuted digits; one pass of that segment's batches
+    (inputs, and labels for the timing's training steps)."""
     stream = build_stream(StreamConfig("permuted-digits", seed=seed, n_segments=5, passes=passes))
     torch.manual_seed(seed)
     mc = ModelConfig() if kind == "mlp" else ModelConfig(kind="cnn", channels=(16, 32), hidden=(64,))
     model = build_model(mc, stream.input_shape, stream.n_classes)
     opt = build_optimizer(OptimConfig(), model)
     steps = stream.change_points[0]
-    times = []
     for i in range(steps):
         x, y = stream.batch(i)
-        t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
         opt.step()
-        times.append(time.perf_counter() - t0)
-    one_pass = [stream.batch(i)[0] for i in range(round(steps / passes))]
-    return model, one_pass, 1e3 * statistics.median(times)
+    one_pass = [stream.batch(i) for i in range(round(steps / passes))]
+    return model, [x for x, _ in one_pass], [y for _, y in one_pass]
 
 
 def agreement(cfg: GradConfig, kind: str) -> dict[str, Any]:
     """Part 1 on one model: estimator values, pairwise metrics, costs and the decomposition."""
-    model, batches, step_ms = _digits_model(kind, cfg.agreement_seed, cfg.passes)
+    model, batches, labels = _digits_model(kind, cfg.agreement_seed, cfg.passes)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     n = sum(b.shape[0] for b in batches)
     imps = {}
@@ -207,12 +205,21 @@ def agreement(cfg: GradConfig, kind: str) -> dict[str, Any]:
             for k, v in om.importance(model, xb, method=m).items():
                 acc[k] += v.double() * xb.shape[0]
         imps[m] = {k: v / n for k, v in acc.items()}
-    ms: dict[str, list[float]] = {m: [] for m in ESTIMATORS}
-    for _ in range(5):  # interleaved rounds on the same batch
+    ms: dict[str, list[float]] = {m: [] for m in ("step", *ESTIMATORS)}
+    twin = copy.deepcopy(model)  # the training steps of the timing change a copy only
+    twin_opt = build_optimizer(OptimConfig(), twin)
+    x0, y0 = batches[0], labels[0]
+    for _ in range(7):  # interleaved rounds on the same batch: a training step, then each estimator
+        t0 = time.perf_counter()
+        twin_opt.zero_grad(set_to_none=True)
+        F.cross_entropy(twin(x0), y0).backward()
+        twin_opt.step()
+        ms["step"].append(1e3 * (time.perf_counter() - t0))
         for m in ESTIMATORS:
             t0 = time.perf_counter()
-            om.importance(model, batches[0], method=m)
+            om.importance(model, x0, method=m)
             ms[m].append(1e3 * (time.perf_counter() - t0))
+    step_ms = statistics.median(ms.pop("step"))
     vec = {m: flat(imps[m], names) for m in ESTIMATORS}
     layers = {m: layer_means(imps[m]) for m in ESTIMATORS}
     pairs = []
@@ -335,64 +342,58 @@ def _mean_std(v: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0
 
 
-def sweep(cfg: GradConfig) -> dict[str, Any]:
-    """Part 2: tune lam per (stream, variant) on the tuning seeds, report at the best lam."""
+def sweep(cfg: GradConfig, command: str = "") -> dict[str, dict[str, Any]]:
+    """Part 2, one stream at a time (an interrupted sweep keeps whole streams): tune lam per variant
+    on the tuning seeds, then run the reported seeds at the best lam. Returns, per stream, one row
+    per variant and the settings it ran with."""
     out = Path(cfg.out)
-    var = variants(cfg)
+    var = [*variants(cfg), ("finetune", "-", "-", "-")]
+    result = {}
+    for stream in cfg.streams:
+        def unit(v: tuple[str, str, str, str], lam: float, seed: int,
+                 stream: str = stream) -> tuple[Any, Unit]:
+            name = f"{stream}/{v[0]}-{v[1]}-{v[2]}-{v[3]}-lam{lam:g}"
+            return _config(cfg, stream, *v, lam), Unit(v[0], seed, out / name / f"seed{seed}")
 
-    def unit(stream: str, v: tuple[str, str, str, str], lam: float, seed: int) -> tuple[Any, Unit]:
-        name = f"{stream}/{v[0]}-{v[1]}-{v[2]}-{v[3]}-lam{lam:g}"
-        return _config(cfg, stream, *v, lam), Unit(v[0], seed, out / name / f"seed{seed}")
-
-    start = time.perf_counter()
-    tune: list[tuple[str, tuple[str, str, str, str], float, int]] = []
-    report: list[tuple[str, tuple[str, str, str, str], float, int]] = []
-    tuned: list[dict[str, Any]] = []
-    reported: list[dict[str, Any]] = []
-    curves: dict[tuple[str, tuple[str, str, str, str]], dict[float, list[float]]] = {}
-    best: dict[tuple[str, tuple[str, str, str, str]], float] = {}
-    for stream in cfg.streams:  # one stream at a time: an interrupted sweep keeps whole streams
-        mine = [(stream, v, lam, seed) for v in var for lam in cfg.lams for seed in cfg.tune_seeds]
-        print(f"{stream}: tuning, {len(mine)} runs", flush=True)
-        got = run_jobs([unit(*k) for k in mine], cfg.workers)
-        tune += mine
-        tuned += got
-        for (s, v, lam, _), r in zip(mine, got, strict=True):
-            curves.setdefault((s, v), {}).setdefault(lam, []).append(_acc(r))
+        start = time.perf_counter()
+        tune = [(v, lam, seed) for v in var[:-1] for lam in cfg.lams for seed in cfg.tune_seeds]
+        print(f"{stream}: tuning, {len(tune)} runs", flush=True)
+        tuned = run_jobs([unit(*k) for k in tune], cfg.workers)
+        curves: dict[tuple[str, str, str, str], dict[float, list[float]]] = {}
+        for (v, lam, _), r in zip(tune, tuned, strict=True):
+            curves.setdefault(v, {}).setdefault(lam, []).append(_acc(r))
+        mean = {v: {lam: statistics.fmean(a) for lam, a in c.items()} for v, c in curves.items()}
+        best = {v: max(m, key=m.__getitem__) for v, m in mean.items()}
+        report = [(v, best.get(v, 0.0), seed) for v in var for seed in cfg.seeds]
+        print(f"{stream}: reporting, {len(report)} runs", flush=True)
+        reported = run_jobs([unit(*k) for k in report], cfg.workers)
+        rows = []
         for v in var:
-            c = curves[(stream, v)]
-            best[(stream, v)] = max(c, key=lambda lam, c=c: statistics.fmean(c[lam]))
-        mine = [(stream, v, best[(stream, v)], seed) for v in var for seed in cfg.seeds]
-        mine += [(stream, ("finetune", "-", "-", "-"), 0.0, seed) for seed in cfg.seeds]
-        print(f"{stream}: reporting, {len(mine)} runs", flush=True)
-        reported += run_jobs([unit(*k) for k in mine], cfg.workers)
-        report += mine
-    seconds = time.perf_counter() - start
-    rows: dict[str, list[dict[str, Any]]] = {}
-    for s in cfg.streams:
-        for v in [*var, ("finetune", "-", "-", "-")]:
-            runs = [r for (s2, v2, _, _), r in zip(report, reported, strict=True) if (s2, v2) == (s, v)]
+            runs = [r for (v2, _, _), r in zip(report, reported, strict=True) if v2 == v]
             ok = [r for r in runs if "error" not in r]
             acc, acc_sd = _mean_std([_acc(r) for r in runs])
             row: dict[str, Any] = {"learner": v[0], "estimator": v[1], "shape": v[2], "form": v[3],
                                    "acc": acc, "acc_std": acc_sd, "errors": len(runs) - len(ok),
                                    "per_seed": [_acc(r) for r in runs]}
             if ok:
-                fg = [100.0 * float(r["forgetting"]) for r in ok]
-                row["forgetting"], row["forgetting_std"] = _mean_std(fg)
+                row["forgetting"], row["forgetting_std"] = _mean_std(
+                    [100.0 * float(r["forgetting"]) for r in ok])
                 row["ms"] = statistics.fmean(m for m in map(_ms, ok) if m is not None)
-                row["diverged"] = sum(int(r.get("n_skipped") or 0) > 0 for r in ok)
-            if v[0] != "finetune":
-                c = curves[(s, v)]
-                mean = {lam: statistics.fmean(a) for lam, a in c.items()}
-                top = max(mean.values())
-                within = [lam for lam in cfg.lams if mean[lam] >= top - 2.0]
-                row.update(lam=best[(s, v)], tune={f"{lam:g}": mean[lam] for lam in cfg.lams},
-                           within=within, tune_best=top)
-            rows.setdefault(s, []).append(row)
-    train_s = sum(float(r["timing"]["wall_time_s"]) for r in [*tuned, *reported] if "error" not in r)
-    return {"rows": rows, "seconds": seconds, "train_seconds": train_s,
-            "runs": len(tune) + len(report)}
+                row["skipped"] = sum(int(r.get("n_skipped") or 0) > 0 for r in ok)
+            if v in mean:
+                top = max(mean[v].values())
+                row.update(lam=best[v], tune={f"{lam:g}": mean[v][lam] for lam in cfg.lams},
+                           within=[lam for lam in cfg.lams if mean[v][lam] >= top - 2.0], tune_best=top)
+            rows.append(row)
+        done = [r for r in [*tuned, *reported] if "error" not in r]
+        result[stream] = {
+            "rows": rows, "runs": len(tune) + len(report), "seconds": time.perf_counter() - start,
+            "train_seconds": sum(float(r["timing"]["wall_time_s"]) for r in done),
+            "settings": {"command": command, "lams": list(cfg.lams), "seeds": list(cfg.seeds),
+                         "tune_seeds": list(cfg.tune_seeds), "delta": cfg.delta, "normalize": cfg.normalize,
+                         "workers": cfg.workers,
+                         "passes": cfg.mnist1d_passes if "mnist1d" in stream else cfg.passes}}
+    return result
 
 
 # ----------------------------------------------------------------------------- tables
@@ -412,7 +413,9 @@ def agreement_lines(parts: list[dict[str, Any]]) -> list[str]:
         for p in a["pairs"]:
             lines.append(f"| {p['a']} / {p['b']} | {p['spearman']:.3f} | {p['top1']:.2f} | "
                          f"{p['top10']:.2f} | {p['ratio_min']:.3g} .. {p['ratio_max']:.3g} |")
-        lines += ["", "| estimator | ms per batch of 32 | x a training step | "
+        lines += ["", f"Cost: median of 7 rounds, each a training step ({a['step_ms']:.2f} ms) then every "
+                  "estimator, on one batch of 32.", "",
+                  "| estimator | ms per batch of 32 | x a training step | "
                   + " | ".join(f"mean Omega, layer {ly}" for ly in layers) + " |",
                   "|" + "---|" * (3 + len(layers))]
         for m, ms in a["ms"].items():
@@ -440,41 +443,45 @@ def agreement_lines(parts: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def sweep_lines(cfg: GradConfig, s: dict[str, Any]) -> list[str]:
+def sweep_lines(streams: dict[str, dict[str, Any]]) -> list[str]:
     lines = []
-    for stream, rows in s["rows"].items():
-        passes = cfg.mnist1d_passes if "mnist1d" in stream else cfg.passes
-        lines += [f"### {stream} ({passes:g} passes per segment)", "",
+    for stream, got in streams.items():
+        st = got["settings"]
+        lams = st["lams"]
+        lines += [f"### {stream}", "",
+                  f"{st['passes']:g} passes per segment; lam from {lams} chosen per variant on seed(s) "
+                  f"{st['tune_seeds']}, reported on seeds {st['seeds']} (mean ± std); Huber delta "
+                  f"{st['delta']:g}; {got['runs']} runs in {got['seconds']:.0f} s wall "
+                  f"({got['train_seconds']:.0f} s of training, {st['workers']} worker(s)): "
+                  f"`{st['command']}`.", "",
                   "| learner | Omega | penalty | lam | ACC % | forgetting % | ms / step | lam within 2 "
                   "pts of best (tuning) | runs with skipped batches |", "|" + "---|" * 9]
-        for r in rows:
+        for r in got["rows"]:
             within = r.get("within")
             rng = "-" if within is None else f"{min(within):g} .. {max(within):g} ({len(within)} of " \
-                f"{len(cfg.lams)})"
+                f"{len(lams)})"
             pen = "-" if r["shape"] == "-" else f"{r['shape']} {r['form']}"
             acc = f"{r['acc']:.1f} ± {r['acc_std']:.1f}"
             fg = f"{r['forgetting']:.1f} ± {r['forgetting_std']:.1f}" if "forgetting" in r else "n/a"
             errors = f" ({r['errors']} failed)" if r["errors"] else ""
             lam = "-" if "lam" not in r else f"{r['lam']:g}"
             lines.append(f"| {r['learner']} | {r['estimator']} | {pen} | {lam} | {acc}{errors} | {fg} | "
-                         f"{_f(r.get('ms'))} | {rng} | {r.get('diverged', 0)} |")
-        lines.append("")
-    lines += ["Tuning curves (mean ACC % on the tuning seeds, per lam):", "",
-              "| stream | learner | Omega | penalty | "
-              + " | ".join(f"lam={lam:g}" for lam in cfg.lams) + " |",
-              "|" + "---|" * (4 + len(cfg.lams))]
-    for stream, rows in s["rows"].items():
-        for r in rows:
+                         f"{_f(r.get('ms'))} | {rng} | {r.get('skipped', 0)} |")
+        lines += ["", "Tuning curve (ACC % on the tuning seeds, per lam):", "",
+                  "| learner | Omega | penalty | " + " | ".join(f"lam={lam:g}" for lam in lams) + " |",
+                  "|" + "---|" * (3 + len(lams))]
+        for r in got["rows"]:
             if "tune" in r:
-                lines.append(f"| {stream} | {r['learner']} | {r['estimator']} | {r['shape']} {r['form']} | "
-                             + " | ".join(f"{r['tune'][f'{lam:g}']:.1f}" for lam in cfg.lams) + " |")
-    return [*lines, ""]
+                lines.append(f"| {r['learner']} | {r['estimator']} | {r['shape']} {r['form']} | "
+                             + " | ".join(f"{r['tune'][f'{lam:g}']:.1f}" for lam in lams) + " |")
+        lines.append("")
+    return lines
 
 
 def write(cfg: GradConfig, data: dict[str, Any]) -> str:
     lines = ["# The gradient property: importance estimators and penalty shapes", "",
-             "Written by `python scripts/gradient_property.py` (the command and its options: "
-             f"`{data.get('command', '')}`); torch {torch.__version__}, Python {platform.python_version()}, "
+             "Written by `python scripts/gradient_property.py` (each part below names the call that wrote "
+             f"it); torch {torch.__version__}, Python {platform.python_version()}, "
              f"{os.cpu_count()} cores shared with other jobs, 1 torch thread: times are only comparable "
              "within a table.", ""]
     if "agreement" in data:
@@ -482,19 +489,16 @@ def write(cfg: GradConfig, data: dict[str, Any]) -> str:
                   "Digits models trained on segment 0 of permuted digits (seed "
                   f"{data['agreement']['seed']}); importance averaged over one pass of that segment "
                   "(batches of 32; `batch` is the absolute gradient of each batch's mean squared norm). "
-                  "Scale ratio: mean importance of the first estimator over the second's, per layer.", "",
+                  "Scale ratio: mean importance of the first estimator over the second's, per layer. "
+                  f"`{data['agreement'].get('command', '')}`", "",
                   *agreement_lines(data["agreement"]["models"])]
     if "sweep" in data:
-        s = data["sweep"]
         lines += ["## 2. Forgetting with each estimator and each penalty", "",
-                  f"The runner's `online-mas` (task-free, default detector) and `mas-oracle` (the true "
-                  f"boundaries), SGD lr 0.05 momentum 0.9, batch 32, MLP 64-100-100-10, 5 segments. "
-                  f"Omega normalised per segment to mean 1 (`mas.normalize = \"{cfg.normalize}\"`), so lam "
-                  f"is comparable across estimators. lam from {list(cfg.lams)} chosen per variant on seeds "
-                  f"{list(cfg.tune_seeds)}, reported on seeds {list(cfg.seeds)} (mean ± std). Huber "
-                  f"delta {cfg.delta:g}. A run that failed counts as ACC 0. {s['runs']} runs, "
-                  f"{s['seconds']:.0f} s wall ({s['train_seconds']:.0f} s of training), "
-                  f"{cfg.workers} worker(s).", "", *sweep_lines(cfg, s)]
+                  "The runner's `online-mas` (task-free, default detector) and `mas-oracle` (the true "
+                  "boundaries), SGD lr 0.05 momentum 0.9, batch 32, MLP 64-100-100-10, 5 segments. "
+                  "Omega normalised per segment to mean 1 (`mas.normalize = \"mean\"`), so one lam grid "
+                  "fits every estimator. A run that failed counts as ACC 0; `runs with skipped batches`: "
+                  "runs whose loss went non-finite (diverged) at some step.", "", *sweep_lines(data["sweep"])]
     text = "\n".join(lines)
     Path(cfg.results).parent.mkdir(parents=True, exist_ok=True)
     Path(cfg.results + ".md").write_text(text)
@@ -528,17 +532,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(1)
     old = Path(cfg.results + ".json")
     data: dict[str, Any] = {}
-    if cfg.part != "all" and old.is_file():  # keep the other part of an earlier call
+    if cfg.part != "all" and old.is_file():  # keep the other part (and the other streams) of an earlier call
         data = {k: v for k, v in json.loads(old.read_text()).items() if k in ("agreement", "sweep")}
-    data["config"] = dataclasses.asdict(cfg)
-    data["command"] = " ".join(["python scripts/gradient_property.py",
-                                *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join(["python scripts/gradient_property.py", *(sys.argv[1:] if argv is None else argv)])
     start = time.perf_counter()
     if cfg.part in ("agreement", "all"):
-        data["agreement"] = {"seed": cfg.agreement_seed,
+        data["agreement"] = {"seed": cfg.agreement_seed, "command": command,
                              "models": [agreement(cfg, kind) for kind in cfg.models]}
     if cfg.part in ("sweep", "all"):
-        data["sweep"] = sweep(cfg)
+        merged = {**data.get("sweep", {}), **sweep(cfg, command)}
+        known = [s for s in GradConfig.streams if s in merged]
+        data["sweep"] = {s: merged[s] for s in [*known, *sorted(set(merged) - set(known))]}
     data["seconds"] = time.perf_counter() - start
     text = write(cfg, data)
     print(text)
