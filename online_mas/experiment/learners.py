@@ -151,8 +151,8 @@ class MAS:
         self.mas = mas
         self.form = form
         self.lr = lr
-        self.shape = {"shape": shape, "delta": delta}
-        mas.penalty(**self.shape)  # a bad shape or delta raises here, not at the first step
+        self.shape, self.delta = shape, delta
+        mas.penalty(shape=shape, delta=delta)  # a bad shape or delta raises here, not at the first step
         self._loss_signal = mas.trigger.by_loss
 
     def extra_loss(self, x: Tensor, y: Tensor, logits: Tensor) -> Tensor | None:
@@ -163,20 +163,20 @@ class MAS:
 
     def after_backward(self) -> None:
         if self.form == "loss":
-            value = self.mas.penalty(**self.shape)
+            value = self.mas.penalty(shape=self.shape, delta=self.delta)
             if value.requires_grad:
                 value.backward()
         elif self.form == "grad":
-            self.mas.penalty_grad_(**self.shape)
+            self.mas.penalty_grad_(shape=self.shape, delta=self.delta)
 
     def after_step(self, x: Tensor, loss: float) -> Event | None:
         if self.form == "proximal":
-            self.mas.proximal_(self.lr, **self.shape)
+            self.mas.proximal_(self.lr, shape=self.shape, delta=self.delta)
         return self.mas.observe(x, loss=loss if self._loss_signal else None)
 
     def log_values(self) -> dict[str, float]:
         with torch.no_grad():
-            out = {"penalty": float(self.mas.penalty(**self.shape))}
+            out = {"penalty": float(self.mas.penalty(shape=self.shape, delta=self.delta))}
         if self.mas.last_signal is not None:
             out["signal"] = self.mas.last_signal
         return out
