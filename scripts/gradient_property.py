@@ -2,9 +2,20 @@
 
 Run from the repository root::
 
-    python scripts/gradient_property.py                 # both parts (about 40-70 minutes, 1 worker)
+    python scripts/gradient_property.py                 # both parts (about 40-80 minutes, 1 worker)
     python scripts/gradient_property.py --part agreement          # part 1 only (a minute)
     python scripts/gradient_property.py --part sweep --workers 2  # part 2 on an idle machine
+
+``results/gradient_property.md`` was written by these calls (each stream's section names its own;
+a later call replaces the parts and streams it runs and keeps the others), on a machine shared with
+other jobs, so rotated digits went without the proximal L1 and Huber and MNIST-1D had a 4-point
+grid::
+
+    python scripts/gradient_property.py --part agreement
+    python scripts/gradient_property.py --part sweep --streams permuted-digits
+    python scripts/gradient_property.py --part sweep --streams rotated-digits \
+        --forms quadratic/proximal quadratic/grad l1/grad huber/grad
+    python scripts/gradient_property.py --part sweep --streams permuted-mnist1d --lams 0.001 0.01 0.1 1
 
 Part 1, agreement: the digits MLP (64-100-100-10) and CNN (conv 16, 32, dense 64) of the runner,
 trained with SGD (lr 0.05, momentum 0.9) on segment 0 of permuted digits (10 passes, batch 32);
@@ -20,7 +31,7 @@ cancellation; ``nocancel`` against ``jacobian`` is the weighting by output magni
 
 Part 2, sweep: the runner's learners (:mod:`online_mas.experiment`, the same runs as
 ``scripts/compare.py``) on permuted and rotated digits (``configs/<name>.toml``, 10 passes) and
-permuted MNIST-1D (the permuted-digits config with ``stream.name = "permuted-mnist1d"``, fewer
+permuted MNIST-1D (the permuted-digits config with ``stream.name = "permuted-mnist1d"``, 2
 passes: ``--mnist1d-passes``): task-free ``online-mas`` and ``mas-oracle`` (the true boundaries),
 each with every estimator as Omega (quadratic penalty, proximal form) and with every penalty shape
 and form (quadratic, L1, Huber; explicit gradient ``grad`` and ``proximal``) on exact Omega. Omega is
@@ -81,12 +92,11 @@ class GradConfig:
     tune_seeds: tuple[int, ...] = (100,)  # part 2: lam chosen on these (one, for the compute budget)
     lams: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # part 2: lam grid (Omega mean 1)
     estimators: tuple[str, ...] = ESTIMATORS  # part 2: Omega (quadratic/proximal)
-    forms: tuple[str, ...] = ("quadratic/proximal", "quadratic/grad", "l1/grad", "huber/grad")  # part 2:
-    # "shape/form" on exact Omega (the bounded shapes in the explicit form, where their gradient matters)
+    forms: tuple[str, ...] = FORMS  # part 2: "shape/form" of the penalty, on exact Omega
     delta: float = 0.01  # Huber threshold on |theta - theta*|
     normalize: str = "mean"  # mas.normalize of every variant (consolidate.NORMALIZE)
     passes: float = 10.0  # digits: passes per segment (the configs')
-    mnist1d_passes: float = 3.0  # permuted-mnist1d: passes per segment (4000 samples each)
+    mnist1d_passes: float = 2.0  # permuted-mnist1d: passes per segment (4000 samples each)
     workers: int = 1  # part 2: processes, 1 torch thread each
     out: str = "runs/gradient-property"  # part 2: run directories
     results: str = "results/gradient_property"  # writes <results>.md and <results>.json
@@ -311,6 +321,10 @@ def _one(config: Any, unit: Unit) -> dict[str, Any]:
         return out
 
 
+def _done(unit: Unit) -> bool:
+    return (unit.path / "summary.json").is_file() or (unit.path / "failed.json").is_file()
+
+
 def run_jobs(jobs: Sequence[tuple[Any, Unit]], workers: int) -> list[dict[str, Any]]:
     """Every job in turn, or in ``workers`` spawned processes, with a progress bar."""
     with tqdm(total=len(jobs), unit="run", desc="gradient property", dynamic_ncols=True) as bar:
@@ -358,7 +372,9 @@ def sweep(cfg: GradConfig, command: str = "") -> dict[str, dict[str, Any]]:
         start = time.perf_counter()
         tune = [(v, lam, seed) for v in var[:-1] for lam in cfg.lams for seed in cfg.tune_seeds]
         print(f"{stream}: tuning, {len(tune)} runs", flush=True)
-        tuned = run_jobs([unit(*k) for k in tune], cfg.workers)
+        jobs = [unit(*k) for k in tune]
+        cached = sum(_done(u) for _, u in jobs)
+        tuned = run_jobs(jobs, cfg.workers)
         curves: dict[tuple[str, str, str, str], dict[float, list[float]]] = {}
         for (v, lam, _), r in zip(tune, tuned, strict=True):
             curves.setdefault(v, {}).setdefault(lam, []).append(_acc(r))
@@ -366,7 +382,9 @@ def sweep(cfg: GradConfig, command: str = "") -> dict[str, dict[str, Any]]:
         best = {v: max(m, key=m.__getitem__) for v, m in mean.items()}
         report = [(v, best.get(v, 0.0), seed) for v in var for seed in cfg.seeds]
         print(f"{stream}: reporting, {len(report)} runs", flush=True)
-        reported = run_jobs([unit(*k) for k in report], cfg.workers)
+        jobs = [unit(*k) for k in report]
+        cached += sum(_done(u) for _, u in jobs)
+        reported = run_jobs(jobs, cfg.workers)
         rows = []
         for v in var:
             runs = [r for (v2, _, _), r in zip(report, reported, strict=True) if v2 == v]
@@ -387,7 +405,8 @@ def sweep(cfg: GradConfig, command: str = "") -> dict[str, dict[str, Any]]:
             rows.append(row)
         done = [r for r in [*tuned, *reported] if "error" not in r]
         result[stream] = {
-            "rows": rows, "runs": len(tune) + len(report), "seconds": time.perf_counter() - start,
+            "rows": rows, "runs": len(tune) + len(report), "read": cached,
+            "seconds": time.perf_counter() - start,
             "train_seconds": sum(float(r["timing"]["wall_time_s"]) for r in done),
             "settings": {"command": command, "lams": list(cfg.lams), "seeds": list(cfg.seeds),
                          "tune_seeds": list(cfg.tune_seeds), "delta": cfg.delta, "normalize": cfg.normalize,
@@ -451,8 +470,9 @@ def sweep_lines(streams: dict[str, dict[str, Any]]) -> list[str]:
         lines += [f"### {stream}", "",
                   f"{st['passes']:g} passes per segment; lam from {lams} chosen per variant on seed(s) "
                   f"{st['tune_seeds']}, reported on seeds {st['seeds']} (mean ± std); Huber delta "
-                  f"{st['delta']:g}; {got['runs']} runs in {got['seconds']:.0f} s wall "
-                  f"({got['train_seconds']:.0f} s of training, {st['workers']} worker(s)): "
+                  f"{st['delta']:g}; {got['runs']} runs, {got['train_seconds']:.0f} s of training in all "
+                  f"({got['runs'] - got.get('read', 0)} run by this call in {got['seconds']:.0f} s wall on "
+                  f"{st['workers']} worker(s), {got.get('read', 0)} read from earlier calls): "
                   f"`{st['command']}`.", "",
                   "| learner | Omega | penalty | lam | ACC % | forgetting % | ms / step | lam within 2 "
                   "pts of best (tuning) | runs with skipped batches |", "|" + "---|" * 9]
