@@ -8,13 +8,10 @@ Run from the repository root::
 
 ``results/gradient_property.md`` was written by these calls (each stream's section names its own;
 a later call replaces the parts and streams it runs and keeps the others), on a machine shared with
-other jobs, so rotated digits went without the proximal L1 and Huber and MNIST-1D had a 4-point
-grid::
+other jobs, so MNIST-1D had a 4-point grid::
 
     python scripts/gradient_property.py --part agreement
-    python scripts/gradient_property.py --part sweep --streams permuted-digits
-    python scripts/gradient_property.py --part sweep --streams rotated-digits \
-        --forms quadratic/proximal quadratic/grad l1/grad huber/grad
+    python scripts/gradient_property.py --part sweep --streams permuted-digits rotated-digits
     python scripts/gradient_property.py --part sweep --streams permuted-mnist1d --lams 0.001 0.01 0.1 1
 
 Part 1, agreement: the digits MLP (64-100-100-10) and CNN (conv 16, 32, dense 64) of the runner,
