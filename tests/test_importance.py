@@ -63,8 +63,7 @@ def test_uncovered_parameters_take_the_torch_func_path(monkeypatch: pytest.Monke
     calls.clear()
     model, x = FAMILIES["transformer"]
     om.importance(model, x)
-    assert "pos" in calls[0] and "block.self_attn.in_proj_weight" in calls[0]
-    assert "block.linear1.weight" not in calls[0]
+    assert calls == [["pos"]]  # a custom parameter; the attention projections have their rule
 
 
 def test_chunk_size_does_not_change_the_result() -> None:

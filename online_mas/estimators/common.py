@@ -15,9 +15,11 @@ from online_mas.estimators.inputs import Inputs, batch_size, call, check_inputs,
 
 __all__ = [
     "BatchImportance",
+    "Call",
     "NonFiniteError",
     "OutputFn",
     "Rule",
+    "Sites",
     "call_model",
     "check_chunk_size",
     "check_finite_sums",
@@ -50,12 +52,57 @@ class Rule:
     ``sum_n ||f(x_n)||^2`` at its output. ``supported(m)`` says whether this module's settings
     are covered. ``factors(a, g)``, where given, returns ``(|G|, |A|)`` whose product
     ``|G|^T |A|`` is the weight's sum, so an accumulator can fold it without forming it.
+
+    ``record``, where given, replaces the module's forward hook: ``record(m, calls, cands)``
+    returns a forward (same signature as ``m.forward``) that computes the module's output from
+    its parts and records a :class:`~online_mas.estimators.exact.Call` of its own into ``calls``
+    (for modules such as ``nn.MultiheadAttention``, whose projections run inside one functional
+    call, where no hook sees them). ``sums`` then gets the :class:`Sites` that call made.
     """
 
     name: str
-    sums: Callable[[nn.Module, Tensor, Tensor, dict[str, Tensor]], None]
+    sums: Callable[[nn.Module, Any, Any, dict[str, Tensor]], None]
     supported: Callable[[nn.Module], bool] = lambda m: True
     factors: Callable[[nn.Module, Tensor, Tensor], tuple[Tensor, Tensor] | None] | None = None
+    record: Callable[..., Callable[..., Any]] | None = None
+
+
+@dataclass
+class Call:
+    """A recorded call of a layer: the tensors whose in-place change voids it (its inputs, first
+    the one the rule uses), the outputs whose gradients the rule needs (``targets``), their
+    versions when recorded, the call's batch size and how often the layer was called.
+
+    ``pair(grads)``, where given, turns the gradients at ``targets`` into the rule's ``(a, g)``
+    (:class:`Sites`); by default they are the first input and the gradient at the one target.
+    """
+
+    module: nn.Module
+    inputs: tuple[Tensor, ...]
+    targets: tuple[Tensor, ...]
+    versions: tuple[int, ...]
+    rows: int
+    count: int = 1
+    pair: Callable[[tuple[Tensor, ...]], tuple[Any, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class Sites:
+    """Several batch-first tensors of one module (its projections' inputs, or the gradients at
+    their outputs), split along the batch together; ``meta`` says which parameter each belongs to."""
+
+    tensors: tuple[Tensor, ...]
+    meta: tuple[tuple[str, int, int], ...] = ()  # per projection: weight name, its first row, bias row
+
+    @property
+    def rows(self) -> int:
+        return int(self.tensors[0].shape[0])
+
+    def split(self, chunk: int) -> list[Sites]:
+        return [Sites(ts, self.meta) for ts in zip(*(t.split(chunk) for t in self.tensors), strict=True)]
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> Sites:
+        return Sites(tuple(fn(t) for t in self.tensors), self.meta)
 
 
 @dataclass

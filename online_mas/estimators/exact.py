@@ -10,14 +10,17 @@ Batches larger than ``chunk`` go through in chunks, so transient memory does not
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from online_mas.estimators.common import (
+    Call,
     OutputFn,
+    Sites,
     check_finite_sums,
     forward,
     sq_norm_total,
@@ -33,24 +36,15 @@ __all__ = [
     "exact_sums",
     "fast_candidates",
     "output_grads",
+    "pair_rows",
     "pair_sums",
+    "pair_versions",
     "record_hook",
     "recording",
 ]
 
-Pair = tuple[nn.Module, Tensor, Tensor]  # a layer, its input, the gradient at its output
+Pair = tuple[nn.Module, Any, Any]  # a layer, its input, the gradient at its output (or their Sites)
 FACTOR_BOUND = 1e36  # |G|^T |A| entries stay below this, far from float32's 3.4e38
-
-
-@dataclass
-class Call:
-    """A recorded call of a layer: its tensor inputs, output, the inputs' versions, how often."""
-
-    module: nn.Module
-    inputs: tuple[Tensor, ...]
-    output: Tensor
-    versions: tuple[int, ...]
-    count: int = 1
 
 
 def own_params(m: nn.Module) -> dict[str, nn.Parameter]:
@@ -87,9 +81,10 @@ def record_hook(calls: dict[nn.Module, Call]) -> Callable[[nn.Module, tuple[obje
             return None
         tensors = tuple(t for t in inputs if isinstance(t, Tensor))
         if not isinstance(out, Tensor) or not tensors:
-            calls[m] = Call(m, (), torch.empty(0), (), count=2)  # unsupported: not covered
+            calls[m] = Call(m, (), (), (), rows=-1, count=2)  # unsupported: not covered
             return None
-        calls[m] = Call(m, tensors, out, tuple(t._version for t in tensors))
+        rows = int(tensors[0].shape[0]) if tensors[0].dim() else -1
+        calls[m] = Call(m, tensors, (out,), tuple(t._version for t in (*tensors, out)), rows)
         return out.clone()  # later in-place ops (ReLU(inplace=True)) must not touch the record
 
     return hook
@@ -97,14 +92,26 @@ def record_hook(calls: dict[nn.Module, Call]) -> Callable[[nn.Module, tuple[obje
 
 @contextlib.contextmanager
 def recording(cands: Mapping[nn.Module, list[str]]) -> Iterator[dict[nn.Module, Call]]:
+    """Record the calls of ``cands`` inside: a forward hook on each, or, for a rule with its own
+    ``record``, the recording forward it gives in place of the module's."""
     calls: dict[nn.Module, Call] = {}
     hook = record_hook(calls)
-    handles = [m.register_forward_hook(hook) for m in cands]
+    handles = []
+    patched = []
+    for m in cands:
+        rule = rule_for(m)
+        if rule is not None and rule.record is not None:
+            m.__dict__["forward"] = rule.record(m, calls, cands)  # an instance attribute, removed below
+            patched.append(m)
+        else:
+            handles.append(m.register_forward_hook(hook))
     try:
         yield calls
     finally:
         for h in handles:
             h.remove()
+        for m in patched:
+            m.__dict__.pop("forward", None)
 
 
 def covered(calls: dict[nn.Module, Call], rows: int) -> list[Call]:
@@ -114,9 +121,10 @@ def covered(calls: dict[nn.Module, Call], rows: int) -> list[Call]:
         c
         for c in calls.values()
         if c.count == 1
-        and c.output.requires_grad
-        and all(t._version == v for t, v in zip(c.inputs, c.versions, strict=True))
-        and c.inputs[0].shape[:1] == (rows,)
+        and c.rows == rows
+        and c.targets
+        and all(t.requires_grad for t in c.targets)
+        and all(t._version == v for t, v in zip((*c.inputs, *c.targets), c.versions, strict=True))
     ]
 
 
@@ -125,11 +133,25 @@ def output_grads(calls: list[Call], out: Tensor, *, retain_graph: bool = False) 
 
     ``retain_graph`` keeps ``out``'s graph for a backward that comes later (someone else's).
     """
-    grads = torch.autograd.grad(
-        sq_norm_total(out), [c.output for c in calls], allow_unused=True, retain_graph=retain_graph
-    )
-    return [(c.module, c.inputs[0].detach(), torch.zeros_like(c.output) if g is None else g.detach())
-            for c, g in zip(calls, grads, strict=True)]
+    targets = [t for c in calls for t in c.targets]
+    grads = iter(torch.autograd.grad(sq_norm_total(out), targets, allow_unused=True,
+                                     retain_graph=retain_graph))
+    pairs: list[Pair] = []
+    for c in calls:
+        gs = tuple(torch.zeros_like(t) if g is None else g.detach()
+                   for t, g in zip(c.targets, itertools.islice(grads, len(c.targets)), strict=True))
+        pairs.append((c.module, c.inputs[0].detach(), gs[0]) if c.pair is None else (c.module, *c.pair(gs)))
+    return pairs
+
+
+def pair_rows(a: Tensor | Sites) -> int:
+    """The samples in a pair's input."""
+    return a.rows if isinstance(a, Sites) else int(a.shape[0])
+
+
+def pair_versions(a: Tensor | Sites) -> tuple[int, ...]:
+    """The versions of a pair's input tensors (an in-place change after recording voids it)."""
+    return tuple(t._version for t in a.tensors) if isinstance(a, Sites) else (a._version,)
 
 
 def pair_sums(
@@ -143,7 +165,7 @@ def pair_sums(
     """Add each layer's per-sample sums (times ``scale``) to ``sums``; ``chunk`` splits the
     products into row blocks (transient memory)."""
     for m, a, g in pairs:
-        if chunk is None or a.shape[0] <= chunk:
+        if chunk is None or pair_rows(a) <= chunk:
             _layer(m, cands[m], a, g, scale, sums)
         else:
             for ac, gc in zip(a.split(chunk), g.split(chunk), strict=True):
@@ -243,16 +265,19 @@ def exact_sums(
     return {n: sums[n] for n in named if n not in factors}, out_all, factors
 
 
-def _layer(m: nn.Module, names: list[str], a: Tensor, g: Tensor, scale: float,
+def _layer(m: nn.Module, names: list[str], a: Tensor | Sites, g: Tensor | Sites, scale: float,
            acc: dict[str, Tensor]) -> None:
     """Add ``scale`` times one layer's sums to ``acc`` (by full name). Every per-sample gradient
     is linear in ``g``, so the scale goes on ``g``."""
     rule = rule_for(m)
     if rule is None:
         raise RuntimeError(f"internal error: no rule for {type(m).__name__}")
-    g = g.float()
-    if scale != 1.0:
-        g = g * scale
+
+    def scaled(t: Tensor) -> Tensor:
+        t = t.float()
+        return t * scale if scale != 1.0 else t
+
+    g = g.map(scaled) if isinstance(g, Sites) else scaled(g)
     short = {n: n.rsplit(".", 1)[-1] for n in names}
     local = {short[n]: acc[n] for n in names if n in acc}
     rule.sums(m, a, g, local)

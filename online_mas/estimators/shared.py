@@ -41,8 +41,10 @@ from online_mas.estimators.exact import (
     factored_sums,
     fast_candidates,
     output_grads,
+    pair_versions,
     record_hook,
 )
+from online_mas.estimators.registry import rule_for
 
 _TRAIN_DEPENDENT = (
     nn.modules.batchnorm._BatchNorm,
@@ -106,6 +108,10 @@ class SharedForward:
             self.why_not = "some parameters have no closed-form fast path"
             self._uncovered = True
             return
+        if any(getattr(rule_for(m), "record", None) is not None for m in cands):
+            self.why_not = "attention layers are recorded by the separate pass"
+            self._uncovered = True
+            return
         record = record_hook(self._calls)
 
         def hook(m: nn.Module, inputs: tuple[object, ...], out: object) -> object:
@@ -140,7 +146,7 @@ class SharedForward:
                 self.why_not = "a layer was called more than once, skipped or changed in place"
                 return
             pairs = output_grads(used, out, retain_graph=True)
-            self._result = (x, pairs, tuple(a._version for _, a, _ in pairs), out.detach())
+            self._result = (x, pairs, tuple(v for _, a, _ in pairs for v in pair_versions(a)), out.detach())
         except RuntimeError as err:  # never break the user's forward
             self.enabled = False
             self.disarm()
@@ -166,7 +172,7 @@ class SharedForward:
         if result is None or result[0] is not x or tuple(names) != self._names:
             return None
         _, pairs, versions, out = result
-        if any(a._version != v for (_, a, _), v in zip(pairs, versions, strict=True)):
+        if tuple(v for _, a, _ in pairs for v in pair_versions(a)) != versions:
             self.why_not = "a layer input was changed in place after the forward"
             return None
         sums: dict[str, Tensor] = {}
