@@ -31,8 +31,10 @@ Methods (``method=``):
     own-prediction Fisher diagonal). Label-free, averaged over samples like the others.
 
 Every method runs the model in eval mode (restoring each module's ``training`` flag), never writes
-``param.grad`` and returns float32. A ``torch.compile``-d model is estimated as the model it wraps,
-under its names (no ``_orig_mod.``), and compiled code runs eagerly during the pass. :func:`plan`
+``param.grad`` and returns float32. A ``torch.compile``-d, ``DistributedDataParallel`` or
+``DataParallel`` model is estimated as the model it wraps, under its names (no ``_orig_mod.`` or
+``module.``, as in :class:`~online_mas.OnlineMAS`), on this process alone; compiled code runs
+eagerly during the pass. :func:`plan`
 shows which rule each parameter takes.
 """
 
@@ -53,7 +55,7 @@ from online_mas.estimators.common import (
     eager,
     eval_mode,
     forward,
-    uncompiled,
+    unwrapped,
 )
 from online_mas.estimators.exact import covered, exact_sums, fast_candidates, recording
 from online_mas.estimators.func import batch_sums, func_sums, loop_sums
@@ -195,7 +197,7 @@ def plan(model: nn.Module, x: Inputs | None = None, *, output: OutputFn | None =
     >>> plan(nn.Sequential(nn.Linear(3, 4), nn.PReLU(), nn.LayerNorm(4)))
     {'0.weight': 'linear', '0.bias': 'linear', '1.weight': 'prelu', '2.weight': 'norm', '2.bias': 'norm'}
     """
-    model = uncompiled(model)
+    model = unwrapped(model)
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     cands = fast_candidates(model, named)
     if x is not None:
@@ -229,7 +231,7 @@ def _run(
     check_input(x)
     chunk = check_chunk_size(chunk_size)
     fn: OutputFn = output if output is not None else call_model
-    model = uncompiled(model)
+    model = unwrapped(model)
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     folded: dict[str, tuple[Tensor, Tensor]] = {}
     with eval_mode(model), torch.enable_grad(), eager():

@@ -31,6 +31,7 @@ __all__ = [
     "model_output",
     "sq_norm_total",
     "uncompiled",
+    "unwrapped",
     "zeros",
 ]
 
@@ -178,7 +179,7 @@ def model_output(model: nn.Module, x: Inputs, output: OutputFn | None = None) ->
 
     Raises :class:`NonFiniteError` if it is not finite, like the estimators.
     """
-    model = uncompiled(model)
+    model = unwrapped(model)
     with eval_mode(model), torch.no_grad(), eager():
         return forward(model, x, output if output is not None else call_model)
 
@@ -246,6 +247,27 @@ def uncompiled(model: nn.Module) -> nn.Module:
             break
         model = inner
     return model
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The module inside ``DistributedDataParallel``/``DataParallel`` and ``torch.compile``, in any
+    order, else ``model``: its parameter names carry no ``module.`` or ``_orig_mod.`` prefix, and
+    its forward runs on this process alone, without the wrapper's gradient hooks or scatter.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> lin = nn.Linear(2, 2)
+    >>> unwrapped(nn.DataParallel(lin)) is lin
+    True
+    """
+    while True:
+        inner = uncompiled(model)
+        if isinstance(inner, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            inner = inner.module
+        if inner is model:
+            return model
+        model = inner
 
 
 @contextlib.contextmanager
