@@ -124,20 +124,24 @@ def test_the_recomputed_forward_equals_the_module(batch_first: bool, need_weight
 
 
 @pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("batch_first", [True, False])
 @pytest.mark.parametrize("batch", [1, 4])
-def test_transformer_layers_take_the_closed_forms(norm_first: bool, batch: int,
+def test_transformer_layers_take_the_closed_forms(norm_first: bool, batch_first: bool, batch: int,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     class Block(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            kw = {"dropout": 0.1, "norm_first": norm_first, "batch_first": True}
-            self.enc = nn.TransformerEncoderLayer(8, 2, 16, **kw)  # type: ignore[arg-type]
+            kw = {"dropout": 0.1, "norm_first": norm_first, "batch_first": batch_first}
+            self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, **kw),  # type: ignore[arg-type]
+                                             1, norm=nn.LayerNorm(8), enable_nested_tensor=False)
             self.dec = nn.TransformerDecoderLayer(8, 2, 16, **kw)  # type: ignore[arg-type]
 
         def forward(self, x: Tensor) -> Tensor:
             mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1])
-            memory = self.enc(x, src_mask=mask, is_causal=True)
-            return self.dec(x, memory, tgt_mask=mask, tgt_is_causal=True).mean(1)
+            h = x if batch_first else x.transpose(0, 1)  # (L, N, E) when not batch first
+            memory = self.enc(h, mask=mask, is_causal=True)
+            out = self.dec(h, memory, tgt_mask=mask, tgt_is_causal=True)
+            return (out if batch_first else out.transpose(0, 1)).mean(1)
 
     torch.manual_seed(0)
     model = Block()

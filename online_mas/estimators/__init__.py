@@ -57,7 +57,7 @@ from online_mas.estimators.common import (
     forward,
     unwrapped,
 )
-from online_mas.estimators.exact import covered, exact_sums, fast_candidates, recording
+from online_mas.estimators.exact import covered, exact_sums, fast_candidates, recording, sequence_first
 from online_mas.estimators.func import batch_sums, func_sums, loop_sums
 from online_mas.estimators.inputs import Inputs, batch_size
 from online_mas.estimators.local import local_sums
@@ -202,7 +202,7 @@ def plan(model: nn.Module, x: Inputs | None = None, *, output: OutputFn | None =
     cands = fast_candidates(model, named)
     if x is not None:
         check_input(x)
-        with recording(cands) as calls, eval_mode(model), torch.enable_grad(), eager():
+        with recording(cands, sequence_first(model)) as calls, eval_mode(model), torch.enable_grad(), eager():
             forward(model, x, output if output is not None else call_model)
             used = {c.module for c in covered(calls, batch_size(x))}
         cands = {m: ns for m, ns in cands.items() if m in used}

@@ -41,6 +41,7 @@ __all__ = [
     "pair_versions",
     "record_hook",
     "recording",
+    "sequence_first",
 ]
 
 Pair = tuple[nn.Module, Any, Any]  # a layer, its input, the gradient at its output (or their Sites)
@@ -70,8 +71,29 @@ def fast_candidates(model: nn.Module, named: Mapping[str, Tensor]) -> dict[nn.Mo
     return cands
 
 
-def record_hook(calls: dict[nn.Module, Call]) -> Callable[[nn.Module, tuple[object, ...], object], object]:
-    """A forward hook that records each module's first call (input, output) into ``calls``."""
+def sequence_first(model: nn.Module) -> dict[nn.Module, int]:
+    """Layers whose inputs have the batch on dimension 1: the position-wise layers (linear maps,
+    norms) of ``nn.TransformerEncoderLayer``/``DecoderLayer`` and the final norms of
+    ``nn.TransformerEncoder``/``Decoder`` built with ``batch_first=False``."""
+    dims: dict[nn.Module, int] = {}
+    layers = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+    for m in model.modules():
+        if isinstance(m, layers) and not m.self_attn.batch_first:
+            for child in (m.linear1, m.linear2, m.norm1, m.norm2, getattr(m, "norm3", None)):
+                if child is not None:
+                    dims[child] = 1
+        elif isinstance(m, nn.TransformerEncoder | nn.TransformerDecoder) and m.norm is not None:
+            first = m.layers[0] if len(m.layers) else None
+            if isinstance(first, layers) and not first.self_attn.batch_first:
+                dims[m.norm] = 1
+    return dims
+
+
+def record_hook(
+    calls: dict[nn.Module, Call], batch_dims: Mapping[nn.Module, int] | None = None
+) -> Callable[[nn.Module, tuple[object, ...], object], object]:
+    """A forward hook that records each module's first call (input, output) into ``calls``;
+    ``batch_dims[m]`` is the dimension of ``m``'s batch where it is not the first."""
 
     def hook(m: nn.Module, inputs: tuple[object, ...], out: object) -> object:
         if torch.compiler.is_compiling():  # traced into a compiled graph: record nothing
@@ -83,19 +105,32 @@ def record_hook(calls: dict[nn.Module, Call]) -> Callable[[nn.Module, tuple[obje
         if not isinstance(out, Tensor) or not tensors:
             calls[m] = Call(m, (), (), (), rows=-1, count=2)  # unsupported: not covered
             return None
-        rows = int(tensors[0].shape[0]) if tensors[0].dim() else -1
-        calls[m] = Call(m, tensors, (out,), tuple(t._version for t in (*tensors, out)), rows)
+        dim = batch_dims.get(m, 0) if batch_dims else 0
+        rows = int(tensors[0].shape[dim]) if tensors[0].dim() > dim and out.dim() > dim else -1
+        versions = tuple(t._version for t in (*tensors, out))
+        pair = None if dim == 0 else _moved(tensors[0], dim)
+        calls[m] = Call(m, tensors, (out,), versions, rows, pair=pair)
         return out.clone()  # later in-place ops (ReLU(inplace=True)) must not touch the record
 
     return hook
 
 
+def _moved(a: Tensor, dim: int) -> Callable[[tuple[Tensor, ...]], tuple[Tensor, Tensor]]:
+    def pair(grads: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        return a.detach().movedim(dim, 0), grads[0].movedim(dim, 0)
+
+    return pair
+
+
 @contextlib.contextmanager
-def recording(cands: Mapping[nn.Module, list[str]]) -> Iterator[dict[nn.Module, Call]]:
+def recording(
+    cands: Mapping[nn.Module, list[str]], batch_dims: Mapping[nn.Module, int] | None = None
+) -> Iterator[dict[nn.Module, Call]]:
     """Record the calls of ``cands`` inside: a forward hook on each, or, for a rule with its own
-    ``record``, the recording forward it gives in place of the module's."""
+    ``record``, the recording forward it gives in place of the module's. ``batch_dims`` as in
+    :func:`record_hook`."""
     calls: dict[nn.Module, Call] = {}
-    hook = record_hook(calls)
+    hook = record_hook(calls, batch_dims)
     handles = []
     patched = []
     for m in cands:
@@ -236,7 +271,7 @@ def exact_sums(
     keep = factor and len(pieces) == 1 and scale == 1.0
     pairs: list[Pair] = []
     outs = []
-    with recording(cands) as calls:
+    with recording(cands, sequence_first(model)) as calls:
         for xc in pieces:
             calls.clear()
             out = forward(model, xc, fn)
