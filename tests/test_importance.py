@@ -448,3 +448,16 @@ def test_plan_names_the_rule_of_every_parameter_and_sees_layers_called_twice() -
     assert static == {"lin.weight": "linear", "lin.bias": "linear", "conv.weight": "conv",
                       "conv.bias": "conv", "act.weight": "torch.func"}  # a custom module: no rule
     assert om.plan(model, torch.randn(3, 4))["lin.weight"] == "torch.func"
+
+
+@pytest.mark.parametrize("family", ["cnn2d", "cnn1d", "transformer", "mlp"])
+def test_per_sample_products_formed_in_small_blocks_give_the_same_sums(
+    family: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, x = FAMILIES[family]
+    want = om.importance(model, x)
+    common = sys.modules["online_mas.estimators.common"]
+    monkeypatch.setattr(common, "BLOCK_BYTES", 1)  # one sample per block, every layer
+    got = om.importance(model, x)
+    _assert_close(got, want)
+    _assert_close(got, loop_reference(model, x))

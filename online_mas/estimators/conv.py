@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from online_mas.estimators.common import Rule
+from online_mas.estimators.common import Rule, abs_bmm_sum
 
 __all__ = [
     "IM2COL_BYTES", "RULE", "conv_sums", "conv_supported", "correlation_sums", "im2col", "input_padding",
@@ -115,12 +115,11 @@ def correlation_sums(
     gl = gl.reshape(n * groups, og, p)
     if im2col(n, groups, og, cg, k, p):  # one matmul per sample
         cols = torch.stack([window(off).reshape(n * groups, cg, p) for off in offsets], 2)
-        per = torch.bmm(gl, cols.reshape(n * groups, cg * k, p).transpose(1, 2))
-        return per.abs_().view(n, out_c, cg, k).sum(0).reshape(out_c, cg, *kernel)
+        per = abs_bmm_sum(gl, cols.reshape(n * groups, cg * k, p).transpose(1, 2), groups)
+        return per.reshape(out_c, cg, *kernel)
     w = torch.empty(k, out_c, cg, device=a.device)
     for i, off in enumerate(offsets):  # one batched matmul per kernel offset
-        per = torch.bmm(gl, window(off).reshape(n * groups, cg, p).transpose(1, 2))
-        torch.sum(per.abs_().view(n, out_c, cg), 0, out=w[i])
+        w[i] = abs_bmm_sum(gl, window(off).reshape(n * groups, cg, p).transpose(1, 2), groups).view(out_c, cg)
     return w.permute(1, 2, 0).reshape(out_c, cg, *kernel)
 
 

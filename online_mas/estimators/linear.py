@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from online_mas.estimators.common import Rule
+from online_mas.estimators.common import Rule, abs_bmm_sum
 
 __all__ = ["RULE", "linear_factors", "linear_sums", "sequence_sums"]
 
@@ -32,8 +32,8 @@ def sequence_sums(a: Tensor, g: Tensor, *, bias: bool = True) -> tuple[Tensor, T
     ``t`` of ``a`` (``(N, ..., in)``, output gradients ``g`` ``(N, ..., out)``): each sample's
     gradient is a sum over its positions, one batched matmul per chunk of samples."""
     a3, g3 = a.reshape(a.shape[0], -1, a.shape[-1]), g.reshape(g.shape[0], -1, g.shape[-1])
-    per = torch.bmm(g3.transpose(1, 2), a3).abs_()  # per-sample gradients of this chunk
-    return per.sum(0), (g3.sum(1).abs_().sum(0) if bias else None)
+    weight = abs_bmm_sum(g3.transpose(1, 2), a3)[0]  # per-sample gradients, in cache-sized blocks
+    return weight, (g3.sum(1).abs_().sum(0) if bias else None)
 
 
 def linear_factors(m: nn.Module, a: Tensor, g: Tensor) -> tuple[Tensor, Tensor] | None:
