@@ -14,12 +14,12 @@ from torch import Tensor, nn
 from online_mas.estimators.inputs import Inputs, batch_size, call, check_inputs, describe
 
 __all__ = [
+    "BLOCK_BYTES",
     "BatchImportance",
     "Call",
     "NonFiniteError",
     "OutputFn",
     "Rule",
-    "BLOCK_BYTES",
     "Sites",
     "abs_bmm_sum",
     "call_model",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from online_mas.estimators.common import Rule, abs_bmm_sum
