@@ -461,3 +461,34 @@ def test_per_sample_products_formed_in_small_blocks_give_the_same_sums(
     got = om.importance(model, x)
     _assert_close(got, want)
     _assert_close(got, loop_reference(model, x))
+
+
+def test_chunk_size_from_the_memory_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    budget = sys.modules["online_mas.estimators.budget"]
+    torch.manual_seed(0)
+    lin, x = nn.Linear(10, 5), torch.randn(7, 10)
+    named = dict(lin.named_parameters())
+    # one sample: its input, saved for the weight gradient (40 bytes), and its output (20 bytes);
+    # torch.func adds one float32 gradient of every parameter (55 * 4 bytes)
+    assert budget.sample_bytes(lin, x, om.estimators.common.call_model, named, "exact") == 60
+    assert budget.sample_bytes(lin, x, om.estimators.common.call_model, named, "vmap") == 280
+    chunks: list[int] = []
+    original = exact.exact_sums
+
+    def spy(model, named, x, fn, chunk, **kwargs):  # type: ignore[no-untyped-def]
+        chunks.append(chunk)
+        return original(model, named, x, fn, chunk, **kwargs)
+
+    monkeypatch.setattr(sys.modules["online_mas.estimators"], "exact_sums", spy)
+    model, xs = FAMILIES["mlp"]
+    one = budget.sample_bytes(model, xs, om.estimators.common.call_model, dict(model.named_parameters()),
+                              "exact")
+    want = om.importance(model, xs)
+    for memory_budget in (1, 3 * one + 1, None):
+        _assert_close(om.importance(model, xs, memory_budget=memory_budget), want)
+    assert chunks == [xs.shape[0], 1, 3, xs.shape[0]]  # the default budget holds the whole batch
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="memory_budget must be an int >= 1"):
+            om.importance(model, xs, memory_budget=bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="memory_budget must be an int >= 1"):
+            om.MASConfig(memory_budget=bad)  # type: ignore[arg-type]

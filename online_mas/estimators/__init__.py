@@ -43,6 +43,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from online_mas.estimators.budget import DEFAULT_MEMORY_BUDGET, auto_chunk, check_memory_budget
 from online_mas.estimators.common import (
     BatchImportance,
     NonFiniteError,
@@ -65,6 +66,7 @@ from online_mas.estimators.registry import register, rule_for
 from online_mas.estimators.sensitivity import fisher_sums, jacobian_sums, norm_output, unit_output
 
 __all__ = [
+    "DEFAULT_MEMORY_BUDGET",
     "METHODS",
     "BatchImportance",
     "Inputs",
@@ -87,6 +89,7 @@ def importance(
     method: str = "exact",
     output: OutputFn | None = None,
     chunk_size: int | None = None,
+    memory_budget: int | None = None,
 ) -> dict[str, Tensor]:
     """Label-free MAS importance of every trainable parameter, averaged over the batch.
 
@@ -105,8 +108,14 @@ def importance(
         (features, an embedding, one head); default ``model(x)``. Models returning tuples or dicts
         need it.
     chunk_size
-        Samples processed at once (default 64): transient memory is bounded by it, whatever the
-        batch size; the result does not depend on it.
+        Samples processed at once; the result does not depend on it. Default: as many as fit
+        ``memory_budget``.
+    memory_budget
+        Bytes of transient memory the pass may take when ``chunk_size`` is None (default
+        :data:`DEFAULT_MEMORY_BUDGET`, 1 GiB): one sample's share (the activations autograd keeps,
+        and the per-sample gradients ``torch.func`` forms) is measured once per model and input
+        shape by a one-sample forward, and the chunk is the budget divided by it
+        (:mod:`.budget`).
 
     Returns
     -------
@@ -141,7 +150,7 @@ def importance(
     Aljundi, Babiloni, Elhoseiny, Rohrbach, Tuytelaars. Memory Aware Synapses: Learning what (not)
     to forget. ECCV 2018. arXiv:1711.09601.
     """
-    return _run(model, x, method, output, chunk_size, mean=True).sums
+    return _run(model, x, method, output, chunk_size, memory_budget, mean=True).sums
 
 
 def estimate(
@@ -152,6 +161,7 @@ def estimate(
     output: OutputFn | None = None,
     chunk_size: int | None = None,
     factors: bool = False,
+    memory_budget: int | None = None,
 ) -> BatchImportance:
     """Per-sample importance **summed** over the batch, with the batch size and the model output.
 
@@ -169,7 +179,7 @@ def estimate(
     >>> b.n, sorted(b.sums), sorted(b.factors), tuple(b.materialize()["weight"].shape)
     (5, ['bias'], ['weight'], (2, 3))
     """
-    return _run(model, x, method, output, chunk_size, mean=False, factors=factors)
+    return _run(model, x, method, output, chunk_size, memory_budget, mean=False, factors=factors)
 
 
 def importance_sums(
@@ -179,9 +189,10 @@ def importance_sums(
     method: str = "exact",
     output: OutputFn | None = None,
     chunk_size: int | None = None,
+    memory_budget: int | None = None,
 ) -> tuple[dict[str, Tensor], int, Tensor]:
     """``(sums, n, output)`` of :func:`estimate`, every sum formed."""
-    b = _run(model, x, method, output, chunk_size, mean=False)
+    b = _run(model, x, method, output, chunk_size, memory_budget, mean=False)
     return b.sums, b.n, b.out
 
 
@@ -216,6 +227,7 @@ def _run(
     method: str,
     output: OutputFn | None,
     chunk_size: int | None,
+    memory_budget: int | None,
     *,
     mean: bool,
     factors: bool = False,
@@ -229,12 +241,16 @@ def _run(
     if output is not None and not callable(output):
         raise TypeError(f"output must be callable as output(model, x) or None, got {output!r}")
     check_input(x)
-    chunk = check_chunk_size(chunk_size)
+    fixed = check_chunk_size(chunk_size)
+    budget = check_memory_budget(memory_budget)
     fn: OutputFn = output if output is not None else call_model
     model = unwrapped(model)
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     folded: dict[str, tuple[Tensor, Tensor]] = {}
     with eval_mode(model), torch.enable_grad(), eager():
+        chunk = fixed if fixed is not None or method in ("loop", "batch") else auto_chunk(
+            model, x, fn, named, method, budget)
+        chunk = chunk if chunk is not None else batch_size(x)
         scale = 1.0 / batch_size(x) if mean else 1.0
         if method in ("exact", "norm"):
             sums, out, folded = exact_sums(model, named, x, unit_output(fn) if method == "norm" else fn,

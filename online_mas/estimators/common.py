@@ -176,9 +176,10 @@ def check_input(x: Inputs, *, finite: bool = True) -> None:
     check_inputs(x, finite=finite)
 
 
-def check_chunk_size(chunk_size: int | None) -> int:
+def check_chunk_size(chunk_size: int | None) -> int | None:
+    """``chunk_size`` checked: an int >= 1, or None (chosen from the memory budget)."""
     if chunk_size is None:
-        return 64
+        return None
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an int >= 1 or None, got {chunk_size!r}")
     return chunk_size
@@ -225,7 +226,7 @@ def model_output(model: nn.Module, x: Inputs, output: OutputFn | None = None) ->
 def finite(t: Tensor) -> bool:
     """No nan or inf in ``t``. One reduction: a sum is finite unless an element is not (or the sum
     overflows float range, which only values near 1e38 can do; those count as not finite too)."""
-    return bool(torch.isfinite(t.sum()))
+    return bool(torch.isfinite(t.detach().sum()))
 
 
 _all_finite = finite
