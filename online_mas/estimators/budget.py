@@ -59,7 +59,7 @@ def sample_bytes(model: nn.Module, x: Inputs, fn: OutputFn, named: Mapping[str, 
         def pack(t: Tensor) -> Tensor:
             nonlocal total
             ptr = t.untyped_storage().data_ptr()
-            ident = (ptr, t.storage_offset(), t.numel())
+            ident = (ptr, int(t.storage_offset()), t.numel())
             if ptr not in shared and ident not in seen:
                 seen.add(ident)
                 total += t.numel() * t.element_size()
