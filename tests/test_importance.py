@@ -492,3 +492,21 @@ def test_chunk_size_from_the_memory_budget(monkeypatch: pytest.MonkeyPatch) -> N
             om.importance(model, xs, memory_budget=bad)  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="memory_budget must be an int >= 1"):
             om.MASConfig(memory_budget=bad)  # type: ignore[arg-type]
+
+
+def test_plan_with_costs_counts_each_rule_and_names_its_layer() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(2, 3, 3), nn.Flatten(), nn.Linear(3 * 6, 4), nn.Tanh())
+    model.extra = nn.Parameter(torch.ones(4))  # no rule: torch.func
+    x = torch.randn(5, 2, 8)
+    costs = om.plan(model, x, costs=True)
+    assert isinstance(costs["0.weight"], om.estimators.Cost)
+    conv, lin = costs["0.weight"], costs["2.weight"]
+    assert conv == costs["0.bias"] and conv.rule == "conv" and conv.layer == "0"
+    # 5 samples x 18 weights: a product over 6 output positions, then abs and sum
+    assert conv.flops == 2 * 5 * 18 * 6 + 2 * 5 * 18
+    assert lin.flops == 2 * 5 * 4 * 18 + 2 * 5 * (4 + 18) and lin.memory == 4 * (4 * 18 + 5 * (4 + 18))
+    assert costs["extra"] == ("torch.func", "", None, 5 * 4 * 4)  # one chunk of per-sample gradients
+    assert {n: c.rule for n, c in costs.items()} == om.plan(model, x)
+    with pytest.raises(ValueError, match="needs an example batch"):
+        om.plan(model, costs=True)

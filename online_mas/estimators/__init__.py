@@ -58,6 +58,7 @@ from online_mas.estimators.common import (
     forward,
     unwrapped,
 )
+from online_mas.estimators.costs import Cost, func_cost, layer_cost
 from online_mas.estimators.exact import covered, exact_sums, fast_candidates, recording, sequence_first
 from online_mas.estimators.func import batch_sums, func_sums, loop_sums
 from online_mas.estimators.inputs import Inputs, batch_size
@@ -69,6 +70,7 @@ __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "METHODS",
     "BatchImportance",
+    "Cost",
     "Inputs",
     "NonFiniteError",
     "OutputFn",
@@ -196,29 +198,61 @@ def importance_sums(
     return b.sums, b.n, b.out
 
 
-def plan(model: nn.Module, x: Inputs | None = None, *, output: OutputFn | None = None) -> dict[str, str]:
+def plan(
+    model: nn.Module,
+    x: Inputs | None = None,
+    *,
+    output: OutputFn | None = None,
+    costs: bool = False,
+    memory_budget: int | None = None,
+) -> dict[str, str] | dict[str, Cost]:
     """Which rule the exact method uses for each trainable parameter: ``"torch.func"`` where none.
 
     Without ``x`` this is what the module types allow; with ``x`` one forward also finds layers
     that the call pattern takes off the rules (called twice, in-place ops, no batch dimension).
+    With ``costs=True`` (needs ``x``) each parameter maps to a :class:`~.costs.Cost`: its rule,
+    its layer, and the estimated FLOPs and transient bytes of that layer's per-sample sums for
+    the batch ``x`` (``torch.func``: its per-sample gradients for a chunk of ``memory_budget``).
 
     Examples
     --------
+    >>> import torch
     >>> from torch import nn
-    >>> plan(nn.Sequential(nn.Linear(3, 4), nn.PReLU(), nn.LayerNorm(4)))
+    >>> model = nn.Sequential(nn.Linear(3, 4), nn.PReLU(), nn.LayerNorm(4))
+    >>> plan(model)
     {'0.weight': 'linear', '0.bias': 'linear', '1.weight': 'prelu', '2.weight': 'norm', '2.bias': 'norm'}
+    >>> print(plan(model, torch.randn(8, 3), costs=True)["0.weight"])
+    linear (0): 0.0 MFLOP, 0.00 MiB
+    >>> plan(model, torch.randn(8, 3), costs=True)["0.weight"].flops  # 2*8*4*3 + 2*8*(4+3)
+    304
     """
     model = unwrapped(model)
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     cands = fast_candidates(model, named)
+    if costs and x is None:
+        raise ValueError("plan(costs=True) needs an example batch x")
+    entries: dict[str, Cost] = {}
     if x is not None:
         check_input(x)
+        fn = output if output is not None else call_model
+        layer = {m: name for name, m in model.named_modules()}
         with recording(cands, sequence_first(model)) as calls, eval_mode(model), torch.enable_grad(), eager():
-            forward(model, x, output if output is not None else call_model)
-            used = {c.module for c in covered(calls, batch_size(x))}
-        cands = {m: ns for m, ns in cands.items() if m in used}
+            forward(model, x, fn)
+            used = covered(calls, batch_size(x))
+            for c in used if costs else []:
+                a, g = (c.inputs[0], c.targets[0]) if c.pair is None else c.pair(c.targets)
+                flops, memory = layer_cost(c.module, a, g)
+                rule = rule_for(c.module)
+                for n in cands[c.module]:
+                    entries[n] = Cost(rule.name if rule else "?", layer[c.module], flops, memory)
+            chunk = auto_chunk(model, x, fn, named, "exact", check_memory_budget(memory_budget)) if costs else 0
+        cands = {m: ns for m, ns in cands.items() if m in {c.module for c in used}}
     rules = {n: rule_for(m).name for m, ns in cands.items() for n in ns}  # type: ignore[union-attr]
-    return {n: rules.get(n, "torch.func") for n in named}
+    if not costs:
+        return {n: rules.get(n, "torch.func") for n in named}
+    return {n: entries[n] if n in rules else Cost("torch.func", n.rpartition(".")[0], None,
+                                                   func_cost(p, chunk))
+            for n, p in named.items()}
 
 
 def _run(
