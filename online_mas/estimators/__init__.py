@@ -245,7 +245,8 @@ def plan(
                 rule = rule_for(c.module)
                 for n in cands[c.module]:
                     entries[n] = Cost(rule.name if rule else "?", layer[c.module], flops, memory)
-            chunk = auto_chunk(model, x, fn, named, "exact", check_memory_budget(memory_budget)) if costs else 0
+            budget = check_memory_budget(memory_budget)
+            chunk = auto_chunk(model, x, fn, named, "exact", budget) if costs else 0
         cands = {m: ns for m, ns in cands.items() if m in {c.module for c in used}}
     rules = {n: rule_for(m).name for m, ns in cands.items() for n in ns}  # type: ignore[union-attr]
     if not costs:
