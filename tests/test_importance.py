@@ -253,6 +253,7 @@ def test_conv_padding_modes_3d_transposed_and_rank_1_equal_per_sample_loop(
 ) -> None:
     conv_module = sys.modules["online_mas.estimators.conv"]
     if form != "chosen":  # each exact form on every geometry (rank 1 takes its own form)
+        monkeypatch.setattr(conv_module, "GROUPED_CHANNELS", 0)  # chosen: samples as groups
         monkeypatch.setattr(conv_module, "im2col", lambda *args: form == "im2col")
     layer, shape = CONV_GEOMETRIES[name]
     assert om.plan(layer)["weight"] == "conv"
