@@ -511,3 +511,18 @@ def test_plan_with_costs_counts_each_rule_and_names_its_layer() -> None:
     assert {n: c.rule for n, c in costs.items()} == om.plan(model, x)
     with pytest.raises(ValueError, match="needs an example batch"):
         om.plan(model, costs=True)
+
+
+def test_outputs_changed_in_place_are_copied_from_then_on() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(inplace=True), nn.Linear(6, 3), nn.Tanh())
+    x = torch.randn(5, 4)
+    forwards = []
+    model.register_forward_hook(lambda *args: forwards.append(1))
+    reference = loop_reference(model, x)
+    forwards.clear()
+    for calls in (2, 1):  # the first pass learns that ReLU(inplace=True) changes 0's output
+        _assert_close(om.importance(model, x, chunk_size=5), reference)  # no budget probe
+        assert len(forwards) == calls
+        forwards.clear()
+    assert model[0] in exact._INPLACE and model[2] not in exact._INPLACE

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -90,10 +91,17 @@ def sequence_first(model: nn.Module) -> dict[nn.Module, int]:
 
 
 def record_hook(
-    calls: dict[nn.Module, Call], batch_dims: Mapping[nn.Module, int] | None = None
+    calls: dict[nn.Module, Call],
+    batch_dims: Mapping[nn.Module, int] | None = None,
+    clone: Callable[[nn.Module], bool] | None = None,
 ) -> Callable[[nn.Module, tuple[object, ...], object], object]:
     """A forward hook that records each module's first call (input, output) into ``calls``;
-    ``batch_dims[m]`` is the dimension of ``m``'s batch where it is not the first."""
+    ``batch_dims[m]`` is the dimension of ``m``'s batch where it is not the first.
+
+    The rest of the forward gets a copy of the output, so later in-place ops (``ReLU(inplace=True)``)
+    cannot touch the record; with ``clone``, only for the modules where ``clone(m)`` (for the
+    others an in-place change shows in the output's version, and :func:`covered` drops the call).
+    """
 
     def hook(m: nn.Module, inputs: tuple[object, ...], out: object) -> object:
         if torch.compiler.is_compiling():  # traced into a compiled graph: record nothing
@@ -110,7 +118,7 @@ def record_hook(
         versions = tuple(t._version for t in (*tensors, out))
         pair = None if dim == 0 else _moved(tensors[0], dim)
         calls[m] = Call(m, tensors, (out,), versions, rows, pair=pair)
-        return out.clone()  # later in-place ops (ReLU(inplace=True)) must not touch the record
+        return out.clone() if clone is None or clone(m) else None
 
     return hook
 
@@ -124,13 +132,15 @@ def _moved(a: Tensor, dim: int) -> Callable[[tuple[Tensor, ...]], tuple[Tensor, 
 
 @contextlib.contextmanager
 def recording(
-    cands: Mapping[nn.Module, list[str]], batch_dims: Mapping[nn.Module, int] | None = None
+    cands: Mapping[nn.Module, list[str]],
+    batch_dims: Mapping[nn.Module, int] | None = None,
+    clone: Callable[[nn.Module], bool] | None = None,
 ) -> Iterator[dict[nn.Module, Call]]:
     """Record the calls of ``cands`` inside: a forward hook on each, or, for a rule with its own
-    ``record``, the recording forward it gives in place of the module's. ``batch_dims`` as in
-    :func:`record_hook`."""
+    ``record``, the recording forward it gives in place of the module's. ``batch_dims`` and
+    ``clone`` as in :func:`record_hook`."""
     calls: dict[nn.Module, Call] = {}
-    hook = record_hook(calls, batch_dims)
+    hook = record_hook(calls, batch_dims, clone)
     handles = []
     patched = []
     for m in cands:
@@ -163,13 +173,16 @@ def covered(calls: dict[nn.Module, Call], rows: int) -> list[Call]:
     ]
 
 
-def output_grads(calls: list[Call], out: Tensor, *, retain_graph: bool = False) -> list[Pair]:
-    """The gradient of ``sum_n ||out_n||^2`` at each covered layer's output, with the layer's input.
+def output_grads(calls: list[Call], out: Tensor, *, retain_graph: bool = False,
+                 scale: float = 1.0) -> list[Pair]:
+    """The gradient of ``scale * sum_n ||out_n||^2`` at each covered layer's output, with the
+    layer's input (the scale rides on the backward's seed: no pass over the gradients).
 
     ``retain_graph`` keeps ``out``'s graph for a backward that comes later (someone else's).
     """
     targets = [t for c in calls for t in c.targets]
-    grads = iter(torch.autograd.grad(sq_norm_total(out), targets, allow_unused=True,
+    total = sq_norm_total(out)
+    grads = iter(torch.autograd.grad(total * scale if scale != 1.0 else total, targets, allow_unused=True,
                                      retain_graph=retain_graph))
     pairs: list[Pair] = []
     for c in calls:
@@ -271,17 +284,22 @@ def exact_sums(
     keep = factor and len(pieces) == 1 and scale == 1.0
     pairs: list[Pair] = []
     outs = []
-    with recording(cands, sequence_first(model)) as calls:
+    with recording(cands, sequence_first(model), clone=_INPLACE.__contains__) as calls:
         for xc in pieces:
-            calls.clear()
-            out = forward(model, xc, fn)
+            for attempt in range(2):  # again (once) if an output was changed in place: copy it then
+                calls.clear()
+                out = forward(model, xc, fn)
+                changed = [c.module for c in calls.values() if _changed(c)]
+                if not changed or attempt:
+                    break
+                _INPLACE.update(changed)
             outs.append(out.detach())
             used = covered(calls, batch_size(xc))
             if used:
                 if keep:
                     pairs = output_grads(used, out)
                 else:
-                    pair_sums(cands, output_grads(used, out), sums, scale=scale)
+                    pair_sums(cands, output_grads(used, out, scale=scale), sums)
                 del out  # the graph is freed; keep only the layers' inputs and output grads
                 for c in used:
                     for n in cands[c.module]:
@@ -298,6 +316,18 @@ def exact_sums(
     factors = factored_sums(cands, pairs, sums) if pairs else {}
     out_all = outs[0] if len(outs) == 1 else torch.cat(outs)
     return {n: sums[n] for n in named if n not in factors}, out_all, factors
+
+
+_INPLACE: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+"""Modules whose recorded output a later op of the model changed in place: their outputs are
+copied for the rest of the forward (:func:`record_hook`); the others are not."""
+
+
+def _changed(c: Call) -> bool:
+    """Whether an in-place op changed one of the call's recorded outputs."""
+    if c.count != 1 or not c.targets:
+        return False
+    return any(t._version != v for t, v in zip(c.targets, c.versions[len(c.inputs):], strict=True))
 
 
 def _layer(m: nn.Module, names: list[str], a: Tensor | Sites, g: Tensor | Sites, scale: float,
