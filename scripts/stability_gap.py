@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,8 +87,7 @@ def main() -> None:
 
     stem = Path(args.results)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    figures = plot_comparison(results, run_dir, title="permuted digits: accuracy on each segment "
-                              f"along the stream ({len(args.seeds)} seeds)")
+    figures = plot_comparison(results, run_dir, title=f"permuted digits ({len(args.seeds)} seeds)")
     copies = []
     for figure in figures:  # comparison-accuracy -> <stem>, comparison-acc -> <stem>_acc, ...
         kind = figure.stem.removeprefix("comparison-")
@@ -109,7 +109,8 @@ def main() -> None:
               f"before the next change; resolution {every} steps); not recovered: pairs of 10 "
               f"that do not. Online MAS and fine-tuning never see the boundaries; MAS-oracle and "
               f"EWC consolidate at the true ones.")
-    footer = (f"`python scripts/stability_gap.py`: {len(jobs) - cached} runs in {seconds:.0f} s "
+    command = " ".join(["python scripts/stability_gap.py", *sys.argv[1:]])
+    footer = (f"`{command}`: {len(jobs) - cached} runs in {seconds:.0f} s "
               f"wall on {os.cpu_count()} cores, {args.workers} worker(s) x 1 torch thread; torch "
               f"{torch.__version__}, Python {platform.python_version()}. Figures (PNG and SVG): "
               f"{', '.join(copies)}.")

@@ -142,7 +142,8 @@ def test_comparison_bars_have_error_bars_over_seeds() -> None:
     runs = [_run(average_accuracy=0.5, forgetting=0.3), _run(seed=1, average_accuracy=0.7,
                                                               forgetting=0.1),
             _run(learner="ewc", average_accuracy=0.8, forgetting=0.05)]
-    fig = comparison_bars_figure(group_runs(runs))
+    fig = comparison_bars_figure(group_runs(runs), "digits")
+    assert fig.get_suptitle() == "digits: end-of-stream and worst-case accuracy"
     acc, fgt = fig.axes
     assert acc.get_ylabel() == "accuracy (%)"
     assert fgt.get_ylabel() == "forgetting (percentage points)"

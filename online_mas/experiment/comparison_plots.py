@@ -88,6 +88,8 @@ def plot_comparison(results: Sequence[dict[str, Any]], out_dir: str | Path, *,
                     title: str = "") -> list[Path]:
     """The comparison figures of several runs (see the module docstring); returns the PNG paths.
 
+    ``title`` (e.g. the experiment's name) heads each figure's own title.
+
     A figure is left out when no run has what it shows (no accuracy curve, no matrix, no
     importance). Within a label, runs with another number of evaluations (or another matrix
     shape) than the label's first run are left out of the curves (or the matrix).
@@ -125,6 +127,10 @@ def plot_comparison(results: Sequence[dict[str, Any]], out_dir: str | Path, *,
         written.append(save_figure(comparison_importance_figure(groups, title, colours=colours),
                                    out / "comparison-importance.png", svg=True))
     return written
+
+
+def _title(prefix: str, subject: str) -> str:
+    return f"{prefix}: {subject}" if prefix else subject
 
 
 def _legend_slot(fig: Any, nrows: int, cols: int, k: int) -> tuple[Any, str]:
@@ -211,7 +217,7 @@ def comparison_accuracy_figure(groups: dict[str, list[dict[str, Any]]], title: s
     slot, loc = _legend_slot(fig, nrows, cols, k)
     where = slot if slot is not None else fig
     where.legend(list(legend.values()), list(legend), loc=loc, fontsize=LEGEND_FONT, frameon=False)
-    fig.suptitle(title or "held-out accuracy on each segment along the stream", fontsize=FONT + 1)
+    fig.suptitle(_title(title, "held-out accuracy on each segment along the stream"), fontsize=FONT + 1)
     fig.tight_layout(rect=(0, 0, 1 if spare else 1 - 2.4 / (3.2 * cols + 2.4), 1))
     return fig
 
@@ -246,7 +252,9 @@ def comparison_matrix_figure(groups: dict[str, list[dict[str, Any]]], title: str
             ax.set_ylabel("evaluated after training on", fontsize=FONT)
         if p >= len(labels) - cols:
             ax.set_xlabel("held-out set of segment", fontsize=FONT)
-    fig.suptitle(title or "accuracy matrix (%), mean over seeds", fontsize=FONT + 1)
+        else:  # the same columns as the panel below
+            ax.tick_params(labelbottom=False)
+    fig.suptitle(_title(title, "accuracy matrix (%), mean over seeds"), fontsize=FONT + 1)
     fig.tight_layout(rect=(0, 0, 1 - 1.2 / (cols * width + 1.6), 1))
     if image is not None:
         cax = fig.add_axes((1 - 1.0 / (cols * width + 1.6), 0.2, 0.15 / (cols * width + 1.6), 0.6))
@@ -299,7 +307,7 @@ def comparison_bars_figure(groups: dict[str, list[dict[str, Any]]], title: str =
                   ncol=3)
     ax_fgt.set_ylabel("forgetting (percentage points)", fontsize=FONT)
     ax_fgt.set_title("forgetting", fontsize=FONT)
-    fig.suptitle(title or "end-of-stream and worst-case accuracy", fontsize=FONT + 1)
+    fig.suptitle(_title(title, "end-of-stream and worst-case accuracy"), fontsize=FONT + 1)
     fig.text(0.99, 0.01, "bars: mean over seeds; error bars: ± 1 std; dots: seeds", ha="right",
              va="bottom", fontsize=LEGEND_FONT - 1, color="0.3")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
@@ -367,6 +375,6 @@ def comparison_importance_figure(groups: dict[str, list[dict[str, Any]]], title:
         ax.set_xlabel(f"mean {kind} per entry (log scale); text: share of total", fontsize=FONT - 0.5)
         ax.tick_params(axis="x", labelsize=TICK_FONT)
         ax.grid(axis="x", alpha=0.25, lw=0.5)
-    fig.suptitle(title or "importance per layer (mean over seeds ± 1 std)", fontsize=FONT + 1)
+    fig.suptitle(_title(title, "importance per layer (mean over seeds ± 1 std)"), fontsize=FONT + 1)
     fig.tight_layout()
     return fig

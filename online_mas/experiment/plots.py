@@ -88,7 +88,7 @@ def save_figure(fig: Any, path: str | Path, *, svg: bool = False, dpi: int = 150
     path.parent.mkdir(parents=True, exist_ok=True)
     for target, fmt in [(path, "png"), *([(path.with_suffix(".svg"), "svg")] if svg else [])]:
         tmp = target.with_name(f".{target.name}.tmp")
-        fig.savefig(tmp, format=fmt, dpi=dpi)
+        fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", pad_inches=0.08)
         tmp.replace(target)
     return path
 
@@ -303,14 +303,14 @@ def stream_accuracy_figure(lines: Sequence[dict[str, Any]], *, change_points: Se
     ax.set_xlim(0, n)
     ax.set_ylabel("accuracy (%)", fontsize=FONT)
     ax.tick_params(labelsize=TICK_FONT)
-    ax.set_title(title or "accuracy along the stream", fontsize=FONT + 1, pad=14)
+    ax.set_title(title or "accuracy along the stream", fontsize=FONT + 1, pad=17)
     handles, labels = ax.get_legend_handles_labels()
     handles, labels = [*handles, *_marker_handles(events)], [*labels, *_marker_labels(events)]
     from matplotlib.lines import Line2D
 
     handles.append(Line2D([], [], color="0.45", lw=1.2))
     labels.append("true change")
-    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(0.75, 0.9), fontsize=LEGEND_FONT,
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(0.73, 0.9), fontsize=LEGEND_FONT,
                frameon=False)
     if ax_sig is not None:
         ax_sig.plot([s for s, _ in sig], [v for _, v in sig], lw=1.0, color="tab:purple")
@@ -320,7 +320,7 @@ def stream_accuracy_figure(lines: Sequence[dict[str, Any]], *, change_points: Se
         ax.tick_params(labelbottom=False)
     else:
         ax.set_xlabel(step_label(batch_size), fontsize=FONT)
-    fig.subplots_adjust(left=0.08, right=0.74, top=0.88, bottom=0.12 if sig else 0.15)
+    fig.subplots_adjust(left=0.08, right=0.72, top=0.88, bottom=0.12 if sig else 0.15)
     return fig
 
 
