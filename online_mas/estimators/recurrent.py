@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from online_mas.estimators.common import Rule
 
-__all__ = ["PER_SAMPLE_BYTES", "RULE", "rnn_inputs", "rnn_sums", "rnn_supported"]
+__all__ = ["PER_SAMPLE_BYTES", "RULE", "rnn_inputs", "rnn_outputs", "rnn_sums", "rnn_supported"]
 
 PER_SAMPLE_BYTES = 64 * 2**20  # per-sample weight gradients formed at once, at most this many bytes
 
@@ -92,30 +92,14 @@ def rnn_sums(m: nn.Module, a: tuple[Tensor, ...], g: tuple[Tensor, ...], acc: di
     """
     if not isinstance(m, nn.RNNBase):
         raise TypeError(f"rnn_sums needs an nn.LSTM, nn.GRU or nn.RNN, got {type(m).__name__}")
-    mode, layers, dirs = m.mode, m.num_layers, 2 if m.bidirectional else 1
-    out_size = m.proj_size if m.proj_size > 0 else m.hidden_size
-    dtype = torch.promote_types(m.all_weights[0][0].dtype, torch.float32)
-    x = (a[0].transpose(0, 1) if m.batch_first else a[0]).to(dtype).contiguous()  # time-major
-    batch = x.shape[1]
-    lstm = mode == "LSTM"
-    h0 = a[1].to(dtype) if len(a) > 1 else x.new_zeros(layers * dirs, batch, out_size)
-    c0 = a[2].to(dtype) if lstm and len(a) > 2 else x.new_zeros(layers * dirs, batch, m.hidden_size)
+    records, weights = _replay(m, a)
+    layers, dirs = m.num_layers, 2 if m.bidirectional else 1
+    out_size = records[0].h.shape[-1]
+    dtype = records[0].x.dtype
     dy = (g[0].transpose(0, 1) if m.batch_first else g[0]).to(dtype)
     dhn = g[1].to(dtype)
-    dcn = g[2].to(dtype) if lstm else None
-    weights = [_Weights.of(m, layer, d, dtype) for layer in range(layers) for d in range(dirs)]
-
-    records: list[_Record] = []
-    inp = x
-    for layer in range(layers):
-        outs = []
-        for d in range(dirs):
-            k = layer * dirs + d
-            rec = _forward(mode, inp if d == 0 else inp.flip(0), weights[k], h0[k], c0[k])
-            records.append(rec)
-            outs.append(rec.h[1:] if d == 0 else rec.h[1:].flip(0))
-        inp = outs[0] if dirs == 1 else torch.cat(outs, -1)
-
+    dcn = g[2].to(dtype) if m.mode == "LSTM" else None
+    mode = m.mode
     for layer in reversed(range(layers)):
         dx: Tensor | None = None
         for d in range(dirs):
@@ -137,6 +121,56 @@ def rnn_sums(m: nn.Module, a: tuple[Tensor, ...], g: tuple[Tensor, ...], acc: di
                 dx = dxd if dx is None else dx.add_(dxd)
         if dx is not None:
             dy = dx
+
+
+def rnn_outputs(m: nn.Module, a: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """``(output, h_n[, c_n])`` as the rule recomputes them, step by step, from ``a = (x, h0[, c0])``
+    (in the module's layout and the computing dtype): what its backward starts from, to compare with
+    the module's own forward.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> _ = torch.manual_seed(0)
+    >>> lstm, x = nn.LSTM(3, 4, batch_first=True), torch.randn(2, 5, 3)
+    >>> y, (h, c) = lstm(x)
+    >>> [torch.allclose(p, q, atol=1e-6) for p, q in zip(rnn_outputs(lstm, (x,)), (y, h, c), strict=True)]
+    [True, True, True]
+    """
+    if not isinstance(m, nn.RNNBase):
+        raise TypeError(f"rnn_outputs needs an nn.LSTM, nn.GRU or nn.RNN, got {type(m).__name__}")
+    records, _ = _replay(m, a)
+    dirs = 2 if m.bidirectional else 1
+    last = records[-dirs:]
+    y = torch.cat([r.h[1:] if d == 0 else r.h[1:].flip(0) for d, r in enumerate(last)], -1)
+    outs = [y.transpose(0, 1) if m.batch_first else y, torch.stack([r.h[-1] for r in records])]
+    if m.mode == "LSTM":
+        outs.append(torch.stack([r.c[-1] for r in records if r.c is not None]))
+    return tuple(outs)
+
+
+def _replay(m: nn.RNNBase, a: tuple[Tensor, ...]) -> tuple[list[_Record], list[_Weights]]:
+    """The forward of every layer and direction (layer-major, as in ``h_n``), and their weights."""
+    mode, layers, dirs = m.mode, m.num_layers, 2 if m.bidirectional else 1
+    out_size = m.proj_size if m.proj_size > 0 else m.hidden_size
+    dtype = torch.promote_types(m.all_weights[0][0].dtype, torch.float32)
+    x = (a[0].transpose(0, 1) if m.batch_first else a[0]).to(dtype).contiguous()  # time-major
+    batch = x.shape[1]
+    h0 = a[1].to(dtype) if len(a) > 1 else x.new_zeros(layers * dirs, batch, out_size)
+    c0 = a[2].to(dtype) if mode == "LSTM" and len(a) > 2 else x.new_zeros(layers * dirs, batch, m.hidden_size)
+    weights = [_Weights.of(m, layer, d, dtype) for layer in range(layers) for d in range(dirs)]
+    records: list[_Record] = []
+    inp = x
+    for layer in range(layers):
+        outs = []
+        for d in range(dirs):
+            k = layer * dirs + d
+            rec = _forward(mode, inp if d == 0 else inp.flip(0), weights[k], h0[k], c0[k])
+            records.append(rec)
+            outs.append(rec.h[1:] if d == 0 else rec.h[1:].flip(0))
+        inp = outs[0] if dirs == 1 else torch.cat(outs, -1)
+    return records, weights
 
 
 @dataclass

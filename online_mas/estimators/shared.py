@@ -13,7 +13,8 @@ Only used where it gives the same numbers as the separate pass:
 
 - every trainable parameter belongs to a layer with a closed-form fast path (a rule of
   :mod:`.registry`), called once in the forward, and the forward is not compiled (hooks record
-  nothing inside a ``torch.compile``-d graph);
+  nothing inside a ``torch.compile``-d graph); no layer's rule recomputes it from its weights
+  (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``: the optimizer step changes them before ``observe``);
 - no module that behaves differently in training mode is in training mode: dropout with ``p > 0``
   (samples would see random masks; also a stacked RNN's own ``dropout``), batch norm (couples the
   samples of a batch), instance norm with running statistics, ``nn.RReLU``, attention and
@@ -45,6 +46,7 @@ from online_mas.estimators.exact import (
     record_hook,
     versions,
 )
+from online_mas.estimators.registry import rule_for
 
 _TRAIN_DEPENDENT = (
     nn.modules.batchnorm._BatchNorm,
@@ -109,6 +111,11 @@ class SharedForward:
         self._names, self._uncovered = tuple(names), False
         if {n for ns in cands.values() for n in ns} != set(names):
             self.why_not = "some parameters have no closed-form fast path"
+            self._uncovered = True
+            return
+        replayed = [type(m).__name__ for m in cands if getattr(rule_for(m), "inputs", None) is not None]
+        if replayed:  # the recurrent rule recomputes the layer: the optimizer moves its weights first
+            self.why_not = f"the {replayed[0]} rule needs the weights of the forward, which the step changes"
             self._uncovered = True
             return
         record = record_hook(self._calls)
