@@ -111,8 +111,10 @@ def rnn_sums(m: nn.Module, a: tuple[Tensor, ...], g: tuple[Tensor, ...], acc: di
             _add(acc, "weight_ih" + w.suffix, _products(dgi, rec.x))
             _add(acc, "weight_hh" + w.suffix, _products(dgh, rec.h[:-1]))
             if m.bias:
-                _add(acc, "bias_ih" + w.suffix, dgi.sum(0).abs_().sum(0).float())
-                _add(acc, "bias_hh" + w.suffix, dgh.sum(0).abs_().sum(0).float())
+                b_ih = dgi.sum(0).abs_().sum(0).float()  # LSTM and RNN: the same for both biases
+                b_hh = b_ih.clone() if dgh is dgi else dgh.sum(0).abs_().sum(0).float()
+                _add(acc, "bias_ih" + w.suffix, b_ih)
+                _add(acc, "bias_hh" + w.suffix, b_hh)
             if rec.m is not None and dh_all is not None:
                 _add(acc, "weight_hr" + w.suffix, _products(dh_all, rec.m))
             if layer > 0:  # the gradient at this layer's input: the output gradient of the one below
@@ -270,10 +272,12 @@ def _backward(
         hid = gsize // 4
         i, f, gg, o = acts.view(steps, batch, 4, hid).unbind(2)
         tc = rec.tc
-        k = o * (1 - tc * tc)  # dc_t += dm_t * k_t, with dm_t the gradient at o_t * tanh(c_t)
-        # d(i, f, g)_pre = dc_t * s_t
-        s = torch.stack((gg * i * (1 - i), rec.c[:-1] * f * (1 - f), i * (1 - gg * gg)), 2)
-        ro = tc * o * (1 - o)  # do_pre = dm * ro
+        k = torch.addcmul(o, o, tc * tc, value=-1)  # o (1 - tanh(c)^2): dc_t += dm_t * k_t
+        s = acts.new_empty(steps, batch, 3, hid)  # d(i, f, g)_pre = dc_t * s_t
+        torch.mul(gg, torch.addcmul(i, i, i, value=-1), out=s[:, :, 0])  # g i (1 - i)
+        torch.mul(rec.c[:-1], torch.addcmul(f, f, f, value=-1), out=s[:, :, 1])  # c_{t-1} f (1 - f)
+        torch.addcmul(i, i, gg * gg, value=-1, out=s[:, :, 2])  # i (1 - g^2)
+        ro = tc * torch.addcmul(o, o, o, value=-1)  # do_pre = dm * tanh(c) o (1 - o)
         dp = acts.new_empty(steps, batch, gsize)
         dh_all = acts.new_empty(steps, batch, dh_last.shape[-1]) if w_hr is not None else None
         dh = dh_last + dy[-1]
