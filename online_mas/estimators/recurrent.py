@@ -14,7 +14,9 @@ the module's outputs (the output sequence, ``h_n`` and ``c_n``), layer by layer 
 direction, and forms each weight's per-sample gradients as one batched matmul over time; biases take
 ``sum_t`` of the same pre-activation gradients. A ``PackedSequence`` or an unbatched input is not
 covered (``torch.func`` takes those parameters); dropout between layers only acts in training mode,
-which the estimators never use.
+which the estimators never use. Since the rule reads the weights, ``shared_forward`` takes the
+separate pass for a model with one of these layers (the optimizer step moves the weights before
+``observe``).
 """
 
 from __future__ import annotations
