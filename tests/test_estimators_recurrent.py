@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import online_mas as om
-from online_mas.estimators import importance_sums
+from online_mas.estimators import importance_sums, recurrent
 from online_mas.estimators.recurrent import rnn_inputs, rnn_outputs
 from online_mas.estimators.shared import train_dependent
 
@@ -133,6 +133,20 @@ def test_lstm_with_projections_equals_the_per_sample_loop(
         got, ref, plan = om.importance(model, x), loop(model, x), om.plan(model, x)
     assert_close(got, ref)
     assert plan["body.weight_hr_l0"] == "recurrent"
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn-relu"])
+def test_both_exact_forms_give_the_same_sums(cell: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replay with its own backward and the module's backward sample by sample (small batches)."""
+    model = build(cell, {"num_layers": 2, "bidirectional": True}, torch.float64, state=True)
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(3, STEPS, IN, dtype=torch.float64, generator=g)
+    h0 = torch.randn(3, 4, HID, dtype=torch.float64, generator=g)
+    inputs = (x, h0, torch.randn_like(h0)) if cell == "lstm" else (x, h0)
+    reference = loop(model, *inputs)
+    for small in (0, 3):
+        monkeypatch.setattr(recurrent, "SAMPLE_BY_SAMPLE", {model.body.mode: small})
+        assert_close(om.importance(model, inputs), reference)
 
 
 @pytest.mark.parametrize("hx_keyword", [False, True], ids=["hx-positional", "hx-keyword"])
