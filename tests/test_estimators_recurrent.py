@@ -312,3 +312,14 @@ def test_compiled_model_with_an_lstm_gives_the_uncompiled_importance() -> None:
     model.zero_grad(set_to_none=True)
     assert_close(om.importance(compiled, x), reference)
     assert om.plan(compiled, x) == om.plan(model, x)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_on_cuda_the_rule_equals_the_per_sample_loop(cell: str) -> None:
+    model = build(cell, {"num_layers": 2, "bidirectional": True}, torch.float64).cuda()
+    x = torch.randn(6, STEPS, IN, dtype=torch.float64, device="cuda")
+    got = om.importance(model, x)
+    assert all(t.is_cuda for t in got.values())
+    assert_close(got, loop(model, x))
+    assert set(om.plan(model, x).values()) == {"recurrent", "linear"}
