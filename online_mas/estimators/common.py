@@ -17,6 +17,7 @@ __all__ = [
     "BLOCK_BYTES",
     "BatchImportance",
     "Call",
+    "CallInputs",
     "NonFiniteError",
     "OutputFn",
     "Rule",
@@ -49,6 +50,10 @@ class NonFiniteError(ValueError):
     """The input, the model output or the importance holds nan or inf."""
 
 
+CallInputs = Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], tuple[int, tuple[Tensor, ...]] | None]
+"""Maps a module call's ``(args, kwargs)`` to ``(samples, input tensors)``, or None (see :class:`Rule`)."""
+
+
 @dataclass(frozen=True)
 class Rule:
     """The closed-form per-sample importance of one layer family.
@@ -65,6 +70,12 @@ class Rule:
     its parts and records a :class:`~online_mas.estimators.exact.Call` of its own into ``calls``
     (for modules such as ``nn.MultiheadAttention``, whose projections run inside one functional
     call, where no hook sees them). ``sums`` then gets the :class:`Sites` that call made.
+
+    ``inputs(m, args, kwargs)``, where given, is for a module that takes or returns several
+    tensors (``nn.LSTM``: ``(x, (h0, c0))`` in, ``(y, (h_n, c_n))`` out): it maps a call's arguments
+    to ``(samples in the call, the input tensors)``, or None for a call the rule does not cover.
+    ``sums`` then receives that tuple of inputs as ``a`` and the tuple of gradients at every tensor
+    the module returned (nested tuples flattened in order, zeros where none reached) as ``g``.
     """
 
     name: str
@@ -72,6 +83,7 @@ class Rule:
     supported: Callable[[nn.Module], bool] = lambda m: True
     factors: Callable[[nn.Module, Tensor, Tensor], tuple[Tensor, Tensor] | None] | None = None
     record: Callable[..., Callable[..., Any]] | None = None
+    inputs: CallInputs | None = None
 
 
 @dataclass

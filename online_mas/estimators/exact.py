@@ -37,12 +37,12 @@ __all__ = [
     "exact_sums",
     "fast_candidates",
     "output_grads",
-    "pair_rows",
     "pair_sums",
     "pair_versions",
     "record_hook",
     "recording",
     "sequence_first",
+    "versions",
 ]
 
 Pair = tuple[nn.Module, Any, Any]  # a layer, its input, the gradient at its output (or their Sites)
@@ -90,25 +90,40 @@ def sequence_first(model: nn.Module) -> dict[nn.Module, int]:
     return dims
 
 
+Hook = Callable[[nn.Module, tuple[object, ...], dict[str, object], object], object]
+
+
 def record_hook(
     calls: dict[nn.Module, Call],
     batch_dims: Mapping[nn.Module, int] | None = None,
     clone: Callable[[nn.Module], bool] | None = None,
-) -> Callable[[nn.Module, tuple[object, ...], object], object]:
-    """A forward hook that records each module's first call (input, output) into ``calls``;
-    ``batch_dims[m]`` is the dimension of ``m``'s batch where it is not the first.
+) -> Hook:
+    """A forward hook (``with_kwargs=True``) that records each module's first call (input, output)
+    into ``calls``; ``batch_dims[m]`` is the dimension of ``m``'s batch where it is not the first.
 
     The rest of the forward gets a copy of the output, so later in-place ops (``ReLU(inplace=True)``)
     cannot touch the record; with ``clone``, only for the modules where ``clone(m)`` (for the
     others an in-place change shows in the output's version, and :func:`covered` drops the call).
+    A rule with ``inputs`` (several tensors in or out) records all of them, outputs copied.
     """
 
-    def hook(m: nn.Module, inputs: tuple[object, ...], out: object) -> object:
+    def hook(m: nn.Module, inputs: tuple[object, ...], kwargs: dict[str, object], out: object) -> object:
         if torch.compiler.is_compiling():  # traced into a compiled graph: record nothing
             return None
         if m in calls:
             calls[m].count += 1
             return None
+        rule = rule_for(m)
+        if rule is not None and rule.inputs is not None:
+            got, copied = rule.inputs(m, inputs, kwargs), _cloned(out)
+            if got is None or copied is None:
+                calls[m] = Call(m, (), (), (), rows=-1, count=2)  # not covered
+                return None
+            samples, tensors = got
+            outs = tuple(copied[1])
+            calls[m] = Call(m, tensors, outs, tuple(t._version for t in (*tensors, *outs)), samples,
+                            pair=_all(tensors))
+            return copied[0]
         tensors = tuple(t for t in inputs if isinstance(t, Tensor))
         if not isinstance(out, Tensor) or not tensors:
             calls[m] = Call(m, (), (), (), rows=-1, count=2)  # unsupported: not covered
@@ -121,6 +136,36 @@ def record_hook(
         return out.clone() if clone is None or clone(m) else None
 
     return hook
+
+
+Tensors = tuple[Tensor, ...]
+
+
+def _all(inputs: Tensors) -> Callable[[Tensors], tuple[Tensors, Tensors]]:
+    """A rule with ``inputs``: every input, every output gradient."""
+
+    def pair(grads: Tensors) -> tuple[Tensors, Tensors]:
+        return tuple(t.detach() for t in inputs), grads
+
+    return pair
+
+
+def _cloned(out: object) -> tuple[object, list[Tensor]] | None:
+    """``out`` (a tensor, or tuples and lists of them) with every tensor cloned, and the clones in
+    order; None for anything else."""
+    if isinstance(out, Tensor):
+        c = out.clone()
+        return c, [c]
+    if type(out) in (tuple, list):
+        items, flat = [], []
+        for o in out:  # type: ignore[attr-defined]
+            r = _cloned(o)
+            if r is None:
+                return None
+            items.append(r[0])
+            flat += r[1]
+        return type(out)(items), flat  # type: ignore[call-arg]
+    return None
 
 
 def _moved(a: Tensor, dim: int) -> Callable[[tuple[Tensor, ...]], tuple[Tensor, Tensor]]:
@@ -149,7 +194,7 @@ def recording(
             m.__dict__["forward"] = rule.record(m, calls, cands)  # an instance attribute, removed below
             patched.append(m)
         else:
-            handles.append(m.register_forward_hook(hook))
+            handles.append(m.register_forward_hook(hook, with_kwargs=True))
     try:
         yield calls
     finally:
@@ -192,14 +237,13 @@ def output_grads(calls: list[Call], out: Tensor, *, retain_graph: bool = False,
     return pairs
 
 
-def pair_rows(a: Tensor | Sites) -> int:
-    """The samples in a pair's input."""
-    return a.rows if isinstance(a, Sites) else int(a.shape[0])
+def versions(a: Tensor | tuple[Tensor, ...] | Sites) -> tuple[int, ...]:
+    """The version counters of a pair's input(s), to see later whether they were changed in place."""
+    ts = a.tensors if isinstance(a, Sites) else a if isinstance(a, tuple) else (a,)
+    return tuple(t._version for t in ts)
 
 
-def pair_versions(a: Tensor | Sites) -> tuple[int, ...]:
-    """The versions of a pair's input tensors (an in-place change after recording voids it)."""
-    return tuple(t._version for t in a.tensors) if isinstance(a, Sites) else (a._version,)
+pair_versions = versions
 
 
 def pair_sums(
@@ -213,7 +257,7 @@ def pair_sums(
     """Add each layer's per-sample sums (times ``scale``) to ``sums``; ``chunk`` splits the
     products into row blocks (transient memory)."""
     for m, a, g in pairs:
-        if chunk is None or pair_rows(a) <= chunk:
+        if chunk is None or isinstance(a, tuple) or (a.rows if isinstance(a, Sites) else a.shape[0]) <= chunk:
             _layer(m, cands[m], a, g, scale, sums)
         else:
             for ac, gc in zip(a.split(chunk), g.split(chunk), strict=True):
@@ -240,7 +284,8 @@ def factored_sums(
     for m, a, g in pairs:
         rule = rule_for(m)
         names = {n.rsplit(".", 1)[-1]: n for n in cands[m]}
-        f = rule.factors(m, a, g) if rule is not None and rule.factors and "weight" in names else None
+        f = (rule.factors(m, a, g) if rule is not None and rule.factors and "weight" in names
+             and isinstance(a, Tensor) and isinstance(g, Tensor) else None)
         if f is None:
             rest.append((m, a, g))
             continue
@@ -330,8 +375,8 @@ def _changed(c: Call) -> bool:
     return any(t._version != v for t, v in zip(c.targets, c.versions[len(c.inputs):], strict=True))
 
 
-def _layer(m: nn.Module, names: list[str], a: Tensor | Sites, g: Tensor | Sites, scale: float,
-           acc: dict[str, Tensor]) -> None:
+def _layer(m: nn.Module, names: list[str], a: Tensor | tuple[Tensor, ...] | Sites,
+           g: Tensor | tuple[Tensor, ...] | Sites, scale: float, acc: dict[str, Tensor]) -> None:
     """Add ``scale`` times one layer's sums to ``acc`` (by full name). Every per-sample gradient
     is linear in ``g``, so the scale goes on ``g``."""
     rule = rule_for(m)
@@ -342,7 +387,10 @@ def _layer(m: nn.Module, names: list[str], a: Tensor | Sites, g: Tensor | Sites,
         t = t.float()
         return t * scale if scale != 1.0 else t
 
-    g = g.map(scaled) if isinstance(g, Sites) else scaled(g)
+    if isinstance(g, Sites):
+        g = g.map(scaled)
+    else:
+        g = tuple(map(scaled, g)) if isinstance(g, tuple) else scaled(g)
     short = {n: n.rsplit(".", 1)[-1] for n in names}
     local = {short[n]: acc[n] for n in names if n in acc}
     rule.sums(m, a, g, local)
