@@ -120,7 +120,7 @@ def record_hook(
                 calls[m] = Call(m, (), (), (), rows=-1, count=2)  # not covered
                 return None
             samples, tensors = got
-            outs = tuple(copied[1])
+            outs = tuple(_flat(out))  # the originals: the rest of the forward gets the copies
             calls[m] = Call(m, tensors, outs, tuple(t._version for t in (*tensors, *outs)), samples,
                             pair=_all(tensors))
             return copied[0]
@@ -148,6 +148,13 @@ def _all(inputs: Tensors) -> Callable[[Tensors], tuple[Tensors, Tensors]]:
         return tuple(t.detach() for t in inputs), grads
 
     return pair
+
+
+def _flat(out: object) -> list[Tensor]:
+    """The tensors of ``out`` (a tensor, or tuples and lists of them), in order."""
+    if isinstance(out, Tensor):
+        return [out]
+    return [t for o in out for t in _flat(o)]  # type: ignore[attr-defined]
 
 
 def _cloned(out: object) -> tuple[object, list[Tensor]] | None:
