@@ -12,7 +12,9 @@ shown as a reference row: on these small inputs it is high.
 ones) for each config, on importance normalised to mean 1 per segment, by the mean k-NN ACC, and
 writes ``results/ssl_sweep.md``; the configs hold the values it chose.
 
-Run (one thread per process; ~10-15 minutes on a free core)::
+Not named ``ssl.py``: a script of that name would shadow the standard library's ``ssl`` module.
+
+Run (one thread per process; the wall times are printed)::
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/self_supervised.py
     OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/self_supervised.py --sweep
@@ -85,7 +87,7 @@ def _get(r: dict[str, Any], key: str) -> float | None:
 def table(name: str, results: list[dict[str, Any]], seconds: float) -> list[str]:
     """The markdown section of one config."""
     segments = results[0]["segment_names"]
-    head = ["learner", *[f"k-NN {s}" for s in segments], "k-NN ACC %", "k-NN forgetting %",
+    head = ["learner", *segments, "k-NN ACC %", "k-NN forgetting %",
             "k-NN min-ACC %", "k-NN BWT %", "linear ACC %", "linear forgetting %", "events",
             "samples/s"]
     lines = [f"### {name}", "",
@@ -119,6 +121,19 @@ def table(name: str, results: list[dict[str, Any]], seconds: float) -> list[str]
     acc_om, acc_ora = (_mean([r for r in results if r["learner"] == n], "average_accuracy")
                        for n in ("online-mas", "mas-oracle"))
     lines.append("")
+    fine = [r for r in results if r["learner"] == "finetune"]
+    joint = [r for r in results if r["learner"] == "joint"]
+    if fine and fine[0]["forgetting"] is not None:
+        k = len(segments)
+        diag = [sum(r["accuracy_matrix"][i][i] for i in range(k)) / k for r in fine]
+        untrained = [sum(r["initial_accuracy"]) / k for r in fine]
+        lines.append(
+            f"Does SSL fine-tuning forget, and what does it learn? k-NN accuracy on each segment "
+            f"right after training on it (the diagonal of the matrix): {_cell(diag)}, against "
+            f"{_cell(untrained)} for the untrained encoder"
+            + (f" and {_cell([r['average_accuracy'] for r in joint])} for i.i.d. training" if joint else "")
+            + f"; forgetting after it {_cell([r['forgetting'] for r in fine])} points.")
+        lines.append("")
     if ft is not None and om is not None and ora is not None and acc_om is not None \
             and acc_ora is not None:
         cut = 1 - om / ft if ft > 0 else math.nan
@@ -162,9 +177,9 @@ def main_sweep(s: Settings) -> None:
     out = ROOT / s.out / "sweep"
     lines = ["# lam of MAS for self-supervised continual learning (picked on seeds "
              f"{', '.join(map(str, s.sweep_seeds))})", "",
-             "Written by `OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/self_supervised.py --sweep`. Importance "
-             "normalised to mean 1 per segment (`mas.normalize = \"mean\"`); proximal penalty. k-NN "
-             "probe, mean over the seeds. The configs use the lam with the highest ACC.", "",
+             "Written by `OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/self_supervised.py --sweep`. "
+             "Importance normalised to mean 1 per segment (`mas.normalize = \"mean\"`); proximal "
+             "penalty. k-NN probe, mean over the seeds. The configs use the lam with the highest ACC.", "",
              "| config | learner | lam | k-NN ACC % | k-NN forgetting % | events |",
              "|---|---|---|---|---|---|"]
     seeds = json.dumps(list(s.sweep_seeds))
