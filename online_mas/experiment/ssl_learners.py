@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from online_mas.experiment.augment import Augment
-from online_mas.experiment.config import ExperimentConfig, SSLSection
+from online_mas.experiment.config import ExperimentConfig, ModelConfig, SSLSection
 from online_mas.experiment.learners import MAS, Finetune, Learner
 from online_mas.experiment.models import build_model
 from online_mas.experiment.registry import SSL_LEARNERS, build_detector, build_mas
@@ -69,9 +69,9 @@ class SSLNet(nn.Module):
                                      nn.Unflatten(1, tuple(input_shape)))
 
     @classmethod
-    def build(cls, model: object, ssl: SSLSection, input_shape: tuple[int, ...]) -> SSLNet:
+    def build(cls, model: ModelConfig, ssl: SSLSection, input_shape: tuple[int, ...]) -> SSLNet:
         """The encoder of ``[model]`` (its head sized ``ssl.embed_dim``) with the heads of ``[ssl]``."""
-        encoder = build_model(model, input_shape, ssl.embed_dim)  # type: ignore[arg-type]
+        encoder = build_model(model, input_shape, ssl.embed_dim)
         return cls(encoder, ssl.embed_dim, input_shape, proj_dim=ssl.proj_dim, pred_dim=ssl.pred_dim)
 
     def forward(self, x: Tensor) -> Tensor:
