@@ -32,7 +32,8 @@ from typing import Any
 
 import torch
 
-from online_mas.experiment import create_run_dir, load_config, run_experiment
+from online_mas.experiment import load_config, run_experiment
+from online_mas.experiment.rundir import continue_or_create
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ("ssl-permuted-digits", "ssl-rotated-digits", "ssl-permuted-mnist1d")
@@ -45,16 +46,18 @@ class Settings:
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # reported seeds
     sweep_seeds: tuple[int, ...] = (100, 101)  # seeds of --sweep (never reported)
     lams: tuple[float, ...] = (0.1, 1.0, 10.0)  # --sweep grid
-    out: str = "runs/ssl"  # run directories go under this folder
+    out: str = "runs/ssl"  # run directories go under this folder (continued if they hold the config)
+    fresh: bool = False  # replace the run directories instead of continuing them
     results: str = "results"  # where ssl.md / ssl_sweep.md go
 
 
-def _run(name: str, overrides: list[str], out: Path) -> tuple[list[dict[str, Any]], float]:
+def _run(name: str, overrides: list[str], out: Path, *, fresh: bool) -> tuple[list[dict[str, Any]], float]:
+    """Run (or continue: finished runs are kept) one config; its summaries and the sum of the
+    runs' wall times (as recorded, so a continued directory reports the time its runs took)."""
     config = load_config(ROOT / "configs" / f"{name}.toml", [*overrides, "run.progress=false"])
-    run_dir, config = create_run_dir(config, out, force=True)
-    start = time.perf_counter()
+    run_dir, config = continue_or_create(config, out, fresh=fresh)
     results = run_experiment(config, run_dir, progress=False)
-    return results, time.perf_counter() - start
+    return results, sum(float(r["timing"]["wall_time_s"]) for r in results)
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
@@ -89,10 +92,10 @@ def table(name: str, results: list[dict[str, Any]], seconds: float) -> list[str]
     segments = results[0]["segment_names"]
     head = ["learner", *segments, "k-NN ACC %", "k-NN forgetting %",
             "k-NN min-ACC %", "k-NN BWT %", "linear ACC %", "linear forgetting %", "events",
-            "samples/s"]
+            "detection F1", "samples/s"]
     lines = [f"### {name}", "",
              f"{len(results) // len(LEARNERS)} seeds, {results[0]['n_steps']} steps of batch "
-             f"{results[0]['batch_size']}; {seconds:.0f} s for the {len(results)} runs. "
+             f"{results[0]['batch_size']}; the {len(results)} runs took {seconds:.0f} s. "
              "Accuracy per segment: k-NN probe at the end of the stream (mean over seeds).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     init = [r for r in results if r["learner"] == LEARNERS[0]]
@@ -100,7 +103,7 @@ def table(name: str, results: list[dict[str, Any]], seconds: float) -> list[str]
                                   for k in range(len(segments))],
            _cell([sum(r["initial_accuracy"]) / len(segments) for r in init]), "", "", "",
            _cell([sum(r["linear_probe"]["initial_accuracy"]) / len(segments) for r in init]),
-           "", "", ""]
+           "", "", "", ""]
     lines.append("| " + " | ".join(row) + " |")
     for learner in LEARNERS:
         rs = [r for r in results if r["learner"] == learner]
@@ -114,6 +117,7 @@ def table(name: str, results: list[dict[str, Any]], seconds: float) -> list[str]
                _cell([r["linear_probe"]["average_accuracy"] for r in rs]),
                _cell([r["linear_probe"]["forgetting"] for r in rs]),
                f"{sum(r['n_snapshots'] for r in rs) / len(rs):.1f}",
+               _cell([(r.get("detection") or {}).get("f1") for r in rs], scale=1.0, digits=2),
                f"{sum(r['timing']['samples_per_s'] for r in rs) / len(rs):.0f}"]
         lines.append("| " + " | ".join(row) + " |")
     ft, om, ora = (_mean([r for r in results if r["learner"] == n], "forgetting")
@@ -133,6 +137,14 @@ def table(name: str, results: list[dict[str, Any]], seconds: float) -> list[str]
             f"{_cell(untrained)} for the untrained encoder"
             + (f" and {_cell([r['average_accuracy'] for r in joint])} for i.i.d. training" if joint else "")
             + f"; forgetting after it {_cell([r['forgetting'] for r in fine])} points.")
+        base = sum(untrained) / len(untrained)
+        below = [n for n in LEARNERS if (_mean([r for r in results if r["learner"] == n],
+                                               "average_accuracy") or 0.0) < base]
+        if len(below) == len(LEARNERS):
+            lines.append(
+                f"Every learner ends below the untrained encoder's k-NN ACC ({100 * base:.1f}): on "
+                "these inputs the SSL objective lowers k-NN accuracy, so part of what the "
+                "regularised learners keep is the random initialisation's distance-preserving map.")
         lines.append("")
     if ft is not None and om is not None and ora is not None and acc_om is not None \
             and acc_ora is not None:
@@ -162,11 +174,12 @@ def main_run(s: Settings) -> None:
     total = 0.0
     for name in s.configs:
         seeds = json.dumps(list(s.seeds))
-        results, seconds = _run(name, [f"experiment.seeds={seeds}"], out / name)
+        results, seconds = _run(name, [f"experiment.seeds={seeds}"], out / name, fresh=s.fresh)
         total += seconds
         print(f"{name}: {len(results)} runs in {seconds:.0f} s", flush=True)
         lines += table(name, results, seconds)
-    lines += [f"Total {total:.0f} s (torch threads 1, CPU, a shared machine: timings are noisy).", ""]
+    lines += [f"Total {total:.0f} s of run time (the sum of the runs' wall times; torch threads 1, "
+              "CPU, a machine shared with other jobs: timings and samples/s are noisy).", ""]
     path = ROOT / s.results / "ssl.md"
     path.write_text("\n".join(lines))
     print("\n".join(lines))
@@ -185,14 +198,14 @@ def main_sweep(s: Settings) -> None:
     seeds = json.dumps(list(s.sweep_seeds))
     for name in s.configs:
         base, _ = _run(name, [f"experiment.seeds={seeds}", 'experiment.learners=["finetune"]'],
-                       out / name / "finetune")
+                       out / name / "finetune", fresh=s.fresh)
         lines.append(f"| {name} | finetune | - | {_cell([r['average_accuracy'] for r in base])} | "
                      f"{_cell([r['forgetting'] for r in base])} | 0 |")
         for lam in s.lams:
             rs, _ = _run(name, [f"experiment.seeds={seeds}",
                                 'experiment.learners=["online-mas", "mas-oracle"]',
                                 f"learner.online-mas.lam={lam}", f"learner.mas-oracle.lam={lam}"],
-                         out / name / f"lam{lam}")
+                         out / name / f"lam{lam}", fresh=s.fresh)
             for learner in ("online-mas", "mas-oracle"):
                 mine = [r for r in rs if r["learner"] == learner]
                 lines.append(f"| {name} | {learner} | {lam:g} | "
@@ -210,6 +223,7 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="pick lam on seeds 100-101 instead")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="reported seeds (0-4)")
     parser.add_argument("--configs", nargs="+", default=None, choices=CONFIGS)
+    parser.add_argument("--fresh", action="store_true", help="rerun from scratch (default: continue)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     s = Settings()
@@ -217,6 +231,7 @@ def main() -> None:
         s.seeds = tuple(args.seeds)
     if args.configs:
         s.configs = tuple(args.configs)
+    s.fresh = args.fresh
     start = time.perf_counter()
     (main_sweep if args.sweep else main_run)(s)
     print(f"done in {time.perf_counter() - start:.0f} s")
