@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +216,20 @@ def test_tiny_ssl_run_through_the_command(tmp_path: Path, capsys: pytest.Capture
                                         if v["max"] > 0)  # only the encoder has importance
     lump = json.loads((out / "lump" / "seed0" / "summary.json").read_text())
     assert lump["stored_samples"] == 200
+    # the results table of scripts/self_supervised.py reads these summaries
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "scripts"))
+    script = importlib.import_module("self_supervised")
+    results = [json.loads((out / n / "seed0" / "summary.json").read_text()) for n in LEARNERS]
+    text = "\n".join(script.table("tiny", results, 1.0))
+    ft, om_ = results[0], results[1]
+    cells = " | ".join(f"{100 * a:.1f}" for a in ft["final_accuracy"])
+    acc, forgetting = 100 * ft["average_accuracy"], 100 * ft["forgetting"]
+    assert f"| finetune | {cells} | {acc:.1f} | {forgetting:.1f} |" in text
+    untrained = " | ".join(f"{100 * a:.1f}" for a in ft["initial_accuracy"])
+    assert f"| untrained encoder | {untrained} |" in text
+    assert (f"online-mas forgetting {100 * om_['forgetting']:.1f} vs finetune "
+            f"{100 * ft['forgetting']:.1f} points") in text
 
 
 def test_resume_after_an_interruption_gives_the_uninterrupted_results(tmp_path: Path) -> None:
