@@ -58,7 +58,14 @@ def preflight(config: ExperimentConfig) -> None:
                 stream = build_stream(dataclasses.replace(config.stream, seed=seed))
             except _ERRORS as err:
                 raise ConfigError(f"[stream] (seed {seed}): {err}") from None
-            if i or config.experiment.kind != "continual":
+            if i or config.experiment.kind == "adapt":
+                continue
+            if config.experiment.kind == "ssl":  # an encoder with the objective's heads
+                from online_mas.experiment.ssl_run import check_ssl
+                try:
+                    check_ssl(config, stream)
+                except _ERRORS as err:
+                    raise ConfigError(str(err)) from None
                 continue
             try:
                 model = build_model(config.model, stream.input_shape, stream.n_classes)

@@ -58,7 +58,7 @@ from online_mas.experiment.registry import DETECTING, OPTIMIZERS
 from online_mas.experiment.rundir import RunDirError, Unit, read_summary, write_text
 from streams import Stream, build_stream
 
-__all__ = ["Interrupted", "build_optimizer", "evaluate", "run_unit"]
+__all__ = ["Interrupted", "UnitRun", "build_optimizer", "evaluate", "run_unit"]
 
 _CKPT_KIND = "online-mas-run"
 _CKPT_VERSION = 1
@@ -149,6 +149,9 @@ def run_unit(config: ExperimentConfig, unit: Unit, *, stop: _Stop | None = None,
     threads = torch.get_num_threads()
     torch.set_num_threads(config.run.threads)
     try:
+        if config.experiment.kind == "ssl":  # self-supervised, unlabeled (UnitRun's subclass)
+            from online_mas.experiment.ssl_run import SSLRun
+            return SSLRun(config, unit).run(stop, progress)
         return _Run(config, unit).run(stop, progress)
     finally:
         torch.set_num_threads(threads)
@@ -159,13 +162,12 @@ class _Run:
 
     def __init__(self, config: ExperimentConfig, unit: Unit) -> None:
         self.config, self.unit = config, unit
-        self.stream: Stream = build_stream(dataclasses.replace(config.stream, seed=unit.seed))
+        self.stream: Stream = self.make_stream()
         self.n = len(self.stream)
         self.device = resolve_device(config.run.device)
         self.precision = config.run.precision
         torch.manual_seed(unit.seed)
-        self.model = build_model(config.model, self.stream.input_shape,
-                                 self.stream.n_classes).to(self.device)
+        self.model = self.make_model().to(self.device)
         self.net = dist.wrap(self.model)  # DistributedDataParallel under torchrun, else the model
         self.main = dist.is_main()  # the process that writes files
         self.distributed = dist.ranks()[1] > 1
@@ -177,9 +179,8 @@ class _Run:
         self.optimizer = build_optimizer(config.optim, self.model)
         self.scaler = grad_scaler(self.device, self.precision)  # "16-mixed" on CUDA only
         boundaries = [*self.stream.change_points, self.n]
-        self.learner: Learner = build_learner(unit.learner, config, self.model, boundaries,
-                                              seed=unit.seed)
-        self.record = Record()
+        self.learner: Learner = self.make_learner(boundaries)
+        self.record = self.make_record()
         self.eval_sets = list(self.stream.eval_sets)
         self.eval_at = frozenset(boundaries)  # steps done when a matrix row is evaluated
         self.segments = self.stream.truth.segments().tolist()
@@ -189,6 +190,28 @@ class _Run:
             self.order = torch.randperm(self.n, generator=g).tolist()
         self.ckpt = unit.path / "checkpoint.pt"
         self.metrics = unit.path / "metrics.jsonl"
+
+    # -- what the kind builds (experiment.ssl_run.SSLRun builds its own) ---------------------
+
+    def make_stream(self) -> Stream:
+        """This seed's stream (labeled: the task loss reads ``y``)."""
+        return build_stream(dataclasses.replace(self.config.stream, seed=self.unit.seed))
+
+    def make_model(self) -> nn.Module:
+        """The ``[model]`` network, on the CPU (the global generator was seeded)."""
+        return build_model(self.config.model, self.stream.input_shape, self.stream.n_classes)
+
+    def make_learner(self, boundaries: list[int]) -> Learner:
+        """The unit's learner on ``self.model``."""
+        return build_learner(self.unit.learner, self.config, self.model, boundaries,
+                             seed=self.unit.seed)
+
+    def make_record(self) -> Record:
+        """What the run measures (checkpointed)."""
+        return Record()
+
+    def extend_summary(self, summary: dict[str, Any]) -> None:
+        """Add the kind's own entries to the unit's ``summary.json`` (nothing here)."""
 
     # -- the loop (online_mas.experiment.loop.run_loop calls step, evaluate, log, end_step) ----
 
@@ -345,6 +368,7 @@ class _Run:
                             stored_samples=self.learner.stored_samples(), device=str(self.device),
                             layer_types=layer_types(self.model),
                             signal=self._signal_name() if detect else None)
+        self.extend_summary(summary)
         if not self.main:
             return summary
         if self.config.run.plots:
@@ -447,6 +471,10 @@ class _Run:
         with self.metrics.open("r+b") as fh:
             fh.truncate(size)  # drop the lines logged after the checkpoint
         return int(state["step"])  # type: ignore[call-overload]
+
+
+#: The state of one unit while it runs, for the kinds that extend it (``experiment.ssl_run``).
+UnitRun = _Run
 
 
 def _rng_state(device: torch.device) -> dict[str, object]:
