@@ -3,6 +3,7 @@ trigger and the reducer into three calls of the user's own loop (see ``ARCHITECT
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 import weakref
@@ -41,6 +42,7 @@ from online_mas.penalty import (
     proximal_,
 )
 from online_mas.reduce import Reducer
+from online_mas.sharded import any_sharded, local_grads, local_lists
 from online_mas.signals import per_sample
 from online_mas.skips import Skips
 from online_mas.trigger import Trigger, default_detector
@@ -291,13 +293,14 @@ class OnlineMAS:
         in place; call after ``loss.backward()`` instead of adding :meth:`penalty` to the loss."""
         delta = _check_shape(shape, delta)
         if self._active(explicit=True):
-            lists = self._lists()
-            if shape == "l1":
-                l1_grad_(*lists, self.lam, check=False)
-            elif shape == "huber":
-                huber_grad_(*lists, self.lam, delta=delta, check=False)
-            else:
-                penalty_grad_(*lists, self.lam, check=False)
+            with self._stand_ins() as params:  # a DTensor's local shard and its grad's
+                lists = self._lists(params)
+                if shape == "l1":
+                    l1_grad_(*lists, self.lam, check=False)
+                elif shape == "huber":
+                    huber_grad_(*lists, self.lam, delta=delta, check=False)
+                else:
+                    penalty_grad_(*lists, self.lam, check=False)
 
     def proximal_(self, lr: float, *, shape: str = "quadratic", delta: float | None = None) -> None:
         """The penalty as an implicit step after ``optimizer.step()``, stable for any ``lam``; for the
@@ -306,13 +309,14 @@ class OnlineMAS:
             raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
         delta = _check_shape(shape, delta)
         if self._active():
-            if shape == "l1":
-                l1_proximal_(*self._lists(), self.lam, lr, check=False)
-            elif shape == "huber":
-                huber_proximal_(*self._lists(), self.lam, lr, delta=delta, check=False)
-            else:
-                safe = not 2.0 * lr * self.lam * self.consolidator.peak < PROXIMAL_SAFE_ABOVE
-                proximal_(*self._lists(), self.lam, lr, check=False, safe=safe)
+            with self._stand_ins() as params:  # a DTensor parameter's local shard
+                if shape == "l1":
+                    l1_proximal_(*self._lists(params), self.lam, lr, check=False)
+                elif shape == "huber":
+                    huber_proximal_(*self._lists(params), self.lam, lr, delta=delta, check=False)
+                else:
+                    safe = not 2.0 * lr * self.lam * self.consolidator.peak < PROXIMAL_SAFE_ABOVE
+                    proximal_(*self._lists(params), self.lam, lr, check=False, safe=safe)
 
     def observe(self, x: Inputs, *, loss: float | Tensor | None = None) -> Event | None:
         """Update the running importance from a batch of inputs (never labels), batch dimension
@@ -471,9 +475,22 @@ class OnlineMAS:
                              "lam, or a smaller lam")
         return self.consolidator.segments > 0 and self.lam != 0.0
 
-    def _lists(self) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    def _lists(self, params: list[Tensor] | None = None) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Parameters (``params``: stand-ins for them), anchors and Omega; the local shards of
+        DTensors (a sharded model: the penalty of this rank's shards, whose sum over the ranks is
+        the penalty)."""
         names, c = self._params.names, self.consolidator
-        return self._params.params, [c.anchor[n] for n in names], [c.omega[n] for n in names]
+        lists = (self._params.params if params is None else params, [c.anchor[n] for n in names],
+                 [c.omega[n] for n in names])
+        if not any_sharded(self._params.params):
+            return lists
+        a, b, d = local_lists(*lists)
+        return a, b, d
+
+    def _stand_ins(self) -> contextlib.AbstractContextManager[list[Tensor]]:
+        """The parameters for in-place updates: the DTensors' local shards (with their grads')."""
+        params = self._params.params
+        return local_grads(params) if any_sharded(params) else contextlib.nullcontext(params)
 
     def _estimate(self, x: Inputs, *, step: bool = True) -> BatchImportance:
         """This batch's importance: from the user's forward (shared_forward) or a separate pass.
