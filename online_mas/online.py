@@ -42,7 +42,7 @@ from online_mas.penalty import (
     proximal_,
 )
 from online_mas.reduce import Reducer
-from online_mas.sharded import any_sharded, local_grads, local_lists
+from online_mas.sharded import any_sharded, local_grads, local_lists, whole_value
 from online_mas.signals import per_sample
 from online_mas.skips import Skips
 from online_mas.trigger import Trigger, default_detector
@@ -276,15 +276,20 @@ class OnlineMAS:
     def penalty(self, *, shape: str = "quadratic", delta: float | None = None) -> Tensor:
         """Differentiable ``lam * sum_k Omega_k rho(theta_k - theta*_k)`` (0 before any consolidation):
         ``rho(d) = d^2`` (``shape="quadratic"``), ``|d|`` (``"l1"``) or the Huber ``h(d)`` with
-        threshold ``delta`` (``"huber"``, :mod:`online_mas.bounded`)."""
+        threshold ``delta`` (``"huber"``, :mod:`online_mas.bounded`). A sharded (DTensor) model:
+        each rank differentiates its shards' share and every rank gets the whole value (a
+        collective: call it on every rank)."""
         delta = _check_shape(shape, delta)
         if self._active(explicit=True):
             lists = self._lists()
             if shape == "l1":
-                return l1_loss(*lists, self.lam, check=False)
-            if shape == "huber":
-                return huber_loss(*lists, self.lam, delta=delta, check=False)
-            return penalty_loss(*lists, self.lam, check=False)
+                value = l1_loss(*lists, self.lam, check=False)
+            elif shape == "huber":
+                value = huber_loss(*lists, self.lam, delta=delta, check=False)
+            else:
+                value = penalty_loss(*lists, self.lam, check=False)
+            # sharded: this rank's shards' share, plus the others' as a constant (one all-reduce)
+            return whole_value(value, self._params.params) if any_sharded(self._params.params) else value
         device = self._params.params[0].device if self._params.params else torch.device("cpu")
         return torch.zeros((), device=device)
 

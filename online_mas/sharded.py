@@ -47,6 +47,7 @@ __all__ = [
     "local_nbytes",
     "place",
     "scatter_sums",
+    "whole_value",
 ]
 
 BUCKET = 1 << 24  # elements of full-size sums formed and reduce-scattered at once (64 MiB in float32)
@@ -255,6 +256,19 @@ def _shards_1d(tensors: Sequence[Tensor]) -> list[Tensor]:
 
 def _whole(t: Tensor) -> Tensor:
     return t.full_tensor() if is_sharded(t) else t
+
+
+def whole_value(part: Tensor, like: Sequence[Tensor]) -> Tensor:
+    """``part`` (this rank's share of a sum over the shards of ``like``, DTensors of one 1-D
+    mesh) plus the other ranks' shares as a constant: the whole value on every rank, with the
+    gradient of this rank's share (a collective). Otherwise ``part`` itself.
+    """
+    meshes = {t.device_mesh for t in _shards_1d(like)}  # type: ignore[attr-defined]
+    if len(meshes) != 1:
+        return part
+    total = part.detach().clone().reshape(1)
+    dist.all_reduce(total, group=next(iter(meshes)).get_group())
+    return part + (total[0] - part.detach())
 
 
 def local_lists(*lists: Sequence[Tensor]) -> tuple[list[Tensor], ...]:
