@@ -8,6 +8,7 @@ and consolidates at the same step (:mod:`online_mas.distributed` holds the build
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -182,7 +183,9 @@ class Reducer:
             return None, value
 
         def zeros(p: Tensor) -> Callable[[], Tensor]:
-            return lambda: torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+            def make() -> Tensor:
+                return torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+            return make
 
         sources = {k: sums[k] if k in sums else zeros(p) for k, p in named.items()}
         sharded = [k for k, p in named.items() if is_sharded(p)]
@@ -257,5 +260,9 @@ def _sources(batch: BatchImportance) -> dict[str, Tensor | Callable[[], Tensor]]
     """A batch's sums, its factored ones as functions that form them (when their bucket is sent)."""
     out: dict[str, Tensor | Callable[[], Tensor]] = dict(batch.sums)
     for name, (g, a) in batch.factors.items():
-        out[name] = lambda g=g, a=a: g.t() @ a
+        out[name] = functools.partial(_product, g, a)
     return out
+
+
+def _product(g: Tensor, a: Tensor) -> Tensor:
+    return g.t() @ a

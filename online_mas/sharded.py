@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -69,12 +69,12 @@ def any_sharded(tensors: Sequence[Tensor]) -> bool:
     return any(is_sharded(t) for t in tensors)
 
 
-def local(t: Tensor) -> Tensor:
+def local(t: Any) -> Tensor:
     """This rank's shard of a DTensor (differentiable under autograd), a plain tensor itself."""
     return t.to_local() if is_sharded(t) else t
 
 
-def full(t: Tensor) -> Tensor:
+def full(t: Any) -> Tensor:
     """The whole tensor: a DTensor gathered (a collective), a plain tensor itself."""
     return t.full_tensor() if is_sharded(t) else t
 
@@ -90,7 +90,7 @@ def float_zeros(p: Tensor) -> Tensor:
     return torch.zeros(p.shape, dtype=torch.float32, device=p.device)
 
 
-def place(t: Tensor, like: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
+def place(t: Any, like: Any, *, dtype: torch.dtype | None = None) -> Tensor:
     """``t`` (a whole tensor or a DTensor of ``like``'s shape) laid out as ``like``: its device,
     ``dtype`` (default ``like``'s) and, for a DTensor ``like``, its mesh and placements.
 
@@ -189,7 +189,7 @@ def _scatter_flat(sums: Sequence[Tensor | Callable[[], Tensor]], params: Sequenc
     group = mesh.get_group()  # type: ignore[attr-defined]
     n = mesh.size()  # type: ignore[attr-defined]
     blocks, widths, rows = [], [], []
-    for s, p in zip(sums, params, strict=True):
+    for s in sums:
         t = _formed(s).movedim(dim, 0)
         c = -(-t.shape[0] // n)
         t = t.reshape(t.shape[0], -1)
@@ -200,7 +200,7 @@ def _scatter_flat(sums: Sequence[Tensor | Callable[[], Tensor]], params: Sequenc
         rows.append(c)
     recv = reduce_scatter_rows(torch.cat(blocks, dim=1), group, stats=stats)
     del blocks
-    out = []
+    out: list[Tensor] = []
     for part, p, c in zip(recv.split(widths), params, rows, strict=True):
         moved = list(p.shape)
         moved.insert(0, moved.pop(dim))
@@ -220,7 +220,7 @@ def global_stats(tensors: Sequence[Tensor]) -> tuple[float, int, float]:
     (6.0, 3, 3.0)
     """
     numel = sum(int(t.numel()) for t in tensors)
-    shards = [] if not any_sharded(tensors) else _shards_1d(tensors)
+    shards: list[Any] = [] if not any_sharded(tensors) else _shards_1d(tensors)
     ids = {id(t) for t in shards}
     none = torch.tensor(-torch.inf, dtype=torch.float64)
     total, peak = torch.zeros((), dtype=torch.float64), none
@@ -246,15 +246,15 @@ def global_stats(tensors: Sequence[Tensor]) -> tuple[float, int, float]:
     return float(total), numel, float(peak) if numel else 0.0
 
 
-def _shards_1d(tensors: Sequence[Tensor]) -> list[Tensor]:
+def _shards_1d(tensors: Sequence[Any]) -> list[Any]:
     """The DTensors sharded (``Shard(d)``) on a 1-D mesh."""
     from torch.distributed.tensor import Shard
 
-    return [t for t in tensors if is_sharded(t) and t.device_mesh.ndim == 1  # type: ignore[attr-defined]
-            and isinstance(t.placements[0], Shard)]  # type: ignore[attr-defined]
+    return [t for t in tensors if is_sharded(t) and t.device_mesh.ndim == 1
+            and isinstance(t.placements[0], Shard)]
 
 
-def _whole(t: Tensor) -> Tensor:
+def _whole(t: Any) -> Tensor:
     return t.full_tensor() if is_sharded(t) else t
 
 
@@ -263,7 +263,7 @@ def whole_value(part: Tensor, like: Sequence[Tensor]) -> Tensor:
     mesh) plus the other ranks' shares as a constant: the whole value on every rank, with the
     gradient of this rank's share (a collective). Otherwise ``part`` itself.
     """
-    meshes = {t.device_mesh for t in _shards_1d(like)}  # type: ignore[attr-defined]
+    meshes = {t.device_mesh for t in _shards_1d(like)}
     if len(meshes) != 1:
         return part
     total = part.detach().clone().reshape(1)
@@ -278,7 +278,7 @@ def local_lists(*lists: Sequence[Tensor]) -> tuple[list[Tensor], ...]:
 
 
 @contextlib.contextmanager
-def local_grads(params: Sequence[Tensor]) -> Iterator[list[Tensor]]:
+def local_grads(params: Sequence[Any]) -> Iterator[list[Tensor]]:
     """The parameters as tensors whose data and ``.grad`` are the local shards of the DTensor
     parameters' (plain parameters pass through): in-place updates of either land in the shards.
 
@@ -302,7 +302,7 @@ def local_grads(params: Sequence[Tensor]) -> Iterator[list[Tensor]]:
                 if q is p:
                     continue
                 if p.grad is None and q.grad is not None:
-                    p.grad = DTensor.from_local(q.grad, p.device_mesh, p.placements,  # type: ignore[attr-defined]
+                    p.grad = DTensor.from_local(q.grad, p.device_mesh, p.placements,
                                                 shape=p.shape, stride=p.stride())
                 q.grad = None
 

@@ -126,7 +126,7 @@ def load_sharded(path: str | os.PathLike[str], model: nn.Module | Mapping[str, T
     saved = torch.load(io.BytesIO(template.pop(_REST).numpy().tobytes()), weights_only=True)
     if not isinstance(saved, dict) or saved.get("format") != _FORMAT:
         raise ValueError(f"{target}: unsupported sharded checkpoint format")
-    return _join(saved["state"], (), template)  # type: ignore[no-any-return]
+    return _join(saved["state"], (), template)
 
 
 def _split(obj: Any, path: tuple[str, ...], out: dict[str, Tensor]) -> Any:

@@ -38,10 +38,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from online_mas.distributed import all_reduce_flat, world
 
-__all__ = ["PARALLEL", "blocks", "broadcast", "init", "is_main", "launched", "ranks", "reduce_sums", "shard",
-           "shutdown", "wrap"]
+__all__ = ["FSDP_LEARNERS", "PARALLEL", "blocks", "broadcast", "init", "is_main", "launched", "ranks",
+           "reduce_sums", "shard", "shutdown", "wrap"]
 
 PARALLEL = ("ddp", "fsdp")  # run.parallel: DistributedDataParallel, or FSDP2's fully_shard per block
+FSDP_LEARNERS = ("finetune", "online-mas", "mas-oracle")  # learners whose state follows a sharded model
 
 T = TypeVar("T")
 

@@ -45,8 +45,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from online_mas import checkpoint
-from online_mas.sharded import any_sharded, full
-from online_mas.sharded_checkpoint import load_sharded, save_sharded
 from online_mas.experiment import dist
 from online_mas.experiment.config import ExperimentConfig, OptimConfig
 from online_mas.experiment.configio import config_diff, config_to_dict
@@ -58,6 +56,8 @@ from online_mas.experiment.plots import draw_unit_plots
 from online_mas.experiment.record import Record, summarize
 from online_mas.experiment.registry import DETECTING, OPTIMIZERS
 from online_mas.experiment.rundir import RunDirError, Unit, read_summary, write_text
+from online_mas.sharded import any_sharded, full
+from online_mas.sharded_checkpoint import load_sharded, save_sharded
 from streams import Stream, build_stream
 
 __all__ = ["Interrupted", "build_optimizer", "evaluate", "run_unit"]
@@ -400,7 +400,7 @@ class _Run:
     def _save_sharded(self, done: int, log: Any, learner_state: dict[str, object]) -> None:
         """Every rank writes its shards of the model, optimizer and learner state (DCP); the rest
         is rank 0's (:func:`~online_mas.save_sharded`)."""
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+        from torch.distributed.checkpoint import state_dict as dcp_state
 
         if self.main:
             log.flush()
@@ -408,16 +408,18 @@ class _Run:
         save_sharded({
             "kind": _CKPT_KIND, "version": _CKPT_VERSION, "learner": self.unit.learner,
             "seed": self.unit.seed, "step": done, "n_steps": self.n, "config": self._identity(),
-            "model_signature": model_signature(self.model), "model": get_model_state_dict(self.model),
-            "optimizer": get_optimizer_state_dict(self.model, self.optimizer),
+            "model_signature": model_signature(self.model),
+            "model": dcp_state.get_model_state_dict(self.model),
+            "optimizer": dcp_state.get_optimizer_state_dict(self.model, self.optimizer),
             "learner_state": learner_state, "scaler": None, "stream": self.stream.state_dict(),
             "rng": _rng_state(self.device), "record": self.record.state_dict(),
             "metrics_bytes": log.tell() if self.main else 0,
         }, self.ckpt)
 
-    def _read(self) -> tuple[dict[str, Any] | None, str | None]:
+    def _read(self) -> tuple[dict[str, object] | None, str | None]:
         """The checkpoint: read by rank 0 and sent to the others, or (sharded) by every rank."""
-        state, error = None, None
+        state: dict[str, object] | None = None
+        error: str | None = None
         if self.sharded:
             try:
                 state = load_sharded(self.ckpt, self.model)
@@ -465,10 +467,11 @@ class _Run:
                 f"unexpected {sorted(set(saved) - set(mine))}, shape mismatches {shapes}")
         try:
             if self.sharded:
-                from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+                from torch.distributed.checkpoint import state_dict as dcp_state
 
-                set_model_state_dict(self.model, state["model"])
-                set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
+                dcp_state.set_model_state_dict(self.model, state["model"])  # type: ignore[arg-type]
+                dcp_state.set_optimizer_state_dict(self.model, self.optimizer,
+                                                   state["optimizer"])  # type: ignore[arg-type]
             else:
                 self.model.load_state_dict(state["model"])  # type: ignore[arg-type]
                 self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
