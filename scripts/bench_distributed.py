@@ -24,9 +24,11 @@ For each model (an MLP 784-256-256-10 and the digits MLP 64-100-100-10) the rank
    one ``all_reduce_flat`` of the whole-model sums and the three scalars, against the sharded
    reduction (:func:`online_mas.sharded.scatter_sums`): the three scalars all-reduced, then one
    ``reduce_scatter_tensor`` that leaves each rank the sums of its shards. Interleaved rounds
-   (the order alternates), each after a barrier, in one process per rank; median ms per update,
-   and the bytes of OnlineMAS's per-parameter state each rank then holds. Then ``observe`` of a
-   training loop (every step an update) under DDP and under FSDP2: median ms per update.
+   (the order rotates), each after a barrier, with the bare gloo ``all_reduce`` and
+   ``reduce_scatter_tensor`` of one model-sized buffer for reference, in one process per rank;
+   median ms per update, and the bytes of OnlineMAS's per-parameter state each rank then holds.
+   Then ``observe`` of a training loop (every step an update) under DDP and under FSDP2: median
+   ms per update.
 
 Every process uses one thread. The tables are printed and written with the raw numbers to
 ``<out>/bench_distributed.json`` (``bench_sharded.json`` and ``results/bench_sharded.md`` for
@@ -188,13 +190,21 @@ def time_reductions(sizes: tuple[int, ...], cfg: BenchConfig, bar: tqdm | None) 
     params = list(fsdp(mlp(sizes)).parameters())
     sums = [torch.rand(p.shape) for p in params]  # this rank's whole-model sums of one batch
     scalars = torch.tensor([32.0, 1.0, 32.0])
-    times: dict[str, list[float]] = {"ddp": [], "sharded": []}
+    numel = sum(p.numel() for p in params)
+    raw = torch.rand(cfg.world * -(-numel // cfg.world))  # one buffer of the model's size
+    raw_out = raw.new_empty(raw.numel() // cfg.world)
+    times: dict[str, list[float]] = {"ddp": [], "sharded": [], "raw_all_reduce": [], "raw_reduce_scatter": []}
+    kinds = list(times)
     for i in range(cfg.rounds + 2):
-        for kind in (("ddp", "sharded") if i % 2 else ("sharded", "ddp")):
+        for kind in kinds[i % len(kinds):] + kinds[:i % len(kinds)]:  # the order rotates
             dist.barrier()
             t0 = time.perf_counter()
             if kind == "ddp":
                 all_reduce_flat([*sums, scalars])
+            elif kind == "raw_all_reduce":
+                dist.all_reduce(raw)
+            elif kind == "raw_reduce_scatter":
+                dist.reduce_scatter_tensor(raw_out, raw)
             else:
                 all_reduce_flat([scalars])
                 shards = scatter_sums(sums, params)  # type: ignore[arg-type]
@@ -202,9 +212,10 @@ def time_reductions(sizes: tuple[int, ...], cfg: BenchConfig, bar: tqdm | None) 
                 times[kind].append((time.perf_counter() - t0) * 1e3)
         if bar is not None:
             bar.update()
-    numel = sum(p.numel() for p in params)
     return {"params": numel, "ddp_ms": statistics.median(times["ddp"]),
             "sharded_ms": statistics.median(times["sharded"]),
+            "raw_all_reduce_ms": statistics.median(times["raw_all_reduce"]),
+            "raw_reduce_scatter_ms": statistics.median(times["raw_reduce_scatter"]),
             "ddp_result_bytes": 4 * (numel + 3), "sharded_result_bytes": local_nbytes(shards)}
 
 
@@ -264,10 +275,12 @@ def report_sharded(cfg: BenchConfig, results: list[dict[str, Any]]) -> None:
             f"interleaved rounds (reductions) and {cfg.observe_steps} observe() calls")
     lines = [head, "",
              "| model | params | DDP all-reduce ms | sharded (scalars + reduce-scatter) ms | ratio | "
-             "sums kept per rank, DDP | sharded |", "|---|---|---|---|---|---|---|"]
+             "gloo all_reduce alone ms | gloo reduce_scatter alone ms | sums kept per rank, DDP | sharded |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['model']} | {r['params']:,} | {r['ddp_ms']:.2f} | {r['sharded_ms']:.2f} | "
-                     f"{r['sharded_ms'] / r['ddp_ms']:.2f} | {r['ddp_result_bytes'] / 2**20:.2f} MiB | "
+                     f"{r['sharded_ms'] / r['ddp_ms']:.2f} | {r['raw_all_reduce_ms']:.2f} | "
+                     f"{r['raw_reduce_scatter_ms']:.2f} | {r['ddp_result_bytes'] / 2**20:.2f} MiB | "
                      f"{r['sharded_result_bytes'] / 2**20:.2f} MiB |")
     lines += ["", "| model | observe ms, DDP | observe ms, FSDP2 | OnlineMAS state per rank, DDP | FSDP2 |",
               "|---|---|---|---|---|"]

@@ -183,13 +183,30 @@ def _checkpoint(rank: int, path: str) -> dict[str, object]:
             "penalty": [float(mas.penalty()), float(mas2.penalty())]}
 
 
+def _accumulated(rank: int | None) -> dict[str, Tensor]:
+    """accumulate() outside the steps (kept, then reduce-scattered by the consolidation's flush),
+    a one-sample batch observed, then consolidate: Omega."""
+    model = _families()["mlp"][0]
+    if rank is not None:
+        model = _sharded(model)
+    mas = _mas(model, None)
+    x = _batch("mlp", 50)
+    mas.accumulate(x if rank is None else _shard(x, rank))
+    mas.consolidate()
+    one = _batch("mlp", 51)[:2]  # one sample per rank
+    mas.observe(one if rank is None else one[rank:rank + 1])
+    mas.consolidate()
+    return {k: full(v) for k, v in mas.omega.items()}
+
+
 def _worker(rank: int, port: int, out: str) -> None:
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=WORLD, timeout=timedelta(seconds=60))
     try:
-        res: dict[str, object] = {"scatter": _scatter(rank), "collectives": _collectives(rank)}
+        res: dict[str, object] = {"scatter": _scatter(rank), "collectives": _collectives(rank),
+                                  "accumulate": _accumulated(rank)}
         for family in _families():
             res[family] = _snapshot(*_run(family, rank))
         res["detector"] = _snapshot(*_run("mlp", rank, detector=True))
@@ -269,6 +286,12 @@ def test_both_ranks_consolidate_at_the_same_step_with_the_slow_anchor_sharded(
         assert got["events"] == ref["events"]
         for key in ("running", "omega", "anchors", "params"):
             _close(got[key], ref[key])
+
+
+def test_accumulate_and_a_one_sample_batch_per_rank(ranks: tuple[list[dict[str, object]], Path]) -> None:
+    ref = _accumulated(None)
+    for res in ranks[0]:
+        _close(res["accumulate"], ref)
 
 
 def test_state_per_rank_is_about_half_of_the_single_process_state(
