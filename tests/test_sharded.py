@@ -180,7 +180,7 @@ def _checkpoint(rank: int, path: str) -> dict[str, object]:
         m(x)
         o.observe(x)
     return {"loaded": before, "next": [_snapshot(model, mas), _snapshot(again, mas2)],
-            "penalty": [float(mas.penalty()), float(mas2.penalty())]}
+            "penalty": [float(mas.penalty().detach()), float(mas2.penalty().detach())]}
 
 
 def _accumulated(rank: int | None) -> dict[str, Tensor]:
