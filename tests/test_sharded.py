@@ -199,6 +199,18 @@ def _accumulated(rank: int | None) -> dict[str, Tensor]:
     return {k: full(v) for k, v in mas.omega.items()}
 
 
+def _from_one_process(path: Path) -> dict[str, object]:
+    """A state saved by one process (torch.save) loaded into a sharded model's OnlineMAS."""
+    state = torch.load(path, weights_only=True)
+    mas = _mas(_sharded(_families()["mlp"][0]), om.Periodic(every=2))
+    mas.load_state_dict(state)
+    slow = mas.anchor_policy.source() or {}
+    return {"kinds": sorted({type(v).__name__ for v in [*mas.omega.values(), *slow.values()]}),
+            "omega": {k: full(v) for k, v in mas.omega.items()},
+            "anchors": {k: full(v) for k, v in mas.anchors.items()},
+            "slow": {k: full(v) for k, v in slow.items()}}
+
+
 def _worker(rank: int, port: int, out: str) -> None:
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.set_num_threads(1)
@@ -211,6 +223,7 @@ def _worker(rank: int, port: int, out: str) -> None:
             res[family] = _snapshot(*_run(family, rank))
         res["detector"] = _snapshot(*_run("mlp", rank, detector=True))
         res["checkpoint"] = _checkpoint(rank, str(Path(out) / "ckpt"))
+        res["from_one"] = _from_one_process(Path(out) / "single.pt")
         torch.save(res, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -225,6 +238,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, object]], Path]:
     out = tmp_path_factory.mktemp("sharded")
+    torch.save(_run("mlp", None, detector=True)[1].state_dict(), out / "single.pt")
     ctx = mp.start_processes(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=False,
                              start_method="spawn")
     deadline = time.monotonic() + 180
@@ -361,6 +375,16 @@ def test_a_save_with_two_ranks_loads_with_one(ranks: tuple[list[dict[str, object
         _identical(saved[key], {k: v.detach() for k, v in got.items()})
     assert [(e.step, e.reason) for e in mas.events] == saved["events"]
     assert mas.step == STEPS
+
+
+def test_a_single_process_state_loads_sharded(ranks: tuple[list[dict[str, object]], Path]) -> None:
+    single = torch.load(ranks[1] / "single.pt", weights_only=True)
+    for res in ranks[0]:
+        got = res["from_one"]
+        assert isinstance(got, dict) and got["kinds"] == ["DTensor"]
+        _identical(got["omega"], single["consolidator"]["omega"])
+        _identical(got["anchors"], single["consolidator"]["anchor"])
+        _identical(got["slow"], single["anchor_policy"]["slow"])
 
 
 def test_sync_every_is_refused_for_a_sharded_model(ranks: tuple[list[dict[str, object]], Path]) -> None:
