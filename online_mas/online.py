@@ -30,6 +30,7 @@ from online_mas.checks import check_choice, is_int, is_real
 from online_mas.consolidate import NORMALIZE, ConsolidationRule, Consolidator, CurrentAnchor, StableAnchor
 from online_mas.estimators import METHODS, BatchImportance, NonFiniteError, OutputFn, estimate
 from online_mas.estimators.common import check_input, model_output
+from online_mas.estimators.exact import fast_candidates
 from online_mas.estimators.inputs import Inputs, batch_size, select
 from online_mas.forward import LastForward, Parameters, unwrap
 from online_mas.migrate import STATE_VERSION, current_state
@@ -42,7 +43,7 @@ from online_mas.penalty import (
     proximal_,
 )
 from online_mas.reduce import Reducer
-from online_mas.sharded import any_sharded, local_grads, local_lists, whole_value
+from online_mas.sharded import any_sharded, finite_copy, local_grads, local_lists, whole_value
 from online_mas.signals import per_sample
 from online_mas.skips import Skips
 from online_mas.trigger import Trigger, default_detector
@@ -352,7 +353,7 @@ class OnlineMAS:
         weight = float(batch_size(x))
         try:
             if update:
-                check_input(x)
+                self._check_batch(x)
                 batch = self._estimate(x)
                 out, weight = (seen, weight) if seen is not None else (_for_signal(batch.out), float(batch.n))
                 value = self.trigger.value(out)  # type: ignore[arg-type]
@@ -508,7 +509,7 @@ class OnlineMAS:
             self._seen.active = False
             try:
                 batch = estimate(unwrap(self.model), xs, method=self.config.method, output=self.output,
-                                 chunk_size=self.config.chunk_size, factors=step)
+                                 chunk_size=self._chunk(xs), factors=step)
             finally:
                 self._seen.active = True
         if self.buffer is not None and step and isinstance(xs, Tensor):
@@ -516,6 +517,33 @@ class OnlineMAS:
             scores = surprise(batch.out) if callable(surprise) else per_sample("entropy", batch.out)
             self.buffer.add(xs, scores)
         return batch
+
+    def _chunk(self, x: Inputs) -> int | None:
+        """``config.chunk_size``; a sharded model: the whole batch, since its forward and backward
+        are collectives that every rank must run as often (one pass each, whatever its batch)."""
+        if not any_sharded(self._params.params):
+            return self.config.chunk_size
+        if self.config.method != "exact":
+            raise ValueError(f"a sharded (DTensor) model takes method='exact', got {self.config.method!r}")
+        cands = fast_candidates(unwrap(self.model), self._params.named())
+        ruled = {n for names in cands.values() for n in names}
+        missing = [n for n in self._params.names if n not in ruled]
+        if missing:  # torch.func's functional_call would swap out the parameters FSDP manages
+            raise ValueError(f"a sharded (DTensor) model needs a closed-form rule (om.estimators.register) "
+                             f"for every parameter, since the torch.func fallback cannot run on it; none "
+                             f"for {missing}")
+        return max(1, batch_size(x))
+
+    def _check_batch(self, x: Inputs) -> None:
+        """``check_input``; across the ranks of a sharded model, a rank whose batch is not finite
+        still runs the estimate's forward and backward (FSDP's collectives) on a finite copy,
+        then skips its batch as every model does."""
+        try:
+            check_input(x)
+        except NonFiniteError:
+            if self.reducer.size > 1 and any_sharded(self._params.params):
+                self._estimate(finite_copy(x), step=False)
+            raise
 
     def _keep(self, batch: BatchImportance, *, update: bool) -> None:
         """Add a batch now (one process) or keep it for the next reduction across ranks."""

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BUCKET",
     "any_sharded",
+    "finite_copy",
     "float_zeros",
     "full",
     "global_stats",
@@ -305,6 +306,21 @@ def local_grads(params: Sequence[Any]) -> Iterator[list[Tensor]]:
                     p.grad = DTensor.from_local(q.grad, p.device_mesh, p.placements,
                                                 shape=p.shape, stride=p.stride())
                 q.grad = None
+
+
+def finite_copy(x: Any) -> Any:
+    """A batch (a tensor, or a tuple, list or dict of them) with nan and inf replaced by 0.
+
+    >>> finite_copy((torch.tensor([1.0, float("nan")]), 3))
+    (tensor([1., 0.]), 3)
+    """
+    if isinstance(x, Tensor):
+        return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0) if x.is_floating_point() else x
+    if isinstance(x, dict):
+        return {k: finite_copy(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return type(x)(finite_copy(v) for v in x)
+    return x
 
 
 def local_nbytes(obj: object) -> int:

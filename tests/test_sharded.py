@@ -31,6 +31,18 @@ FORMS = ("loss", "grad", "proximal")  # the penalty's form on step t: FORMS[t % 
 SCATTER = [((7, 3), 0), ((5,), 0), ((1, 4), 0), ((4, 6), 1), ((6, 2), "hsdp")]  # shape, Shard dim
 
 
+class Scaled(nn.Module):
+    """A parameter of the root used in the forward (no rule: torch.func gives its importance)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.out = nn.Linear(10, 8), nn.Linear(8, 3)
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, 8))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(torch.tanh(self.inp(x)) * self.scale)
+
+
 def _families() -> dict[str, tuple[nn.Module, Tensor]]:
     """A seeded model and a seeded input shape per family (built identically on every rank)."""
     torch.manual_seed(0)
@@ -41,7 +53,7 @@ def _families() -> dict[str, tuple[nn.Module, Tensor]]:
 
 def _batch(family: str, t: int) -> Tensor:
     g = torch.Generator().manual_seed(100 + t)
-    return torch.randn(ROWS, 10, generator=g) if family == "mlp" else torch.randn(ROWS, 2, 12, generator=g)
+    return torch.randn(ROWS, 2, 12, generator=g) if family == "conv" else torch.randn(ROWS, 10, generator=g)
 
 
 def _shard(x: Tensor, rank: int) -> Tensor:
@@ -156,6 +168,16 @@ def _collectives(rank: int) -> dict[str, object]:
             mas.observe(_shard(_batch("mlp", t), rank))
     finally:
         dist.all_reduce, dist.reduce_scatter_tensor = all_reduce, reduce_scatter  # type: ignore[assignment]
+    scaled = om.OnlineMAS(_sharded(Scaled()), detector=None, config=om.MASConfig(every=1))
+    try:
+        scaled.observe(_shard(_batch("mlp", 1), rank))
+    except ValueError as err:
+        sizes["no_rule"] = str(err)  # type: ignore[assignment]
+    vmap = om.OnlineMAS(model, detector=None, config=om.MASConfig(every=1, method="vmap"))
+    try:
+        vmap.observe(_shard(_batch("mlp", 1), rank))
+    except ValueError as err:
+        sizes["method"] = str(err)  # type: ignore[assignment]
     windowed = om.OnlineMAS(model, detector=None, config=om.MASConfig(every=1),
                             reducer=om.Reducer(sync_every=2))
     try:
@@ -211,6 +233,25 @@ def _from_one_process(path: Path) -> dict[str, object]:
             "slow": {k: full(v) for k, v in slow.items()}}
 
 
+def _nan(rank: int | None) -> tuple[dict[str, Tensor], int]:
+    """Three observed batches; at step 2 rank 1's slice is nan (its forwards still run, on
+    zeros, since FSDP's are collectives). The reference sees rank 0's slice alone at step 2."""
+    model = _families()["mlp"][0]
+    if rank is not None:
+        model = _sharded(model)
+    mas = _mas(model, None)
+    for t in range(1, 4):
+        x = _batch("mlp", 60 + t)
+        if rank is None:
+            mas.observe(x[:SPLIT] if t == 2 else x)
+            continue
+        part = _shard(x, rank)
+        if t == 2 and rank == 1:
+            part = torch.full_like(part, float("nan"))
+        mas.observe(part)
+    return {k: full(v) for k, v in mas.running_omega.items()}, mas.n_skipped
+
+
 def _worker(rank: int, port: int, out: str) -> None:
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.set_num_threads(1)
@@ -218,7 +259,7 @@ def _worker(rank: int, port: int, out: str) -> None:
                             world_size=WORLD, timeout=timedelta(seconds=60))
     try:
         res: dict[str, object] = {"scatter": _scatter(rank), "collectives": _collectives(rank),
-                                  "accumulate": _accumulated(rank)}
+                                  "accumulate": _accumulated(rank), "nan": _nan(rank)}
         for family in _families():
             res[family] = _snapshot(*_run(family, rank))
         res["detector"] = _snapshot(*_run("mlp", rank, detector=True))
@@ -308,6 +349,16 @@ def test_accumulate_and_a_one_sample_batch_per_rank(ranks: tuple[list[dict[str, 
         _close(res["accumulate"], ref)
 
 
+def test_a_rank_with_a_non_finite_batch_takes_part_and_is_left_out(
+    ranks: tuple[list[dict[str, object]], Path]
+) -> None:
+    ref, _ = _nan(None)
+    for rank, res in enumerate(ranks[0]):
+        running, skipped = res["nan"]  # type: ignore[misc]
+        _close(running, ref)
+        assert skipped == rank  # rank 1 counted its one skipped batch
+
+
 def test_state_per_rank_is_about_half_of_the_single_process_state(
     ranks: tuple[list[dict[str, object]], Path], references: dict[str, dict[str, object]]
 ) -> None:
@@ -387,9 +438,15 @@ def test_a_single_process_state_loads_sharded(ranks: tuple[list[dict[str, object
         _identical(got["slow"], single["anchor_policy"]["slow"])
 
 
-def test_sync_every_is_refused_for_a_sharded_model(ranks: tuple[list[dict[str, object]], Path]) -> None:
+def test_sync_every_torch_func_and_other_methods_are_refused_for_a_sharded_model(
+    ranks: tuple[list[dict[str, object]], Path]
+) -> None:
     for res in ranks[0]:
-        assert "sync_every=2 keeps whole-model sums" in res["collectives"]["refused"]  # type: ignore[index]
+        got = res["collectives"]
+        assert isinstance(got, dict)
+        assert "sync_every=2 keeps whole-model sums" in got["refused"]
+        assert "needs a closed-form rule" in got["no_rule"] and "['scale']" in got["no_rule"]
+        assert "takes method='exact', got 'vmap'" in got["method"]
 
 
 def test_bad_arguments() -> None:
