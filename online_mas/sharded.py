@@ -15,7 +15,10 @@ that leaves the whole sum on every rank. The penalty, its gradient form and the 
 on the local shards (:func:`local_lists`, :func:`local_grads`).
 
 Every mesh dimension is taken as data-parallel (FSDP2 on a 1-D mesh, HSDP on a 2-D one); tensor
-parallelism, whose ranks see the same batch, is not supported.
+parallelism, whose ranks see the same batch, is not supported. The estimate takes ``method="exact"``
+with a closed-form rule for every parameter (``torch.func``'s ``functional_call`` would swap out
+the parameters FSDP manages), in one pass per batch, since each forward and backward of a
+sharded model is a collective that every rank must run as often.
 """
 
 from __future__ import annotations
