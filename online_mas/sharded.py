@@ -69,8 +69,13 @@ def is_sharded(t: object) -> bool:
 
 
 def any_sharded(tensors: Sequence[Tensor]) -> bool:
-    """Whether any of ``tensors`` is a DTensor (the model is sharded)."""
-    return any(is_sharded(t) for t in tensors)
+    """Whether any of ``tensors`` is a DTensor (the model is sharded); one dictionary look-up
+    while ``torch.distributed.tensor`` is not imported."""
+    module = sys.modules.get("torch.distributed.tensor")
+    if module is None:
+        return False
+    cls = module.DTensor
+    return any(isinstance(t, cls) for t in tensors)
 
 
 def local(t: Any) -> Tensor:
