@@ -57,8 +57,8 @@ def _parser() -> argparse.ArgumentParser:
         "report", help="redraw the plots of run directories, compare them and print a table",
         description="Redraw the PNG plots of every complete run in each RUN_DIR, draw the "
                     "comparison figures across learners and seeds (comparison-accuracy.png, "
-                    "comparison-acc.png, and SVG) and print one comparison table (mean ± std "
-                    "over seeds).")
+                    "comparison-matrix.png, comparison-acc.png, comparison-importance.png, each "
+                    "also as SVG) and print one comparison table (mean ± std over seeds).")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     report.add_argument("--out", metavar="DIR",
                         help="folder of the comparison figures (default: the first RUN_DIR)")

@@ -53,7 +53,7 @@ from online_mas.experiment.learners import Learner, build_learner
 from online_mas.experiment.loop import run_loop
 from online_mas.experiment.models import build_model, model_signature
 from online_mas.experiment.plots import draw_unit_plots
-from online_mas.experiment.record import Record, summarize
+from online_mas.experiment.record import Record, layer_types, summarize
 from online_mas.experiment.registry import DETECTING, OPTIMIZERS
 from online_mas.experiment.rundir import RunDirError, Unit, read_summary, write_text
 from online_mas.sharded import any_sharded, full
@@ -356,13 +356,22 @@ class _Run:
                             order=self.stream.truth.order,
                             segment_names=self.stream.truth.segment_names, importance=imp, detect=detect,
                             tolerance=self.config.experiment.detect_tolerance,
-                            stored_samples=self.learner.stored_samples(), device=str(self.device))
+                            stored_samples=self.learner.stored_samples(), device=str(self.device),
+                            layer_types=layer_types(self.model),
+                            signal=self._signal_name() if detect else None)
         if not self.main:
             return summary
         if self.config.run.plots:
             draw_unit_plots(self.unit.path, summary)
         write_text(self.unit.path / "summary.json", json.dumps(summary, indent=1) + "\n")
         return summary
+
+    def _signal_name(self) -> str | None:
+        """The signal the learner's detector watches (``[learner.<name>.mas] signal``), if any."""
+        options = getattr(self.config.learner, self.unit.learner.replace("-", "_").replace("+", "_"),
+                          None)
+        signal = getattr(getattr(options, "mas", None), "signal", None)
+        return signal if isinstance(signal, str) else None
 
     # -- checkpoints -----------------------------------------------------------------------
 

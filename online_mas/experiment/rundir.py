@@ -71,7 +71,8 @@ _MARKER_VERSION = 1
 
 #: What the runner writes: top-level files, learner folders, unit folders, plot files.
 _TOP_FILES = frozenset({MARKER, LOCK, "config.toml", "summary.json", "comparison.md", "table.md",
-                        "metrics.jsonl", *(f"comparison-{name}.{ext}" for name in ("accuracy", "acc")
+                        "metrics.jsonl", *(f"comparison-{name}.{ext}"
+                                           for name in ("accuracy", "matrix", "acc", "importance")
                                            for ext in ("png", "svg"))})
 _UNIT_FILES = frozenset({"metrics.jsonl", "checkpoint.pt", "importance.pt", "summary.json"})
 _TMP = re.compile(r"^\..+\.tmp$")  # an atomic write cut short
