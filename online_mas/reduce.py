@@ -97,10 +97,13 @@ class Reducer:
                 raise ValueError(f"sync_every={self.sync_every} keeps whole-model sums on every rank "
                                  "between reductions: a sharded (DTensor) model needs sync_every=1")
             self.pending_updates += 1
-            if sharded:
+            if sharded:  # sums kept by accumulate() travel with this update
                 sources = _sources(batch) if batch is not None else {}
-                return self._reduce_sharded(sources, batch.n if batch is not None else 0, weighted, weight,
-                                            named)
+                for name, kept in self._pending.items():
+                    here = sources.get(name)
+                    sources[name] = kept if here is None else functools.partial(_total, here, kept)
+                n = (batch.n if batch is not None else 0) + self._pending_n
+                return self._reduce_sharded(sources, n, weighted, weight, named)
             if self.sync_every == 1:
                 return self._reduce_batch(batch, weighted, weight, named)
             self.defer(batch.materialize() if batch is not None else {}, batch.n if batch is not None else 0)
@@ -266,3 +269,7 @@ def _sources(batch: BatchImportance) -> dict[str, Tensor | Callable[[], Tensor]]
 
 def _product(g: Tensor, a: Tensor) -> Tensor:
     return g.t() @ a
+
+
+def _total(a: Tensor | Callable[[], Tensor], b: Tensor) -> Tensor:
+    return (a() if callable(a) else a) + b

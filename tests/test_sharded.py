@@ -206,8 +206,9 @@ def _checkpoint(rank: int, path: str) -> dict[str, object]:
 
 
 def _accumulated(rank: int | None) -> dict[str, Tensor]:
-    """accumulate() outside the steps (kept, then reduce-scattered by the consolidation's flush),
-    a one-sample batch observed, then consolidate: Omega."""
+    """accumulate() outside the steps (kept, reduce-scattered by the consolidation's flush),
+    consolidate; accumulate again, then a one-sample batch per rank observed (the kept sums travel
+    with its update), consolidate: Omega."""
     model = _families()["mlp"][0]
     if rank is not None:
         model = _sharded(model)
@@ -215,6 +216,8 @@ def _accumulated(rank: int | None) -> dict[str, Tensor]:
     x = _batch("mlp", 50)
     mas.accumulate(x if rank is None else _shard(x, rank))
     mas.consolidate()
+    x = _batch("mlp", 52)
+    mas.accumulate(x if rank is None else _shard(x, rank))
     one = _batch("mlp", 51)[:2]  # one sample per rank
     mas.observe(one if rank is None else one[rank:rank + 1])
     mas.consolidate()
