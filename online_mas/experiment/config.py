@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from online_mas.experiment.augment import Augment
 from online_mas.experiment.device import PRECISIONS, check_device_spec
+from online_mas.experiment.dist import PARALLEL
 from online_mas.experiment.mas_section import MASSection
 from online_mas.experiment.registry import (
     ADAPT_METHODS,
@@ -447,10 +448,12 @@ class RunConfig:
     plots: bool = True  # draw the PNG plots at the end of each run
     device: str = "auto"  # "auto" (CUDA if present, else CPU), "cpu", "cuda", "cuda:N" or "mps"
     precision: str = "32"  # "32", "bf16-mixed" or "16-mixed" (CUDA): autocast of the forward
+    parallel: str = "ddp"  # under torchrun: "ddp" (a whole replica per rank) or "fsdp" (FSDP2, sharded)
 
     def __post_init__(self) -> None:
         check_device_spec(self.device)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("parallel", self.parallel, PARALLEL)
         for name in ("threads", "workers", "log_every"):
             value = getattr(self, name)
             if _bad_int(value) or value < 1:
