@@ -168,7 +168,8 @@ def _run_locked(config: ExperimentConfig, run_dir: str, args: argparse.Namespace
     start = time.perf_counter()
     results = run_experiment(config, run_dir, progress=False if args.no_progress else None)
     seconds = time.perf_counter() - start
-    print(f"\n{config.experiment.name}: final accuracy on each segment, % (mean over "
+    probe = " of the k-NN probe on the encoder" if config.experiment.kind == "ssl" else ""
+    print(f"\n{config.experiment.name}: final accuracy{probe} on each segment, % (mean over "
           f"{len(config.experiment.seeds)} seed(s))\n")
     print(final_accuracy_table(results))
     print("\ncomparison (mean ± std over seeds)\n")

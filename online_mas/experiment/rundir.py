@@ -52,7 +52,7 @@ from typing import Any
 
 from online_mas.experiment.config import ExperimentConfig
 from online_mas.experiment.configio import ConfigError, config_diff, config_to_dict, dump_toml, load_config
-from online_mas.experiment.registry import LEARNERS
+from online_mas.experiment.registry import LEARNERS, SSL_LEARNERS
 
 try:
     import fcntl
@@ -177,7 +177,7 @@ def _foreign(path: Path) -> list[Path]:
     for top in sorted(path.iterdir()):
         if ok_file(top, _TOP_FILES):
             continue
-        if top.is_symlink() or not top.is_dir() or top.name not in LEARNERS:
+        if top.is_symlink() or not top.is_dir() or top.name not in (*LEARNERS, *SSL_LEARNERS):
             out.append(top)
             continue
         for seed in sorted(top.iterdir()):
