@@ -30,12 +30,14 @@ from streams.sources import (
     DatasetPool,
     Pool,
     Source,
+    SubsetPool,
     TensorPool,
     dataset_source,
     digits_source,
     mnist1d_source,
     stratified_split,
     tensor_source,
+    validation_source,
 )
 from streams.stream import Batch, Stream
 from streams.torchvision_sources import (
@@ -71,6 +73,7 @@ __all__ = [
     "Schedule",
     "Segment",
     "Source",
+    "SubsetPool",
     "Stream",
     "StreamConfig",
     "TensorPool",
@@ -93,5 +96,6 @@ __all__ = [
     "segment_lengths",
     "stratified_split",
     "tensor_source",
+    "validation_source",
     "torchvision_source",
 ]
