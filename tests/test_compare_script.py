@@ -56,3 +56,35 @@ def test_compare_avalanche_gives_each_segment_in_stream_order() -> None:
         assert torch.equal(x, torch.cat(xs)) and torch.equal(y, torch.cat(ys))
     assert harness.grid("naive", harness.AvalancheConfig()) == (None,)
     assert harness.grid("ewc", harness.AvalancheConfig()) == harness.AvalancheConfig().ewc_lambdas
+
+
+def test_tensor_batches_naive_trains_exactly_as_avalanches_loader() -> None:
+    pytest.importorskip("avalanche")
+    from avalanche.benchmarks.scenarios.deprecated.generic_benchmark_creation import (
+        create_generic_benchmark_from_tensor_lists,
+    )
+    from avalanche.training.plugins import EvaluationPlugin, LwFPlugin
+    from avalanche.training.supervised import Naive
+
+    from streams import StreamConfig, build_stream
+
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "scripts"))
+    harness = importlib.import_module("compare_avalanche")
+    stream = build_stream(StreamConfig("permuted-digits", n_segments=2, passes=0.5, batch_size=32, seed=0))
+    train = harness.segments(stream)
+    weights = []
+    for kind in (Naive, harness.tensor_batches_naive(train)):
+        bench = create_generic_benchmark_from_tensor_lists(
+            train_tensors=train, test_tensors=list(stream.eval_sets), task_labels=[0, 0])
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU(),
+                                    torch.nn.Linear(16, 10))
+        learner = kind(model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+                       torch.nn.CrossEntropyLoss(), train_mb_size=32, train_epochs=1,
+                       plugins=[LwFPlugin(alpha=1.0, temperature=2.0)],
+                       evaluator=EvaluationPlugin(loggers=[]), device="cpu")
+        for experience in bench.train_stream:
+            learner.train(experience, shuffle=False)
+        weights.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights, strict=True))
