@@ -73,9 +73,9 @@ __all__ = [
     "Schedule",
     "Segment",
     "Source",
-    "SubsetPool",
     "Stream",
     "StreamConfig",
+    "SubsetPool",
     "TensorPool",
     "Transform",
     "build_stream",
@@ -96,6 +96,6 @@ __all__ = [
     "segment_lengths",
     "stratified_split",
     "tensor_source",
-    "validation_source",
     "torchvision_source",
+    "validation_source",
 ]

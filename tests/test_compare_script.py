@@ -88,3 +88,36 @@ def test_tensor_batches_naive_trains_exactly_as_avalanches_loader() -> None:
             learner.train(experience, shuffle=False)
         weights.append([p.detach().clone() for p in model.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*weights, strict=True))
+
+
+def test_stream_forgetting_is_the_usual_one_in_order_and_covers_recurring_segments() -> None:
+    from online_mas.metrics import forgetting
+
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "scripts"))
+    compare = importlib.import_module("compare")
+    g = torch.Generator().manual_seed(0)
+    square = torch.rand(4, 4, generator=g).tolist()
+    assert compare.stream_forgetting(square, [0, 1, 2, 3]) == pytest.approx(forgetting(square))
+    rows = [[0.9, 0.1, 0.0], [0.5, 0.8, 0.1], [0.8, 0.3, 0.2], [0.6, 0.7, 0.9], [0.4, 0.6, 0.5]]
+    # order 0 1 0 2 1: the last one trained is segment 1; segments 0 and 2 count
+    want = ((0.9 - 0.4) + (0.9 - 0.5)) / 2
+    assert compare.stream_forgetting(rows, [0, 1, 0, 2, 1]) == pytest.approx(want)
+    assert compare.stream_forgetting(rows[:1], [0]) is None
+
+
+def test_selection_keeps_the_best_validation_value() -> None:
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "scripts"))
+    compare = importlib.import_module("compare")
+    selection = {"s": {"online-mas": [{"options": {"lam": 0.1}, "acc": [0.5], "mean": 0.5},
+                                      {"options": {"lam": 0.3}, "acc": [0.7], "mean": 0.7}],
+                       "mas+er": [{"options": {"lam": 0.3}, "acc": [], "mean": None}]}}
+    assert compare.chosen_options(selection) == {"s": {"online-mas": {"lam": 0.3}, "mas+er": {"lam": 0.3}}}
+    from online_mas.experiment.config import ExperimentConfig
+
+    cfg = compare.CompareConfig()
+    tfcl = compare.grid("tfcl", ExperimentConfig(), cfg, 0.01)
+    assert {o["eras"] for o in tfcl} == {True, False} and all(o["lam"] == 0.01 for o in tfcl)
+    with pytest.raises(ValueError, match="stage 2"):
+        compare.grid("mas+lwf", ExperimentConfig(), cfg, None)

@@ -32,7 +32,8 @@ def test_distillation_loss_matches_the_hand_formula(temperature: float) -> None:
     assert got.item() == pytest.approx(hand_kl(student, teacher, temperature), rel=1e-5)
 
 
-def hand_confident_kl(student: list[list[float]], teacher: list[list[float]], t: float, power: float) -> float:
+def hand_confident_kl(student: list[list[float]], teacher: list[list[float]], t: float,
+                      power: float) -> float:
     """Per-sample hand KL, each weighted by the teacher's top probability (at T = 1) ** power."""
     total = 0.0
     for s_row, t_row in zip(student, teacher, strict=True):
