@@ -358,6 +358,37 @@ def targets(ours: dict[str, float], theirs: dict[str, float]) -> list[str]:
     return parts
 
 
+#: The headline table's rows: ``(label, stored samples, boundaries, candidates, ours)``; a row shows
+#: the candidate with the best mean ACC (named when there is more than one).
+HEADLINE = (
+    ("task-free online MAS + replay (`mas+er`, `tfcl`)", "200", "task-free", ("mas+er", "tfcl"), True),
+    ("Avalanche Replay", "200", "given", ("replay",), False),
+    ("our `er`", "200", "task-free", ("er",), True),
+    ("task-free, no samples (`online-mas`, `mas+lwf`)", "0", "task-free", ("online-mas", "mas+lwf"), True),
+    ("Avalanche, no samples (best of EWC, MAS, SI, LwF)", "0", "given", ("ewc", "mas", "si", "lwf"), False),
+)
+
+
+def headline(scenarios: Sequence[str], ours: dict[str, dict[str, list[float]]],
+             theirs: dict[str, dict[str, list[float]]]) -> str:
+    """ACC % (mean ± std) per scenario of the best of each :data:`HEADLINE` row's candidates."""
+    lines = ["| learner | stored samples | boundaries | " + " | ".join(scenarios) + " |",
+             "|---|---|---|" + "---|" * len(scenarios)]
+    for label, stored, bounds, names, mine in HEADLINE:
+        cells = []
+        for sc in scenarios:
+            pool = (ours if mine else theirs).get(sc, {})
+            present = [n for n in names if pool.get(n)]
+            if not present:
+                cells.append("n/a")
+                continue
+            best = max(present, key=lambda n: _mean_std(pool[n])[0])
+            cell = _cell(pool[best], 100, 1)
+            cells.append(cell + (f" ({best})" if len(names) > 1 else ""))
+        lines.append(f"| {label} | {stored} | {bounds} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     cfg = AvalancheConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -414,10 +445,14 @@ def main() -> None:
     picked = "; ".join(f"{sc} " + ", ".join(f"{k} {v['value']:g}" for k, v in c.items()
                                           if v["value"] is not None) for sc, c in chosen.items())
     notes = []
+    accs_ours: dict[str, dict[str, list[float]]] = {}
+    accs_theirs: dict[str, dict[str, list[float]]] = {}
     for scenario in cfg.scenarios:
-        ours = {k: _mean_std([r["average_accuracy"] for r in v])[0]
-                for k, v in _ours(Path(args.ours), scenario, cfg.seeds).items()}
-        theirs = {k: _mean_std([r["average_accuracy"] for r in v])[0] for k, v in results[scenario].items()}
+        accs_ours[scenario] = {k: [r["average_accuracy"] for r in v]
+                               for k, v in _ours(Path(args.ours), scenario, cfg.seeds).items()}
+        accs_theirs[scenario] = {k: [r["average_accuracy"] for r in v] for k, v in results[scenario].items()}
+        ours = {k: _mean_std(v)[0] for k, v in accs_ours[scenario].items()}
+        theirs = {k: _mean_std(v)[0] for k, v in accs_theirs[scenario].items()}
         notes.append(f"- {scenario}: ACC points, " + "; ".join(targets(ours, theirs)))
     lines = ["| scenario | learner | seeds | ACC % | forgetting % | BWT % | stored samples | ms / step |",
              "|---|---|---|---|---|---|---|---|"]
@@ -458,7 +493,9 @@ def main() -> None:
               f"{CACHE['ran']} run now; the ms / step are those measured when each ran) on "
               f"{os.cpu_count()} cores (shared), 1 torch thread; torch "
               f"{torch.__version__}, Python {platform.python_version()}.")
-    text = (f"{header}\n\n" + "\n".join(lines) + "\n\nThe issue's targets, differences of the means:\n\n"
+    top = headline(cfg.scenarios, accs_ours, accs_theirs)
+    text = (f"{header}\n\nHeadline, ACC % (the README's table):\n\n{top}\n\nAll rows:\n\n"
+            + "\n".join(lines) + "\n\nThe issue's targets, differences of the means:\n\n"
             + "\n".join(notes) + f"\n\n{footer}\n")
     print("\n" + text)
     write_results(args.results, text, {"seeds": list(cfg.seeds), "si_check": {"stock": stock, "fixed": fixed},

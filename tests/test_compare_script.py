@@ -121,3 +121,16 @@ def test_selection_keeps_the_best_validation_value() -> None:
     assert {o["eras"] for o in tfcl} == {True, False} and all(o["lam"] == 0.01 for o in tfcl)
     with pytest.raises(ValueError, match="stage 2"):
         compare.grid("mas+lwf", ExperimentConfig(), cfg, None)
+
+
+def test_headline_shows_the_best_candidate_of_each_row() -> None:
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "scripts"))
+    harness = importlib.import_module("compare_avalanche")
+    ours = {"s": {"mas+er": [0.8, 0.9], "tfcl": [0.95, 0.95], "er": [0.7, 0.7], "online-mas": [0.6, 0.6]}}
+    theirs = {"s": {"replay": [0.85, 0.85], "ewc": [0.5, 0.7], "lwf": [0.65, 0.65]}}
+    rows = harness.headline(["s"], ours, theirs).splitlines()[2:]
+    assert rows[0].endswith("| 95.0 ± 0.0 (tfcl) |") and rows[1].endswith("| 85.0 ± 0.0 |")
+    assert rows[2].endswith("| 70.0 ± 0.0 |") and rows[3].endswith("| 60.0 ± 0.0 (online-mas) |")
+    assert rows[4].endswith("| 65.0 ± 0.0 (lwf) |")
+    assert harness.headline(["t"], ours, theirs).splitlines()[2].endswith("| n/a |")
