@@ -311,6 +311,38 @@ def git_commit() -> str:
         return "unknown"
 
 
+def timing(cfg: CompareConfig, scenario: str, rounds: int,
+           passes: float) -> tuple[str, dict[str, list[float]]]:
+    """ms per training step of every learner, interleaved: ``rounds`` rounds, each learner once per round.
+
+    Each round runs every learner for one seed-0 run of ``scenario`` at ``passes`` passes per
+    segment (the chosen options of results/compare.json when it is there, else the configs'), in a
+    rotated order, one process, 1 thread; the median over rounds and its ratio to fine-tuning's
+    median are reported. The machine's load moves both alike, so the ratio is what to read.
+    """
+    path, base = _base(scenario)
+    saved = Path(f"{cfg.results}.json")
+    chosen = json.loads(saved.read_text()).get("chosen", {}).get(scenario, {}) if saved.is_file() else {}
+    per: dict[str, list[float]] = {n: [] for n in cfg.learners}
+    for r in range(rounds):
+        order = list(cfg.learners[r % len(cfg.learners):]) + list(cfg.learners[: r % len(cfg.learners)])
+        for learner in order:
+            sets = [*_common(base, cfg, 1), f'experiment.learners=["{learner}"]', "experiment.seeds=[0]",
+                    f"stream.passes={float(passes)}", *_sets(learner, chosen.get(learner, {}))]
+            config = load_config(path, sets)
+            run_dir, config = continue_or_create(config, Path(cfg.out) / "timing" / f"{learner}-{r}",
+                                                 fresh=True)
+            summary = run_units([(config, u) for u in units(config, run_dir)], progress=False)[0]
+            per[learner].append(1000.0 / summary["timing"]["steps_per_s"])
+    med = {n: sorted(v)[len(v) // 2] for n, v in per.items()}
+    ref = med.get("finetune")
+    lines = ["| learner | ms / step (median) | x finetune | rounds |", "|---|---|---|---|"]
+    for n, v in med.items():
+        ratio = f"{v / ref:.2f}" if ref else "n/a"
+        lines.append(f"| {n} | {v:.2f} | {ratio} | {', '.join(f'{t:.2f}' for t in per[n])} |")
+    return "\n".join(lines), per
+
+
 def main() -> None:
     cfg = CompareConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -324,11 +356,30 @@ def main() -> None:
     parser.add_argument("--out", default=cfg.out)
     parser.add_argument("--results", default=cfg.results)
     parser.add_argument("--fresh", action="store_true", help="replace existing run directories")
+    parser.add_argument("--timing", type=int, default=0, metavar="ROUNDS",
+                        help="only time the learners: ROUNDS interleaved rounds on --scenarios' first, "
+                             "1 pass per segment; writes <results>_timing.md")
     args = parser.parse_args()
     cfg = CompareConfig(scenarios=tuple(args.scenarios), learners=tuple(args.learners),
                         seeds=tuple(args.seeds), select_seeds=tuple(args.select_seeds),
                         passes=args.passes, workers=args.workers, out=args.out, results=args.results)
     torch.set_num_threads(1)
+    if args.timing:
+        t0 = time.perf_counter()
+        scenario = cfg.scenarios[0]
+        body, per = timing(cfg, scenario, args.timing, passes=1.0)
+        text = (f"Time per training step of each learner on {scenario} (1 pass per segment, seed 0, the "
+                f"options chosen in results/compare.md), {args.timing} interleaved rounds in one process, "
+                f"1 torch thread, on a shared {os.cpu_count()}-core machine: the median, and its ratio to "
+                f"fine-tuning's (the ratio is what the load moves least). A replay step trains on the "
+                f"stream's batch plus 32 replayed samples (der: plus two replay batches).\n\n{body}\n\n"
+                f"`python scripts/compare.py --timing {args.timing} --scenarios {scenario}` on commit "
+                f"{git_commit()}: {time.perf_counter() - t0:.0f} s wall; torch {torch.__version__}.\n")
+        print(text)
+        write_results(f"{cfg.results}_timing", text, {"scenario": scenario, "rounds": args.timing,
+                                                      "ms_per_step": per, "commit": git_commit()})
+        print(f"wrote {cfg.results}_timing.md")
+        return
     start = time.perf_counter()
 
     stage1 = run_selection(cfg, ("online-mas", "mas-oracle", "lwf"), {}, args.fresh)
