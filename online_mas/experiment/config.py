@@ -284,11 +284,13 @@ def _memory(size: object, batch: object, weight: object, buffer: object | None =
         _choice("buffer", buffer, MEMORIES)
 
 
-def _distill(temperature: object, weight: object) -> None:
+def _distill(temperature: object, weight: object, confidence: object) -> None:
     if not _finite(temperature) or temperature <= 0:  # type: ignore[operator]
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     if not _finite(weight) or weight < 0:  # type: ignore[operator]
         raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
+    if not _finite(confidence) or confidence < 0:  # type: ignore[operator]
+        raise ValueError(f"confidence must be a finite number >= 0, got {confidence!r}")
 
 
 @dataclass(frozen=True)
@@ -351,9 +353,10 @@ class LwFLearnerConfig:
 
     temperature: float = 2.0  # softening temperature of both outputs
     weight: float = 1.0  # weight of the distillation term
+    confidence: float = 0.0  # weight each sample by the teacher's top probability ** this (0: plain LwF)
 
     def __post_init__(self) -> None:
-        _distill(self.temperature, self.weight)
+        _distill(self.temperature, self.weight, self.confidence)
 
 
 @dataclass(frozen=True)
@@ -376,12 +379,14 @@ class MASReplayLearnerConfig(OnlineMASLearnerConfig):
     batch: int = 32  # replayed samples per step, besides the stream's batch
     weight: float = 1.0  # weight of the replayed samples' mean loss
     buffer_importance: bool = False  # also estimate importance on the memory (label-free), every mas.every
+    eras: bool = True  # hard buffer: a new era at each consolidation, the slots shared among eras
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _memory(self.size, self.batch, self.weight, self.buffer)
-        if not isinstance(self.buffer_importance, bool):
-            raise ValueError(f"buffer_importance must be a boolean, got {self.buffer_importance!r}")
+        for name in ("buffer_importance", "eras"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a boolean, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
@@ -393,10 +398,11 @@ class MASLwFLearnerConfig(OnlineMASLearnerConfig):
 
     temperature: float = 2.0  # softening temperature of both outputs
     weight: float = 1.0  # weight of the distillation term
+    confidence: float = 0.0  # weight each sample by the teacher's top probability ** this (0: plain LwF)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _distill(self.temperature, self.weight)
+        _distill(self.temperature, self.weight, self.confidence)
 
 
 def _tfcl() -> MASReplayLearnerConfig:
