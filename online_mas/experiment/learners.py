@@ -432,22 +432,23 @@ der, lwf, tfcl, mas+er, mas+lwf
                          der=(d.alpha, d.beta))
     if name == "lwf":
         w = opts.lwf
-        return Distillation(name, Distiller(model, temperature=w.temperature, weight=w.weight),
-                            boundaries=boundaries)
+        return Distillation(name, Distiller(model, temperature=w.temperature, weight=w.weight,
+                                            confidence=w.confidence), boundaries=boundaries)
     if name in ("tfcl", "mas+er"):
         r = opts.tfcl if name == "tfcl" else opts.mas_er
         detector = build_detector(r.detector, r.detector_args, where=f"learner.{name}")
         inner = MAS(name, build_mas(model, r.lam, r.mas, detector=detector), form=r.penalty, lr=lr,
                     shape=r.shape, delta=r.delta)
         return Rehearsal(name, model, MEMORIES[r.buffer](r.size, seed=seed), batch=r.batch,
-                         weight=r.weight, mas=inner, buffer_importance=r.buffer_importance)
+                         weight=r.weight, mas=inner, buffer_importance=r.buffer_importance,
+                         eras=r.eras)
     if name == "mas+lwf":
         m2 = opts.mas_lwf
         detector = build_detector(m2.detector, m2.detector_args, where="learner.mas+lwf")
         inner = MAS(name, build_mas(model, m2.lam, m2.mas, detector=detector), form=m2.penalty, lr=lr,
                     shape=m2.shape, delta=m2.delta)
-        return Distillation(name, Distiller(model, temperature=m2.temperature, weight=m2.weight),
-                            mas=inner)
+        return Distillation(name, Distiller(model, temperature=m2.temperature, weight=m2.weight,
+                                            confidence=m2.confidence), mas=inner)
     raise ValueError(f"unknown learner {name!r}; allowed: {', '.join(LEARNERS)}")
 
 
