@@ -515,7 +515,10 @@ def write(cfg: GradConfig, data: dict[str, Any]) -> str:
                   "boundaries), SGD lr 0.05 momentum 0.9, batch 32, MLP 64-100-100-10, 5 segments. "
                   "Omega normalised per segment to mean 1 (`mas.normalize = \"mean\"`), so one lam grid "
                   "fits every estimator. A run that failed counts as ACC 0; `runs with skipped batches`: "
-                  "runs whose loss went non-finite (diverged) at some step.", "", *sweep_lines(data["sweep"])]
+                  "runs whose loss went non-finite (diverged) at some step. ms / step comes from runs "
+                  "made while the machine's load changed (rerun or added runs were often on a quieter "
+                  "machine); part 1's costs per batch are the fair comparison.", "",
+                  *sweep_lines(data["sweep"])]
     text = "\n".join(lines)
     Path(cfg.results).parent.mkdir(parents=True, exist_ok=True)
     Path(cfg.results + ".md").write_text(text)
