@@ -19,6 +19,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from online_mas.bounded import PENALTY_SHAPES, check_delta
 from online_mas.experiment.augment import Augment
 from online_mas.experiment.device import PRECISIONS, check_device_spec
 from online_mas.experiment.dist import PARALLEL
@@ -70,6 +71,18 @@ def _choice(name: str, value: object, allowed: Iterable[str]) -> None:
 def _lam(lam: object) -> None:
     if not _finite(lam) or lam < 0:  # type: ignore[operator]
         raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+
+
+def _shape(shape: object, delta: object) -> None:
+    _choice("shape", shape, PENALTY_SHAPES)
+    if shape == "huber":
+        if delta is None:
+            raise ValueError("shape = 'huber' needs delta, a finite number > 0 (the threshold on "
+                             "|theta - theta*|)")
+        check_delta(delta)
+    elif delta is not None:
+        raise ValueError(f"delta applies to shape = 'huber' only, got delta = {delta!r} with shape = "
+                         f"{shape!r}")
 
 
 def _finite(v: object) -> bool:
@@ -204,11 +217,14 @@ class MASLearnerConfig:
 
     lam: float = 1e-3  # penalty strength (raw MAS importance is large: ~1e-3 on digits)
     penalty: str = "grad"  # "grad" (added to .grad), "loss" (same gradient, via autograd), "proximal"
+    shape: str = "quadratic"  # of d = theta - theta*: "quadratic" (MAS), "l1", "huber" (online_mas.bounded)
+    delta: float | None = None  # shape "huber": threshold on |d| where the quadratic turns linear
     mas: MASSection = field(default_factory=MASSection)  # importance estimator, averaging, consolidation
 
     def __post_init__(self) -> None:
         _lam(self.lam)
         _choice("penalty", self.penalty, PENALTY_FORMS)
+        _shape(self.shape, self.delta)
 
 
 @dataclass(frozen=True)
@@ -225,6 +241,8 @@ class OnlineMASLearnerConfig:
 
     lam: float = 1e-3  # penalty strength
     penalty: str = "grad"  # "grad", "loss" or "proximal", as for mas-oracle
+    shape: str = "quadratic"  # "quadratic", "l1" or "huber", as for mas-oracle
+    delta: float | None = None  # shape "huber": its threshold
     detector: str = "default"  # registry.DETECTORS; "default" is om.default_detector() (entropy)
     detector_args: dict[str, float | int | str] = field(default_factory=dict)  # detector kwargs
     mas: MASSection = field(default_factory=MASSection)  # estimator, signal, anchor ("stable")
@@ -232,6 +250,7 @@ class OnlineMASLearnerConfig:
     def __post_init__(self) -> None:
         _lam(self.lam)
         _choice("penalty", self.penalty, PENALTY_FORMS)
+        _shape(self.shape, self.delta)
         _choice("detector", self.detector, DETECTORS)
         if self.detector in ("default", "none") and self.detector_args:
             raise ValueError("detector_args need a named detector (e.g. detector = 'page-hinkley'); "
