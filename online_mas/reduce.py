@@ -214,19 +214,22 @@ class Reducer:
         names = list(named)
         sums = batch.sums if batch is not None else {}
         factors = batch.factors if batch is not None else {}
-        n = batch.n if batch is not None else 0
+        n = (batch.n if batch is not None else 0) + self._pending_n  # with what accumulate() kept
         device = next(iter(named.values())).device if named else torch.device("cpu")
-        local = [sums[k] if k in sums else torch.zeros(p.shape, dtype=torch.float32, device=p.device)
-                 for k, p in named.items()]
-        tail = torch.zeros(3 + len(names) + world_size, dtype=torch.float32, device=device)
-        tail[:3] = torch.tensor([float(n), weighted, weight])
-        tail[3:3 + len(names)] = torch.tensor([float(k in factors) for k in names])
-        tail[3 + len(names) + rank] = float(n) if factors else 0.0
+        local = []
+        for k, p in named.items():
+            s = sums[k] if k in sums else torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+            local.append(s + self._pending[k] if k in self._pending else s)
+        head = 4  # samples, signal * weight, weight, ranks holding kept sums
+        tail = torch.zeros(head + len(names) + world_size, dtype=torch.float32, device=device)
+        tail[:head] = torch.tensor([float(n), weighted, weight, float(bool(self._pending))])
+        tail[head:head + len(names)] = torch.tensor([float(k in factors) for k in names])
+        tail[head + len(names) + rank] = float(batch.n) if batch is not None and factors else 0.0
         *total, tail = all_reduce_flat([*local, tail], group, stats=self.stats)
-        count, weighted, weight = tail[:3].tolist()
-        marks = tail[3:3 + len(names)].tolist()
-        rows = round(max(tail[3 + len(names):].tolist()))
-        self.pending_updates = 0
+        count, weighted, weight, kept = tail[:head].tolist()
+        marks = tail[head:head + len(names)].tolist()
+        rows = round(max(tail[head + len(names):].tolist()))
+        self._pending, self._pending_n, self.pending_updates = {}, 0, 0
         value = weighted / weight if weight > 0 else None
         if round(count) < 1:
             return None, value
@@ -234,7 +237,8 @@ class Reducer:
         factored = [k for k, m in zip(names, marks, strict=True) if m > 0]
         everyone = [k for k, m in zip(names, marks, strict=True) if round(m) == world_size]
         shapes = {k: named[k].shape for k in factored}
-        gather = bool(everyone) and world_size * rows * sum(shapes[k][0] + shapes[k][1] for k in everyone) \
+        # kept sums ride on the all-reduced totals, which gathering would replace: no gather then
+        gather = bool(everyone) and kept == 0 and world_size * rows * sum(shapes[k][0] + shapes[k][1] for k in everyone) \
             < sum(shapes[k][0] * shapes[k][1] for k in everyone)
         gathered: dict[str, tuple[Tensor, Tensor]] = {}
         if gather:

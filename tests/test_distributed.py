@@ -133,6 +133,21 @@ def _nan_run(rank: int | None) -> om.OnlineMAS:
     return mas
 
 
+def _accumulate_run(rank: int | None) -> om.OnlineMAS:
+    """No training; accumulate() at step 2 before that step's observe(), on wide layers (whose
+    factors would be gathered across ranks): the kept sums must travel with the next update."""
+    torch.manual_seed(0)
+    mas = om.OnlineMAS(MLP(hidden=64), detector=None, config=EVERY_STEP)
+    for t in range(1, STEPS + 1):
+        x = _batch(t) if rank is None else _shard(_batch(t), rank)
+        if t == 2:
+            extra = _batch(50)
+            mas.accumulate(extra if rank is None else _shard(extra, rank))
+        mas.observe(x)
+    mas.consolidate()
+    return mas
+
+
 def _signal_run(signal: str, buffer_size: int, rank: int | None) -> om.OnlineMAS:
     """No training; the detector never fires (loss, feature shift) or fires at 3 and 6 (buffer)."""
     torch.manual_seed(0)
@@ -174,6 +189,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         for name in CONFIGS:
             res[name] = _snapshot(_importance_run(name, rank))
         res["nan"] = _snapshot(_nan_run(rank))
+        res["accumulate"] = _snapshot(_accumulate_run(rank))
         res["loss"] = _snapshot(_signal_run("loss", 0, rank))
         res["feature_shift"] = _snapshot(_signal_run("feature_shift", 0, rank))
         res["buffer"] = _snapshot(_signal_run("entropy", 4, rank))
@@ -323,13 +339,23 @@ def test_importance_equals_single_process_on_the_concatenated_batches(
     if name in ("mean", "mean_wide"):  # what travelled: products all-reduced, or factors gathered
         widths = [(m.in_features, m.out_features) for m in ref.model.modules() if isinstance(m, nn.Linear)]
         params = sum(p.numel() for p in ref.model.parameters())
-        flat = params + 3 + len(widths) * 2 + WORLD  # sums, scalars, factored names, rows per rank
+        flat = params + 4 + len(widths) * 2 + WORLD  # sums, scalars, factored names, rows per rank
         rows = ROWS - SPLIT  # the larger shard
         factors = WORLD * rows * sum(i + o for i, o in widths)
         products = sum(i * o for i, o in widths)
         per_update = flat + (factors if name == "mean_wide" else products)
         assert (factors < products) == (name == "mean_wide")
         assert r0["elements"] == STEPS * per_update + params + 3  # and the final flush
+
+def test_sums_kept_by_accumulate_travel_with_the_next_update(ranks: list[dict[str, object]]) -> None:
+    with _one_thread():
+        ref = _accumulate_run(None)
+    r0, r1 = (res["accumulate"] for res in ranks)
+    assert isinstance(r0, dict) and isinstance(r1, dict)
+    _identical(r0["omega"], r1["omega"])
+    _close(r0["omega"], ref.omega)
+    assert r0["events"] == [(STEPS, "manual", float((STEPS + 1) * ROWS))]
+
 
 def test_a_rank_with_a_non_finite_batch_takes_part_with_zeros(ranks: list[dict[str, object]]) -> None:
     with _one_thread():
