@@ -238,8 +238,8 @@ class Reducer:
         everyone = [k for k, m in zip(names, marks, strict=True) if round(m) == world_size]
         shapes = {k: named[k].shape for k in factored}
         # kept sums ride on the all-reduced totals, which gathering would replace: no gather then
-        gather = bool(everyone) and kept == 0 and world_size * rows * sum(shapes[k][0] + shapes[k][1] for k in everyone) \
-            < sum(shapes[k][0] * shapes[k][1] for k in everyone)
+        sent = world_size * rows * sum(shapes[k][0] + shapes[k][1] for k in everyone)
+        gather = bool(everyone) and kept == 0 and sent < sum(shapes[k][0] * shapes[k][1] for k in everyone)
         gathered: dict[str, tuple[Tensor, Tensor]] = {}
         if gather:
             widths = [w for k in everyone for w in shapes[k]]
