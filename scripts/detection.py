@@ -278,20 +278,21 @@ def _fmt(v: float | None, dec: int = 2) -> str:
 
 
 def _jobs(cfg: DetectionConfig) -> list[tuple[str, int, int, str, float | None]]:
-    """Task-free MAS everywhere first, then the other learners, then the lam sweep."""
-    jobs: list[tuple[str, int, int, str, float | None]] = []
-    others: list[tuple[str, int, int, str, float | None]] = []
-    for s in cfg.streams:
-        river = STREAMS[s][0] == "river"
+    """In the order in which a partial run (``--from-runs``) is most useful: task-free MAS on river
+    and digits, the lam sweep, the other learners (batch 1 last), mnist1d (small batches last)."""
+    tiers: list[list[tuple[str, int, int, str, float | None]]] = [[] for _ in range(6)]
+    for s in sorted(cfg.streams, key=lambda name: STREAMS[name][0] != "river"):
+        river, mnist1d = STREAMS[s][0] == "river", STREAMS[s][0].endswith("mnist1d")
         for b in ([1] if river else cfg.batches):
             for seed in cfg.seeds:
-                jobs.append((s, b, seed, "online-mas", None))
+                tier = (4 if b >= 8 else 5) if mnist1d else 0
+                tiers[tier].append((s, b, seed, "online-mas", None))
                 if cfg.acc and s in cfg.acc_streams and (river or b in cfg.acc_batches):
-                    others += [(s, b, seed, learner, None) for learner in LEARNERS[1:]]
-    jobs += others
-    for lam in cfg.lams:
-        jobs += [("stationary", cfg.lam_batch, seed, "online-mas", lam) for seed in cfg.seeds]
-    return jobs
+                    tiers[3 if b == 1 and not river else 2] += [(s, b, seed, learner, None)
+                                                               for learner in LEARNERS[1:]]
+    tiers[1] = [("stationary", cfg.lam_batch, seed, "online-mas", lam) for lam in cfg.lams
+                for seed in cfg.seeds]
+    return [job for tier in tiers for job in tier]
 
 
 def _tables(cfg: DetectionConfig, runs: list[dict[str, Any]]) -> list[str]:
