@@ -238,12 +238,11 @@ class InputShift:
     so that a window sums to :math:`\|\sum_n y_n\|^2 / D`, :math:`W` times the mean over
     dimensions of :math:`W (m_d - \mu_d)^2 / v_d`: the values average about 1 on a stationary
     stream and much more when the input distribution moves. Values depend only on earlier samples
-    and windows are aligned
-    to the sample count, so a stream cut into batches of any size gives the same values (up to
-    rounding). At the end of each window the reference moves toward it (exponential moving
-    averages with ``half_life`` samples; plain means while they hold fewer samples). The first
-    window after construction or :meth:`restart`
-    sets the reference and gives zeros.
+    and windows are aligned to the sample count, so a stream cut into batches of any size gives the
+    same values (up to rounding). Inputs of another size than before restart the reference. At the
+    end of each window the reference moves toward it (exponential moving averages with
+    ``half_life`` samples; plain means while they hold fewer samples). The first window after
+    construction or :meth:`restart` sets the reference and gives zeros.
 
     The inputs, not the model's features, because they do not drift while the model learns: on
     recurring permuted digits the window statistic of the penultimate features or the logits
@@ -297,11 +296,10 @@ class InputShift:
     def per_sample(self, x: Tensor) -> Tensor:
         """The values of the samples of ``x`` (batch first, any shape), shape ``(N,)``, float64."""
         flat = x.detach().flatten(1).double()
-        mean = self._mean
-        if mean is not None and (mean.shape != flat.shape[1:] or mean.device != flat.device):
-            if self._mean.shape != flat.shape[1:]:
-                raise ValueError(f"input_shift: inputs of {flat.shape[1]} features after "
-                                 f"{self._mean.shape[0]}")
+        kept = self._sum if self._sum is not None else self._mean
+        if kept is not None and kept.shape != flat.shape[1:]:
+            self.restart()  # the inputs changed size (a growing river model): a new reference
+        elif kept is not None and kept.device != flat.device:
             self._to(flat.device)
         out, i, n = [], 0, flat.shape[0]
         while i < n:

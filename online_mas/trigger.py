@@ -3,7 +3,10 @@
 A detector with ``per_sample = True`` (:class:`~online_mas.detectors.Windowed`, the default) is
 fed one value per sample: the signal's per-sample values where it has them (``entropy``,
 ``output_norm``, ``max_prob``), else the batch value once per sample of the batch (``loss``,
-``feature_shift``, a callable). Any other detector (river's contract: ``update(x)``,
+``feature_shift``, a callable). A detector that also has ``takes_inputs = True`` (the default,
+:class:`~online_mas.detectors.Combined`) gets the batch's inputs too (:meth:`Trigger.see`), for
+the input shift; across ranks it gets none (each rank's inputs differ, the decision must not).
+Any other detector (river's contract: ``update(x)``,
 ``drift_detected``) sees one value per ``observe`` call, the batch mean, as before.
 """
 

@@ -162,7 +162,7 @@ def run_one(stream_name: str, batch: int, seed: int, learner: str, cfg: Detectio
             lam: float | None = None) -> dict[str, Any]:
     stream = _stream(stream_name, batch, seed, cfg)
     order, eval_sets = _truth(stream)
-    x0, _ = next(iter(stream))
+    x0 = eval_sets[0][0]  # not next(iter(stream)): a Stream resumes, that would skip a batch
     classes = int(max(int(ey.max()) for _, ey in eval_sets)) + 1
     model = _model(seed, x0[0].numel(), classes)
     opt = torch.optim.SGD(model.parameters(), lr=lr_for(batch), momentum=0.9)

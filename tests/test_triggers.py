@@ -292,3 +292,15 @@ def _as_version_1(state: dict[str, object]) -> dict[str, object]:
             "omega": c["omega"], "anchor": c["anchor"], "running": state["running"],  # type: ignore[index]
             "events": state["events"], "generator": state["generator"], "detector": t["detector"],  # type: ignore[index]
             "last_signal": t["last_signal"], "feature_shift": None, "buffer": None, "stable": {}}  # type: ignore[index]
+
+
+def test_a_state_of_the_entropy_only_default_fails_with_a_clear_message() -> None:
+    old = om.OnlineMAS(_model(), detector=Windowed(ScaledCUSUM(warmup=16, threshold=8.0, mode="up"),
+                                                   window=32, min_segment=1024))
+    old.observe(torch.randn(8, 4))
+    with pytest.raises(ValueError, match=r"not the Combined default .* pass that detector explicitly"):
+        om.OnlineMAS(_model()).load_state_dict(old.state_dict())
+    again = om.OnlineMAS(_model(), detector=Windowed(ScaledCUSUM(warmup=16, threshold=8.0, mode="up"),
+                                                     window=32, min_segment=1024))
+    again.load_state_dict(old.state_dict())  # continued with the detector it was saved with
+    assert again.detector.state_dict() == old.detector.state_dict()
