@@ -285,16 +285,17 @@ def _fmt(v: float | None, dec: int = 2) -> str:
 
 def _jobs(cfg: DetectionConfig) -> list[tuple[str, int, int, str, float | None]]:
     """In the order in which a partial run (``--from-runs``) is most useful: task-free MAS on river
-    and digits, the lam sweep, the other learners (batch 1 last), mnist1d (small batches last)."""
+    and digits, the lam sweep, the other learners, mnist1d at batch 8 and more, the other learners
+    at batch 1, mnist1d at batch 1 and 4."""
     tiers: list[list[tuple[str, int, int, str, float | None]]] = [[] for _ in range(6)]
     for s in sorted(cfg.streams, key=lambda name: STREAMS[name][0] != "river"):
         river, mnist1d = STREAMS[s][0] == "river", STREAMS[s][0].endswith("mnist1d")
         for b in ([1] if river else cfg.batches):
             for seed in cfg.seeds:
-                tier = (4 if b >= 8 else 5) if mnist1d else 0
+                tier = (3 if b >= 8 else 5) if mnist1d else 0
                 tiers[tier].append((s, b, seed, "online-mas", None))
                 if cfg.acc and s in cfg.acc_streams and (river or b in cfg.acc_batches):
-                    tiers[3 if b == 1 and not river else 2] += [(s, b, seed, learner, None)
+                    tiers[4 if b == 1 and not river else 2] += [(s, b, seed, learner, None)
                                                                for learner in LEARNERS[1:]]
     tiers[1] = [("stationary", cfg.lam_batch, seed, "online-mas", lam) for lam in cfg.lams
                 for seed in cfg.seeds]
