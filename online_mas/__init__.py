@@ -6,7 +6,7 @@ Tuytelaars, Task-Free Continual Learning, CVPR 2019.
 
 from __future__ import annotations
 
-from online_mas import adapt, checkpoint, consolidate, distributed, estimators, metrics, signals
+from online_mas import adapt, checkpoint, consolidate, distributed, estimators, metrics, sharded, signals
 from online_mas.accumulate import RunningImportance
 from online_mas.adapt import (
     AdaptConfig,
@@ -71,6 +71,7 @@ from online_mas.online import DEFAULT, Event, MASConfig, OnlineMAS, default_dete
 from online_mas.penalty import PENALTY_FORMS, penalty_grad_, penalty_loss, proximal_
 from online_mas.reduce import Reducer
 from online_mas.rehearsal import ClassBalanced, HardReplay, Replay, Reservoir
+from online_mas.sharded_checkpoint import load_sharded, save_sharded
 from online_mas.signals import SIGNALS, FeatureShift, InputShift
 
 __version__ = "0.1.0"
@@ -143,6 +144,7 @@ __all__ = [
     "l1_loss",
     "l1_proximal_",
     "load_detector_state",
+    "load_sharded",
     "metrics",
     "min_accuracy",
     "norm_parameters",
@@ -152,6 +154,8 @@ __all__ = [
     "plan",
     "proximal_",
     "recovery_steps",
+    "save_sharded",
+    "sharded",
     "signals",
     "wc_accuracy",
 ]

@@ -13,6 +13,8 @@ from collections.abc import Collection, Mapping
 import torch
 from torch import Tensor
 
+from online_mas.sharded import is_sharded, place
+
 __all__ = ["AVERAGES", "RunningImportance"]
 
 AVERAGES = ("mean", "ema")
@@ -133,8 +135,8 @@ class RunningImportance:
             m = self._mean.get(name)
             if m is not None and (m.shape != p.shape or name in restart):
                 del self._mean[name]
-            elif m is not None and m.device != p.device:
-                self._mean[name] = m.to(p.device)
+            elif m is not None and (m.device != p.device or is_sharded(m) != is_sharded(p)):
+                self._mean[name] = place(m, p, dtype=torch.float32)  # sharded like p (DTensor)
 
     def reset(self) -> None:
         """Forget everything (called after a consolidation)."""

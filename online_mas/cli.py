@@ -57,8 +57,8 @@ def _parser() -> argparse.ArgumentParser:
         "report", help="redraw the plots of run directories, compare them and print a table",
         description="Redraw the PNG plots of every complete run in each RUN_DIR, draw the "
                     "comparison figures across learners and seeds (comparison-accuracy.png, "
-                    "comparison-acc.png, and SVG) and print one comparison table (mean ± std "
-                    "over seeds).")
+                    "comparison-matrix.png, comparison-acc.png, comparison-importance.png, each "
+                    "also as SVG) and print one comparison table (mean ± std over seeds).")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     report.add_argument("--out", metavar="DIR",
                         help="folder of the comparison figures (default: the first RUN_DIR)")
@@ -168,7 +168,8 @@ def _run_locked(config: ExperimentConfig, run_dir: str, args: argparse.Namespace
     start = time.perf_counter()
     results = run_experiment(config, run_dir, progress=False if args.no_progress else None)
     seconds = time.perf_counter() - start
-    print(f"\n{config.experiment.name}: final accuracy on each segment, % (mean over "
+    probe = " of the k-NN probe on the encoder" if config.experiment.kind == "ssl" else ""
+    print(f"\n{config.experiment.name}: final accuracy{probe} on each segment, % (mean over "
           f"{len(config.experiment.seeds)} seed(s))\n")
     print(final_accuracy_table(results))
     print("\ncomparison (mean ± std over seeds)\n")

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from online_mas.checks import is_int, is_real
+from online_mas.sharded import float_zeros, global_stats, is_sharded, place
 
 __all__ = [
     "EMA",
@@ -99,11 +100,8 @@ def normalize(omega: dict[str, Tensor], how: str | None) -> dict[str, Tensor]:
         raise ValueError(f"normalize must be one of {NORMALIZE}, got {how!r}")
     if how is None or not omega:
         return omega
-    if how == "max":
-        scale = max(float(t.max()) if t.numel() else 0.0 for t in omega.values())
-    else:
-        total = sum(float(t.sum()) for t in omega.values())
-        scale = total / max(1, sum(t.numel() for t in omega.values()))
+    total, numel, peak = global_stats(list(omega.values()))  # over all shards of a DTensor
+    scale = max(peak, 0.0) if how == "max" else total / max(1, numel)
     if scale <= 0.0 or not math.isfinite(scale):
         return omega
     return {k: t / scale for k, t in omega.items()}
@@ -215,7 +213,8 @@ class StableAnchor:
             slow, current = [], []
             for n, p in zip(names, params, strict=True):
                 t = self._slow.get(n)
-                if t is None or t.shape != p.shape or t.dtype != p.dtype or t.device != p.device:
+                if t is None or t.shape != p.shape or t.dtype != p.dtype or t.device != p.device \
+                        or is_sharded(t) != is_sharded(p):
                     self._slow[n] = p.detach().clone()  # new (or reshaped) parameter
                 else:
                     slow.append(t)
@@ -245,7 +244,7 @@ class StableAnchor:
         for n, t in slow.items():
             p = params.get(n) if params is not None else t
             if p is not None:
-                self._slow[n] = t.detach().to(device=p.device, dtype=p.dtype).clone()
+                self._slow[n] = place(t, p)  # p's device, dtype and sharding
 
 
 AnchorPolicy = CurrentAnchor | StableAnchor
@@ -278,7 +277,7 @@ class Consolidator:
     def peak(self) -> float:
         """The largest importance in ``omega`` (0 before any)."""
         if self._peak is None:
-            self._peak = max((float(o.max()) for o in self.omega.values() if o.numel()), default=0.0)
+            self._peak = global_stats(list(self.omega.values()))[2]  # over every rank's shard
         return self._peak
 
     def follow(self, named: Mapping[str, Tensor], *, restart: Collection[str] = ()) -> None:
@@ -298,14 +297,14 @@ class Consolidator:
                 )
                 o = None
             if o is None:
-                self.omega[n] = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+                self.omega[n] = float_zeros(p)  # a DTensor parameter's state is sharded like it
                 self.anchor[n] = p.detach().clone()
                 continue
-            if o.device != p.device:
-                self.omega[n] = o.to(p.device)
+            if o.device != p.device or is_sharded(o) != is_sharded(p):
+                self.omega[n] = place(o, p, dtype=torch.float32)
             a = self.anchor[n]
-            if a.device != p.device or a.dtype != p.dtype:
-                self.anchor[n] = a.to(device=p.device, dtype=p.dtype)
+            if a.device != p.device or a.dtype != p.dtype or is_sharded(a) != is_sharded(p):
+                self.anchor[n] = place(a, p)
 
     def consolidate(
         self,
@@ -328,13 +327,8 @@ class Consolidator:
 
     def stats(self, names: Sequence[str]) -> dict[str, float]:
         """Segments, mean and max of ``omega`` over ``names``."""
-        omegas = [self.omega[n] for n in names]
-        total = sum(int(o.numel()) for o in omegas)
-        return {
-            "segments": float(self.segments),
-            "omega_mean": sum(float(o.sum()) for o in omegas) / max(1, total),
-            "omega_max": max((float(o.max()) for o in omegas if o.numel()), default=0.0),
-        }
+        total, numel, peak = global_stats([self.omega[n] for n in names])  # one reduction if sharded
+        return {"segments": float(self.segments), "omega_mean": total / max(1, numel), "omega_max": peak}
 
     def state_dict(self, names: Collection[str] | None = None) -> dict[str, object]:
         """``names``: only these parameters (the model's trainable ones: a frozen or deleted
@@ -355,9 +349,9 @@ class Consolidator:
         _check_names(omega, params)
         self.segments = int(state["segments"])  # type: ignore[call-overload]
         self._peak = None
-        for n, p in params.items():
-            self.omega[n] = omega[n].detach().to(device=p.device, dtype=torch.float32).clone()
-            self.anchor[n] = anchor[n].detach().to(device=p.device, dtype=p.dtype).clone()
+        for n, p in params.items():  # on p's device, and sharded like p if it is a DTensor
+            self.omega[n] = place(omega[n], p, dtype=torch.float32)
+            self.anchor[n] = place(anchor[n], p)
 
 
 def _check_names(saved: Mapping[str, Tensor], params: Mapping[str, Tensor]) -> None:

@@ -35,7 +35,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 __all__ = [
-    "CommStats", "all_gather_rows", "all_reduce_flat", "is_main_process", "reduce_weighted_mean", "world",
+    "CommStats", "all_gather_rows", "all_reduce_flat", "is_main_process", "reduce_scatter_rows",
+    "reduce_weighted_mean", "world",
 ]
 
 
@@ -198,6 +199,38 @@ def all_gather_rows(
         stats.nbytes += out.numel() * out.element_size()
         stats.seconds += time.perf_counter() - start
     return out
+
+
+def reduce_scatter_rows(
+    t: Tensor, group: dist.ProcessGroup | None = None, *, stats: CommStats | None = None
+) -> Tensor:
+    """Row ``r`` of ``t`` (shape ``(world_size, S)``) summed over the ranks, on rank ``r``.
+
+    One ``reduce_scatter_tensor``: every rank sends ``S * (world_size - 1)`` numbers and keeps
+    ``S``, where an all-reduce of the whole buffer would leave every rank with all of it.
+
+    Examples
+    --------
+    >>> import torch
+    >>> reduce_scatter_rows(torch.tensor([[1.0, 2.0]]))   # a single process: its one row
+    tensor([1., 2.])
+    """
+    start = time.perf_counter()
+    world_size = world(group)[1]
+    if t.dim() != 2 or t.shape[0] != world_size:
+        raise ValueError(f"t must have shape (world_size={world_size}, S), got {tuple(t.shape)}")
+    if world_size == 1:
+        return t[0].clone()
+    staging = _staging_device(t.device, str(dist.get_backend(group)))
+    src = t.contiguous().to(staging)
+    out = src.new_empty(src.shape[1])
+    dist.reduce_scatter_tensor(out, src.reshape(-1), group=group)
+    if stats is not None:
+        stats.calls += 1
+        stats.elements += src.numel()
+        stats.nbytes += src.numel() * src.element_size()
+        stats.seconds += time.perf_counter() - start
+    return out.to(t.device)
 
 
 def reduce_weighted_mean(

@@ -3,6 +3,7 @@ trigger and the reducer into three calls of the user's own loop (see ``ARCHITECT
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 import weakref
@@ -29,6 +30,7 @@ from online_mas.checks import check_choice, is_int, is_real
 from online_mas.consolidate import NORMALIZE, ConsolidationRule, Consolidator, CurrentAnchor, StableAnchor
 from online_mas.estimators import METHODS, BatchImportance, NonFiniteError, OutputFn, estimate
 from online_mas.estimators.common import check_input, model_output
+from online_mas.estimators.exact import fast_candidates
 from online_mas.estimators.inputs import Inputs, batch_size, select
 from online_mas.forward import LastForward, Parameters, unwrap
 from online_mas.migrate import STATE_VERSION, current_state
@@ -41,6 +43,7 @@ from online_mas.penalty import (
     proximal_,
 )
 from online_mas.reduce import Reducer
+from online_mas.sharded import any_sharded, finite_copy, local_grads, local_lists, whole_value
 from online_mas.signals import per_sample
 from online_mas.skips import Skips
 from online_mas.trigger import Trigger, default_detector
@@ -274,15 +277,20 @@ class OnlineMAS:
     def penalty(self, *, shape: str = "quadratic", delta: float | None = None) -> Tensor:
         """Differentiable ``lam * sum_k Omega_k rho(theta_k - theta*_k)`` (0 before any consolidation):
         ``rho(d) = d^2`` (``shape="quadratic"``), ``|d|`` (``"l1"``) or the Huber ``h(d)`` with
-        threshold ``delta`` (``"huber"``, :mod:`online_mas.bounded`)."""
+        threshold ``delta`` (``"huber"``, :mod:`online_mas.bounded`). A sharded (DTensor) model:
+        each rank differentiates its shards' share and every rank gets the whole value (a
+        collective: call it on every rank)."""
         delta = _check_shape(shape, delta)
         if self._active(explicit=True):
             lists = self._lists()
             if shape == "l1":
-                return l1_loss(*lists, self.lam, check=False)
-            if shape == "huber":
-                return huber_loss(*lists, self.lam, delta=delta, check=False)
-            return penalty_loss(*lists, self.lam, check=False)
+                value = l1_loss(*lists, self.lam, check=False)
+            elif shape == "huber":
+                value = huber_loss(*lists, self.lam, delta=delta, check=False)
+            else:
+                value = penalty_loss(*lists, self.lam, check=False)
+            # sharded: this rank's shards' share, plus the others' as a constant (one all-reduce)
+            return whole_value(value, self._params.params) if any_sharded(self._params.params) else value
         device = self._params.params[0].device if self._params.params else torch.device("cpu")
         return torch.zeros((), device=device)
 
@@ -291,13 +299,14 @@ class OnlineMAS:
         in place; call after ``loss.backward()`` instead of adding :meth:`penalty` to the loss."""
         delta = _check_shape(shape, delta)
         if self._active(explicit=True):
-            lists = self._lists()
-            if shape == "l1":
-                l1_grad_(*lists, self.lam, check=False)
-            elif shape == "huber":
-                huber_grad_(*lists, self.lam, delta=delta, check=False)
-            else:
-                penalty_grad_(*lists, self.lam, check=False)
+            with self._stand_ins() as params:  # a DTensor's local shard and its grad's
+                lists = self._lists(params)
+                if shape == "l1":
+                    l1_grad_(*lists, self.lam, check=False)
+                elif shape == "huber":
+                    huber_grad_(*lists, self.lam, delta=delta, check=False)
+                else:
+                    penalty_grad_(*lists, self.lam, check=False)
 
     def proximal_(self, lr: float, *, shape: str = "quadratic", delta: float | None = None) -> None:
         """The penalty as an implicit step after ``optimizer.step()``, stable for any ``lam``; for the
@@ -306,13 +315,14 @@ class OnlineMAS:
             raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
         delta = _check_shape(shape, delta)
         if self._active():
-            if shape == "l1":
-                l1_proximal_(*self._lists(), self.lam, lr, check=False)
-            elif shape == "huber":
-                huber_proximal_(*self._lists(), self.lam, lr, delta=delta, check=False)
-            else:
-                safe = not 2.0 * lr * self.lam * self.consolidator.peak < PROXIMAL_SAFE_ABOVE
-                proximal_(*self._lists(), self.lam, lr, check=False, safe=safe)
+            with self._stand_ins() as params:  # a DTensor parameter's local shard
+                if shape == "l1":
+                    l1_proximal_(*self._lists(params), self.lam, lr, check=False)
+                elif shape == "huber":
+                    huber_proximal_(*self._lists(params), self.lam, lr, delta=delta, check=False)
+                else:
+                    safe = not 2.0 * lr * self.lam * self.consolidator.peak < PROXIMAL_SAFE_ABOVE
+                    proximal_(*self._lists(params), self.lam, lr, check=False, safe=safe)
 
     def observe(self, x: Inputs, *, loss: float | Tensor | None = None) -> Event | None:
         """Update the running importance from a batch of inputs (never labels), batch dimension
@@ -344,7 +354,7 @@ class OnlineMAS:
         weight = float(batch_size(x))
         try:
             if update:
-                check_input(x)
+                self._check_batch(x)
                 batch = self._estimate(x)
                 out, weight = (seen, weight) if seen is not None else (_for_signal(batch.out), float(batch.n))
                 value = self.trigger.value(out)  # type: ignore[arg-type]
@@ -472,9 +482,22 @@ class OnlineMAS:
                              "lam, or a smaller lam")
         return self.consolidator.segments > 0 and self.lam != 0.0
 
-    def _lists(self) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    def _lists(self, params: list[Tensor] | None = None) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Parameters (``params``: stand-ins for them), anchors and Omega; the local shards of
+        DTensors (a sharded model: the penalty of this rank's shards, whose sum over the ranks is
+        the penalty)."""
         names, c = self._params.names, self.consolidator
-        return self._params.params, [c.anchor[n] for n in names], [c.omega[n] for n in names]
+        lists = (self._params.params if params is None else params, [c.anchor[n] for n in names],
+                 [c.omega[n] for n in names])
+        if not any_sharded(self._params.params):
+            return lists
+        a, b, d = local_lists(*lists)
+        return a, b, d
+
+    def _stand_ins(self) -> contextlib.AbstractContextManager[list[Tensor]]:
+        """The parameters for in-place updates: the DTensors' local shards (with their grads')."""
+        params = self._params.params
+        return local_grads(params) if any_sharded(params) else contextlib.nullcontext(params)
 
     def _estimate(self, x: Inputs, *, step: bool = True) -> BatchImportance:
         """This batch's importance: from the user's forward (shared_forward) or a separate pass.
@@ -487,7 +510,7 @@ class OnlineMAS:
             self._seen.active = False
             try:
                 batch = estimate(unwrap(self.model), xs, method=self.config.method, output=self.output,
-                                 chunk_size=self.config.chunk_size, factors=step)
+                                 chunk_size=self._chunk(xs), factors=step)
             finally:
                 self._seen.active = True
         if self.buffer is not None and step and isinstance(xs, Tensor):
@@ -495,6 +518,33 @@ class OnlineMAS:
             scores = surprise(batch.out) if callable(surprise) else per_sample("entropy", batch.out)
             self.buffer.add(xs, scores)
         return batch
+
+    def _chunk(self, x: Inputs) -> int | None:
+        """``config.chunk_size``; a sharded model: the whole batch, since its forward and backward
+        are collectives that every rank must run as often (one pass each, whatever its batch)."""
+        if not any_sharded(self._params.params):
+            return self.config.chunk_size
+        if self.config.method != "exact":
+            raise ValueError(f"a sharded (DTensor) model takes method='exact', got {self.config.method!r}")
+        cands = fast_candidates(unwrap(self.model), self._params.named())
+        ruled = {n for names in cands.values() for n in names}
+        missing = [n for n in self._params.names if n not in ruled]
+        if missing:  # torch.func's functional_call would swap out the parameters FSDP manages
+            raise ValueError(f"a sharded (DTensor) model needs a closed-form rule (om.estimators.register) "
+                             f"for every parameter, since the torch.func fallback cannot run on it; none "
+                             f"for {missing}")
+        return max(1, batch_size(x))
+
+    def _check_batch(self, x: Inputs) -> None:
+        """``check_input``; across the ranks of a sharded model, a rank whose batch is not finite
+        still runs the estimate's forward and backward (FSDP's collectives) on a finite copy,
+        then skips its batch as every model does."""
+        try:
+            check_input(x)
+        except NonFiniteError:
+            if self.reducer.size > 1 and any_sharded(self._params.params):
+                self._estimate(finite_copy(x), step=False)
+            raise
 
     def _keep(self, batch: BatchImportance, *, update: bool) -> None:
         """Add a batch now (one process) or keep it for the next reduction across ranks."""

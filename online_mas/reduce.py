@@ -8,7 +8,8 @@ and consolidates at the same step (:mod:`online_mas.distributed` holds the build
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -17,6 +18,7 @@ from torch import Tensor
 from online_mas.checks import is_int
 from online_mas.distributed import CommStats, all_gather_rows, all_reduce_flat, world
 from online_mas.estimators import BatchImportance
+from online_mas.sharded import any_sharded, is_sharded, scatter_sums
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -90,7 +92,18 @@ class Reducer:
         weighted = value * weight if value is not None else 0.0
         weight = weight if value is not None else 0.0
         if update:
+            sharded = any_sharded(list(named.values()))
+            if sharded and self.sync_every > 1:
+                raise ValueError(f"sync_every={self.sync_every} keeps whole-model sums on every rank "
+                                 "between reductions: a sharded (DTensor) model needs sync_every=1")
             self.pending_updates += 1
+            if sharded:  # sums kept by accumulate() travel with this update
+                sources = _sources(batch) if batch is not None else {}
+                for name, kept in self._pending.items():
+                    here = sources.get(name)
+                    sources[name] = kept if here is None else functools.partial(_total, here, kept)
+                n = (batch.n if batch is not None else 0) + self._pending_n
+                return self._reduce_sharded(sources, n, weighted, weight, named)
             if self.sync_every == 1:
                 return self._reduce_batch(batch, weighted, weight, named)
             self.defer(batch.materialize() if batch is not None else {}, batch.n if batch is not None else 0)
@@ -129,6 +142,8 @@ class Reducer:
         """One all-reduce of ``[importance sums..., n, signal * weight, weight]``. Zeros stand in for
         names this rank has none of. The buffer is float32: counts are exact up to 2**24 samples
         per reduction."""
+        if sums is not None and any_sharded(list(named.values())):
+            return self._reduce_sharded(dict(sums), n, weighted, weight, named)
         names: Sequence[str] = list(named)
         local = [] if sums is None else [
             sums[name] if name in sums else torch.zeros(p.shape, dtype=torch.float32, device=p.device)
@@ -147,6 +162,44 @@ class Reducer:
         if round(count) < 1:
             return None, value
         return BatchImportance(dict(zip(names, total, strict=True)), round(count), _NO_OUTPUT), value
+
+    def _reduce_sharded(
+        self,
+        sums: Mapping[str, Tensor | Callable[[], Tensor]],
+        n: int,
+        weighted: float,
+        weight: float,
+        named: Mapping[str, Tensor],
+    ) -> tuple[BatchImportance | None, float | None]:
+        """A sharded model: one all-reduce of ``[n, signal * weight, weight]``, then each rank's
+        whole-parameter sums reduce-scattered to the shards (:func:`~online_mas.sharded.scatter_sums`;
+        the factored ones formed one bucket at a time); parameters that are plain tensors (left out
+        of the sharding) are all-reduced."""
+        device = next(iter(named.values())).device if named else torch.device("cpu")
+        group = world(self.process_group)[2]
+        scalars = torch.tensor([float(n), weighted, weight], dtype=torch.float32, device=device)
+        count, weighted, weight = all_reduce_flat([scalars], group, stats=self.stats)[0].tolist()
+        self.last_weight = weight
+        value = weighted / weight if weight > 0 else None
+        self._pending, self._pending_n, self.pending_updates = {}, 0, 0
+        if round(count) < 1:
+            return None, value
+
+        def zeros(p: Tensor) -> Callable[[], Tensor]:
+            def make() -> Tensor:
+                return torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+            return make
+
+        sources = {k: sums[k] if k in sums else zeros(p) for k, p in named.items()}
+        sharded = [k for k, p in named.items() if is_sharded(p)]
+        plain = [k for k in named if k not in set(sharded)]
+        totals = dict(zip(sharded, scatter_sums([sources[k] for k in sharded],
+                                                [named[k] for k in sharded],  # type: ignore[misc]
+                                                stats=self.stats), strict=True))
+        if plain:
+            formed = [s() if callable(s) else s for s in (sources[k] for k in plain)]
+            totals.update(zip(plain, all_reduce_flat(formed, group, stats=self.stats), strict=True))
+        return BatchImportance({k: totals[k] for k in named}, round(count), _NO_OUTPUT), value
 
     def _reduce_batch(
         self,
@@ -204,3 +257,19 @@ class Reducer:
             for k, s in zip(rest, all_reduce_flat(products, group, stats=self.stats), strict=True):
                 totals[k] = totals[k] + s
         return BatchImportance(totals, round(count), _NO_OUTPUT, gathered), value
+
+
+def _sources(batch: BatchImportance) -> dict[str, Tensor | Callable[[], Tensor]]:
+    """A batch's sums, its factored ones as functions that form them (when their bucket is sent)."""
+    out: dict[str, Tensor | Callable[[], Tensor]] = dict(batch.sums)
+    for name, (g, a) in batch.factors.items():
+        out[name] = functools.partial(_product, g, a)
+    return out
+
+
+def _product(g: Tensor, a: Tensor) -> Tensor:
+    return g.t() @ a
+
+
+def _total(a: Tensor | Callable[[], Tensor], b: Tensor) -> Tensor:
+    return (a() if callable(a) else a) + b

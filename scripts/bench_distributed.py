@@ -19,8 +19,20 @@ For each model (an MLP 784-256-256-10 and the digits MLP 64-100-100-10) the rank
    step the barrier-timed medians of 1. predict (``isolated``: one full buffer per window of
    ``sync_every`` updates, the scalars in between).
 
-Every process uses one thread. The table is printed and written with the raw numbers to
-``<out>/bench_distributed.json``.
+3. ``--sharded``: what an importance update of a model sharded by FSDP2 sends, against DDP's, on
+   an MLP 784-256-256-10 (269k parameters) and an MLP 1024-2048-2048-2048-10 (10.5M): DDP's
+   one ``all_reduce_flat`` of the whole-model sums and the three scalars, against the sharded
+   reduction (:func:`online_mas.sharded.scatter_sums`): the three scalars all-reduced, then one
+   ``reduce_scatter_tensor`` that leaves each rank the sums of its shards. Interleaved rounds
+   (the order rotates), each after a barrier, with the bare gloo ``all_reduce`` and
+   ``reduce_scatter_tensor`` of one model-sized buffer for reference, in one process per rank;
+   median ms per update, and the bytes of OnlineMAS's per-parameter state each rank then holds.
+   Then ``observe`` of a training loop (every step an update) under DDP and under FSDP2: median
+   ms per update.
+
+Every process uses one thread. The tables are printed and written with the raw numbers to
+``<out>/bench_distributed.json`` (``bench_sharded.json`` and ``results/bench_sharded.md`` for
+``--sharded``).
 """
 
 from __future__ import annotations
@@ -50,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import online_mas as om
 from online_mas.distributed import CommStats, all_reduce_flat
+from online_mas.sharded import local_nbytes, scatter_sums
 
 
 @dataclass
@@ -64,6 +77,13 @@ class BenchConfig:
         "digits mlp 64-100-100-10": (64, 100, 100, 10),
     })
     out: str = "runs/bench_distributed"  # run directory for the JSON
+    sharded: bool = False  # compare the sharded (FSDP2) reduction with DDP's instead
+    sharded_models: dict[str, tuple[int, ...]] = field(default_factory=lambda: {
+        "mlp 784-256-256-10": (784, 256, 256, 10),
+        "mlp 1024-2048-2048-2048-10": (1024, 2048, 2048, 2048, 10),
+    })
+    rounds: int = 30  # interleaved rounds of the two reductions (sharded comparison)
+    observe_steps: int = 10  # timed observe() calls per loop (sharded comparison, after 2 warm-up)
 
 
 def mlp(sizes: tuple[int, ...]) -> nn.Sequential:
@@ -153,6 +173,135 @@ def worker(rank: int, cfg: BenchConfig, port: int) -> None:
         report(cfg, results)
 
 
+def fsdp(model: nn.Module) -> nn.Module:
+    """FSDP2 on every layer with parameters, then on the root (as ``run.parallel = "fsdp"``)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for m in model.children():
+        if any(True for _ in m.parameters()):
+            fully_shard(m)
+    fully_shard(model)
+    return model
+
+
+def time_reductions(sizes: tuple[int, ...], cfg: BenchConfig, bar: tqdm | None) -> dict[str, Any]:
+    """DDP's all-reduce of an update against the sharded reduction, in interleaved rounds."""
+    torch.manual_seed(0)
+    params = list(fsdp(mlp(sizes)).parameters())
+    sums = [torch.rand(p.shape) for p in params]  # this rank's whole-model sums of one batch
+    scalars = torch.tensor([32.0, 1.0, 32.0])
+    numel = sum(p.numel() for p in params)
+    raw = torch.rand(cfg.world * -(-numel // cfg.world))  # one buffer of the model's size
+    raw_out = raw.new_empty(raw.numel() // cfg.world)
+    times: dict[str, list[float]] = {"ddp": [], "sharded": [], "raw_all_reduce": [], "raw_reduce_scatter": []}
+    kinds = list(times)
+    for i in range(cfg.rounds + 2):
+        for kind in kinds[i % len(kinds):] + kinds[:i % len(kinds)]:  # the order rotates
+            dist.barrier()
+            t0 = time.perf_counter()
+            if kind == "ddp":
+                all_reduce_flat([*sums, scalars])
+            elif kind == "raw_all_reduce":
+                dist.all_reduce(raw)
+            elif kind == "raw_reduce_scatter":
+                dist.reduce_scatter_tensor(raw_out, raw)
+            else:
+                all_reduce_flat([scalars])
+                shards = scatter_sums(sums, params)  # type: ignore[arg-type]
+            if i >= 2:
+                times[kind].append((time.perf_counter() - t0) * 1e3)
+        if bar is not None:
+            bar.update()
+    return {"params": numel, "ddp_ms": statistics.median(times["ddp"]),
+            "sharded_ms": statistics.median(times["sharded"]),
+            "raw_all_reduce_ms": statistics.median(times["raw_all_reduce"]),
+            "raw_reduce_scatter_ms": statistics.median(times["raw_reduce_scatter"]),
+            "ddp_result_bytes": 4 * (numel + 3), "sharded_result_bytes": local_nbytes(shards)}
+
+
+def time_observe(sizes: tuple[int, ...], parallel: str, cfg: BenchConfig, rank: int,
+                 bar: tqdm | None) -> dict[str, float]:
+    """Median ms of ``observe`` (an importance update on every step) and the per-rank bytes of
+    OnlineMAS's per-parameter state, under DDP or FSDP2."""
+    torch.manual_seed(0)
+    model = mlp(sizes)
+    model = fsdp(model) if parallel == "fsdp" else nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    mas = om.OnlineMAS(model, lam=1.0, config=om.MASConfig(every=1), detector=om.Periodic(every=4))
+    g = torch.Generator().manual_seed(rank)
+    times = []
+    for step in range(cfg.observe_steps + 2):
+        x = torch.randn(cfg.batch, sizes[0], generator=g)
+        y = torch.randint(0, sizes[-1], (cfg.batch,), generator=g)
+        loss = F.cross_entropy(model(x), y) + mas.penalty()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        dist.barrier()
+        t0 = time.perf_counter()
+        mas.observe(x)
+        if step >= 2:
+            times.append((time.perf_counter() - t0) * 1e3)
+        if bar is not None:
+            bar.update()
+    state = mas.state_dict()
+    per_param = [state["running"], state["consolidator"], state["anchor_policy"]]
+    return {"observe_ms": statistics.median(times), "state_bytes": local_nbytes(per_param)}
+
+
+def sharded_worker(rank: int, cfg: BenchConfig, port: int) -> None:
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=cfg.world, timeout=timedelta(seconds=300))
+    total = len(cfg.sharded_models) * (cfg.rounds + 2 + 2 * (cfg.observe_steps + 2))
+    bar = tqdm(total=total, desc="bench sharded", unit="it") if rank == 0 else None
+    results: list[dict[str, Any]] = []
+    try:
+        for name, sizes in cfg.sharded_models.items():
+            row = {"model": name, **time_reductions(sizes, cfg, bar)}
+            row["observe"] = {k: time_observe(sizes, k, cfg, rank, bar) for k in ("ddp", "fsdp")}
+            results.append(row)
+    finally:
+        if bar is not None:
+            bar.close()
+        dist.destroy_process_group()
+    if rank == 0:
+        report_sharded(cfg, results)
+
+
+def report_sharded(cfg: BenchConfig, results: list[dict[str, Any]]) -> None:
+    head = (f"gloo, {cfg.world} processes x 1 thread, CPU; batch {cfg.batch}/rank; median of {cfg.rounds} "
+            f"interleaved rounds (reductions) and {cfg.observe_steps} observe() calls")
+    lines = [head, "",
+             "| model | params | DDP all-reduce ms | sharded (scalars + reduce-scatter) ms | ratio | "
+             "gloo all_reduce alone ms | gloo reduce_scatter alone ms | sums kept per rank, DDP | sharded |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['model']} | {r['params']:,} | {r['ddp_ms']:.2f} | {r['sharded_ms']:.2f} | "
+                     f"{r['sharded_ms'] / r['ddp_ms']:.2f} | {r['raw_all_reduce_ms']:.2f} | "
+                     f"{r['raw_reduce_scatter_ms']:.2f} | {r['ddp_result_bytes'] / 2**20:.2f} MiB | "
+                     f"{r['sharded_result_bytes'] / 2**20:.2f} MiB |")
+    lines += ["", "| model | observe ms, DDP | observe ms, FSDP2 | OnlineMAS state per rank, DDP | FSDP2 |",
+              "|---|---|---|---|---|"]
+    for r in results:
+        d, f = r["observe"]["ddp"], r["observe"]["fsdp"]
+        lines.append(f"| {r['model']} | {d['observe_ms']:.2f} | {f['observe_ms']:.2f} | "
+                     f"{d['state_bytes'] / 2**20:.2f} MiB | {f['state_bytes'] / 2**20:.2f} MiB |")
+    table = "\n".join(lines)
+    print(table)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"torch": torch.__version__, "python": platform.python_version(),
+            "machine": platform.machine(), "cpus": os.cpu_count()}
+    (out / "bench_sharded.json").write_text(json.dumps({"config": asdict(cfg), "meta": meta,
+                                                        "results": results, "table": table}, indent=2))
+    md = Path(__file__).resolve().parent.parent / "results" / "bench_sharded.md"
+    md.write_text("# Sharded (FSDP2) importance reduction against DDP's all-reduce\n\n"
+                  "Regenerate: `python scripts/bench_distributed.py --sharded`\n\n" + table + "\n")
+    print(f"\nwrote {out / 'bench_sharded.json'} and {md}")
+
+
 def report(cfg: BenchConfig, results: list[dict[str, Any]]) -> None:
     lines = [
         f"gloo, {cfg.world} processes x 1 thread, CPU; batch {cfg.batch}/rank; median of {cfg.reps} "
@@ -193,13 +342,18 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=d.batch)
     p.add_argument("--sync-every", type=int, nargs="+", default=list(d.sync_every))
     p.add_argument("--out", default=d.out)
+    p.add_argument("--sharded", action="store_true", help="the FSDP2 reduction against DDP's")
+    p.add_argument("--rounds", type=int, default=d.rounds)
+    p.add_argument("--observe-steps", type=int, default=d.observe_steps)
     a = p.parse_args()
     cfg = BenchConfig(world=a.world, steps=a.steps, reps=a.reps, batch=a.batch,
-                      sync_every=tuple(a.sync_every), out=a.out)
+                      sync_every=tuple(a.sync_every), out=a.out, sharded=a.sharded, rounds=a.rounds,
+                      observe_steps=a.observe_steps)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    mp.start_processes(worker, args=(cfg, port), nprocs=cfg.world, join=True, start_method="spawn")
+    mp.start_processes(sharded_worker if cfg.sharded else worker, args=(cfg, port), nprocs=cfg.world,
+                       join=True, start_method="spawn")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ after a change, next to the end-of-stream ACC and forgetting.
 
 Writes the run directory ``--out`` (default ``runs/stability-gap``; an existing one is continued,
 ``--fresh`` starts over), ``results/stability_gap.png`` (and ``.svg``: accuracy on each segment
-along the stream, mean and band over seeds), ``results/stability_gap_acc.png`` (the bars) and
+along the stream, mean and band over seeds), ``results/stability_gap_acc.png`` (the bars),
+``results/stability_gap_matrix.png`` (the accuracy matrices), ``results/stability_gap_importance.png``
+(MAS Ω and EWC's Fisher per layer) and
 the table to ``results/stability_gap.md`` and ``results/stability_gap.json``.
 """
 
@@ -24,15 +26,16 @@ import json
 import os
 import platform
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from online_mas.experiment.comparison_plots import plot_comparison
 from online_mas.experiment.configio import load_config
 from online_mas.experiment.launch import run_units
-from online_mas.experiment.plots import plot_comparison
 from online_mas.experiment.report import (
     aggregate,
     comparison_table,
@@ -49,7 +52,7 @@ class StabilityGapConfig:
     eval_every: int = 20  # steps between evaluations of every segment (a segment is 450 steps)
     workers: int = 2  # parallel processes, 1 torch thread each
     out: str = "runs/stability-gap"  # the run directory
-    results: str = "results/stability_gap"  # writes <results>.md, .json, .png, _acc.png
+    results: str = "results/stability_gap"  # writes <results>.md, .json, .png, _acc.png, ...
     columns: tuple[str, ...] = ("ACC %", "forgetting %", "anytime %", "anytime seen %",
                                 "min-ACC %", "WC-ACC %", "recovery (steps)", "not recovered",
                                 "snapshots")  # columns of the table (see report.COLUMNS)
@@ -84,13 +87,14 @@ def main() -> None:
 
     stem = Path(args.results)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    figures = plot_comparison(results, run_dir, title="permuted digits: accuracy on each segment "
-                              f"along the stream ({len(args.seeds)} seeds)")
-    names = {"comparison-accuracy": stem.name, "comparison-acc": f"{stem.name}_acc"}
-    for figure in figures:
+    figures = plot_comparison(results, run_dir, title=f"permuted digits ({len(args.seeds)} seeds)")
+    copies = []
+    for figure in figures:  # comparison-accuracy -> <stem>, comparison-acc -> <stem>_acc, ...
+        kind = figure.stem.removeprefix("comparison-")
+        name = stem.name if kind == "accuracy" else f"{stem.name}_{kind}"
+        copies.append(f"`{name}.png`")
         for suffix in (".png", ".svg"):
-            shutil.copyfile(figure.with_suffix(suffix),
-                            stem.with_name(names[figure.stem] + suffix))
+            shutil.copyfile(figure.with_suffix(suffix), stem.with_name(name + suffix))
 
     every = config.run.eval_every
     table = comparison_table([("permuted-digits", results)], columns=list(cfg.columns))
@@ -105,10 +109,11 @@ def main() -> None:
               f"before the next change; resolution {every} steps); not recovered: pairs of 10 "
               f"that do not. Online MAS and fine-tuning never see the boundaries; MAS-oracle and "
               f"EWC consolidate at the true ones.")
-    footer = (f"`python scripts/stability_gap.py`: {len(jobs) - cached} runs in {seconds:.0f} s "
+    command = " ".join(["python scripts/stability_gap.py", *sys.argv[1:]])
+    footer = (f"`{command}`: {len(jobs) - cached} runs in {seconds:.0f} s "
               f"wall on {os.cpu_count()} cores, {args.workers} worker(s) x 1 torch thread; torch "
-              f"{torch.__version__}, Python {platform.python_version()}. Figures: "
-              f"`{stem.name}.png` (accuracy along the stream), `{stem.name}_acc.png` (bars).")
+              f"{torch.__version__}, Python {platform.python_version()}. Figures (PNG and SVG): "
+              f"{', '.join(copies)}.")
     if cached:
         footer += f" {cached} more runs were read from an earlier call (--fresh recomputes them)."
     text = f"{header}\n\n{table}\n\n{footer}\n"
@@ -117,7 +122,7 @@ def main() -> None:
         "seeds": args.seeds, "learners": args.learners, "eval_every": every, "seconds": seconds,
         "workers": args.workers, "runs_computed": len(jobs) - cached, "runs_read": cached,
         "aggregate": aggregate(results)})
-    print(f"wrote {stem}.md, {stem}.json, {stem}.png, {stem}_acc.png; runs in {run_dir}/")
+    print(f"wrote {stem}.md, {stem}.json, {', '.join(c.strip('`') for c in copies)}; runs in {run_dir}/")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ class Segment:
     source : Source
         Where the samples come from.
     name : str
-        Human-readable description, e.g. ``"rotation 30"``.
+        Human-readable description, e.g. ``"rotation 30°"``.
     train_idx, test_idx : Tensor or None
         Positions in ``source.train`` / ``source.test`` the segment uses (default: all).
     transform : Transform or None
@@ -133,11 +133,11 @@ def rotations(source: Source, angles: Sequence[float]) -> list[Segment]:
     --------
     >>> from streams.sources import digits_source
     >>> [s.name for s in rotations(digits_source(), [0, 30, 60])]
-    ['rotation 0', 'rotation 30', 'rotation 60']
+    ['rotation 0°', 'rotation 30°', 'rotation 60°']
     """
     if len(source.input_shape) != 3:
         raise ValueError(f"rotations need image inputs (C, H, W), got {source.input_shape}")
-    return [Segment(source, f"rotation {float(a):g}", transform=Rotate(a)) for a in angles]
+    return [Segment(source, f"rotation {float(a):g}°", transform=Rotate(a)) for a in angles]
 
 
 def corruptions(source: Source, severities: Sequence[float], *,
@@ -183,7 +183,7 @@ def class_splits(source: Source, splits: Sequence[Sequence[int]] | int, *,
     >>> from streams.sources import digits_source
     >>> segs = class_splits(digits_source(), [[0, 1], [2, 3]], labels="domain")
     >>> [(s.name, s.n_classes, s.n_train) for s in segs]
-    [('classes 0,1', 2, 288), ('classes 2,3', 2, 288)]
+    [('classes 0/1', 2, 288), ('classes 2/3', 2, 288)]
     >>> class_splits(digits_source(), [[0, 1], [1, 2]])
     Traceback (most recent call last):
     ...
@@ -219,7 +219,7 @@ def class_splits(source: Source, splits: Sequence[Sequence[int]] | int, *,
         if labels == "domain":
             label_map = torch.full((source.n_classes,), -1, dtype=torch.int64)
             label_map[classes] = torch.arange(len(g))
-        segs.append(Segment(source, "classes " + ",".join(map(str, g)),
+        segs.append(Segment(source, "classes " + "/".join(map(str, g)),
                             train_idx=_members(source.train.y, classes),
                             test_idx=_members(source.test.y, classes), label_map=label_map,
                             n_classes=width if labels == "domain" else source.n_classes))

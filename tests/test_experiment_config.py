@@ -53,7 +53,7 @@ def test_unknown_key_lists_the_allowed_ones(tmp_path: Path) -> None:
 
 def test_unknown_section_lists_the_sections(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"unknown key 'trainer'; allowed in the top level: "
-                                          r"experiment, stream, model, optim, learner, run, adapt$"):
+                                          r"experiment, stream, model, optim, learner, run, adapt, ssl$"):
         load_config(write(tmp_path, "[trainer]\nepochs = 3\n"))
 
 

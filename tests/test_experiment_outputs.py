@@ -127,7 +127,7 @@ def test_comparison_figures_do_not_block_force(continual: Path, tmp_path: Path) 
     from online_mas.experiment.rundir import _foreign
 
     assert main(["report", str(continual), "--no-plots"]) == 0
-    from online_mas.experiment.plots import plot_comparison
+    from online_mas.experiment.comparison_plots import plot_comparison
 
     summary = json.loads((continual / "finetune" / "seed0" / "summary.json").read_text())
     plot_comparison([summary], continual)

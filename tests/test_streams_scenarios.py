@@ -98,7 +98,7 @@ def test_permutations_identity_first_and_seeded(streams_digits) -> None:
 
 def test_class_splits_class_and_domain_labels(streams_digits) -> None:
     ci = class_splits(streams_digits, 5)
-    assert [s.name for s in ci] == [f"classes {2 * k},{2 * k + 1}" for k in range(5)]
+    assert [s.name for s in ci] == [f"classes {2 * k}/{2 * k + 1}" for k in range(5)]
     for k, seg in enumerate(ci):
         _, y = seg.fetch(torch.arange(seg.n_train))
         assert set(y.tolist()) == {2 * k, 2 * k + 1} and seg.n_classes == 10

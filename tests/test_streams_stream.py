@@ -242,7 +242,7 @@ def test_truth_describes_the_stream() -> None:
     assert truth.segments().tolist() == [0] * 90 + [1] * 90 + [2] * 90 + [0] * 90
     assert torch.equal(truth.weights_at(100), torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64))
     assert stream.input_shape == (64,) and stream.batch(0)[0].shape == (32, 64)
-    assert truth.segment_names == ["rotation 0", "rotation 30", "rotation 60"]
+    assert truth.segment_names == ["rotation 0°", "rotation 30°", "rotation 60°"]
     with pytest.raises(ValueError, match=r"step must be an int in \[0, 360\), got 360"):
         truth.segment_at(360)
 

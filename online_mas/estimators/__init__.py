@@ -14,7 +14,8 @@ Methods (``method=``):
     The formula above, exactly, at about the cost of one backward pass: closed-form rules per
     layer family (:mod:`.registry`: ``nn.Linear``, ``nn.Conv1d/2d/3d`` and ``nn.ConvTranspose1d/2d/3d``
     with any padding, ``nn.Embedding``, affine norms (layer, RMS, group, instance), eval-mode batch
-    norm, ``nn.PReLU``) and ``torch.func`` per-sample gradients for every other parameter.
+    norm, ``nn.PReLU``, ``nn.LSTM``/``nn.GRU``/``nn.RNN`` by a recomputed recurrence) and
+    ``torch.func`` per-sample gradients for every other parameter.
 ``"vmap"``
     ``torch.func`` per-sample gradients for every parameter.
 ``"loop"``

@@ -15,6 +15,7 @@ from online_mas.estimators.inputs import Inputs, batch_size, call, check_inputs,
 
 __all__ = [
     "BatchImportance",
+    "CallInputs",
     "NonFiniteError",
     "OutputFn",
     "Rule",
@@ -40,6 +41,10 @@ class NonFiniteError(ValueError):
     """The input, the model output or the importance holds nan or inf."""
 
 
+CallInputs = Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], tuple[int, tuple[Tensor, ...]] | None]
+"""Maps a module call's ``(args, kwargs)`` to ``(samples, input tensors)``, or None (see :class:`Rule`)."""
+
+
 @dataclass(frozen=True)
 class Rule:
     """The closed-form per-sample importance of one layer family.
@@ -50,12 +55,19 @@ class Rule:
     ``sum_n ||f(x_n)||^2`` at its output. ``supported(m)`` says whether this module's settings
     are covered. ``factors(a, g)``, where given, returns ``(|G|, |A|)`` whose product
     ``|G|^T |A|`` is the weight's sum, so an accumulator can fold it without forming it.
+
+    ``inputs(m, args, kwargs)``, where given, is for a module that takes or returns several
+    tensors (``nn.LSTM``: ``(x, (h0, c0))`` in, ``(y, (h_n, c_n))`` out): it maps a call's arguments
+    to ``(samples in the call, the input tensors)``, or None for a call the rule does not cover.
+    ``sums`` then receives that tuple of inputs as ``a`` and the tuple of gradients at every tensor
+    the module returned (nested tuples flattened in order, zeros where none reached) as ``g``.
     """
 
     name: str
-    sums: Callable[[nn.Module, Tensor, Tensor, dict[str, Tensor]], None]
+    sums: Callable[[nn.Module, Any, Any, dict[str, Tensor]], None]
     supported: Callable[[nn.Module], bool] = lambda m: True
     factors: Callable[[nn.Module, Tensor, Tensor], tuple[Tensor, Tensor] | None] | None = None
+    inputs: CallInputs | None = None
 
 
 @dataclass

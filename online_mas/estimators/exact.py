@@ -36,21 +36,29 @@ __all__ = [
     "pair_sums",
     "record_hook",
     "recording",
+    "versions",
 ]
 
-Pair = tuple[nn.Module, Tensor, Tensor]  # a layer, its input, the gradient at its output
+Pair = tuple[nn.Module, Tensor | tuple[Tensor, ...], Tensor | tuple[Tensor, ...]]
+"""A layer, its input, the gradient at its output (tuples of them for a rule with ``inputs``)."""
 FACTOR_BOUND = 1e36  # |G|^T |A| entries stay below this, far from float32's 3.4e38
 
 
 @dataclass
 class Call:
-    """A recorded call of a layer: its tensor inputs, output, the inputs' versions, how often."""
+    """A recorded call of a layer: its tensor inputs, output, the inputs' versions, how often.
+
+    For a rule with ``inputs`` (several tensors in or out), ``outputs`` holds every tensor the
+    module returned and ``samples`` the number of samples the rule found in the call.
+    """
 
     module: nn.Module
     inputs: tuple[Tensor, ...]
     output: Tensor
     versions: tuple[int, ...]
     count: int = 1
+    outputs: tuple[Tensor, ...] = ()
+    samples: int | None = None
 
 
 def own_params(m: nn.Module) -> dict[str, nn.Parameter]:
@@ -76,15 +84,29 @@ def fast_candidates(model: nn.Module, named: Mapping[str, Tensor]) -> dict[nn.Mo
     return cands
 
 
-def record_hook(calls: dict[nn.Module, Call]) -> Callable[[nn.Module, tuple[object, ...], object], object]:
-    """A forward hook that records each module's first call (input, output) into ``calls``."""
+Hook = Callable[[nn.Module, tuple[object, ...], dict[str, object], object], object]
 
-    def hook(m: nn.Module, inputs: tuple[object, ...], out: object) -> object:
+
+def record_hook(calls: dict[nn.Module, Call]) -> Hook:
+    """A forward hook (``with_kwargs=True``) that records each module's first call (input, output)
+    into ``calls``."""
+
+    def hook(m: nn.Module, inputs: tuple[object, ...], kwargs: dict[str, object], out: object) -> object:
         if torch.compiler.is_compiling():  # traced into a compiled graph: record nothing
             return None
         if m in calls:
             calls[m].count += 1
             return None
+        rule = rule_for(m)
+        if rule is not None and rule.inputs is not None:
+            got, copied = rule.inputs(m, inputs, kwargs), _cloned(out)
+            if got is None or copied is None:
+                calls[m] = Call(m, (), torch.empty(0), (), count=2)  # not covered
+                return None
+            samples, tensors = got
+            calls[m] = Call(m, tensors, copied[1][0], tuple(t._version for t in tensors),
+                            outputs=tuple(copied[1]), samples=samples)
+            return copied[0]
         tensors = tuple(t for t in inputs if isinstance(t, Tensor))
         if not isinstance(out, Tensor) or not tensors:
             calls[m] = Call(m, (), torch.empty(0), (), count=2)  # unsupported: not covered
@@ -99,7 +121,7 @@ def record_hook(calls: dict[nn.Module, Call]) -> Callable[[nn.Module, tuple[obje
 def recording(cands: Mapping[nn.Module, list[str]]) -> Iterator[dict[nn.Module, Call]]:
     calls: dict[nn.Module, Call] = {}
     hook = record_hook(calls)
-    handles = [m.register_forward_hook(hook) for m in cands]
+    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in cands]
     try:
         yield calls
     finally:
@@ -114,9 +136,9 @@ def covered(calls: dict[nn.Module, Call], rows: int) -> list[Call]:
         c
         for c in calls.values()
         if c.count == 1
-        and c.output.requires_grad
+        and all(o.requires_grad for o in c.outputs or (c.output,))
         and all(t._version == v for t, v in zip(c.inputs, c.versions, strict=True))
-        and c.inputs[0].shape[:1] == (rows,)
+        and (c.inputs[0].shape[:1] == (rows,) if c.samples is None else c.samples == rows)
     ]
 
 
@@ -125,11 +147,23 @@ def output_grads(calls: list[Call], out: Tensor, *, retain_graph: bool = False) 
 
     ``retain_graph`` keeps ``out``'s graph for a backward that comes later (someone else's).
     """
-    grads = torch.autograd.grad(
-        sq_norm_total(out), [c.output for c in calls], allow_unused=True, retain_graph=retain_graph
-    )
-    return [(c.module, c.inputs[0].detach(), torch.zeros_like(c.output) if g is None else g.detach())
-            for c, g in zip(calls, grads, strict=True)]
+    targets = [t for c in calls for t in c.outputs or (c.output,)]
+    grads = iter(torch.autograd.grad(sq_norm_total(out), targets, allow_unused=True,
+                                     retain_graph=retain_graph))
+    pairs: list[Pair] = []
+    for c in calls:
+        gs = tuple(torch.zeros_like(t) if g is None else g.detach()
+                   for t, g in zip(c.outputs or (c.output,), grads, strict=False))
+        if c.outputs:  # a rule with ``inputs``: every input, every output gradient
+            pairs.append((c.module, tuple(t.detach() for t in c.inputs), gs))
+        else:
+            pairs.append((c.module, c.inputs[0].detach(), gs[0]))
+    return pairs
+
+
+def versions(a: Tensor | tuple[Tensor, ...]) -> tuple[int, ...]:
+    """The version counters of a pair's input(s), to see later whether they were changed in place."""
+    return tuple(t._version for t in (a if isinstance(a, tuple) else (a,)))
 
 
 def pair_sums(
@@ -143,7 +177,7 @@ def pair_sums(
     """Add each layer's per-sample sums (times ``scale``) to ``sums``; ``chunk`` splits the
     products into row blocks (transient memory)."""
     for m, a, g in pairs:
-        if chunk is None or a.shape[0] <= chunk:
+        if chunk is None or not isinstance(a, Tensor) or not isinstance(g, Tensor) or a.shape[0] <= chunk:
             _layer(m, cands[m], a, g, scale, sums)
         else:
             for ac, gc in zip(a.split(chunk), g.split(chunk), strict=True):
@@ -170,7 +204,8 @@ def factored_sums(
     for m, a, g in pairs:
         rule = rule_for(m)
         names = {n.rsplit(".", 1)[-1]: n for n in cands[m]}
-        f = rule.factors(m, a, g) if rule is not None and rule.factors and "weight" in names else None
+        f = (rule.factors(m, a, g) if rule is not None and rule.factors and "weight" in names
+             and isinstance(a, Tensor) and isinstance(g, Tensor) else None)
         if f is None:
             rest.append((m, a, g))
             continue
@@ -243,16 +278,16 @@ def exact_sums(
     return {n: sums[n] for n in named if n not in factors}, out_all, factors
 
 
-def _layer(m: nn.Module, names: list[str], a: Tensor, g: Tensor, scale: float,
-           acc: dict[str, Tensor]) -> None:
+def _layer(m: nn.Module, names: list[str], a: Tensor | tuple[Tensor, ...], g: Tensor | tuple[Tensor, ...],
+           scale: float, acc: dict[str, Tensor]) -> None:
     """Add ``scale`` times one layer's sums to ``acc`` (by full name). Every per-sample gradient
     is linear in ``g``, so the scale goes on ``g``."""
     rule = rule_for(m)
     if rule is None:
         raise RuntimeError(f"internal error: no rule for {type(m).__name__}")
-    g = g.float()
+    g = g.float() if isinstance(g, Tensor) else tuple(t.float() for t in g)
     if scale != 1.0:
-        g = g * scale
+        g = g * scale if isinstance(g, Tensor) else tuple(t * scale for t in g)
     short = {n: n.rsplit(".", 1)[-1] for n in names}
     local = {short[n]: acc[n] for n in names if n in acc}
     rule.sums(m, a, g, local)
@@ -262,3 +297,21 @@ def _layer(m: nn.Module, names: list[str], a: Tensor, g: Tensor, scale: float,
         if t is None or t.shape != own[short[n]].shape:
             raise RuntimeError(f"internal error: the rule for {type(m).__name__} gave no {short[n]}")
         acc[n] = t
+
+
+def _cloned(out: object) -> tuple[object, list[Tensor]] | None:
+    """``out`` (a tensor, or tuples and lists of them) with every tensor cloned, and the clones in
+    order; None for anything else."""
+    if isinstance(out, Tensor):
+        c = out.clone()
+        return c, [c]
+    if type(out) in (tuple, list):
+        items, flat = [], []
+        for o in out:  # type: ignore[attr-defined]
+            r = _cloned(o)
+            if r is None:
+                return None
+            items.append(r[0])
+            flat += r[1]
+        return type(out)(items), flat  # type: ignore[call-arg]
+    return None

@@ -13,10 +13,12 @@ Only used where it gives the same numbers as the separate pass:
 
 - every trainable parameter belongs to a layer with a closed-form fast path (a rule of
   :mod:`.registry`), called once in the forward, and the forward is not compiled (hooks record
-  nothing inside a ``torch.compile``-d graph);
+  nothing inside a ``torch.compile``-d graph); no layer's rule recomputes it from its weights
+  (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``: the optimizer step changes them before ``observe``);
 - no module that behaves differently in training mode is in training mode: dropout with ``p > 0``
-  (samples would see random masks), batch norm (couples the samples of a batch), instance norm with
-  running statistics, ``nn.RReLU``, attention and transformer layers (their own dropout);
+  (samples would see random masks; also a stacked RNN's own ``dropout``), batch norm (couples the
+  samples of a batch), instance norm with running statistics, ``nn.RReLU``, attention and
+  transformer layers (their own dropout);
 - gradients are enabled, autocast is off, and the forward's input is the very tensor later passed
   to ``observe``.
 
@@ -42,7 +44,9 @@ from online_mas.estimators.exact import (
     fast_candidates,
     output_grads,
     record_hook,
+    versions,
 )
+from online_mas.estimators.registry import rule_for
 
 _TRAIN_DEPENDENT = (
     nn.modules.batchnorm._BatchNorm,
@@ -60,6 +64,9 @@ def train_dependent(model: nn.Module) -> nn.Module | None:
             continue
         if isinstance(m, nn.modules.dropout._DropoutNd):
             if m.p > 0:
+                return m
+        elif isinstance(m, nn.RNNBase):  # dropout between stacked layers, in training mode only
+            if m.dropout > 0 and m.num_layers > 1:
                 return m
         elif isinstance(m, _TRAIN_DEPENDENT) or (
             isinstance(m, nn.modules.instancenorm._InstanceNorm) and m.track_running_stats
@@ -89,7 +96,7 @@ class SharedForward:
         self._handles: list[RemovableHandle] = []
         # the forward's input, its layers' (module, input, output gradient), their inputs' versions
         # and the detached output
-        self._result: tuple[Tensor, list[Pair], tuple[int, ...], Tensor] | None = None
+        self._result: tuple[Tensor, list[Pair], tuple[tuple[int, ...], ...], Tensor] | None = None
 
     @property
     def armed(self) -> bool:
@@ -106,14 +113,19 @@ class SharedForward:
             self.why_not = "some parameters have no closed-form fast path"
             self._uncovered = True
             return
+        replayed = [type(m).__name__ for m in cands if getattr(rule_for(m), "inputs", None) is not None]
+        if replayed:  # the recurrent rule recomputes the layer: the optimizer moves its weights first
+            self.why_not = f"the {replayed[0]} rule needs the weights of the forward, which the step changes"
+            self._uncovered = True
+            return
         record = record_hook(self._calls)
 
-        def hook(m: nn.Module, inputs: tuple[object, ...], out: object) -> object:
+        def hook(m: nn.Module, inputs: tuple[object, ...], kwargs: dict[str, object], out: object) -> object:
             # not in cands: a deepcopy of the model, which copies its hooks along
-            return record(m, inputs, out) if m in self._cands and self.gate() else None
+            return record(m, inputs, kwargs, out) if m in self._cands and self.gate() else None
 
         self._cands = cands
-        self._handles = [m.register_forward_hook(hook, prepend=True) for m in cands]
+        self._handles = [m.register_forward_hook(hook, prepend=True, with_kwargs=True) for m in cands]
 
     def disarm(self) -> None:
         for h in self._handles:
@@ -140,7 +152,7 @@ class SharedForward:
                 self.why_not = "a layer was called more than once, skipped or changed in place"
                 return
             pairs = output_grads(used, out, retain_graph=True)
-            self._result = (x, pairs, tuple(a._version for _, a, _ in pairs), out.detach())
+            self._result = (x, pairs, tuple(versions(a) for _, a, _ in pairs), out.detach())
         except RuntimeError as err:  # never break the user's forward
             self.enabled = False
             self.disarm()
@@ -165,8 +177,8 @@ class SharedForward:
         result, self._result = self._result, None
         if result is None or result[0] is not x or tuple(names) != self._names:
             return None
-        _, pairs, versions, out = result
-        if any(a._version != v for (_, a, _), v in zip(pairs, versions, strict=True)):
+        _, pairs, before, out = result
+        if any(versions(a) != v for (_, a, _), v in zip(pairs, before, strict=True)):
             self.why_not = "a layer input was changed in place after the forward"
             return None
         sums: dict[str, Tensor] = {}

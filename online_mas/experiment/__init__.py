@@ -11,6 +11,9 @@
 - :mod:`~online_mas.experiment.loop`: the run loop of both kinds (step, evaluate, log, progress).
 - :mod:`~online_mas.experiment.run`: one learner on one seed: its steps, checkpoints, resume.
 - :mod:`~online_mas.experiment.adapt_run`: experiments of kind ``"adapt"``.
+- :mod:`~online_mas.experiment.ssl_run`: experiments of kind ``"ssl"`` (self-supervised, unlabeled),
+  with :mod:`~online_mas.experiment.ssl_learners`, :mod:`~online_mas.experiment.augment` and
+  :mod:`~online_mas.experiment.probes`.
 - :mod:`~online_mas.experiment.launch`: many runs, in sequence or in worker processes; Ctrl-C.
 - :mod:`~online_mas.experiment.dist`: ``online-mas run`` under ``torchrun`` (data parallel, rank 0
   writes).

@@ -9,6 +9,8 @@ A TOML file has the sections ``[experiment]``, ``[stream]``, ``[model]``, ``[opt
 and one table per learner under ``[learner.<name>]``, e.g. ``[learner.online-mas]``. An experiment
 of kind ``"adapt"`` (unlabeled test-time adaptation) reads ``[experiment]`` (name, seeds),
 ``[stream]`` (a ``corrupted-digits`` stream), ``[adapt]`` and ``[run]`` (threads, progress) only.
+One of kind ``"ssl"`` (self-supervised, the labels withheld) reads every section but ``[adapt]``,
+and ``[ssl]``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from online_mas.experiment.augment import Augment
 from online_mas.experiment.device import PRECISIONS, check_device_spec
+from online_mas.experiment.dist import PARALLEL
 from online_mas.experiment.mas_section import MASSection
 from online_mas.experiment.registry import (
     ADAPT_METHODS,
@@ -29,6 +33,8 @@ from online_mas.experiment.registry import (
     MODELS,
     OPTIMIZERS,
     PENALTY_FORMS,
+    SSL_LEARNERS,
+    SSL_OBJECTIVES,
     parse_method,
 )
 from streams import StreamConfig
@@ -50,6 +56,7 @@ __all__ = [
     "OptimConfig",
     "ReplayLearnerConfig",
     "RunConfig",
+    "SSLSection",
     "default_stream",
 ]
 
@@ -85,7 +92,7 @@ class ExperimentSection:
     ValueError: learners must be a non-empty list of distinct names from (...), got ('finetune', 'sgd')
     """
 
-    kind: str = "continual"  # "continual" (learners, labeled) or "adapt" (unlabeled test-time adaptation)
+    kind: str = "continual"  # "continual" (labeled), "adapt" (test-time adaptation), "ssl" (unlabeled)
     name: str = "permuted-digits"  # names the run directory and the comparison tables
     learners: tuple[str, ...] = ("finetune", "online-mas", "mas-oracle")  # continual: learners compared
     seeds: tuple[int, ...] = (0,)  # one run per seed; seeds the stream and the model's init
@@ -95,9 +102,10 @@ class ExperimentSection:
         _choice("kind", self.kind, KINDS)
         if not isinstance(self.name, str) or not self.name or "/" in self.name:
             raise ValueError(f"name must be a non-empty string without '/', got {self.name!r}")
-        if not self.learners or any(n not in LEARNERS for n in self.learners) \
+        allowed = SSL_LEARNERS if self.kind == "ssl" else LEARNERS
+        if not self.learners or any(n not in allowed for n in self.learners) \
                 or len(set(self.learners)) != len(self.learners):
-            raise ValueError(f"learners must be a non-empty list of distinct names from {LEARNERS}, "
+            raise ValueError(f"learners must be a non-empty list of distinct names from {allowed}, "
                              f"got {self.learners!r}")
         if not self.seeds or any(_bad_int(s) or not 0 <= s < 2**63 for s in self.seeds) \
                 or len(set(self.seeds)) != len(self.seeds):
@@ -440,10 +448,12 @@ class RunConfig:
     plots: bool = True  # draw the PNG plots at the end of each run
     device: str = "auto"  # "auto" (CUDA if present, else CPU), "cpu", "cuda", "cuda:N" or "mps"
     precision: str = "32"  # "32", "bf16-mixed" or "16-mixed" (CUDA): autocast of the forward
+    parallel: str = "ddp"  # under torchrun: "ddp" (a whole replica per rank) or "fsdp" (FSDP2, sharded)
 
     def __post_init__(self) -> None:
         check_device_spec(self.device)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("parallel", self.parallel, PARALLEL)
         for name in ("threads", "workers", "log_every"):
             value = getattr(self, name)
             if _bad_int(value) or value < 1:
@@ -511,6 +521,57 @@ class AdaptSection:
             raise ValueError(f"reset must be a boolean, got {self.reset!r}")
 
 
+@dataclass(frozen=True)
+class SSLSection:
+    """``[ssl]``: self-supervised learning on the unlabeled stream (``experiment.kind = "ssl"``).
+
+    The encoder is ``[model]`` with a last linear layer of ``embed_dim`` outputs; the objective
+    trains it with heads of its own (``experiment.ssl_learners``). At every evaluation a k-NN and
+    a linear (ridge) probe are fitted per segment on its training samples and labels and scored on
+    its held-out set (``experiment.probes``); nothing else reads a label.
+
+    Examples
+    --------
+    >>> SSLSection(objective="byol")
+    Traceback (most recent call last):
+    ...
+    ValueError: objective must be one of ('simsiam', 'dae'), got 'byol'
+    >>> SSLSection(augment=("shift", "noise")).augmentation().names
+    ('shift', 'noise')
+    """
+
+    objective: str = "simsiam"  # "simsiam" (two views) or "dae" (denoising autoencoder)
+    augment: tuple[str, ...] = ("mask", "noise")  # views: of "shift", "mask", "noise" (in that order)
+    noise: float = 0.1  # "noise": standard deviation of the added Gaussian noise
+    mask: float = 0.2  # "mask": probability that an input element is zeroed
+    shift: int = 1  # "shift": largest translation per spatial axis, in pixels (samples)
+    embed_dim: int = 64  # width of the embedding (the encoder's last layer), what probes read
+    proj_dim: int = 64  # width of the projector (simsiam) and of the decoder's hidden layer
+    pred_dim: int = 32  # hidden width of the simsiam predictor
+    knn_k: int = 10  # neighbours of the k-NN probe (cosine similarity, majority vote)
+    ridge: float = 1e-2  # ridge strength of the linear probe (per sample, on standardised features)
+    probe_train: int | None = None  # probes fit on at most this many training samples per segment
+    lump_size: int = 200  # lump: reservoir memory of unlabeled inputs, in samples
+    lump_alpha: float = 0.4  # lump: mixup weight lam ~ Beta(alpha, alpha)
+
+    def __post_init__(self) -> None:
+        _choice("objective", self.objective, SSL_OBJECTIVES)
+        self.augmentation()  # checks augment, noise, mask, shift
+        for name in ("embed_dim", "proj_dim", "pred_dim", "knn_k", "lump_size"):
+            if _bad_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
+        if self.probe_train is not None and (_bad_int(self.probe_train) or self.probe_train < 1):
+            raise ValueError(f"probe_train must be an int >= 1 or absent, got {self.probe_train!r}")
+        if not _finite(self.ridge) or self.ridge < 0:
+            raise ValueError(f"ridge must be a finite number >= 0, got {self.ridge!r}")
+        if not _finite(self.lump_alpha) or self.lump_alpha <= 0:
+            raise ValueError(f"lump_alpha must be a finite number > 0, got {self.lump_alpha!r}")
+
+    def augmentation(self) -> Augment:
+        """The views' :class:`~online_mas.experiment.augment.Augment`."""
+        return Augment(tuple(self.augment), noise=self.noise, mask=self.mask, shift=self.shift)
+
+
 def _method_ok(spec: object) -> bool:
     try:
         parse_method(spec)
@@ -553,6 +614,7 @@ class ExperimentConfig:
     learner: LearnersConfig = field(default_factory=LearnersConfig)  # per-learner options
     run: RunConfig = RunConfig()  # execution and recording
     adapt: AdaptSection = AdaptSection()  # kind "adapt": methods and their settings
+    ssl: SSLSection = SSLSection()  # kind "ssl": objective, augmentations, probes, LUMP
 
     def __post_init__(self) -> None:
         if self.experiment.kind == "adapt" and self.stream.name != "corrupted-digits":

@@ -35,8 +35,9 @@ _RESERVED: dict[type, dict[str, str]] = {
 
 #: Sections an experiment of each kind does not read, left out when it is written.
 _UNUSED: dict[str, tuple[str, ...]] = {
-    "continual": ("adapt",),
-    "adapt": ("model", "optim", "learner"),
+    "continual": ("adapt", "ssl"),
+    "adapt": ("model", "optim", "learner", "ssl"),
+    "ssl": ("adapt",),
 }
 
 

@@ -1,24 +1,26 @@
-"""PNG plots of a run, drawn headless from its files.
+"""PNG plots of one run, drawn headless from its files, and the helpers every figure shares.
 
 Figures are built with matplotlib's object API on the Agg canvas (``matplotlib.figure.Figure`` +
 ``FigureCanvasAgg``), so no display and no pyplot state are involved, and nothing changes the
-backend of a user's own session.
+backend of a user's own session. Accuracies are in percent everywhere (axes, colour bars, cell
+text); segments are named by the stream (``"rotation 30°"``, ``"permutation 2"``,
+``"classes 2/3"``); legends sit outside the data.
 
-- ``accuracy_matrix.png``: the accuracy matrix as a heatmap (rows: after occurrence i; columns:
-  held-out set of segment j).
-- ``stream_accuracy.png``: accuracy along the stream (prequential, and held-out per segment at the
-  evaluations), with the true change points (dashed) and the consolidations (solid) marked.
-- ``importance.png``: a histogram of log10 importance per parameter tensor ("layer").
+- ``accuracy_matrix.png``: the accuracy matrix as a heatmap (rows: evaluated after training on
+  occurrence i; columns: held-out set of segment j), cells in %.
+- ``stream_accuracy.png``: accuracy along the stream (prequential, and held-out per segment at
+  the evaluations) over shaded occurrences, the true change points as solid grey lines behind the
+  data and the consolidations as coloured markers above the frame, so the delay shows; below it,
+  the detector's signal on its own axis with its name and unit (``"entropy (nats)"``).
+- ``importance.png``: a histogram of log10 importance per parameter tensor, titled with the
+  layer's type (``"1 (Linear).weight"``) and which importance it is (MAS Ω after k
+  consolidations, or EWC's Fisher).
 
-Across runs (``online-mas report``), :func:`plot_comparison` draws ``comparison-accuracy.png``
-(accuracy on each segment along the stream, mean and band over seeds, true changes and
-detections) and ``comparison-acc.png`` (ACC, min-ACC, WC-ACC and forgetting with error bars),
-each also as SVG.
+The figures across runs are in :mod:`online_mas.experiment.comparison_plots`.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -29,11 +31,46 @@ from torch import Tensor
 
 from online_mas import checkpoint
 
-__all__ = ["draw_unit_plots", "plot_accuracy_matrix", "plot_comparison", "plot_importance",
-           "plot_stream_accuracy"]
+__all__ = [
+    "FONT",
+    "LEGEND_FONT",
+    "SIGNAL_LABELS",
+    "TICK_FONT",
+    "accuracy_matrix_figure",
+    "draw_matrix",
+    "draw_unit_plots",
+    "importance_figure",
+    "importance_label",
+    "layer_label",
+    "new_figure",
+    "occurrence_labels",
+    "plot_accuracy_matrix",
+    "plot_importance",
+    "plot_stream_accuracy",
+    "read_jsonl",
+    "save_figure",
+    "signal_label",
+    "step_label",
+    "stream_accuracy_figure",
+]
+
+#: Font sizes (points) of axis labels, tick labels and legends: readable at a column's width.
+FONT, TICK_FONT, LEGEND_FONT = 9.0, 8.0, 8.0
+
+_UNIT_DPI = 110  # the per-run PNGs (many of them; the comparison figures get 150)
+
+#: Axis label of each detector signal (``[learner.<name>.mas] signal``), with its unit.
+SIGNAL_LABELS = {
+    "entropy": "entropy (nats)",
+    "output_norm": "output norm² (logit units²)",
+    "max_prob": "max softmax probability",
+    "feature_shift": "feature shift (× sampling variance)",
+    "loss": "training loss (nats)",
+}
 
 
-def _figure(width: float, height: float) -> Any:
+def new_figure(width: float, height: float) -> Any:
+    """A ``matplotlib.figure.Figure`` of ``width`` x ``height`` inches on an Agg canvas."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -42,102 +79,306 @@ def _figure(width: float, height: float) -> Any:
     return fig
 
 
-def _save(fig: Any, path: Path, *, svg: bool = False) -> Path:
-    """Write ``path`` (PNG), and the same figure as ``.svg`` beside it if ``svg``."""
+def save_figure(fig: Any, path: str | Path, *, svg: bool = False, dpi: int = 150) -> Path:
+    """Write ``path`` (PNG at ``dpi``), and the same figure as ``.svg`` beside it if ``svg``.
+
+    Each file is written to a temporary name and renamed, so a reader never sees half a file.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for target, fmt in [(path, "png"), *([(path.with_suffix(".svg"), "svg")] if svg else [])]:
         tmp = target.with_name(f".{target.name}.tmp")
-        fig.savefig(tmp, format=fmt, dpi=150 if svg else None)
+        fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", pad_inches=0.08)
         tmp.replace(target)
     return path
 
 
+def signal_label(signal: str | None) -> str:
+    """The axis label of a detector signal with its unit.
+
+    Examples
+    --------
+    >>> signal_label("entropy"), signal_label(None)
+    ('entropy (nats)', 'detector signal')
+    """
+    if signal is None:
+        return "detector signal"
+    return SIGNAL_LABELS.get(signal, signal)
+
+
+def step_label(batch_size: int | None) -> str:
+    """The label of a step axis.
+
+    Examples
+    --------
+    >>> step_label(32)
+    'step (batches of 32 samples)'
+    """
+    return "step (batches trained)" if not batch_size else f"step (batches of {batch_size} samples)"
+
+
+def importance_label(learner: str) -> str:
+    """What a learner's importance is: EWC's Fisher information or MAS's Omega.
+
+    Examples
+    --------
+    >>> importance_label("ewc"), importance_label("online-mas")
+    ('Fisher', 'MAS Ω')
+    """
+    return "Fisher" if learner == "ewc" else "MAS Ω"
+
+
+def layer_label(name: str, layer: str | None) -> str:
+    """A parameter's name with the type of the module it belongs to.
+
+    Examples
+    --------
+    >>> layer_label("3.weight", "Linear"), layer_label("fc.bias", None), layer_label("w", "Foo")
+    ('3 (Linear).weight', 'fc.bias', 'w (Foo)')
+    """
+    if not layer:
+        return name
+    module, dot, leaf = name.rpartition(".")
+    return f"{module} ({layer}).{leaf}" if dot else f"{name} ({layer})"
+
+
+def occurrence_labels(summary: dict[str, Any], rows: int) -> list[str]:
+    """Row labels of an accuracy matrix: the segment trained on last before each row.
+
+    Joint training (``"iid"`` order) has no "after segment i": its rows are named by their step.
+
+    Examples
+    --------
+    >>> occurrence_labels({"segment_names": ["a", "b"], "order": [0, 1, 0]}, 3)
+    ['a', 'b', 'a (again)']
+    """
+    names = list(summary.get("segment_names") or [])
+    order = list(summary.get("order") or range(rows))
+    if summary.get("learner") == "joint":
+        steps = list(summary.get("eval_steps") or [])
+        return [f"step {steps[i]}" if i < len(steps) else f"row {i}" for i in range(rows)]
+    out, seen = [], set()
+    for i in range(rows):
+        seg = order[i] if i < len(order) else i
+        label = names[seg] if seg < len(names) else f"segment {seg}"
+        out.append(f"{label} (again)" if seg in seen else label)
+        seen.add(seg)
+    return out
+
+
+def draw_matrix(ax: Any, percent: Sequence[Sequence[float]], *, rows: Sequence[str],
+                cols: Sequence[str], fontsize: float = FONT - 1) -> Any:
+    """A 0-100 % heatmap on ``ax`` with each cell's value written in it; returns the image."""
+    image = ax.imshow(percent, vmin=0.0, vmax=100.0, cmap="viridis", aspect="auto")
+    for i, row in enumerate(percent):
+        for j, v in enumerate(row):
+            if math.isfinite(v):
+                ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=fontsize,
+                        color="black" if v > 55 else "white")
+    ax.set_xticks(range(len(cols)), list(cols), rotation=30, ha="right", fontsize=TICK_FONT)
+    ax.set_yticks(range(len(rows)), list(rows), fontsize=TICK_FONT)
+    return image
+
+
 def plot_accuracy_matrix(matrix: Sequence[Sequence[float]], path: str | Path, *,
-                         title: str = "") -> Path:
-    """Heatmap of the accuracy matrix with each entry written in percent.
+                         title: str = "", rows: Sequence[str] | None = None,
+                         cols: Sequence[str] | None = None) -> Path:
+    """Heatmap of an accuracy matrix (fractions in ``matrix``), in percent.
+
+    ``rows`` names the occurrence trained on last before each row (default ``0, 1, ...``),
+    ``cols`` the segment of each held-out set.
 
     Examples
     --------
     >>> import tempfile
-    >>> p = plot_accuracy_matrix([[0.9, 0.1], [0.6, 0.8]], f"{tempfile.mkdtemp()}/m.png")
+    >>> p = plot_accuracy_matrix([[0.9, 0.1], [0.6, 0.8]], f"{tempfile.mkdtemp()}/m.png",
+    ...                          rows=["a", "b"], cols=["a", "b"])
     >>> p.read_bytes()[:8] == b"\\x89PNG\\r\\n\\x1a\\n"
     True
     """
-    rows, cols = len(matrix), len(matrix[0]) if matrix else 0
-    fig = _figure(1.6 + 0.75 * cols, 1.2 + 0.6 * rows)
+    return save_figure(accuracy_matrix_figure(matrix, title=title, rows=rows, cols=cols), path, dpi=_UNIT_DPI)
+
+
+def accuracy_matrix_figure(matrix: Sequence[Sequence[float]], *, title: str = "",
+                           rows: Sequence[str] | None = None,
+                           cols: Sequence[str] | None = None) -> Any:
+    """The figure of :func:`plot_accuracy_matrix` (a ``matplotlib.figure.Figure``)."""
+    n_rows, n_cols = len(matrix), len(matrix[0]) if matrix else 0
+    rows = list(rows) if rows is not None else [str(i) for i in range(n_rows)]
+    cols = list(cols) if cols is not None else [str(j) for j in range(n_cols)]
+    fig = new_figure(2.6 + 0.75 * n_cols, 1.7 + 0.45 * n_rows)
     ax = fig.add_subplot()
-    image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
-    for i in range(rows):
-        for j in range(cols):
-            v = matrix[i][j]
-            ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=8,
-                    color="black" if v > 0.6 else "white")
-    ax.set_xticks(range(cols), [str(j) for j in range(cols)])
-    ax.set_yticks(range(rows), [str(i) for i in range(rows)])
-    ax.set_xlabel("held-out set of segment j")
-    ax.set_ylabel("after occurrence i")
-    ax.set_title(title or "accuracy matrix", fontsize=9)
-    fig.colorbar(image, ax=ax, fraction=0.05)
+    image = draw_matrix(ax, [[100 * v for v in r] for r in matrix], rows=rows, cols=cols)
+    ax.set_xlabel("held-out set of segment", fontsize=FONT)
+    ax.set_ylabel("evaluated after training on", fontsize=FONT)
+    ax.set_title(title or "accuracy matrix", fontsize=FONT)
+    bar = fig.colorbar(image, ax=ax, fraction=0.05)
+    bar.set_label("accuracy (%)", fontsize=FONT)
+    bar.ax.tick_params(labelsize=TICK_FONT)
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return fig
+
+
+#: Colours of consolidations by reason (a detector's, or at a known boundary).
+_EVENT_STYLE = {"detector": ("black", "consolidation (detector)"),
+                "boundary": ("white", "consolidation (true boundary)")}
 
 
 def plot_stream_accuracy(lines: Sequence[dict[str, Any]], path: str | Path, *,
-                         change_points: Sequence[int], events: Sequence[int] = (),
-                         title: str = "") -> Path:
-    """Accuracy along the stream with the true change points and the consolidations marked.
+                         change_points: Sequence[int], events: Sequence[int | dict[str, Any]] = (),
+                         title: str = "", segment_names: Sequence[str] | None = None,
+                         order: Sequence[int] | None = None, signal: str | None = None,
+                         batch_size: int | None = None) -> Path:
+    """Accuracy (%) along the stream with the true change points and the consolidations marked.
 
     ``lines`` are the lines of ``metrics.jsonl``: their ``"accuracy"`` (prequential, over the
-    steps since the previous line) is drawn as a line, their ``"eval"`` lists (held-out accuracy
-    per segment) as markers per segment, their ``"signal"`` (what online MAS's detector watches)
-    on a second axis. ``change_points`` are batch indices where a new
-    occurrence starts; ``events`` are the step counts at which a consolidation happened.
+    steps since the previous line) is drawn as a grey line, their ``"eval"`` lists (held-out
+    accuracy per segment) as one line per segment, named by ``segment_names``; with ``order``
+    (the segment of each occurrence), each occurrence's span is shaded in its segment's colour.
+    ``change_points`` (batch indices where a new occurrence starts) are solid grey lines behind
+    the data; ``events`` (the consolidations: step counts, or the ``summary.json`` event dicts,
+    whose ``"reason"`` picks the colour) are markers above the frame. The lines' ``"signal"``
+    (what a detector watches, named by ``signal``, e.g. ``"entropy"``) gets a panel of its own.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> lines = [{"step": s, "accuracy": 0.5, "signal": 1.0, "eval": [0.5, 0.2]} for s in (5, 10)]
+    >>> plot_stream_accuracy(lines, f"{tempfile.mkdtemp()}/s.png", change_points=[5],
+    ...                      events=[6], segment_names=["a", "b"], signal="entropy").suffix
+    '.png'
     """
-    fig = _figure(8.0, 3.6)
-    ax = fig.add_subplot()
-    steps = [ln["step"] for ln in lines if "accuracy" in ln]
-    ax.plot(steps, [ln["accuracy"] for ln in lines if "accuracy" in ln], lw=0.8, color="0.3",
-            label="prequential (train batch, before update)")
+    return save_figure(stream_accuracy_figure(
+        lines, change_points=change_points, events=events, title=title,
+        segment_names=segment_names, order=order, signal=signal, batch_size=batch_size), path,
+        dpi=_UNIT_DPI)
+
+
+def stream_accuracy_figure(lines: Sequence[dict[str, Any]], *, change_points: Sequence[int],
+                           events: Sequence[int | dict[str, Any]] = (), title: str = "",
+                           segment_names: Sequence[str] | None = None,
+                           order: Sequence[int] | None = None, signal: str | None = None,
+                           batch_size: int | None = None) -> Any:
+    """The figure of :func:`plot_stream_accuracy` (a ``matplotlib.figure.Figure``)."""
+    from matplotlib.transforms import blended_transform_factory
+
+    sig = [(ln["step"], ln["signal"]) for ln in lines if isinstance(ln.get("signal"), int | float)]
+    fig = new_figure(8.0, 4.6 if sig else 3.4)
+    if sig:
+        grid = fig.add_gridspec(2, 1, height_ratios=(3, 1), hspace=0.08)
+        ax = fig.add_subplot(grid[0])
+        ax_sig = fig.add_subplot(grid[1], sharex=ax)
+    else:
+        ax, ax_sig = fig.add_subplot(), None
+    colours = _segment_colours()
     evals = [(ln["step"], ln["eval"]) for ln in lines if "eval" in ln]
-    if evals:
-        for j in range(len(evals[0][1])):
-            ax.plot([s for s, _ in evals], [e[j] for _, e in evals], marker="o", ms=3, lw=1.0,
-                    label=f"held-out, segment {j}")
-    for k, c in enumerate(change_points):
-        ax.axvline(c, color="0.5", ls="--", lw=1.0, label="true change" if k == 0 else None)
-    for k, e in enumerate(events):
-        ax.axvline(e, color="tab:red", lw=0.8, alpha=0.8, label="consolidation" if k == 0 else None)
-    signal = [(ln["step"], ln["signal"]) for ln in lines if isinstance(ln.get("signal"), int | float)]
-    if signal:
-        twin = ax.twinx()
-        twin.plot([s for s, _ in signal], [v for _, v in signal], lw=0.6, color="tab:purple", alpha=0.5)
-        twin.set_ylabel("detector signal", color="tab:purple", fontsize=8)
-        twin.tick_params(labelsize=6, colors="tab:purple")
-    ax.set_ylim(0.0, 1.02)
-    ax.set_xlabel("step (batches trained)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(title or "accuracy along the stream", fontsize=9)
-    ax.legend(fontsize=6, loc="lower left", ncol=2)
-    fig.tight_layout()
-    return _save(fig, Path(path))
+    k = len(evals[0][1]) if evals else len(segment_names or [])
+    names = list(segment_names or [])
+    names += [f"segment {j}" for j in range(len(names), k)]
+    n = max([ln["step"] for ln in lines] + list(change_points) + [1])
+    starts = [0, *change_points]
+    for i, (a, b) in enumerate(zip(starts, [*change_points, n], strict=True)):
+        if order is None:
+            break
+        seg = order[i] if i < len(order) else i
+        for axis in [ax] if ax_sig is None else [ax, ax_sig]:
+            axis.axvspan(a, b, color=colours[seg % len(colours)], alpha=0.07, lw=0, zorder=0)
+    for axis in [ax] if ax_sig is None else [ax, ax_sig]:
+        for c in change_points:
+            axis.axvline(c, color="0.45", lw=1.2, zorder=0.5)
+    pre = [(ln["step"], 100 * ln["accuracy"]) for ln in lines if "accuracy" in ln]
+    if pre:
+        ax.plot([s for s, _ in pre], [v for _, v in pre], lw=0.8, ls="--", color="black",
+                alpha=0.6, label="prequential (train batch)")
+    for j in range(k):
+        ax.plot([s for s, _ in evals], [100 * e[j] for _, e in evals], marker="o", ms=2.5,
+                lw=1.2, color=colours[j % len(colours)], label=f"held-out: {names[j]}")
+    top = blended_transform_factory(ax.transData, ax.transAxes)
+    for reason, (colour, _) in _EVENT_STYLE.items():
+        at = [_event_step(e) for e in events if _event_reason(e, reason)]
+        if at:
+            ax.plot(at, [1.04] * len(at), ls="none", marker="v", ms=6, color=colour, mec="black",
+                    transform=top, clip_on=False)
+    ax.set_ylim(0.0, 100.0)
+    ax.set_xlim(0, n)
+    ax.set_ylabel("accuracy (%)", fontsize=FONT)
+    ax.tick_params(labelsize=TICK_FONT)
+    ax.set_title(title or "accuracy along the stream", fontsize=FONT + 1, pad=17)
+    handles, labels = ax.get_legend_handles_labels()
+    handles, labels = [*handles, *_marker_handles(events)], [*labels, *_marker_labels(events)]
+    from matplotlib.lines import Line2D
+
+    handles.append(Line2D([], [], color="0.45", lw=1.2))
+    labels.append("true change")
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(0.73, 0.9), fontsize=LEGEND_FONT,
+               frameon=False)
+    if ax_sig is not None:
+        ax_sig.plot([s for s, _ in sig], [v for _, v in sig], lw=1.0, color="tab:purple")
+        ax_sig.set_ylabel(signal_label(signal), fontsize=FONT - 0.5, color="tab:purple")
+        ax_sig.tick_params(labelsize=TICK_FONT)
+        ax_sig.set_xlabel(step_label(batch_size), fontsize=FONT)
+        ax.tick_params(labelbottom=False)
+    else:
+        ax.set_xlabel(step_label(batch_size), fontsize=FONT)
+    fig.subplots_adjust(left=0.08, right=0.72, top=0.88, bottom=0.12 if sig else 0.15)
+    return fig
 
 
-def plot_importance(importance: dict[str, Tensor], path: str | Path, *, title: str = "") -> Path:
+def _segment_colours() -> list[str]:
+    return ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
+            "tab:pink", "tab:olive", "tab:cyan"]
+
+
+def _event_step(event: int | dict[str, Any]) -> int:
+    return int(event["step"]) if isinstance(event, dict) else int(event)
+
+
+def _event_reason(event: int | dict[str, Any], reason: str) -> bool:
+    got = event.get("reason", "detector") if isinstance(event, dict) else "detector"
+    return got == reason or (reason == "detector" and got not in _EVENT_STYLE)
+
+
+def _marker_handles(events: Sequence[int | dict[str, Any]]) -> list[Any]:
+    from matplotlib.lines import Line2D
+
+    return [Line2D([], [], ls="none", marker="v", ms=6, color=colour, mec="black")
+            for reason, (colour, _) in _EVENT_STYLE.items()
+            if any(_event_reason(e, reason) for e in events)]
+
+
+def _marker_labels(events: Sequence[int | dict[str, Any]]) -> list[str]:
+    return [label for reason, (_, label) in _EVENT_STYLE.items()
+            if any(_event_reason(e, reason) for e in events)]
+
+
+def plot_importance(importance: dict[str, Tensor], path: str | Path, *, title: str = "",
+                    layers: dict[str, str] | None = None, kind: str = "MAS Ω") -> Path:
     """One histogram of ``log10(importance)`` per parameter tensor; zeros are counted apart.
+
+    Each panel is titled with the parameter's name and its module's type (``layers``: name ->
+    class name) and says how many entries it has and which share is zero; ``kind`` names the
+    importance (``"MAS Ω"``, ``"Fisher"``) on the x axis.
 
     Examples
     --------
     >>> import tempfile, torch
     >>> _ = torch.manual_seed(0)
     >>> imp = {"0.weight": torch.rand(10, 4), "0.bias": torch.zeros(10)}
-    >>> p = plot_importance(imp, f"{tempfile.mkdtemp()}/imp.png")
+    >>> p = plot_importance(imp, f"{tempfile.mkdtemp()}/imp.png", layers={"0.weight": "Linear"})
     >>> p.stat().st_size > 0
     True
     """
+    return save_figure(importance_figure(importance, title=title, layers=layers, kind=kind), path,
+                       dpi=_UNIT_DPI)
+
+
+def importance_figure(importance: dict[str, Tensor], *, title: str = "",
+                      layers: dict[str, str] | None = None, kind: str = "MAS Ω") -> Any:
+    """The figure of :func:`plot_importance` (a ``matplotlib.figure.Figure``)."""
     names = list(importance)
     cols = min(3, max(1, len(names)))
     nrows = max(1, math.ceil(len(names) / cols))
-    fig = _figure(3.2 * cols, 2.4 * nrows)
+    fig = new_figure(3.3 * cols, 2.5 * nrows + 0.5)
     for k, name in enumerate(names):
         ax = fig.add_subplot(nrows, cols, k + 1)
         v = importance[name].detach().float().flatten().cpu()
@@ -145,171 +386,15 @@ def plot_importance(importance: dict[str, Tensor], path: str | Path, *, title: s
         if positive.numel():
             ax.hist(positive.log10().numpy(), bins=40, color="tab:blue")
         zeros = float((v == 0).float().mean()) if v.numel() else 0.0
-        ax.set_title(f"{name} ({v.numel()}; {100 * zeros:.0f}% zero)", fontsize=8)
-        ax.set_xlabel("log10 importance", fontsize=7)
-        ax.tick_params(labelsize=6)
-    fig.suptitle(title or "importance per layer", fontsize=9)
+        ax.set_title(f"{layer_label(name, (layers or {}).get(name))}\n{v.numel()} entries, "
+                     f"{100 * zeros:.0f}% zero", fontsize=FONT - 0.5)
+        ax.set_xlabel(f"log10 {kind}", fontsize=FONT - 0.5)
+        if k % cols == 0:
+            ax.set_ylabel("entries (count)", fontsize=FONT - 0.5)
+        ax.tick_params(labelsize=TICK_FONT - 0.5)
+    fig.suptitle(title or f"{kind} per layer", fontsize=FONT + 1)
     fig.tight_layout()
-    return _save(fig, Path(path))
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-
-
-def _groups(results: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Runs by label (``learner``, or ``learner (label)`` when a run carries a ``"group"``)."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for r in results:
-        label = r["learner"] if not r.get("group") else f"{r['learner']} ({r['group']})"
-        out.setdefault(label, []).append(r)
-    return out
-
-
-def plot_comparison(results: Sequence[dict[str, Any]], out_dir: str | Path, *,
-                    title: str = "") -> list[Path]:
-    """Comparison figures of several runs (learners x seeds) from their ``summary.json`` dicts.
-
-    ``comparison-accuracy.png``: one panel per segment, held-out accuracy (%) along the stream
-    at every evaluation (``accuracy_curve``), the mean over seeds as a line and mean ± one
-    sample standard deviation as a band; true changes as grey dashed lines, and every seed's
-    detector consolidations as triangles in the learner's colour above each panel, so the
-    delay shows. ``comparison-acc.png``: ACC, min-ACC and
-    WC-ACC (%), and forgetting (percentage points), mean with a one-std error bar. Runs whose
-    label is the same (``learner``, plus ``"group"`` if set) are seeds of one curve; runs of a
-    label with a different number of evaluations than its first are left out. Each figure is
-    written as PNG and SVG; returns the PNG paths.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> runs = [{"learner": "finetune", "seed": s, "change_points": [2], "events": [],
-    ...          "segment_names": ["a", "b"], "average_accuracy": 0.5, "forgetting": 0.3,
-    ...          "min_accuracy": 0.2, "wc_accuracy": 0.4,
-    ...          "accuracy_curve": {"steps": [1, 2, 3, 4],
-    ...                             "accuracy": [[0.5, 0.1], [0.9, 0.1], [0.4, 0.6], [0.3, 0.9]]}}
-    ...         for s in (0, 1)]
-    >>> [p.name for p in plot_comparison(runs, tempfile.mkdtemp())]
-    ['comparison-accuracy.png', 'comparison-acc.png']
-    """
-    out = Path(out_dir)
-    groups = _groups([r for r in results if r.get("accuracy_curve")])
-    written = []
-    if groups:
-        written.append(_plot_comparison_accuracy(groups, out / "comparison-accuracy.png", title))
-    groups = _groups(results)
-    if groups:
-        written.append(_plot_comparison_bars(groups, out / "comparison-acc.png", title))
-    return written
-
-
-_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
-            "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
-
-
-def _plot_comparison_accuracy(groups: dict[str, list[dict[str, Any]]], path: Path,
-                              title: str) -> Path:
-    first = next(iter(groups.values()))[0]
-    k = len(first["accuracy_curve"]["accuracy"][0])
-    names = first.get("segment_names") or [f"segment {j}" for j in range(k)]
-    cols = min(k, 3)
-    nrows = math.ceil(k / cols)
-    fig = _figure(3.0 * cols + 1.9, 2.3 * nrows + 0.5)
-    axes = [fig.add_subplot(nrows, cols, j + 1) for j in range(k)]
-    handles: dict[str, Any] = {}
-    for colour, (label, runs) in zip(itertools.cycle(_COLOURS), groups.items(), strict=False):
-        n_evals = len(runs[0]["accuracy_curve"]["steps"])
-        runs = [r for r in runs if len(r["accuracy_curve"]["steps"]) == n_evals
-                and len(r["accuracy_curve"]["accuracy"][0]) == k]
-        steps = runs[0]["accuracy_curve"]["steps"]
-        fired = sorted(e["step"] for r in runs for e in r.get("events", ())
-                       if e.get("reason") == "detector")
-        for j, ax in enumerate(axes):
-            stats = [_mean_std([100 * r["accuracy_curve"]["accuracy"][e][j] for r in runs])
-                     for e in range(n_evals)]
-            mean = [m for m, _ in stats]
-            (line,) = ax.plot(steps, mean, color=colour, lw=1.3)
-            if len(runs) > 1:
-                ax.fill_between(steps, [m - s for m, s in stats], [m + s for m, s in stats],
-                                color=colour, alpha=0.18, lw=0)
-            if fired:
-                ax.plot(fired, [103.0] * len(fired), ls="none", marker="v", ms=5, color=colour,
-                        clip_on=False)
-            handles[f"{label} (n={len(runs)})"] = line
-    changes = first.get("change_points", [])
-    for j, ax in enumerate(axes):
-        for c in changes:
-            ax.axvline(c, color="0.35", ls="--", lw=0.9, zorder=0)
-        ax.set_ylim(0, 100)
-        ax.set_title(names[j], fontsize=9, pad=9)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.25, lw=0.5)
-        if j % cols == 0:
-            ax.set_ylabel("held-out accuracy (%)", fontsize=8)
-        if j >= k - cols:
-            ax.set_xlabel("step (batches trained)", fontsize=8)
-    from matplotlib.lines import Line2D
-
-    extra = {"true change": Line2D([], [], color="0.35", ls="--", lw=0.9),
-             "detection (one per seed)": Line2D([], [], color="0.2", ls="none", marker="v", ms=5),
-             "band: mean ± 1 std over seeds": Line2D([], [], color="0.6", lw=6, alpha=0.4)}
-    legend = {**handles, **extra}
-    fig.legend(list(legend.values()), list(legend), loc="center right", fontsize=7,
-               frameon=False, bbox_to_anchor=(1.0, 0.5))
-    fig.suptitle(title or "accuracy on each segment along the stream", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1 - 1.9 / (3.0 * cols + 1.9), 1))
-    return _save(fig, path, svg=True)
-
-
-#: ``(label, summary key)`` of the accuracy bars of ``comparison-acc.png``.
-_BARS = (("ACC", "average_accuracy"), ("min-ACC", "min_accuracy"), ("WC-ACC", "wc_accuracy"))
-
-
-def _plot_comparison_bars(groups: dict[str, list[dict[str, Any]]], path: Path, title: str) -> Path:
-    labels = list(groups)
-    fig = _figure(2.2 + 1.3 * len(labels) + 1.4, 3.0)
-    ax_acc = fig.add_subplot(1, 4, (1, 3))
-    ax_fgt = fig.add_subplot(1, 4, 4)
-    width = 0.8 / len(_BARS)
-    for b, (name, key) in enumerate(_BARS):
-        xs, means, errs = [], [], []
-        for i, label in enumerate(labels):
-            values = [100 * r[key] for r in groups[label] if isinstance(r.get(key), int | float)]
-            if values:
-                m, s = _mean_std(values)
-                xs.append(i + (b - (len(_BARS) - 1) / 2) * width)
-                means.append(m)
-                errs.append(s)
-        ax_acc.bar(xs, means, width, yerr=errs, capsize=2, label=name,
-                   color=_COLOURS[b], error_kw={"lw": 0.8})
-    xs, means, errs = [], [], []
-    for i, label in enumerate(labels):
-        values = [100 * r["forgetting"] for r in groups[label]
-                  if isinstance(r.get("forgetting"), int | float)]
-        if values:
-            m, s = _mean_std(values)
-            xs.append(i)
-            means.append(m)
-            errs.append(s)
-    ax_fgt.bar(xs, means, 0.6, yerr=errs, capsize=2, color="0.45", error_kw={"lw": 0.8})
-    for ax in (ax_acc, ax_fgt):
-        ax.set_xticks(range(len(labels)), labels, rotation=25, ha="right", fontsize=7)
-        ax.tick_params(axis="y", labelsize=7)
-        ax.grid(axis="y", alpha=0.25, lw=0.5)
-        ax.set_axisbelow(True)
-    ax_acc.set_ylim(0, 100)
-    ax_acc.set_ylabel("accuracy (%)", fontsize=8)
-    ax_acc.legend(fontsize=7, frameon=False, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=3)
-    ax_fgt.set_ylabel("forgetting (percentage points)", fontsize=8)
-    ax_fgt.set_title("forgetting", fontsize=8)
-    fig.suptitle(title or "end-of-stream and worst-case accuracy", fontsize=10)
-    fig.text(0.99, 0.01, "bars: mean over seeds; error bars: ± 1 std", ha="right", va="bottom",
-             fontsize=6.5, color="0.3")
-    fig.tight_layout()
-    return _save(fig, path, svg=True)
+    return fig
 
 
 def draw_unit_plots(unit_dir: str | Path, summary: dict[str, Any] | None = None) -> list[Path]:
@@ -323,20 +408,34 @@ def draw_unit_plots(unit_dir: str | Path, summary: dict[str, Any] | None = None)
         summary = json.loads((unit / "summary.json").read_text(encoding="utf-8"))
     out = unit / "plots"
     name = f"{summary['learner']}, seed {summary['seed']}, {summary['stream']}"
+    names = summary.get("segment_names") or None
     written = []
-    if summary["accuracy_matrix"]:
-        written.append(plot_accuracy_matrix(summary["accuracy_matrix"], out / "accuracy_matrix.png",
-                                            title=f"accuracy matrix: {name}"))
+    matrix = summary["accuracy_matrix"]
+    if matrix:
+        written.append(plot_accuracy_matrix(
+            matrix, out / "accuracy_matrix.png", title=f"accuracy matrix (%): {name}",
+            rows=occurrence_labels(summary, len(matrix)),
+            cols=names or [f"segment {j}" for j in range(len(matrix[0]))]))
     lines = read_jsonl(unit / "metrics.jsonl")
+    shuffled = summary["learner"] == "joint"  # i.i.d. order: no changes along its stream
     written.append(plot_stream_accuracy(lines, out / "stream_accuracy.png",
-                                        change_points=summary["change_points"],
-                                        events=[e["step"] for e in summary["events"]], title=name))
+                                        change_points=[] if shuffled else summary["change_points"],
+                                        events=summary["events"], title=name, segment_names=names,
+                                        order=None if shuffled else summary.get("order"),
+                                        signal=summary.get("signal"),
+                                        batch_size=summary.get("batch_size")))
     if (unit / "importance.pt").is_file():
         imp = checkpoint.load(unit / "importance.pt")
         tensors = {k: v for k, v in imp.items() if isinstance(v, Tensor)}
         if tensors:
-            written.append(plot_importance(tensors, out / "importance.png",
-                                           title=f"importance per layer: {name}"))
+            stats = summary.get("importance") or {}
+            layers = {k: s["layer"] for k, s in stats.items()
+                      if isinstance(s, dict) and isinstance(s.get("layer"), str)}
+            kind = importance_label(summary["learner"])
+            k = summary.get("n_snapshots", len(summary.get("events", [])))
+            when = f"after {k} {'boundaries' if kind == 'Fisher' else 'consolidations'}"
+            written.append(plot_importance(tensors, out / "importance.png", layers=layers,
+                                           kind=kind, title=f"{kind} {when}: {name}"))
     return written
 
 

@@ -58,7 +58,14 @@ def preflight(config: ExperimentConfig) -> None:
                 stream = build_stream(dataclasses.replace(config.stream, seed=seed))
             except _ERRORS as err:
                 raise ConfigError(f"[stream] (seed {seed}): {err}") from None
-            if i or config.experiment.kind != "continual":
+            if i or config.experiment.kind == "adapt":
+                continue
+            if config.experiment.kind == "ssl":  # an encoder with the objective's heads
+                from online_mas.experiment.ssl_run import check_ssl
+                try:
+                    check_ssl(config, stream)
+                except _ERRORS as err:
+                    raise ConfigError(str(err)) from None
                 continue
             try:
                 model = build_model(config.model, stream.input_shape, stream.n_classes)
@@ -87,6 +94,13 @@ def _check_run(config: ExperimentConfig) -> None:
                                  f"be 'auto' or 'cpu' and precision '32', got {run.device!r} and "
                                  f"{run.precision!r}")
             return
+        if run.parallel == "fsdp":
+            others = [n for n in config.experiment.learners if n not in dist.FSDP_LEARNERS]
+            if others:
+                raise ValueError(f"run.parallel = 'fsdp' runs the learners {dist.FSDP_LEARNERS}, whose "
+                                 f"state is sharded with the model; got {others}: use 'ddp' for them")
+            if run.precision != "32":
+                raise ValueError(f"run.parallel = 'fsdp' runs in precision '32', got {run.precision!r}")
         if dist.launched() and run.device.startswith("cuda:"):
             raise ValueError(f"under torchrun each rank takes cuda:LOCAL_RANK: device must be 'auto' "
                              f"or 'cuda', got {run.device!r}")

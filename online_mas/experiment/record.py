@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from online_mas.metrics import (
     accuracy_matrix_summary,
@@ -32,7 +32,7 @@ from online_mas.metrics import (
 )
 
 __all__ = ["RECOVERY_TOLERANCE", "TIMING_KEY", "Record", "curve_metrics", "importance_stats",
-           "matrix_metrics", "summarize"]
+           "layer_types", "matrix_metrics", "summarize"]
 
 _VERSION = 1
 #: The key of ``summary.json`` that holds wall-clock numbers (the only non-reproducible part).
@@ -208,10 +208,26 @@ def curve_metrics(curve: Sequence[tuple[int, Sequence[float]]] | None, change_po
     }
 
 
-def importance_stats(importance: dict[str, Tensor] | None) -> dict[str, dict[str, float]] | None:
+def layer_types(model: nn.Module) -> dict[str, str]:
+    """The class name of the module that owns each parameter, keyed by parameter name.
+
+    Examples
+    --------
+    >>> layer_types(nn.Sequential(nn.Flatten(), nn.Linear(4, 2), nn.ReLU(), nn.LayerNorm(2)))
+    {'1.weight': 'Linear', '1.bias': 'Linear', '3.weight': 'LayerNorm', '3.bias': 'LayerNorm'}
+    """
+    return {f"{prefix}.{name}" if prefix else name: type(module).__name__
+            for prefix, module in model.named_modules()
+            for name, _ in module.named_parameters(recurse=False)}
+
+
+def importance_stats(importance: dict[str, Tensor] | None, *,
+                     layer_types: dict[str, str] | None = None) -> dict[str, dict[str, Any]] | None:
     """Per-parameter statistics of an importance dict (for ``summary.json``).
 
-    ``std`` is the population standard deviation, ``median`` the lower median (torch's).
+    ``std`` is the population standard deviation, ``median`` the lower median (torch's). With
+    ``layer_types`` (see :func:`layer_types`), each entry also names its module's class
+    (``"layer"``).
 
     Examples
     --------
@@ -219,10 +235,12 @@ def importance_stats(importance: dict[str, Tensor] | None) -> dict[str, dict[str
     >>> importance_stats({"w": torch.tensor([0.0, 1.0, 2.0, 5.0])})["w"]  # doctest: +NORMALIZE_WHITESPACE
     {'numel': 4, 'mean': 2.0, 'std': 1.8708287477493286, 'min': 0.0, 'median': 1.0, 'max': 5.0,
      'zero_fraction': 0.25}
+    >>> importance_stats({"w": torch.ones(2)}, layer_types={"w": "Linear"})["w"]["layer"]
+    'Linear'
     """
     if importance is None:
         return None
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for name, t in importance.items():
         v = t.detach().float().flatten().cpu()
         if v.numel() == 0:
@@ -231,6 +249,8 @@ def importance_stats(importance: dict[str, Tensor] | None) -> dict[str, dict[str
                      "std": float(v.std(correction=0)), "min": float(v.min()),
                      "median": float(v.median()), "max": float(v.max()),
                      "zero_fraction": float((v == 0).float().mean())}
+        if layer_types is not None and name in layer_types:
+            out[name]["layer"] = layer_types[name]
     return out
 
 
@@ -238,7 +258,8 @@ def summarize(record: Record, *, learner: str, seed: int, iid: bool, stream: str
               batch_size: int, change_points: Sequence[int], order: Sequence[int],
               segment_names: Sequence[str], importance: dict[str, Tensor] | None, detect: bool,
               tolerance: int | None, stored_samples: int | None = None,
-              device: str = "cpu") -> dict[str, object]:
+              device: str = "cpu", layer_types: dict[str, str] | None = None,
+              signal: str | None = None) -> dict[str, object]:
     """The ``summary.json`` of a finished run.
 
     Everything except the ``"timing"`` entry is a deterministic function of the config and seed
@@ -248,6 +269,9 @@ def summarize(record: Record, *, learner: str, seed: int, iid: bool, stream: str
     with a detector) match the batch on which each consolidation fired, ``event.step - 1``,
     against the true change points, with ``tolerance`` batches (default: half the shortest
     segment). ``device``, where the last session ran, is recorded with the timing.
+    ``layer_types`` (parameter name -> module class) goes into the importance statistics;
+    ``signal`` (what the detector watches, e.g. ``"entropy"``; None without a detector) is
+    recorded for the plots' axis labels.
     """
     metrics = matrix_metrics(record.rows, record.initial, iid=iid)
     rows = record.rows
@@ -284,7 +308,8 @@ def summarize(record: Record, *, learner: str, seed: int, iid: bool, stream: str
         "n_snapshots": len(record.events),
         "events": [dict(e) for e in record.events],
         "detection": detection,
-        "importance": importance_stats(importance),
+        "importance": importance_stats(importance, layer_types=layer_types),
+        "signal": signal,
         **({"stored_samples": stored_samples} if stored_samples is not None else {}),
         TIMING_KEY: {"wall_time_s": wall, "samples_per_s": record.seen / wall if wall > 0 else None,
                      "steps_per_s": n_steps / wall if wall > 0 else None, "device": device},

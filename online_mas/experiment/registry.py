@@ -24,6 +24,7 @@ from torch import nn
 from online_mas.adapt import PARAMS as ADAPT_PARAMS
 from online_mas.adapt import PENALTY_FORMS
 from online_mas.detectors import CUSUM, NeverFires, PageHinkley, Periodic, Plateau, ScaledCUSUM
+from online_mas.estimators import OutputFn
 from online_mas.experiment.mas_section import MASSection
 from online_mas.online import OnlineMAS, default_detector
 from online_mas.rehearsal import ClassBalanced, HardReplay, Reservoir
@@ -40,6 +41,8 @@ __all__ = [
     "MODELS",
     "OPTIMIZERS",
     "PENALTY_FORMS",
+    "SSL_LEARNERS",
+    "SSL_OBJECTIVES",
     "adapt_detector",
     "adapt_mas_config",
     "build_detector",
@@ -47,10 +50,12 @@ __all__ = [
     "parse_method",
 ]
 
-KINDS = ("continual", "adapt")  # [experiment] kind
+KINDS = ("continual", "adapt", "ssl")  # [experiment] kind
 LEARNERS = ("finetune", "online-mas", "mas-oracle", "l2", "ewc", "joint",  # built by learners.py
             "er", "der", "lwf", "tfcl", "mas+er", "mas+lwf")
 DETECTING = ("online-mas", "tfcl", "mas+er", "mas+lwf")  # task-free: their detections are scored
+SSL_LEARNERS = ("finetune", "online-mas", "mas-oracle", "lump", "joint")  # kind "ssl": ssl_learners.py
+SSL_OBJECTIVES = ("simsiam", "dae")  # [ssl] objective
 MODELS = ("mlp", "cnn", "factory")  # [model] kind, built by models.py
 ADAPT_METHODS = ("source", "bn-stats", "tent", "tent+reset", "filter", "tent+mas", "tent+mas-nofilter")
 
@@ -149,7 +154,7 @@ def adapt_mas_config(*, every: int, stable_every: int) -> MASSection:
 
 
 def build_mas(model: nn.Module, lam: float, config: MASSection, *, detector: object = None,
-              boundaries: list[int] | None = None) -> OnlineMAS:
+              boundaries: list[int] | None = None, output: OutputFn | None = None) -> OnlineMAS:
     """The runner's one way to make an :class:`~online_mas.OnlineMAS`.
 
     Parameters
@@ -162,6 +167,9 @@ def build_mas(model: nn.Module, lam: float, config: MASSection, *, detector: obj
         A built detector (:func:`build_detector`), or ``None``.
     boundaries
         Oracle mode: consolidate at these steps (then ``detector`` must be ``None``).
+    output
+        As for :class:`~online_mas.OnlineMAS`: the tensor whose norm MAS uses (default: the
+        model's output); the ``"ssl"`` kind passes the encoder's embedding.
 
     Examples
     --------
@@ -172,7 +180,7 @@ def build_mas(model: nn.Module, lam: float, config: MASSection, *, detector: obj
     if boundaries is not None:
         detector = None
     return OnlineMAS(model, lam, config=config.config(), detector=detector, boundaries=boundaries,
-                     **config.policies())  # type: ignore[arg-type]
+                     output=output, **config.policies())  # type: ignore[arg-type]
 
 
 def parse_method(spec: object) -> tuple[str, float | None]:

@@ -2,7 +2,7 @@
 
 ``online-mas report RUN_DIR...`` reads the ``summary.json`` of every complete (learner, seed) run
 in each directory, redraws its plots, draws the comparison figures across learners and seeds
-(``comparison-*.png``, see :func:`~online_mas.experiment.plots.plot_comparison`) and prints one
+(``comparison-*.png``, see :func:`~online_mas.experiment.comparison_plots.plot_comparison`) and prints one
 comparison table. The same functions write a
 run directory's ``summary.json`` and ``comparison.md`` at the end of ``online-mas run``.
 
@@ -21,8 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from online_mas.experiment.comparison_plots import plot_comparison
 from online_mas.experiment.config import ExperimentConfig
-from online_mas.experiment.plots import draw_unit_plots, plot_comparison
+from online_mas.experiment.plots import draw_unit_plots
 from online_mas.experiment.record import TIMING_KEY
 from online_mas.experiment.rundir import RunDirError, open_run_dir, read_summary, units, write_text
 
@@ -195,7 +196,8 @@ def report_runs(run_dirs: Sequence[str | Path], *, plots: bool = True,
     """The comparison table of several run directories (plots redrawn unless ``plots=False``).
 
     With plots, the comparison figures of all the runs go to ``out`` (default: the first run
-    directory); with several directories each learner is labelled by its experiment too.
+    directory); with several directories each learner is labelled by its experiment too (in the
+    figures by the experiment's name, or the folder's name where two experiments share one).
 
     Raises
     ------
@@ -204,8 +206,9 @@ def report_runs(run_dirs: Sequence[str | Path], *, plots: bool = True,
     """
     groups, notes, finals = [], [], []
     everything: list[dict[str, Any]] = []
-    for run_dir in run_dirs:
-        config, results, missing = load_results(run_dir)
+    loaded = [(run_dir, *load_results(run_dir)) for run_dir in run_dirs]
+    short = _short_labels([(str(d), c.experiment.name) for d, c, _, _ in loaded])
+    for run_dir, config, results, missing in loaded:
         notes += missing
         if plots:
             done = {(r["learner"], r["seed"]) for r in results}
@@ -214,7 +217,7 @@ def report_runs(run_dirs: Sequence[str | Path], *, plots: bool = True,
                     draw_unit_plots(unit.path)
         label = config.experiment.name if len(run_dirs) == 1 else f"{config.experiment.name} ({run_dir})"
         groups.append((label, results))
-        everything += [{**r, "group": label} if len(run_dirs) > 1 else r for r in results]
+        everything += [{**r, "group": short[str(run_dir)]} if len(run_dirs) > 1 else r for r in results]
         finals.append(f"{label}: final accuracy on each segment (mean over seeds)\n\n"
                       f"{final_accuracy_table(results)}")
     text = "\n\n".join([*finals, "Comparison (mean ± std over seeds)\n\n" + comparison_table(groups)])
@@ -225,6 +228,21 @@ def report_runs(run_dirs: Sequence[str | Path], *, plots: bool = True,
     if notes:
         text += "\n\nIncomplete runs:\n" + "\n".join(f"- {n}" for n in notes)
     return text
+
+
+def _short_labels(dirs: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """A short figure label per run directory: its experiment's name, else its folder's name.
+
+    Examples
+    --------
+    >>> _short_labels([("runs/a", "digits"), ("runs/b", "digits"), ("x/c", "split")])
+    {'runs/a': 'a', 'runs/b': 'b', 'x/c': 'split'}
+    """
+    names = [name for _, name in dirs]
+    out = {d: name if names.count(name) == 1 else Path(d).name for d, name in dirs}
+    if len(set(out.values())) < len(out):
+        return {d: d for d, _ in dirs}
+    return out
 
 
 def write_results(stem: str | Path, text: str, data: dict[str, Any]) -> None:

@@ -53,12 +53,14 @@ from online_mas.experiment.learners import Learner, build_learner
 from online_mas.experiment.loop import run_loop
 from online_mas.experiment.models import build_model, model_signature
 from online_mas.experiment.plots import draw_unit_plots
-from online_mas.experiment.record import Record, summarize
+from online_mas.experiment.record import Record, layer_types, summarize
 from online_mas.experiment.registry import DETECTING, OPTIMIZERS
 from online_mas.experiment.rundir import RunDirError, Unit, read_summary, write_text
+from online_mas.sharded import any_sharded, full
+from online_mas.sharded_checkpoint import load_sharded, save_sharded
 from streams import Stream, build_stream
 
-__all__ = ["Interrupted", "build_optimizer", "evaluate", "run_unit"]
+__all__ = ["Interrupted", "UnitRun", "build_optimizer", "evaluate", "run_unit"]
 
 _CKPT_KIND = "online-mas-run"
 _CKPT_VERSION = 1
@@ -91,10 +93,12 @@ def build_optimizer(config: OptimConfig, model: nn.Module) -> torch.optim.Optimi
 
 @torch.no_grad()
 def evaluate(model: nn.Module, sets: Sequence[tuple[Tensor, Tensor]], *,
-             batch_size: int = 1024) -> list[float]:
+             batch_size: int = 1024, chunks: Sequence[int] | None = None) -> list[float]:
     """Accuracy of ``model`` (in eval mode) on each ``(x, y)`` held-out set; the mode is restored.
 
     Each chunk of ``batch_size`` samples is moved to the device of the model's parameters.
+    ``chunks``: at least this many forwards per set (empty chunks after the end), so the ranks of
+    a sharded model, whose forwards are collectives, make the same number.
 
     Examples
     --------
@@ -108,9 +112,10 @@ def evaluate(model: nn.Module, sets: Sequence[tuple[Tensor, Tensor]], *,
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     out = []
-    for x, y in sets:
+    for k, (x, y) in enumerate(sets):
         correct = 0
-        for i in range(0, len(y), batch_size):
+        least = chunks[k] * batch_size if chunks is not None else 0
+        for i in range(0, max(len(y), least), batch_size):
             pred = model(x[i:i + batch_size].to(device, non_blocking=True)).argmax(1)
             correct += int((pred.cpu() == y[i:i + batch_size]).sum())
         out.append(correct / max(1, len(y)))
@@ -149,6 +154,9 @@ def run_unit(config: ExperimentConfig, unit: Unit, *, stop: _Stop | None = None,
     threads = torch.get_num_threads()
     torch.set_num_threads(config.run.threads)
     try:
+        if config.experiment.kind == "ssl":  # self-supervised, unlabeled (UnitRun's subclass)
+            from online_mas.experiment.ssl_run import SSLRun
+            return SSLRun(config, unit).run(stop, progress)
         return _Run(config, unit).run(stop, progress)
     finally:
         torch.set_num_threads(threads)
@@ -159,14 +167,15 @@ class _Run:
 
     def __init__(self, config: ExperimentConfig, unit: Unit) -> None:
         self.config, self.unit = config, unit
-        self.stream: Stream = build_stream(dataclasses.replace(config.stream, seed=unit.seed))
+        self.stream: Stream = self.make_stream()
         self.n = len(self.stream)
         self.device = resolve_device(config.run.device)
         self.precision = config.run.precision
         torch.manual_seed(unit.seed)
-        self.model = build_model(config.model, self.stream.input_shape,
-                                 self.stream.n_classes).to(self.device)
-        self.net = dist.wrap(self.model)  # DistributedDataParallel under torchrun, else the model
+        self.model = self.make_model().to(self.device)
+        # under torchrun: DistributedDataParallel, or the model sharded in place (run.parallel="fsdp")
+        self.net = dist.wrap(self.model, config.run.parallel)
+        self.sharded = any_sharded(list(self.model.parameters()))
         self.main = dist.is_main()  # the process that writes files
         self.distributed = dist.ranks()[1] > 1
         self._any_stop = False  # under torchrun: some rank was asked to stop (agreed every step)
@@ -177,9 +186,8 @@ class _Run:
         self.optimizer = build_optimizer(config.optim, self.model)
         self.scaler = grad_scaler(self.device, self.precision)  # "16-mixed" on CUDA only
         boundaries = [*self.stream.change_points, self.n]
-        self.learner: Learner = build_learner(unit.learner, config, self.model, boundaries,
-                                              seed=unit.seed)
-        self.record = Record()
+        self.learner: Learner = self.make_learner(boundaries)
+        self.record = self.make_record()
         self.eval_sets = list(self.stream.eval_sets)
         self.eval_at = frozenset(boundaries)  # steps done when a matrix row is evaluated
         self.segments = self.stream.truth.segments().tolist()
@@ -187,8 +195,31 @@ class _Run:
         if self.learner.iid:
             g = torch.Generator().manual_seed(unit.seed)
             self.order = torch.randperm(self.n, generator=g).tolist()
-        self.ckpt = unit.path / "checkpoint.pt"
+        # a sharded model: a torch.distributed.checkpoint directory, each rank writing its shards
+        self.ckpt = unit.path / ("checkpoint.dcp" if self.sharded else "checkpoint.pt")
         self.metrics = unit.path / "metrics.jsonl"
+
+    # -- what the kind builds (experiment.ssl_run.SSLRun builds its own) ---------------------
+
+    def make_stream(self) -> Stream:
+        """This seed's stream (labeled: the task loss reads ``y``)."""
+        return build_stream(dataclasses.replace(self.config.stream, seed=self.unit.seed))
+
+    def make_model(self) -> nn.Module:
+        """The ``[model]`` network, on the CPU (the global generator was seeded)."""
+        return build_model(self.config.model, self.stream.input_shape, self.stream.n_classes)
+
+    def make_learner(self, boundaries: list[int]) -> Learner:
+        """The unit's learner on ``self.model``."""
+        return build_learner(self.unit.learner, self.config, self.model, boundaries,
+                             seed=self.unit.seed)
+
+    def make_record(self) -> Record:
+        """What the run measures (checkpointed)."""
+        return Record()
+
+    def extend_summary(self, summary: dict[str, Any]) -> None:
+        """Add the kind's own entries to the unit's ``summary.json`` (nothing here)."""
 
     # -- the loop (online_mas.experiment.loop.run_loop calls step, evaluate, log, end_step) ----
 
@@ -196,7 +227,8 @@ class _Run:
         if self.main:
             for tmp in self.unit.path.glob(f".{self.ckpt.name}.*.tmp"):  # a write cut short by a kill
                 tmp.unlink(missing_ok=True)
-        resume = dist.broadcast(self.main and self.ckpt.is_file())
+        found = (self.ckpt / ".metadata").is_file() if self.sharded else self.main and self.ckpt.is_file()
+        resume = found if self.sharded else dist.broadcast(found)
         start = self._restore() if resume else self._fresh()
         self._stop = stop
         self._progress = progress and self.main
@@ -311,8 +343,11 @@ class _Run:
             with autocast(self.device, self.precision):
                 return evaluate(self.model, self.eval_sets)
         shards = [dist.shard(x, y) for x, y in self.eval_sets]
+        # a sharded model's forward is a collective: as many on every rank (rank 0's slice is longest)
+        longest = [-(-len(y) // dist.ranks()[1]) for _, y in self.eval_sets]
+        chunks = [-(-n // 1024) for n in longest]
         with autocast(self.device, self.precision):
-            accs = evaluate(self.model, shards)  # type: ignore[arg-type]
+            accs = evaluate(self.model, shards, chunks=chunks if self.sharded else None)  # type: ignore[arg-type]
         sizes = [float(len(y)) for _, y in shards]
         sums = dist.reduce_sums([a * s for a, s in zip(accs, sizes, strict=True)] + sizes)
         k = len(sizes)
@@ -331,6 +366,8 @@ class _Run:
 
     def _finish(self) -> dict[str, Any]:
         imp = self.learner.importance()
+        if imp is not None and self.sharded:  # gathered on every rank (a collective)
+            imp = {k: full(v) for k, v in imp.items()}
         if imp is not None and self.main:
             checkpoint.save({k: v.detach().cpu() for k, v in imp.items()},
                             self.unit.path / "importance.pt")
@@ -342,13 +379,23 @@ class _Run:
                             order=self.stream.truth.order,
                             segment_names=self.stream.truth.segment_names, importance=imp, detect=detect,
                             tolerance=self.config.experiment.detect_tolerance,
-                            stored_samples=self.learner.stored_samples(), device=str(self.device))
+                            stored_samples=self.learner.stored_samples(), device=str(self.device),
+                            layer_types=layer_types(self.model),
+                            signal=self._signal_name() if detect else None)
+        self.extend_summary(summary)
         if not self.main:
             return summary
         if self.config.run.plots:
             draw_unit_plots(self.unit.path, summary)
         write_text(self.unit.path / "summary.json", json.dumps(summary, indent=1) + "\n")
         return summary
+
+    def _signal_name(self) -> str | None:
+        """The signal the learner's detector watches (``[learner.<name>.mas] signal``), if any."""
+        options = getattr(self.config.learner, self.unit.learner.replace("-", "_").replace("+", "_"),
+                          None)
+        signal = getattr(getattr(options, "mas", None), "signal", None)
+        return signal if isinstance(signal, str) else None
 
     # -- checkpoints -----------------------------------------------------------------------
 
@@ -366,6 +413,9 @@ class _Run:
 
     def _save(self, done: int, log: Any) -> None:
         learner_state = self.learner.state_dict()  # on every rank: may all-reduce (sync_every > 1)
+        if self.sharded:
+            self._save_sharded(done, log, learner_state)
+            return
         if not self.main:
             return
         log.flush()
@@ -380,16 +430,47 @@ class _Run:
             "record": self.record.state_dict(), "metrics_bytes": log.tell(),
         }, self.ckpt)
 
-    def _restore(self) -> int:
-        where = str(self.ckpt)
-        state, error = None, None
+    def _save_sharded(self, done: int, log: Any, learner_state: dict[str, object]) -> None:
+        """Every rank writes its shards of the model, optimizer and learner state (DCP); the rest
+        is rank 0's (:func:`~online_mas.save_sharded`)."""
+        from torch.distributed.checkpoint import state_dict as dcp_state
+
+        if self.main:
+            log.flush()
+            os.fsync(log.fileno())
+        save_sharded({
+            "kind": _CKPT_KIND, "version": _CKPT_VERSION, "learner": self.unit.learner,
+            "seed": self.unit.seed, "step": done, "n_steps": self.n, "config": self._identity(),
+            "model_signature": model_signature(self.model),
+            "model": dcp_state.get_model_state_dict(self.model),
+            "optimizer": dcp_state.get_optimizer_state_dict(self.model, self.optimizer),
+            "learner_state": learner_state, "scaler": None, "stream": self.stream.state_dict(),
+            "rng": _rng_state(self.device), "record": self.record.state_dict(),
+            "metrics_bytes": log.tell() if self.main else 0,
+        }, self.ckpt)
+
+    def _read(self) -> tuple[dict[str, object] | None, str | None]:
+        """The checkpoint: read by rank 0 and sent to the others, or (sharded) by every rank."""
+        state: dict[str, object] | None = None
+        error: str | None = None
+        if self.sharded:
+            try:
+                state = load_sharded(self.ckpt, self.model)
+            except (OSError, ValueError, RuntimeError) as err:
+                error = (f"{self.ckpt} could not be read: {err}; delete it to restart this run "
+                         f"(learner {self.unit.learner}, seed {self.unit.seed}) from scratch")
+            return state, error
         if self.main:  # rank 0 reads the checkpoint and sends it to the other ranks
             try:
                 state = checkpoint.load(self.ckpt)
             except checkpoint.CheckpointError as err:
                 error = (f"{err}; delete it to restart this run (learner {self.unit.learner}, seed "
                          f"{self.unit.seed}) from scratch")
-        state, error = dist.broadcast((state, error))
+        return dist.broadcast((state, error))
+
+    def _restore(self) -> int:
+        where = str(self.ckpt)
+        state, error = self._read()
         if error is not None or state is None:
             raise checkpoint.CheckpointError(error or f"{where} could not be read")
         if state.get("kind") != _CKPT_KIND or state.get("version") != _CKPT_VERSION:
@@ -418,8 +499,15 @@ class _Run:
                 f"{where} was written for a different model: missing {sorted(set(mine) - set(saved))}, "
                 f"unexpected {sorted(set(saved) - set(mine))}, shape mismatches {shapes}")
         try:
-            self.model.load_state_dict(state["model"])  # type: ignore[arg-type]
-            self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
+            if self.sharded:
+                from torch.distributed.checkpoint import state_dict as dcp_state
+
+                dcp_state.set_model_state_dict(self.model, state["model"])  # type: ignore[arg-type]
+                dcp_state.set_optimizer_state_dict(self.model, self.optimizer,
+                                                   state["optimizer"])  # type: ignore[arg-type]
+            else:
+                self.model.load_state_dict(state["model"])  # type: ignore[arg-type]
+                self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
             self.learner.load_state_dict(state["learner_state"])  # type: ignore[arg-type]
             self.stream.load_state_dict(state["stream"])  # type: ignore[arg-type]
             self.record.load_state_dict(state["record"])  # type: ignore[arg-type]
@@ -438,6 +526,10 @@ class _Run:
         with self.metrics.open("r+b") as fh:
             fh.truncate(size)  # drop the lines logged after the checkpoint
         return int(state["step"])  # type: ignore[call-overload]
+
+
+#: The state of one unit while it runs, for the kinds that extend it (``experiment.ssl_run``).
+UnitRun = _Run
 
 
 def _rng_state(device: torch.device) -> dict[str, object]:

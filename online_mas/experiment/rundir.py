@@ -52,7 +52,7 @@ from typing import Any
 
 from online_mas.experiment.config import ExperimentConfig
 from online_mas.experiment.configio import ConfigError, config_diff, config_to_dict, dump_toml, load_config
-from online_mas.experiment.registry import LEARNERS
+from online_mas.experiment.registry import LEARNERS, SSL_LEARNERS
 
 try:
     import fcntl
@@ -71,7 +71,8 @@ _MARKER_VERSION = 1
 
 #: What the runner writes: top-level files, learner folders, unit folders, plot files.
 _TOP_FILES = frozenset({MARKER, LOCK, "config.toml", "summary.json", "comparison.md", "table.md",
-                        "metrics.jsonl", *(f"comparison-{name}.{ext}" for name in ("accuracy", "acc")
+                        "metrics.jsonl", *(f"comparison-{name}.{ext}"
+                                           for name in ("accuracy", "matrix", "acc", "importance")
                                            for ext in ("png", "svg"))})
 _UNIT_FILES = frozenset({"metrics.jsonl", "checkpoint.pt", "importance.pt", "summary.json"})
 _TMP = re.compile(r"^\..+\.tmp$")  # an atomic write cut short
@@ -176,7 +177,7 @@ def _foreign(path: Path) -> list[Path]:
     for top in sorted(path.iterdir()):
         if ok_file(top, _TOP_FILES):
             continue
-        if top.is_symlink() or not top.is_dir() or top.name not in LEARNERS:
+        if top.is_symlink() or not top.is_dir() or top.name not in (*LEARNERS, *SSL_LEARNERS):
             out.append(top)
             continue
         for seed in sorted(top.iterdir()):
