@@ -38,7 +38,7 @@ class Combined:
     Examples
     --------
     >>> import torch
-    >>> from online_mas.detectors import NeverFires, ScaledCUSUM
+    >>> from online_mas.detectors import NeverFires, ScaledCUSUM, Windowed
     >>> g = torch.Generator().manual_seed(0)
     >>> c = Combined(Windowed(NeverFires(), window=32),
     ...              Windowed(ScaledCUSUM(threshold=16.0), window=32), InputShift(), min_segment=1024)
