@@ -33,11 +33,23 @@ def _check_temperature(temperature: object) -> float:
     return float(temperature)
 
 
-def distillation_loss(student: Tensor, teacher: Tensor, *, temperature: float = 2.0) -> Tensor:
-    """``T^2 * mean_n KL(softmax(teacher_n / T) || softmax(student_n / T))``.
+def _check_confidence(confidence: object) -> float:
+    if isinstance(confidence, bool) or not isinstance(confidence, int | float) \
+            or not math.isfinite(confidence) or confidence < 0:
+        raise ValueError(f"confidence must be a finite number >= 0, got {confidence!r}")
+    return float(confidence)
+
+
+def distillation_loss(student: Tensor, teacher: Tensor, *, temperature: float = 2.0,
+                      confidence: float = 0.0) -> Tensor:
+    """``T^2 * mean_n c_n KL(softmax(teacher_n / T) || softmax(student_n / T))``.
 
     The ``T^2`` keeps the gradient's scale independent of ``T`` (Hinton et al., 2015); the
-    teacher's logits are treated as constants.
+    teacher's logits are treated as constants. Each sample's term is weighted by the teacher's
+    confidence ``c_n = (max_k softmax(teacher_n)_k) ** confidence`` (at temperature 1): with
+    ``confidence = 0`` every weight is 1 (plain LwF); a larger exponent keeps the teacher's
+    function where it is sure and lets go where it is not, e.g. on inputs of a new domain it has
+    never seen, whose outputs it would otherwise pin to its guesses. Still label-free.
 
     Parameters
     ----------
@@ -45,6 +57,8 @@ def distillation_loss(student: Tensor, teacher: Tensor, *, temperature: float = 
         Logits of shape ``(batch, classes)``.
     temperature
         Softening temperature ``T > 0``.
+    confidence
+        Exponent ``>= 0`` of the teacher's top probability in each sample's weight.
 
     References
     ----------
@@ -58,14 +72,21 @@ def distillation_loss(student: Tensor, teacher: Tensor, *, temperature: float = 
     0.3278
     >>> float(distillation_loss(t, t))
     0.0
+    >>> c = float(torch.softmax(t, 1).max())  # the teacher's top probability, 0.8808
+    >>> round(float(distillation_loss(s, t, temperature=1.0, confidence=2.0)), 4) == round(c**2 * 0.3278, 4)
+    True
     """
     temperature = _check_temperature(temperature)
+    confidence = _check_confidence(confidence)
     if student.shape != teacher.shape or student.dim() != 2:
         raise ValueError(f"student and teacher logits must have the same shape (batch, classes), got "
                          f"{tuple(student.shape)} and {tuple(teacher.shape)}")
     log_p = F.log_softmax(teacher.detach().float() / temperature, dim=1)
     log_q = F.log_softmax(student.float() / temperature, dim=1)
     kl = (log_p.exp() * (log_p - log_q)).sum(1)
+    if confidence:
+        top = F.softmax(teacher.detach().float(), dim=1).max(dim=1).values
+        kl = kl * top.pow(confidence)
     return kl.mean() * temperature**2
 
 
@@ -81,6 +102,9 @@ class Distiller:
         Softening temperature ``T > 0``.
     weight
         Weight of the term, ``>= 0``.
+    confidence
+        Exponent of the teacher's top probability weighting each sample (0: plain LwF; see
+        :func:`distillation_loss`).
 
     Examples
     --------
@@ -100,7 +124,8 @@ class Distiller:
     0.2392
     """
 
-    def __init__(self, model: nn.Module, *, temperature: float = 2.0, weight: float = 1.0) -> None:
+    def __init__(self, model: nn.Module, *, temperature: float = 2.0, weight: float = 1.0,
+                 confidence: float = 0.0) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) \
@@ -109,6 +134,7 @@ class Distiller:
         self.model = model
         self.temperature = _check_temperature(temperature)
         self.weight = float(weight)
+        self.confidence = _check_confidence(confidence)
         self._teacher: nn.Module | None = None
 
     @property
@@ -146,22 +172,25 @@ class Distiller:
             return torch.zeros((), device=student.device)
         with torch.no_grad():
             target = self._teacher(x)
-        return self.weight * distillation_loss(student, target, temperature=self.temperature)
+        return self.weight * distillation_loss(student, target, temperature=self.temperature,
+                                               confidence=self.confidence)
 
     def state_dict(self) -> dict[str, object]:
-        """The teacher's tensors by name (or None), temperature and weight, with a ``"version"``."""
+        """The teacher's tensors by name (or None), temperature, weight, confidence, ``"version"``."""
         teacher = None if self._teacher is None else {
             k: v.detach().clone() for k, v in self._teacher.state_dict().items()}
         return {"version": _VERSION, "temperature": self.temperature, "weight": self.weight,
-                "teacher": teacher}
+                "confidence": self.confidence, "teacher": teacher}
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
         """Restore :meth:`state_dict` (the teacher's names and shapes must fit the model)."""
         if state.get("version") != _VERSION:
             raise ValueError(f"Distiller state must have version {_VERSION}, got {state.get('version')!r}")
         teacher = state.get("teacher")
+        confidence = _check_confidence(state.get("confidence", 0.0))  # absent: saved before it existed
         if teacher is None:
             self._teacher = None
+            self.confidence = confidence
             return
         if not isinstance(teacher, Mapping):
             raise TypeError(f"Distiller state entry 'teacher' must be a dict of tensors or None, got "
@@ -178,6 +207,7 @@ class Distiller:
         self._teacher = copy_
         self.temperature = _check_temperature(state.get("temperature"))
         self.weight = float(state.get("weight"))  # type: ignore[arg-type]
+        self.confidence = confidence
 
 
 def _frozen_copy(model: nn.Module) -> nn.Module:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
-from online_mas.estimators.common import uncompiled
+from online_mas.estimators.common import unwrapped
 from online_mas.estimators.inputs import Inputs, batch_size, is_same
 from online_mas.estimators.shared import SharedForward
 
@@ -22,13 +22,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     prefix, and its forward runs on this process alone, without the wrapper's gradient hooks or
     scatter to replicas.
     """
-    while True:
-        inner = uncompiled(model)
-        if isinstance(inner, nn.parallel.DistributedDataParallel | nn.DataParallel):
-            inner = inner.module
-        if inner is model:
-            return model
-        model = inner
+    return unwrapped(model)
 
 
 class Parameters:

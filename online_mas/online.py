@@ -70,7 +70,8 @@ class MASConfig:
     method: str = "exact"  # importance estimator, one of om.METHODS (exact, ..., jacobian, norm, fisher)
     every: int = 64  # estimate importance on every k-th call of observe() (1: every call)
     subsample: int | None = None  # estimate on at most this many samples of each batch (seeded)
-    chunk_size: int | None = None  # max samples whose per-sample gradients exist at once (64)
+    chunk_size: int | None = None  # samples estimated at once; None: as many as fit memory_budget
+    memory_budget: int | None = None  # bytes of transient memory per estimate (None: 1 GiB)
     seed: int = 0  # seed of the subsample generator
     normalize: str | None = None  # rescale a segment's Omega before folding it: None, "max", "mean"
     shared_forward: bool = False  # exact importance from the training forward where it is the same
@@ -84,6 +85,8 @@ class MASConfig:
             raise ValueError(f"subsample must be an int >= 1 or None, got {self.subsample!r}")
         if self.chunk_size is not None and (not is_int(self.chunk_size) or self.chunk_size < 1):
             raise ValueError(f"chunk_size must be an int >= 1 or None, got {self.chunk_size!r}")
+        if self.memory_budget is not None and (not is_int(self.memory_budget) or self.memory_budget < 1):
+            raise ValueError(f"memory_budget must be an int >= 1 (bytes) or None, got {self.memory_budget!r}")
         if not is_int(self.seed):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
         if not isinstance(self.shared_forward, bool):
@@ -510,7 +513,8 @@ class OnlineMAS:
             self._seen.active = False
             try:
                 batch = estimate(unwrap(self.model), xs, method=self.config.method, output=self.output,
-                                 chunk_size=self._chunk(xs), factors=step)
+                                 chunk_size=self._chunk(xs), factors=step,
+                                 memory_budget=self.config.memory_budget)
             finally:
                 self._seen.active = True
         if self.buffer is not None and step and isinstance(xs, Tensor):

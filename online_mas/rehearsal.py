@@ -319,10 +319,17 @@ class ClassBalanced(Reservoir):
 
 
 class HardReplay(Reservoir):
-    """The task-free paper's hard buffer: the ``size`` samples with the highest loss.
+    """The task-free paper's hard buffer: the ``size`` samples with the highest loss, per era.
 
     Stored samples keep the loss they had when offered, refreshed when they are replayed
     (``update(..., replay_losses=...)``). Samples with a non-finite loss are not offered.
+
+    A new segment's samples all have a high loss, so a plain highest-loss buffer fills with the
+    current segment and drops every older one. :meth:`new_era` (e.g. at each consolidation a
+    detector triggers: still task-free) starts a new era; when the buffer is full the slots are
+    dealt round-robin over the eras, each era's hardest samples first, so every era keeps about
+    ``size / eras`` slots and an era with fewer samples leaves its share to the others. Before
+    the first :meth:`new_era` it is the plain highest-loss buffer.
 
     References
     ----------
@@ -335,9 +342,32 @@ class HardReplay(Reservoir):
     >>> mem.update(torch.arange(4.0).view(4, 1), torch.arange(4), torch.tensor([0.3, 2.0, 0.1, 1.0]))
     >>> mem.y.tolist(), mem.scores.tolist()
     ([1, 3], [2.0, 1.0])
+    >>> mem.new_era()
+    >>> mem.update(torch.zeros(2, 1), torch.tensor([8, 9]), torch.tensor([5.0, 6.0]))
+    >>> mem.y.tolist(), mem.eras.tolist()  # one slot each: the hardest of each era
+    ([9, 1], [1, 0])
     """
 
     kind = "hard"
+
+    def __init__(self, size: int, *, seed: int = 0) -> None:
+        super().__init__(size, seed=seed)
+        self._eras = torch.zeros(0, dtype=torch.long)
+        self._era = 0
+
+    @property
+    def eras(self) -> Tensor:
+        """The era each stored sample was offered in."""
+        return self._eras
+
+    @property
+    def era(self) -> int:
+        """The current era (0 before the first :meth:`new_era`)."""
+        return self._era
+
+    def new_era(self) -> None:
+        """Samples offered from now on belong to a new era (the buffer's slots are shared by era)."""
+        self._era += 1
 
     def update(self, x: Tensor, y: Tensor, losses: Tensor | None = None, *,
                logits: Tensor | None = None, replay_losses: Tensor | None = None) -> None:
@@ -350,9 +380,11 @@ class HardReplay(Reservoir):
         finite = torch.isfinite(scores)
         self._seen += int(finite.sum())
         rows = torch.nonzero(finite).flatten()
+        fresh_eras = torch.full((int(rows.shape[0]),), self._era, dtype=torch.long)
         if self._x is None:
             pool_x, pool_y, pool_s = x[rows.to(x.device)], y[rows.to(y.device)], scores[rows]
             pool_l = logits[rows.to(logits.device)] if logits is not None else None
+            pool_e = fresh_eras
         else:
             dev = self._x.device
             pool_x = torch.cat([self._x, x[rows.to(x.device)].to(dev)])
@@ -360,12 +392,39 @@ class HardReplay(Reservoir):
             pool_s = torch.cat([self._scores, scores[rows]])
             pool_l = (torch.cat([self._logits, logits[rows.to(logits.device)].to(dev)])
                       if self._logits is not None and logits is not None else None)
-        order = torch.sort(pool_s, descending=True, stable=True).indices[: self.size]
+            pool_e = torch.cat([self._eras, fresh_eras])
+        order = _round_robin(pool_s, pool_e)[: self.size]
         dev_order = order.to(pool_x.device)
         self._x, self._y, self._scores = pool_x[dev_order].clone(), pool_y[dev_order].clone(), \
             pool_s[order].clone()
+        self._eras = pool_e[order].clone()
         self._logits = pool_l[dev_order].clone() if pool_l is not None else None
         self._last = torch.zeros(0, dtype=torch.long)  # slots moved: the last replay is stale
+
+    def _extra_state(self) -> dict[str, object]:
+        return {"eras": self._eras.clone(), "era": self._era}
+
+    def _load_extra(self, state: dict[str, object]) -> None:
+        if "eras" not in state:  # saved before eras existed: one era
+            self._eras, self._era = torch.zeros(len(self), dtype=torch.long), 0
+            return
+        self._eras = _tensor(state, "eras").clone()
+        self._era = int(state["era"])  # type: ignore[call-overload]
+        if self._eras.shape[0] != len(self):
+            raise ValueError(f"memory state holds {len(self)} samples but {self._eras.shape[0]} eras")
+
+
+def _round_robin(scores: Tensor, eras: Tensor) -> Tensor:
+    """Positions ordered by rank within their era (hardest first), ties by score: a fair deal."""
+    by_score = torch.sort(scores, descending=True, stable=True).indices
+    era_sorted = eras[by_score]
+    rank = torch.zeros_like(era_sorted)
+    for e in torch.unique(era_sorted).tolist():
+        mine = era_sorted == e
+        rank[mine] = torch.arange(int(mine.sum()))
+    n = int(by_score.shape[0])
+    key = rank * n + torch.arange(n)  # rank first, then the position in the score order
+    return by_score[torch.sort(key, stable=True).indices]
 
 
 def _tensor(state: dict[str, object], key: str) -> Tensor:

@@ -1,29 +1,42 @@
-"""Our learners side by side on permuted and rotated digits: accuracy, forgetting, memory, time.
+"""Our learners side by side on six digits and MNIST-1D streams: accuracy, forgetting, memory, time.
 
 Run from the repository root::
 
-    python scripts/compare.py                          # 2 scenarios x 9 learners x 5 seeds
-    python scripts/compare.py --seeds 0 --scenarios permuted-digits   # a quick look
+    python scripts/compare.py --workers 2               # 6 scenarios x 9 learners x 5 seeds
+    python scripts/compare.py --seeds 0 --select-seeds 100 --scenarios permuted-digits  # a quick look
 
-Each scenario is ``configs/<scenario>.toml`` (5 segments, 10 passes each, batch 32, MLP, SGD lr
-0.05 momentum 0.9), run with fine-tuning, task-free online MAS, MAS at the true boundaries and the
+Each scenario is ``configs/<scenario>.toml`` (permuted, rotated, split (domain-incremental) and
+recurring digits, permuted and split (domain-incremental) MNIST-1D; batch 32, MLP, SGD lr 0.05
+momentum 0.9), run with fine-tuning, task-free online MAS, MAS at the true boundaries and the
 rehearsal and distillation learners (``er``, ``der``, ``lwf``, ``tfcl``, ``mas+er``, ``mas+lwf``).
-The MAS combinations take online MAS's ``lam`` and ``penalty`` from the scenario's config (swept for
-online MAS alone by ``scripts/sweep_digits.py``); the replay and distillation options are the
-runner's defaults (200 stored samples, replay batch 32, temperature 2, weight 1), not tuned.
 
-Writes one run directory per scenario under ``--out`` (default ``runs/compare``; an existing one is
-continued, ``--fresh`` starts over) and the table to ``results/compare.md`` and
-``results/compare.json``: mean ± sample standard deviation over seeds.
+Hyperparameters are chosen on a **validation split**, never on the reported test data: the
+selection runs use ``stream.validation`` (a stratified 20% of the training data of every segment
+held out as the evaluation sets; the test images are not in them) on the selection seed (100: other
+permutations, initial weights and sample orders than the reported seeds 0-4; one seed because
+compute is scarce), and the grid value with the best mean validation ACC is used for the reported
+runs, which train on the full training data and are evaluated on the test data. Stage 1 chooses
+online MAS's ``lam`` (x 1/3, 1, 3 around the config's), MAS-at-boundaries' ``lam`` and LwF's
+weight; stage 2 gives ``mas+er``, ``tfcl`` and ``mas+lwf`` online MAS's chosen ``lam`` and
+chooses whether ``tfcl``'s hard buffer shares its slots among detected segments (``eras``) and
+the distillation weight and confidence exponent of ``mas+lwf``. ``er``, ``der`` and fine-tuning
+keep the runner's defaults (200 stored samples, replay batch 32). The penalty form is the config's.
+
+Writes the selection runs under ``--out``/select and one run directory per scenario under
+``--out`` (default ``runs/compare``; an existing one is continued, ``--fresh`` starts over), and the
+tables to ``results/compare.md`` and ``results/compare.json``: mean ± sample standard deviation
+over seeds.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
 import platform
+import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,23 +45,35 @@ from typing import Any
 
 import torch
 
+from online_mas.experiment.config import ExperimentConfig
 from online_mas.experiment.configio import load_config
 from online_mas.experiment.launch import run_units
 from online_mas.experiment.report import write_experiment_summary, write_results
-from online_mas.experiment.rundir import continue_or_create, units
+from online_mas.experiment.rundir import Unit, continue_or_create, units
 
-WITH_MAS = ("tfcl", "mas+er", "mas+lwf")  # take online-mas's lam and penalty
+SCENARIOS = ("permuted-digits", "rotated-digits", "split-digits-domain", "recurring-digits",
+             "permuted-mnist1d", "split-mnist1d-domain")
+LEARNERS = ("finetune", "online-mas", "mas-oracle", "er", "der", "lwf", "tfcl", "mas+er", "mas+lwf")
+WITH_MAS = ("tfcl", "mas+er", "mas+lwf")  # take online-mas's penalty form (and its chosen lam)
+PASSES_SCALE = 0.5  # both scripts run each config's passes x this (compute is scarce): 10 -> 5, 6 -> 3
 
 
 @dataclass
 class CompareConfig:
-    scenarios: tuple[str, ...] = ("permuted-digits", "rotated-digits")  # configs/<name>.toml
-    learners: tuple[str, ...] = ("finetune", "online-mas", "mas-oracle", "er", "der", "lwf", "tfcl",
-                                 "mas+er", "mas+lwf")  # compared on the same streams and model
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # repeats; mean ± std over them
-    passes: float = 10.0  # passes over each segment (the configs' 10; less for a quick look)
+    scenarios: tuple[str, ...] = SCENARIOS  # configs/<name>.toml
+    learners: tuple[str, ...] = LEARNERS  # compared on the same streams and model
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # reported repeats; mean ± std over them
+    select_seeds: tuple[int, ...] = (100,)  # the hyperparameters are chosen on these (scarce compute)
+    validation: float = 0.2  # held-out share of the training data the selection runs evaluate on
+    lam_factors: tuple[float, ...] = (1 / 3, 1.0, 3.0)  # online-mas, mas-oracle: x the config's lam
+    combo_lam_factors: tuple[float, ...] = (1.0,)  # tfcl, mas+er, mas+lwf: x online-mas's chosen lam
+    lwf_weights: tuple[float, ...] = (0.3, 1.0)  # lwf (true boundaries): distillation weight
+    mas_lwf_weights: tuple[float, ...] = (0.3, 1.0)  # mas+lwf: distillation weight
+    mas_lwf_confidence: tuple[float, ...] = (0.0, 4.0)  # mas+lwf: confidence exponent (0: plain LwF)
+    tfcl_eras: tuple[bool, ...] = (True, False)  # tfcl: hard buffer shared among eras or not
+    passes: float | None = None  # passes per segment; None: the configs' x PASSES_SCALE
     workers: int = 1  # parallel processes, 1 torch thread each
-    out: str = "runs/compare"  # one run directory per scenario below this
+    out: str = "runs/compare"  # one run directory per scenario below this; selection in <out>/select
     results: str = "results/compare"  # writes <results>.md and <results>.json
 
 
@@ -58,6 +83,29 @@ COLUMNS = (("ACC %", "average_accuracy", 100.0, 1), ("forgetting %", "forgetting
            ("ms / step", "ms_per_step", 1.0, 2), ("snapshots", "n_snapshots", 1.0, 1))
 
 
+def stream_forgetting(rows: Sequence[Sequence[float]], order: Sequence[int]) -> float | None:
+    """Mean forgetting of an accuracy matrix with one row per occurrence, in any order.
+
+    For each segment but the last one trained (``order[-1]``): its best accuracy in the rows
+    before the last, minus its final accuracy; averaged. On a square stream in order (each
+    segment once) this is :func:`online_mas.metrics.forgetting`; on a recurring one it also
+    covers the segments seen more than once. None with a single row.
+
+    Examples
+    --------
+    >>> R = [[0.9, 0.1, 0.2], [0.7, 0.8, 0.3], [0.6, 0.5, 0.9]]
+    >>> round(stream_forgetting(R, [0, 1, 2]), 4)
+    0.3
+    >>> round(stream_forgetting([[0.9, 0.1], [0.5, 0.8], [0.7, 0.4]], [0, 1, 0]), 4)  # only segment 1
+    0.4
+    """
+    if len(rows) < 2:
+        return None
+    last = order[-1]
+    drops = [max(r[j] for r in rows[:-1]) - rows[-1][j] for j in range(len(rows[-1])) if j != last]
+    return sum(drops) / len(drops) if drops else None
+
+
 def _value(summary: dict[str, Any], key: str) -> float | None:
     if key == "ms_per_step":
         rate = summary.get("timing", {}).get("steps_per_s")
@@ -65,6 +113,8 @@ def _value(summary: dict[str, Any], key: str) -> float | None:
     if key == "stored_samples":
         return float(summary.get("stored_samples", 0))
     v = summary.get(key)
+    if v is None and key == "forgetting" and summary.get("accuracy_matrix"):
+        v = stream_forgetting(summary["accuracy_matrix"], summary["order"])
     return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
 
 
@@ -115,12 +165,182 @@ def notes(data: dict[str, Any]) -> list[str]:
             va, vb = acc(a), acc(b)
             if va is not None and vb is not None:
                 parts.append(f"{a} - {b}: {100 * (va - vb):+.1f}")
-        free = [(acc(n), n) for n in rows if rows[n]["stored_samples"]["mean"] == 0 and acc(n) is not None]
+        free = [(acc(n), n) for n in rows if rows[n]["stored_samples"]["mean"] == 0 and acc(n) is not None
+                and n != "finetune"]
         if free:
             best = max(free)
             parts.append(f"best without stored samples: {best[1]} ({100 * best[0]:.1f})")  # type: ignore[operator]
         out.append(f"- {scenario}: ACC points, " + "; ".join(parts))
     return out
+
+
+# ------------------------------------------------------------------------------ selection
+
+
+def _num(v: float) -> float:
+    return float(f"{v:.3g}")
+
+
+def grid(learner: str, base: ExperimentConfig, cfg: CompareConfig,
+         lam: float | None) -> list[dict[str, Any]]:
+    """The option sets tried for ``learner`` (``[{}]``: nothing is chosen for it).
+
+    ``lam`` is online MAS's chosen strength (stage 2 learners need it; None in stage 1).
+    """
+    opts = base.learner
+    if learner == "online-mas":
+        return [{"lam": _num(opts.online_mas.lam * f)} for f in cfg.lam_factors]
+    if learner == "mas-oracle":
+        return [{"lam": _num(opts.mas_oracle.lam * f)} for f in cfg.lam_factors]
+    if learner == "lwf":
+        return [{"weight": w} for w in cfg.lwf_weights]
+    if learner in WITH_MAS and lam is None:
+        raise ValueError(f"{learner} is chosen in stage 2, after online-mas's lam")
+    if learner == "mas+er":
+        return [{"lam": _num(lam * f)} for f in cfg.combo_lam_factors]  # type: ignore[operator]
+    if learner == "tfcl":
+        return [{"lam": _num(lam * f), "eras": e}  # type: ignore[operator]
+                for f, e in itertools.product(cfg.combo_lam_factors, cfg.tfcl_eras)]
+    if learner == "mas+lwf":
+        return [{"lam": _num(lam * f), "weight": w, "confidence": c}  # type: ignore[operator]
+                for f, w, c in itertools.product(cfg.combo_lam_factors, cfg.mas_lwf_weights,
+                                                 cfg.mas_lwf_confidence)]
+    return [{}]
+
+
+def _label(options: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in options.items()) or "defaults"
+
+
+def _sets(learner: str, options: dict[str, Any]) -> list[str]:
+    return [f"learner.{learner}.{k}={json.dumps(v)}" for k, v in options.items()]
+
+
+def _common(base: ExperimentConfig, cfg: CompareConfig, workers: int) -> list[str]:
+    mas = base.learner.online_mas
+    passes = base.stream.passes * PASSES_SCALE if cfg.passes is None else cfg.passes
+    return ["run.plots=false", "run.checkpoint_every=0", "run.progress=false", f"run.workers={workers}",
+            "run.eval_every=0", f"stream.passes={float(passes)}",
+            *[f"learner.{n}.penalty={json.dumps(mas.penalty)}" for n in WITH_MAS]]
+
+
+def _base(scenario: str) -> tuple[Path, ExperimentConfig]:
+    path = Path("configs") / f"{scenario}.toml"
+    return path, load_config(path)
+
+
+def run_selection(cfg: CompareConfig, stage: Sequence[str], lams: dict[str, float | None],
+                  fresh: bool) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Run every grid value of ``stage``'s learners on the selection seeds and validation split.
+
+    Returns, per scenario and learner, ``[{"options", "acc": [per seed], "mean"}]``; a grid of one
+    value is not run (``acc`` empty, ``mean`` None).
+    """
+    jobs: list[tuple[ExperimentConfig, Unit]] = []
+    index: list[tuple[str, str, dict[str, Any], Path]] = []
+    fixed: list[tuple[str, str, dict[str, Any]]] = []
+    for scenario in cfg.scenarios:
+        path, base = _base(scenario)
+        for learner in stage:
+            if learner not in cfg.learners:
+                continue
+            options_list = grid(learner, base, cfg, lams.get(scenario))
+            if options_list == [{}]:
+                continue
+            if len(options_list) == 1:
+                fixed.append((scenario, learner, options_list[0]))
+                continue
+            for options in options_list:
+                sets = [*_common(base, cfg, cfg.workers), f'experiment.learners=["{learner}"]',
+                        f"experiment.seeds={json.dumps(list(cfg.select_seeds))}",
+                        f"stream.validation={cfg.validation}", *_sets(learner, options)]
+                config = load_config(path, sets)
+                where = Path(cfg.out) / "select" / scenario / f"{learner}-{_label(options)}"
+                run_dir, config = continue_or_create(config, where, fresh=fresh)
+                index.append((scenario, learner, options, run_dir))
+                jobs.extend((config, u) for u in units(config, run_dir))
+    out: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for scenario, learner, options in fixed:
+        out.setdefault(scenario, {})[learner] = [{"options": options, "acc": [], "mean": None}]
+    if not jobs:
+        return out
+    start = time.perf_counter()
+    print(f"selection: {len(jobs)} runs of {', '.join(stage)} on seeds "
+          f"{', '.join(map(str, cfg.select_seeds))} (validation {cfg.validation:g})", flush=True)
+    results = run_units(jobs, workers=cfg.workers, progress=False)
+    print(f"selection of {', '.join(stage)}: {time.perf_counter() - start:.0f} s", flush=True)
+    for scenario, learner, options, run_dir in index:
+        accs = [r["average_accuracy"] for (_, u), r in zip(jobs, results, strict=True)
+                if u.path.is_relative_to(run_dir)]
+        mean = sum(accs) / len(accs)
+        out.setdefault(scenario, {}).setdefault(learner, []).append(
+            {"options": options, "acc": accs, "mean": mean})
+        print(f"  {scenario} {learner} {_label(options)}: validation ACC {100 * mean:.1f}", flush=True)
+    return out
+
+
+def chosen_options(selection: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, dict[str, Any]]:
+    """Per scenario and learner, the options with the best mean validation ACC (first on ties)."""
+    return {sc: {ln: max(rows, key=lambda r: -math.inf if r["mean"] is None else r["mean"])["options"]
+                 for ln, rows in by.items()} for sc, by in selection.items()}
+
+
+def selection_table(selection: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
+    lines = ["| scenario | learner | options | validation ACC % (per seed) | chosen |",
+             "|---|---|---|---|---|"]
+    best = chosen_options(selection)
+    for scenario, by in selection.items():
+        for learner, rows in by.items():
+            for r in rows:
+                if r["mean"] is None:
+                    lines.append(f"| {scenario} | {learner} | {_label(r['options'])} | not run (the only "
+                                 f"value) | yes |")
+                    continue
+                seeds = ", ".join(f"{100 * a:.1f}" for a in r["acc"])
+                mark = "yes" if r["options"] == best[scenario][learner] else ""
+                lines.append(f"| {scenario} | {learner} | {_label(r['options'])} | {100 * r['mean']:.1f} "
+                             f"({seeds}) | {mark} |")
+    return "\n".join(lines)
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def timing(cfg: CompareConfig, scenario: str, rounds: int,
+           passes: float) -> tuple[str, dict[str, list[float]]]:
+    """ms per training step of every learner, interleaved: ``rounds`` rounds, each learner once per round.
+
+    Each round runs every learner for one seed-0 run of ``scenario`` at ``passes`` passes per
+    segment (the chosen options of results/compare.json when it is there, else the configs'), in a
+    rotated order, one process, 1 thread; the median over rounds and its ratio to fine-tuning's
+    median are reported. The machine's load moves both alike, so the ratio is what to read.
+    """
+    path, base = _base(scenario)
+    saved = Path(f"{cfg.results}.json")
+    chosen = json.loads(saved.read_text()).get("chosen", {}).get(scenario, {}) if saved.is_file() else {}
+    per: dict[str, list[float]] = {n: [] for n in cfg.learners}
+    for r in range(rounds):
+        order = list(cfg.learners[r % len(cfg.learners):]) + list(cfg.learners[: r % len(cfg.learners)])
+        for learner in order:
+            sets = [*_common(base, cfg, 1), f'experiment.learners=["{learner}"]', "experiment.seeds=[0]",
+                    f"stream.passes={float(passes)}", *_sets(learner, chosen.get(learner, {}))]
+            config = load_config(path, sets)
+            run_dir, config = continue_or_create(config, Path(cfg.out) / "timing" / f"{learner}-{r}",
+                                                 fresh=True)
+            summary = run_units([(config, u) for u in units(config, run_dir)], progress=False)[0]
+            per[learner].append(1000.0 / summary["timing"]["steps_per_s"])
+    med = {n: sorted(v)[len(v) // 2] for n, v in per.items()}
+    ref = med.get("finetune")
+    lines = ["| learner | ms / step (median) | x finetune | rounds |", "|---|---|---|---|"]
+    for n, v in med.items():
+        ratio = f"{v / ref:.2f}" if ref else "n/a"
+        lines.append(f"| {n} | {v:.2f} | {ratio} | {', '.join(f'{t:.2f}' for t in per[n])} |")
+    return "\n".join(lines), per
 
 
 def main() -> None:
@@ -129,34 +349,66 @@ def main() -> None:
     parser.add_argument("--scenarios", nargs="+", default=list(cfg.scenarios))
     parser.add_argument("--learners", nargs="+", default=list(cfg.learners))
     parser.add_argument("--seeds", nargs="+", type=int, default=list(cfg.seeds))
-    parser.add_argument("--passes", type=float, default=cfg.passes)
+    parser.add_argument("--select-seeds", nargs="+", type=int, default=list(cfg.select_seeds))
+    parser.add_argument("--passes", type=float, default=None,
+                        help="passes per segment (default: the configs')")
     parser.add_argument("--workers", type=int, default=cfg.workers)
     parser.add_argument("--out", default=cfg.out)
     parser.add_argument("--results", default=cfg.results)
     parser.add_argument("--fresh", action="store_true", help="replace existing run directories")
+    parser.add_argument("--timing", type=int, default=0, metavar="ROUNDS",
+                        help="only time the learners: ROUNDS interleaved rounds on --scenarios' first, "
+                             "1 pass per segment; writes <results>_timing.md")
     args = parser.parse_args()
+    cfg = CompareConfig(scenarios=tuple(args.scenarios), learners=tuple(args.learners),
+                        seeds=tuple(args.seeds), select_seeds=tuple(args.select_seeds),
+                        passes=args.passes, workers=args.workers, out=args.out, results=args.results)
+    torch.set_num_threads(1)
+    if args.timing:
+        t0 = time.perf_counter()
+        scenario = cfg.scenarios[0]
+        body, per = timing(cfg, scenario, args.timing, passes=1.0)
+        text = (f"Time per training step of each learner on {scenario} (1 pass per segment, seed 0, the "
+                f"options chosen in results/compare.md), {args.timing} interleaved rounds in one process, "
+                f"1 torch thread, on a shared {os.cpu_count()}-core machine: the median, and its ratio to "
+                f"fine-tuning's (the ratio is what the load moves least). A replay step trains on the "
+                f"stream's batch plus 32 replayed samples (der: plus two replay batches).\n\n{body}\n\n"
+                f"`python scripts/compare.py --timing {args.timing} --scenarios {scenario}` on commit "
+                f"{git_commit()}: {time.perf_counter() - t0:.0f} s wall; torch {torch.__version__}.\n")
+        print(text)
+        write_results(f"{cfg.results}_timing", text, {"scenario": scenario, "rounds": args.timing,
+                                                      "ms_per_step": per, "commit": git_commit()})
+        print(f"wrote {cfg.results}_timing.md")
+        return
+    start = time.perf_counter()
+
+    stage1 = run_selection(cfg, ("online-mas", "mas-oracle", "lwf"), {}, args.fresh)
+    chosen = chosen_options(stage1)
+    lams: dict[str, float | None] = {}
+    for scenario in cfg.scenarios:
+        lam = chosen.get(scenario, {}).get("online-mas", {}).get("lam")
+        lams[scenario] = lam if lam is not None else _base(scenario)[1].learner.online_mas.lam
+    stage2 = run_selection(cfg, WITH_MAS, lams, args.fresh)
+    selection = {sc: {**stage1.get(sc, {}), **stage2.get(sc, {})} for sc in cfg.scenarios}
+    chosen = chosen_options(selection)
+    select_seconds = time.perf_counter() - start
 
     experiments = []
-    for scenario in args.scenarios:
-        base = load_config(Path("configs") / f"{scenario}.toml")
-        mas = base.learner.online_mas
-        sets = [f"experiment.learners={json.dumps(args.learners)}",
-                f"experiment.seeds={json.dumps(args.seeds)}", f"stream.passes={float(args.passes)}",
-                "run.plots=false",
-                "run.checkpoint_every=0", "run.progress=false", f"run.workers={args.workers}"]
-        sets += [f"learner.{n}.{k}={json.dumps(v)}" for n in WITH_MAS
-                 for k, v in (("lam", mas.lam), ("penalty", mas.penalty))]
-        config = load_config(Path("configs") / f"{scenario}.toml", sets)
-        run_dir, config = continue_or_create(config, Path(args.out) / scenario, fresh=args.fresh)
+    for scenario in cfg.scenarios:
+        path, base = _base(scenario)
+        sets = [*_common(base, cfg, cfg.workers), f"experiment.learners={json.dumps(list(cfg.learners))}",
+                f"experiment.seeds={json.dumps(list(cfg.seeds))}"]
+        sets += [s for ln, opts in chosen.get(scenario, {}).items() for s in _sets(ln, opts)]
+        config = load_config(path, sets)
+        run_dir, config = continue_or_create(config, Path(cfg.out) / scenario, fresh=args.fresh)
         experiments.append((scenario, run_dir, config))
-
     jobs = [(config, u) for _, run_dir, config in experiments for u in units(config, run_dir)]
     cached = sum((u.path / "summary.json").is_file() for _, u in jobs)
-    print(f"{len(jobs)} runs ({len(args.scenarios)} scenarios x {len(args.learners)} learners x "
-          f"{len(args.seeds)} seeds; {cached} already complete) on {args.workers} worker(s)", flush=True)
-    start = time.perf_counter()
-    results = run_units(jobs, workers=args.workers, progress=True)
-    seconds = time.perf_counter() - start
+    print(f"{len(jobs)} runs ({len(cfg.scenarios)} scenarios x {len(cfg.learners)} learners x "
+          f"{len(cfg.seeds)} seeds; {cached} already complete) on {cfg.workers} worker(s)", flush=True)
+    t0 = time.perf_counter()
+    results = run_units(jobs, workers=cfg.workers, progress=True)
+    report_seconds = time.perf_counter() - t0
 
     groups = []
     for scenario, run_dir, config in experiments:
@@ -164,38 +416,55 @@ def main() -> None:
         write_experiment_summary(run_dir, config, mine)
         groups.append((scenario, mine))
     text_table, data = table(groups)
-    seeds = ", ".join(map(str, args.seeds))
-    header = (f"Digits, 5 segments x {args.passes:g} passes, batch 32, MLP 64-100-100-10, SGD lr 0.05 "
-              f"momentum 0.9; "
-              f"mean ± std over seeds {seeds} ({len(args.seeds)} seed{'s' if len(args.seeds) > 1 else ''}). "
-              "ACC: average final accuracy; forgetting: mean drop from the best earlier accuracy; "
-              "BWT: backward transfer; stored samples: what the learner's memory holds at the end "
-              "(a replay step also trains on 32 replayed samples: two batches of 32 for der); "
-              "ms / step: wall time per training step, 1 torch thread; snapshots: consolidations "
-              "(lwf: teacher refreshes). Task-free (never see the boundaries): finetune, online-mas, "
-              "er, der, tfcl, mas+er, mas+lwf; mas-oracle and lwf use the true boundaries. The MAS "
-              "combinations use online-mas's lam and penalty from configs/<scenario>.toml; the "
-              "replay and distillation options are the runner's defaults, not tuned (no validation "
-              "split was used for them).")
+    seeds = ", ".join(map(str, cfg.seeds))
+    header = (f"Six streams (configs/<scenario>.toml): permuted, rotated, split (domain-incremental, "
+              f"2-way head) and recurring (5 permutations in the order A B A C B D ..., 9 occurrences) "
+              f"digits, MLP 64-100-100-10; permuted and split (domain-incremental) MNIST-1D, MLP "
+              f"40-100-100-10; each config's passes x {PASSES_SCALE:g} (digits 5 passes per segment, "
+              f"MNIST-1D 3: compute is scarce); batch 32, SGD lr 0.05 "
+              f"momentum 0.9; mean ± std over seeds {seeds}. ACC: average final test accuracy over "
+              f"the segments; forgetting: mean drop from the best earlier accuracy (on the recurring "
+              f"stream over every segment but the last one trained); BWT: backward transfer (n/a "
+              f"when a segment recurs); stored samples: what the learner's memory holds at the end "
+              f"(a replay step also trains on 32 replayed samples: two batches of 32 for der); "
+              f"ms / step: wall time per training step, 1 torch thread; snapshots: consolidations "
+              f"(lwf: teacher refreshes). Task-free (never see the boundaries): finetune, online-mas, "
+              f"er, der, tfcl, mas+er, mas+lwf; mas-oracle and lwf use the true boundaries.")
+    chosen_text = "; ".join(f"{sc}: " + ", ".join(f"{ln} {_label(o)}" for ln, o in by.items())
+                            for sc, by in chosen.items())
+    selection_note = (f"Hyperparameters chosen on a validation split (never on the test data): "
+                      f"seeds {', '.join(map(str, cfg.select_seeds))}, evaluated on a stratified "
+                      f"{100 * cfg.validation:g}% of every segment's training data held out "
+                      f"(stream.validation = {cfg.validation:g}); best mean validation ACC. Chosen: "
+                      f"{chosen_text}. er, der and finetune keep the runner's defaults. Penalty form: "
+                      f"online-mas's from the config for every MAS combination.")
     run_seconds = sum(float(r["timing"]["wall_time_s"]) for r in results)
-    footer = (f"`python scripts/compare.py --seeds {' '.join(map(str, args.seeds))} --passes "
-              f"{args.passes:g}`: {len(jobs)} runs, {run_seconds:.0f} s of training in all; "
-              f"{len(jobs) - cached} runs in {seconds:.0f} s wall on {os.cpu_count()} cores (shared), "
-              f"{args.workers} worker(s) x 1 torch thread; torch {torch.__version__}, Python "
+    passes = "" if cfg.passes is None else f" --passes {cfg.passes:g}"
+    footer = (f"`python scripts/compare.py --workers {cfg.workers} --seeds {' '.join(map(str, cfg.seeds))} "
+              f"--select-seeds {' '.join(map(str, cfg.select_seeds))}{passes}` on commit {git_commit()}: "
+              f"selection {select_seconds:.0f} s wall, "
+              f"{len(jobs)} reported runs ({run_seconds:.0f} s of training; {len(jobs) - cached} "
+              f"run now in {report_seconds:.0f} s wall) on {os.cpu_count()} cores (shared), "
+              f"{cfg.workers} worker(s) x 1 torch thread; torch {torch.__version__}, Python "
               f"{platform.python_version()}. Timings are from a shared machine and only comparable "
               f"within this table.")
     if cached:
-        footer += f" {cached} more runs were read from an earlier call (--fresh recomputes them)."
-    missing = ("Not in this table: the split, recurring and mnist1d scenarios; Avalanche's strategies "
-               "on the same streams are in results/compare_avalanche.md (scripts/compare_avalanche.py).")
-    text = (f"{header}\n\n{text_table}\n\nDifferences of the means:\n\n" + "\n".join(notes(data))
-            + f"\n\n{missing}\n\n{footer}\n")
+        footer += f" {cached} reported runs were read from an earlier call (--fresh recomputes them)."
+    others = ("Avalanche's strategies on the same streams, with the same selection protocol, are in "
+              "results/compare_avalanche.md (scripts/compare_avalanche.py).")
+    if cfg.passes is not None:
+        header += f" Every stream here runs {cfg.passes:g} passes per segment (--passes), not the configs'."
+    text = (f"{header}\n\n{selection_note}\n\n{text_table}\n\nDifferences of the means:\n\n"
+            + "\n".join(notes(data)) + f"\n\n{others}\n\n## Selection runs (validation split)\n\n"
+            + selection_table(selection) + f"\n\n{footer}\n")
     print("\n" + text)
-    write_results(args.results, text, {"seeds": args.seeds, "learners": args.learners,
-                                       "seconds": seconds, "workers": args.workers,
-                                       "runs_computed": len(jobs) - cached, "runs_read": cached,
-                                       "table": data})
-    print(f"wrote {args.results}.md and {args.results}.json; runs in {args.out}/")
+    write_results(cfg.results, text, {"seeds": list(cfg.seeds), "select_seeds": list(cfg.select_seeds),
+                                      "validation": cfg.validation, "learners": list(cfg.learners),
+                                      "chosen": chosen, "selection": selection,
+                                      "select_seconds": select_seconds, "report_seconds": report_seconds,
+                                      "workers": cfg.workers, "runs_computed": len(jobs) - cached,
+                                      "runs_read": cached, "commit": git_commit(), "table": data})
+    print(f"wrote {cfg.results}.md and {cfg.results}.json; runs in {cfg.out}/")
 
 
 if __name__ == "__main__":

@@ -30,12 +30,14 @@ from streams.sources import (
     DatasetPool,
     Pool,
     Source,
+    SubsetPool,
     TensorPool,
     dataset_source,
     digits_source,
     mnist1d_source,
     stratified_split,
     tensor_source,
+    validation_source,
 )
 from streams.stream import Batch, Stream
 from streams.torchvision_sources import (
@@ -73,6 +75,7 @@ __all__ = [
     "Source",
     "Stream",
     "StreamConfig",
+    "SubsetPool",
     "TensorPool",
     "Transform",
     "build_stream",
@@ -94,4 +97,5 @@ __all__ = [
     "stratified_split",
     "tensor_source",
     "torchvision_source",
+    "validation_source",
 ]

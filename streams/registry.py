@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streams.scenarios import Segment, class_splits, corruptions, permutations, rotations
-from streams.sources import Source, digits_source, mnist1d_source
+from streams.sources import Source, digits_source, mnist1d_source, validation_source
 from streams.stream import Stream
 from streams.torchvision_sources import TORCHVISION_NAMES, torchvision_source
 from streams.transforms import CORRUPTIONS, MAX_SEVERITY
@@ -64,6 +64,7 @@ class StreamConfig:
     identity_first: bool = True  # permuted-*: segment 0 keeps the original pixel order
     max_eval: int | None = None  # cap on each evaluation set's size
     test_fraction: float = 0.2  # digits: held-out share of each class
+    validation: float = 0.0  # > 0: evaluate on this share of the training data, never on the test data
 
     def __post_init__(self) -> None:
         if self.name not in STREAM_NAMES:
@@ -81,6 +82,10 @@ class StreamConfig:
                              f"{self.max_severity!r}")
         if not math.isfinite(self.angle_step):
             raise ValueError(f"angle_step must be a finite number, got {self.angle_step!r}")
+        if isinstance(self.validation, bool) or not isinstance(self.validation, int | float) \
+                or not 0.0 <= self.validation < 1.0:
+            raise ValueError(f"validation must be a number in [0, 1) (0: evaluate on the test data), "
+                             f"got {self.validation!r}")
         if self.n_segments is not None and (not isinstance(self.n_segments, int)
                                             or isinstance(self.n_segments, bool)
                                             or not 1 <= self.n_segments <= MAX_SEGMENTS):
@@ -175,6 +180,8 @@ def build_stream(config: StreamConfig) -> Stream:
     if not isinstance(config.batch_size, int) or config.batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {config.batch_size!r}")
     source = _source(config)
+    if config.validation:  # hyperparameter selection: held-out training data, the test data unused
+        source = validation_source(source, config.validation)
     segments = _segments(config, source)
     smallest = min(s.n_train for s in segments)
     if config.batch_size > smallest:

@@ -27,8 +27,8 @@ from torch.utils.data import Dataset
 
 from streams._seeding import numpy_rng
 
-__all__ = ["DatasetPool", "Pool", "Source", "TensorPool", "dataset_source", "digits_source",
-           "mnist1d_source", "stratified_split", "tensor_source"]
+__all__ = ["DatasetPool", "Pool", "Source", "SubsetPool", "TensorPool", "dataset_source", "digits_source",
+           "mnist1d_source", "stratified_split", "tensor_source", "validation_source"]
 
 
 class Pool:
@@ -138,6 +138,32 @@ class DatasetPool(Pool):
     def fetch(self, idx: Tensor) -> Tensor:
         rows = self._index[idx].tolist()
         return torch.stack([_to_float(self._dataset[i][0]) for i in rows])
+
+
+class SubsetPool(Pool):
+    """Some of another pool's samples, by position.
+
+    Examples
+    --------
+    >>> pool = SubsetPool(TensorPool(torch.arange(8.0).view(4, 2), torch.tensor([0, 1, 2, 3])),
+    ...                   torch.tensor([3, 1]))
+    >>> pool.y.tolist(), pool.fetch(torch.tensor([1])).tolist()
+    ([3, 1], [[2.0, 3.0]])
+    """
+
+    def __init__(self, pool: Pool, index: Tensor) -> None:
+        if not isinstance(pool, Pool):
+            raise TypeError(f"pool must be a Pool, got {_describe(pool)}")
+        self._pool = pool
+        self._index = torch.as_tensor(index, dtype=torch.int64)
+        if len(self._index) and (int(self._index.min()) < 0 or int(self._index.max()) >= len(pool)):
+            raise ValueError(f"index must lie in [0, {len(pool)}), got range "
+                             f"[{int(self._index.min())}, {int(self._index.max())}]")
+        self.y = pool.y[self._index]
+        self.input_shape = pool.input_shape
+
+    def fetch(self, idx: Tensor) -> Tensor:
+        return self._pool.fetch(self._index[idx])
 
 
 @dataclass(frozen=True, eq=False)
@@ -348,6 +374,27 @@ def dataset_source(train: Dataset[Any], test: Dataset[Any] | None = None, *,
     else:
         train_pool, test_pool = DatasetPool(train), DatasetPool(test)
     return Source(train_pool, test_pool, _n_classes(n_classes, train_pool, test_pool), name)
+
+
+def validation_source(source: Source, fraction: float, *, seed: int = 1) -> Source:
+    """A source for choosing hyperparameters: its training pool split into training and validation.
+
+    A stratified share ``fraction`` of each class of ``source.train`` becomes the held-out pool (the
+    evaluation sets), the rest the training pool; ``source.test`` is not used at all, so nothing
+    chosen on this source has seen the reported test data. The split is seeded by ``seed`` only
+    (not by a stream's seed): the validation images are the same for every run.
+
+    Examples
+    --------
+    >>> src = validation_source(digits_source(), 0.2)
+    >>> len(src.train), len(src.test), src.name
+    (1150, 288, 'digits-validation')
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be a number strictly between 0 and 1, got {fraction!r}")
+    train_idx, val_idx = stratified_split(source.train.y, float(fraction), seed=seed)
+    return Source(SubsetPool(source.train, train_idx), SubsetPool(source.train, val_idx),
+                  source.n_classes, f"{source.name}-validation")
 
 
 def stratified_split(y: Tensor, test_fraction: float, *, seed: int = 0) -> tuple[Tensor, Tensor]:

@@ -146,6 +146,21 @@ def test_bench_importance_runs_the_issue_16_models_and_writes_the_results_table(
     assert report["results"]["gpt"]["torch_func_params"] == []  # every projection an nn.Linear
     assert report["results"]["gru"]["torch_func_params"] == []  # the recurrent rule (issue 16)
     assert report["table"] in printed and report["table"] in md.read_text()  # the script's own output
+    for model in ("gpt", "gru"):
+        peaks = report["results"][model]["peak_bytes"]
+        assert set(peaks) == {"train_step", "exact"} and all(v > 0 for v in peaks.values())
+    if not torch.cuda.is_available():
+        assert script.devices("auto") == ("cpu",) and "cuda" not in report
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bench_importance_prints_the_cuda_ratios(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    script = _load("bench_importance")
+    report = script.main(["--models", "mlp", "--methods", "exact", "--rounds", "1", "--block-ms", "1",
+                          "--batch", "4", "--devices", "cpu,cuda", "--out", str(tmp_path)])
+    cuda = report["cuda"]
+    _check_timings(cuda["results"]["mlp"]["timings"], "train_step")
+    assert cuda["results"]["mlp"]["device"] == "cuda" and cuda["table"] in capsys.readouterr().out
 
 
 def test_bench_river_writes_its_table(tmp_path: Path) -> None:

@@ -56,3 +56,81 @@ def test_compare_avalanche_gives_each_segment_in_stream_order() -> None:
         assert torch.equal(x, torch.cat(xs)) and torch.equal(y, torch.cat(ys))
     assert harness.grid("naive", harness.AvalancheConfig()) == (None,)
     assert harness.grid("ewc", harness.AvalancheConfig()) == harness.AvalancheConfig().ewc_lambdas
+
+
+def test_tensor_batches_naive_trains_exactly_as_avalanches_loader() -> None:
+    pytest.importorskip("avalanche")
+    from avalanche.benchmarks.scenarios.deprecated.generic_benchmark_creation import (
+        create_generic_benchmark_from_tensor_lists,
+    )
+    from avalanche.training.plugins import EvaluationPlugin, LwFPlugin
+    from avalanche.training.supervised import Naive
+
+    from streams import StreamConfig, build_stream
+
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "scripts"))
+    harness = importlib.import_module("compare_avalanche")
+    stream = build_stream(StreamConfig("permuted-digits", n_segments=2, passes=0.5, batch_size=32, seed=0))
+    train = harness.segments(stream)
+    weights = []
+    for kind in (Naive, harness.tensor_batches_naive(train)):
+        bench = create_generic_benchmark_from_tensor_lists(
+            train_tensors=train, test_tensors=list(stream.eval_sets), task_labels=[0, 0])
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU(),
+                                    torch.nn.Linear(16, 10))
+        learner = kind(model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+                       torch.nn.CrossEntropyLoss(), train_mb_size=32, train_epochs=1,
+                       plugins=[LwFPlugin(alpha=1.0, temperature=2.0)],
+                       evaluator=EvaluationPlugin(loggers=[]), device="cpu")
+        for experience in bench.train_stream:
+            learner.train(experience, shuffle=False)
+        weights.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights, strict=True))
+
+
+def test_stream_forgetting_is_the_usual_one_in_order_and_covers_recurring_segments() -> None:
+    from online_mas.metrics import forgetting
+
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "scripts"))
+    compare = importlib.import_module("compare")
+    g = torch.Generator().manual_seed(0)
+    square = torch.rand(4, 4, generator=g).tolist()
+    assert compare.stream_forgetting(square, [0, 1, 2, 3]) == pytest.approx(forgetting(square))
+    rows = [[0.9, 0.1, 0.0], [0.5, 0.8, 0.1], [0.8, 0.3, 0.2], [0.6, 0.7, 0.9], [0.4, 0.6, 0.5]]
+    # order 0 1 0 2 1: the last one trained is segment 1; segments 0 and 2 count
+    want = ((0.9 - 0.4) + (0.9 - 0.5)) / 2
+    assert compare.stream_forgetting(rows, [0, 1, 0, 2, 1]) == pytest.approx(want)
+    assert compare.stream_forgetting(rows[:1], [0]) is None
+
+
+def test_selection_keeps_the_best_validation_value() -> None:
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "scripts"))
+    compare = importlib.import_module("compare")
+    selection = {"s": {"online-mas": [{"options": {"lam": 0.1}, "acc": [0.5], "mean": 0.5},
+                                      {"options": {"lam": 0.3}, "acc": [0.7], "mean": 0.7}],
+                       "mas+er": [{"options": {"lam": 0.3}, "acc": [], "mean": None}]}}
+    assert compare.chosen_options(selection) == {"s": {"online-mas": {"lam": 0.3}, "mas+er": {"lam": 0.3}}}
+    from online_mas.experiment.config import ExperimentConfig
+
+    cfg = compare.CompareConfig()
+    tfcl = compare.grid("tfcl", ExperimentConfig(), cfg, 0.01)
+    assert {o["eras"] for o in tfcl} == {True, False} and all(o["lam"] == 0.01 for o in tfcl)
+    with pytest.raises(ValueError, match="stage 2"):
+        compare.grid("mas+lwf", ExperimentConfig(), cfg, None)
+
+
+def test_headline_shows_the_best_candidate_of_each_row() -> None:
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "scripts"))
+    harness = importlib.import_module("compare_avalanche")
+    ours = {"s": {"mas+er": [0.8, 0.9], "tfcl": [0.95, 0.95], "er": [0.7, 0.7], "online-mas": [0.6, 0.6]}}
+    theirs = {"s": {"replay": [0.85, 0.85], "ewc": [0.5, 0.7], "lwf": [0.65, 0.65]}}
+    rows = harness.headline(["s"], ours, theirs).splitlines()[2:]
+    assert rows[0].endswith("| 95.0 ± 0.0 (tfcl) |") and rows[1].endswith("| 85.0 ± 0.0 |")
+    assert rows[2].endswith("| 70.0 ± 0.0 |") and rows[3].endswith("| 60.0 ± 0.0 (online-mas) |")
+    assert rows[4].endswith("| 65.0 ± 0.0 (lwf) |")
+    assert harness.headline(["t"], ours, theirs).splitlines()[2].endswith("| n/a |")

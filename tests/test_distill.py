@@ -32,6 +32,45 @@ def test_distillation_loss_matches_the_hand_formula(temperature: float) -> None:
     assert got.item() == pytest.approx(hand_kl(student, teacher, temperature), rel=1e-5)
 
 
+def hand_confident_kl(student: list[list[float]], teacher: list[list[float]], t: float,
+                      power: float) -> float:
+    """Per-sample hand KL, each weighted by the teacher's top probability (at T = 1) ** power."""
+    total = 0.0
+    for s_row, t_row in zip(student, teacher, strict=True):
+        top = max(math.exp(v) for v in t_row) / sum(math.exp(v) for v in t_row)
+        total += top**power * hand_kl([s_row], [t_row], t)
+    return total / len(student)
+
+
+@pytest.mark.parametrize("n", [1, 2, 64])
+@pytest.mark.parametrize("power", [0.0, 1.0, 4.0])
+def test_confidence_weighting_matches_the_hand_formula(n: int, power: float) -> None:
+    g = torch.Generator().manual_seed(n)
+    student, teacher = torch.randn(n, 5, generator=g), 3 * torch.randn(n, 5, generator=g)
+    got = distillation_loss(student, teacher, temperature=2.0, confidence=power)
+    want = hand_confident_kl(student.tolist(), teacher.tolist(), 2.0, power)
+    assert got.item() == pytest.approx(want, rel=1e-5)
+    if power == 0.0:
+        assert torch.equal(got, distillation_loss(student, teacher, temperature=2.0))
+    else:  # weights lie in (0, 1]: never more than plain LwF
+        assert got.item() < distillation_loss(student, teacher, temperature=2.0).item()
+
+
+def test_confident_teacher_samples_dominate_the_gradient() -> None:
+    # the same KL gap on a sure and on an unsure sample: the sure one is pulled harder
+    student = torch.zeros(2, 3, requires_grad=True)
+    teacher = torch.tensor([[6.0, 0.0, 0.0], [0.4, 0.0, 0.0]])
+    distillation_loss(student, teacher, temperature=1.0, confidence=4.0).backward()
+    assert student.grad is not None
+    sure, unsure = student.grad.norm(dim=1).tolist()
+    plain = torch.zeros(2, 3, requires_grad=True)
+    distillation_loss(plain, teacher, temperature=1.0).backward()
+    assert plain.grad is not None
+    ratio = plain.grad.norm(dim=1)
+    top = torch.softmax(teacher, 1).max(1).values
+    assert sure / unsure == pytest.approx(float(ratio[0] / ratio[1] * (top[0] / top[1]) ** 4), rel=1e-5)
+
+
 def test_distillation_gradient_is_the_soft_target_gap() -> None:
     # d/ds of T^2 KL(p || softmax(s / T)) = T (softmax(s / T) - p), averaged over the batch
     s = torch.tensor([[0.3, -1.2, 2.0]], requires_grad=True)
@@ -91,7 +130,7 @@ def test_refresh_at_each_consolidation_event_and_the_signal_is_untouched() -> No
 def test_state_round_trip_gives_the_same_next_loss() -> None:
     torch.manual_seed(0)
     model = nn.Linear(3, 2)
-    d = Distiller(model, temperature=3.0, weight=0.7)
+    d = Distiller(model, temperature=3.0, weight=0.7, confidence=2.0)
     d.refresh()
     with torch.no_grad():
         model.weight.mul_(-1.0)
@@ -102,6 +141,7 @@ def test_state_round_trip_gives_the_same_next_loss() -> None:
     e.load_state_dict(torch.load(buf, weights_only=True))
     x = torch.randn(4, 3)
     assert torch.equal(d.loss(x, model(x)), e.loss(x, model(x))) and e.temperature == 3.0
+    assert e.confidence == 2.0
     empty = Distiller(model)
     empty.load_state_dict(Distiller(model).state_dict())
     assert empty.teacher is None and float(empty.loss(x, model(x))) == 0.0
@@ -117,6 +157,10 @@ def test_bad_values_are_named() -> None:
         Distiller(model).refresh({"head.weight": torch.zeros(2, 3)})
     with pytest.raises(ValueError, match=r"shape mismatches \['bias: anchor \(3,\), model \(2,\)'\]"):
         Distiller(model).refresh({"bias": torch.zeros(3)})
+    with pytest.raises(ValueError, match="confidence must be a finite number >= 0, got -1"):
+        Distiller(model, confidence=-1)
+    with pytest.raises(ValueError, match="confidence must be a finite number >= 0, got nan"):
+        distillation_loss(torch.zeros(2, 3), torch.zeros(2, 3), confidence=float("nan"))
     with pytest.raises(ValueError, match="same shape"):
         distillation_loss(torch.zeros(2, 3), torch.zeros(2, 4))
     with pytest.raises(ValueError, match="missing"):

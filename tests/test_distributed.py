@@ -419,6 +419,33 @@ def test_wrapped_model_has_the_importance_and_state_of_the_plain_one() -> None:
             assert torch.equal(dst.omega[n], v) and torch.equal(dst.anchors[n], src.anchors[n])
 
 
+def test_importance_of_a_ddp_model_has_the_names_of_the_plain_one(tmp_path: Path) -> None:
+    """om.importance(DDP(m)) and OnlineMAS(DDP(m)) agree: no ``module.`` prefix (one gloo process)."""
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialised in this process")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        plain = MLP()
+        ddp = nn.parallel.DistributedDataParallel(MLP())
+        ddp.module.load_state_dict(plain.state_dict())
+        x = torch.randn(9, 10)
+        want = om.importance(plain, x)
+        for method in ("exact", "vmap"):
+            got = om.importance(ddp, x, method=method)
+            assert list(got) == list(want)
+            for n, v in want.items():
+                torch.testing.assert_close(got[n], v, rtol=1e-4, atol=1e-7)
+        assert om.plan(ddp, x) == om.plan(plain, x)
+        mas = om.OnlineMAS(ddp, detector=None, config=EVERY_STEP)
+        mas.observe(x)
+        assert list(mas.running_omega) == list(want)
+        for n, v in want.items():
+            torch.testing.assert_close(mas.running_omega[n], v, rtol=1e-4, atol=1e-7)
+    finally:
+        dist.destroy_process_group()
+
+
 def test_single_process_never_communicates_and_ignores_sync_every(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_all_reduce(*args: object, **kwargs: object) -> None:
         raise AssertionError("all_reduce called in a single process")

@@ -200,3 +200,47 @@ def test_models_build_for_digits_and_are_seeded(kind: str) -> None:
 def test_cnn_needs_images() -> None:
     with pytest.raises(ValueError, match=r"model kind 'cnn' needs image inputs of shape \(C, H, W\)"):
         build_model(ModelConfig(kind="cnn"), (64,), 10)
+
+
+@pytest.mark.parametrize("learner", ["online-mas", "mas-oracle", "tfcl", "mas+er", "mas+lwf"])
+def test_a_huber_shape_needs_its_delta_and_only_it(learner: str) -> None:
+    with pytest.raises(ValueError, match="shape = 'huber' needs delta"):
+        load_config(None, [f'learner.{learner}.shape="huber"'])
+    with pytest.raises(ValueError, match="delta applies to shape = 'huber' only"):
+        load_config(None, [f"learner.{learner}.delta=0.1"])
+    with pytest.raises(ValueError, match="shape must be one of"):
+        load_config(None, [f'learner.{learner}.shape="cubic"'])
+
+
+@pytest.mark.parametrize("form", ["grad", "loss", "proximal"])
+def test_config_shape_reaches_every_penalty_form(form: str) -> None:
+    """L1 from the config: the explicit forms add lam Omega sign(d); proximal soft-thresholds."""
+    lam = 0.3
+    cfg = load_config(None, [f'learner.mas-oracle.penalty="{form}"', f"learner.mas-oracle.lam={lam}",
+                             'learner.mas-oracle.shape="l1"', "learner.mas-oracle.mas.every=1"])
+    lr = cfg.optim.lr  # the proximal step size
+    model = tiny()
+    learner = build_learner("mas-oracle", cfg, model, [1, 100])
+    learner.after_step(torch.randn(8, 4), 0.0)  # consolidates: anchor = these weights
+    anchor = [p.detach().clone() for p in model.parameters()]
+    shift = [torch.randn_like(p) * 0.5 for p in anchor]
+    with torch.no_grad():
+        for p, s in zip(model.parameters(), shift, strict=True):
+            p += s
+    omega = learner.importance()
+    assert omega is not None
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    learner.after_backward()
+    names = [n for n, _ in model.named_parameters()]
+    if form == "proximal":
+        learner.after_step(torch.randn(8, 4), 0.0)
+        for n, p, a, s in zip(names, model.parameters(), anchor, shift, strict=True):
+            c = lr * lam * omega[n]
+            assert torch.allclose(p, a + s.sign() * (s.abs() - c).clamp_min(0), atol=1e-6)
+    else:
+        for n, p, s in zip(names, model.parameters(), shift, strict=True):
+            assert torch.allclose(p.grad, lam * omega[n] * s.sign(), atol=1e-6)
+    assert learner.log_values()["penalty"] == pytest.approx(
+        lam * sum(float((omega[n] * (p - a).abs()).sum())
+                  for n, p, a in zip(names, model.parameters(), anchor, strict=True)), rel=1e-4)

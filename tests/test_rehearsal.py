@@ -74,6 +74,53 @@ def test_hard_replay_keeps_the_highest_losses_and_refreshes_replayed_ones() -> N
     assert mem.scores.tolist() == pytest.approx([0.9, 0.3, 0.2])
 
 
+def hand_era_deal(scores: list[float], eras: list[int], size: int) -> list[int]:
+    """Round-robin by era, each era's hardest first; within a round the higher score first."""
+    per_era: dict[int, list[int]] = {}
+    for i in sorted(range(len(scores)), key=lambda i: -scores[i]):
+        per_era.setdefault(eras[i], []).append(i)
+    picked: list[int] = []
+    for r in range(len(scores)):
+        row = [ids[r] for ids in per_era.values() if r < len(ids)]
+        picked += sorted(row, key=lambda i: -scores[i])
+    return picked[:size]
+
+
+def test_hard_replay_shares_its_slots_among_eras() -> None:
+    g = torch.Generator().manual_seed(0)
+    mem = HardReplay(8)
+    offered_scores: list[float] = []
+    offered_eras: list[int] = []
+    offered_x: list[float] = []
+    for era, (n, base) in enumerate([(10, 0.0), (6, 5.0), (3, 10.0)]):  # later eras: higher losses
+        if era:
+            mem.new_era()
+        x = torch.arange(len(offered_x), len(offered_x) + n, dtype=torch.float32).view(n, 1)
+        losses = base + torch.rand(n, generator=g)
+        mem.update(x, torch.zeros(n, dtype=torch.long), losses)
+        offered_x += x.flatten().tolist()
+        offered_scores += losses.tolist()
+        offered_eras += [era] * n
+    want = hand_era_deal(offered_scores, offered_eras, 8)
+    assert mem.x.flatten().tolist() == [offered_x[i] for i in want]  # type: ignore[union-attr]
+    assert torch.bincount(mem.eras).tolist() == [2, 3, 3] and mem.era == 2  # the odd slots: hardest
+    plain = HardReplay(8)  # without new_era: the 8 highest losses, all from the last two eras
+    plain.update(torch.tensor(offered_x).view(-1, 1), torch.zeros(19, dtype=torch.long),
+                 torch.tensor(offered_scores))
+    top = sorted(range(19), key=lambda i: -offered_scores[i])[:8]
+    assert plain.x.flatten().tolist() == [offered_x[i] for i in top]  # type: ignore[union-attr]
+    assert set(plain.eras.tolist()) == {0} and min(offered_eras[i] for i in top) == 1
+
+
+def test_an_era_with_few_samples_leaves_its_share_to_the_others() -> None:
+    mem = HardReplay(4)
+    mem.update(*stream(1), torch.tensor([0.1]))
+    mem.new_era()
+    mem.update(*stream(6, start=1), torch.arange(6.0))
+    assert torch.bincount(mem.eras).tolist() == [1, 3]
+    assert mem.x.flatten().tolist() == [6.0, 0.0, 5.0, 4.0]  # type: ignore[union-attr]
+
+
 def test_logits_are_stored_and_replayed_with_their_samples() -> None:
     mem = Reservoir(4, seed=0)
     x, y = stream(4)
@@ -107,6 +154,23 @@ def test_state_round_trip_gives_the_same_next_batch(kind: type[Reservoir]) -> No
     xb, yb = b.mix(x, y)
     assert torch.equal(xa, xb) and torch.equal(ya, yb) and xa.shape[0] == 10
     assert torch.equal(a.y, b.y) and torch.equal(a.scores, b.scores) and a.seen == b.seen
+
+
+def test_hard_replay_state_keeps_the_eras_and_reads_a_state_without_them() -> None:
+    a = HardReplay(4)
+    a.update(*stream(3), torch.tensor([1.0, 2.0, 3.0]))
+    a.new_era()
+    a.update(*stream(3, start=3), torch.tensor([7.0, 8.0, 9.0]))
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    b = HardReplay(4)
+    b.load_state_dict(torch.load(buf, weights_only=True))
+    assert torch.equal(a.eras, b.eras) and b.era == 1
+    old = {k: v for k, v in a.state_dict().items() if k not in ("eras", "era")}
+    c = HardReplay(4)
+    c.load_state_dict(old)
+    assert c.era == 0 and c.eras.tolist() == [0, 0, 0, 0]
 
 
 def test_an_empty_memory_mixes_nothing_in() -> None:

@@ -101,6 +101,8 @@ def test_passes_set_the_length_and_random_lengths_vary_it() -> None:
     ({"name": "rotated-digits", "transition": "gradual", "window": 10**6}, ValueError,
      "gradual width must be an int"),
     ({"name": "rotated-digits", "colour": True}, TypeError, r"unknown options \['colour'\]"),
+    ({"name": "rotated-digits", "validation": 1.0}, ValueError, r"validation must be a number in \[0, 1\)"),
+    ({"name": "rotated-digits", "validation": True}, ValueError, "validation must be a number"),
 ])
 def test_bad_options_are_rejected(kwargs: dict, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
@@ -135,3 +137,27 @@ def test_mnist1d_streams_are_generated_locally_and_leave_global_seeds_alone() ->
     assert split.n_classes == 2 and set(split.eval_sets[1][1].tolist()) == {0, 1}
     with pytest.raises(ValueError, match="unknown stream 'rotated-mnist1d'"):
         make_stream("rotated-mnist1d")
+
+
+@pytest.mark.parametrize("name", ["split-digits-domain", "permuted-digits"])
+def test_validation_streams_evaluate_on_held_out_training_data_only(name: str) -> None:
+    from streams import digits_source, validation_source
+
+    plain = make_stream(name, seed=3)
+    val = make_stream(name, seed=3, validation=0.25)
+    src = digits_source()
+    split = validation_source(src, 0.25)
+    assert len(split.train) + len(split.test) == len(src.train)  # the test pool is not in it at all
+    assert len(split.test) == round(0.25 * len(src.train))
+    test_rows = {tuple(r.flatten().tolist()) for r in src.test.fetch(torch.arange(len(src.test)))}
+    for (xv, _), (xt, _) in zip(val.eval_sets, plain.eval_sets, strict=True):
+        if name == "permuted-digits":  # every segment evaluates on all held-out images, permuted
+            assert (len(xv), len(xt)) == (len(split.test), len(src.test))
+        assert len(xv) > 0
+        seen_in_test = sum(tuple(r.flatten().tolist()) in test_rows for r in xv)
+        if name == "split-digits-domain":  # untransformed images: none of them is a test image
+            assert seen_in_test == 0
+    assert len(val) < len(plain)  # it trains on the remaining 75% of the training data
+    again = make_stream(name, seed=4, validation=0.25)  # the split does not follow the stream's seed
+    if name == "split-digits-domain":
+        assert all(torch.equal(a[1], b[1]) for a, b in zip(val.eval_sets, again.eval_sets, strict=True))

@@ -14,7 +14,8 @@ Methods (``method=``):
     The formula above, exactly, at about the cost of one backward pass: closed-form rules per
     layer family (:mod:`.registry`: ``nn.Linear``, ``nn.Conv1d/2d/3d`` and ``nn.ConvTranspose1d/2d/3d``
     with any padding, ``nn.Embedding``, affine norms (layer, RMS, group, instance), eval-mode batch
-    norm, ``nn.PReLU``, ``nn.LSTM``/``nn.GRU``/``nn.RNN`` by a recomputed recurrence) and
+    norm, ``nn.PReLU``, ``nn.LSTM``/``nn.GRU``/``nn.RNN`` by a recomputed recurrence,
+    ``nn.MultiheadAttention`` by its projections, so the transformer layers in either layout) and
     ``torch.func`` per-sample gradients for every other parameter.
 ``"vmap"``
     ``torch.func`` per-sample gradients for every parameter.
@@ -32,8 +33,10 @@ Methods (``method=``):
     own-prediction Fisher diagonal). Label-free, averaged over samples like the others.
 
 Every method runs the model in eval mode (restoring each module's ``training`` flag), never writes
-``param.grad`` and returns float32. A ``torch.compile``-d model is estimated as the model it wraps,
-under its names (no ``_orig_mod.``), and compiled code runs eagerly during the pass. :func:`plan`
+``param.grad`` and returns float32. A ``torch.compile``-d, ``DistributedDataParallel`` or
+``DataParallel`` model is estimated as the model it wraps, under its names (no ``_orig_mod.`` or
+``module.``, as in :class:`~online_mas.OnlineMAS`), on this process alone; compiled code runs
+eagerly during the pass. :func:`plan`
 shows which rule each parameter takes.
 """
 
@@ -42,6 +45,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from online_mas.estimators.budget import DEFAULT_MEMORY_BUDGET, auto_chunk, check_memory_budget
 from online_mas.estimators.common import (
     BatchImportance,
     NonFiniteError,
@@ -54,9 +58,10 @@ from online_mas.estimators.common import (
     eager,
     eval_mode,
     forward,
-    uncompiled,
+    unwrapped,
 )
-from online_mas.estimators.exact import covered, exact_sums, fast_candidates, recording
+from online_mas.estimators.costs import Cost, func_cost, layer_cost
+from online_mas.estimators.exact import covered, exact_sums, fast_candidates, recording, sequence_first
 from online_mas.estimators.func import batch_sums, func_sums, loop_sums
 from online_mas.estimators.inputs import Inputs, batch_size
 from online_mas.estimators.local import local_sums
@@ -64,8 +69,10 @@ from online_mas.estimators.registry import register, rule_for
 from online_mas.estimators.sensitivity import fisher_sums, jacobian_sums, norm_output, unit_output
 
 __all__ = [
+    "DEFAULT_MEMORY_BUDGET",
     "METHODS",
     "BatchImportance",
+    "Cost",
     "Inputs",
     "NonFiniteError",
     "OutputFn",
@@ -86,6 +93,7 @@ def importance(
     method: str = "exact",
     output: OutputFn | None = None,
     chunk_size: int | None = None,
+    memory_budget: int | None = None,
 ) -> dict[str, Tensor]:
     """Label-free MAS importance of every trainable parameter, averaged over the batch.
 
@@ -104,8 +112,14 @@ def importance(
         (features, an embedding, one head); default ``model(x)``. Models returning tuples or dicts
         need it.
     chunk_size
-        Samples processed at once (default 64): transient memory is bounded by it, whatever the
-        batch size; the result does not depend on it.
+        Samples processed at once; the result does not depend on it. Default: as many as fit
+        ``memory_budget``.
+    memory_budget
+        Bytes of transient memory the pass may take when ``chunk_size`` is None (default
+        :data:`DEFAULT_MEMORY_BUDGET`, 1 GiB): one sample's share (the activations autograd keeps,
+        and the per-sample gradients ``torch.func`` forms) is measured once per model and input
+        shape by a one-sample forward, and the chunk is the budget divided by it
+        (:mod:`.budget`).
 
     Returns
     -------
@@ -140,7 +154,7 @@ def importance(
     Aljundi, Babiloni, Elhoseiny, Rohrbach, Tuytelaars. Memory Aware Synapses: Learning what (not)
     to forget. ECCV 2018. arXiv:1711.09601.
     """
-    return _run(model, x, method, output, chunk_size, mean=True).sums
+    return _run(model, x, method, output, chunk_size, memory_budget, mean=True).sums
 
 
 def estimate(
@@ -151,6 +165,7 @@ def estimate(
     output: OutputFn | None = None,
     chunk_size: int | None = None,
     factors: bool = False,
+    memory_budget: int | None = None,
 ) -> BatchImportance:
     """Per-sample importance **summed** over the batch, with the batch size and the model output.
 
@@ -168,7 +183,7 @@ def estimate(
     >>> b.n, sorted(b.sums), sorted(b.factors), tuple(b.materialize()["weight"].shape)
     (5, ['bias'], ['weight'], (2, 3))
     """
-    return _run(model, x, method, output, chunk_size, mean=False, factors=factors)
+    return _run(model, x, method, output, chunk_size, memory_budget, mean=False, factors=factors)
 
 
 def importance_sums(
@@ -178,35 +193,69 @@ def importance_sums(
     method: str = "exact",
     output: OutputFn | None = None,
     chunk_size: int | None = None,
+    memory_budget: int | None = None,
 ) -> tuple[dict[str, Tensor], int, Tensor]:
     """``(sums, n, output)`` of :func:`estimate`, every sum formed."""
-    b = _run(model, x, method, output, chunk_size, mean=False)
+    b = _run(model, x, method, output, chunk_size, memory_budget, mean=False)
     return b.sums, b.n, b.out
 
 
-def plan(model: nn.Module, x: Inputs | None = None, *, output: OutputFn | None = None) -> dict[str, str]:
+def plan(
+    model: nn.Module,
+    x: Inputs | None = None,
+    *,
+    output: OutputFn | None = None,
+    costs: bool = False,
+    memory_budget: int | None = None,
+) -> dict[str, str] | dict[str, Cost]:
     """Which rule the exact method uses for each trainable parameter: ``"torch.func"`` where none.
 
     Without ``x`` this is what the module types allow; with ``x`` one forward also finds layers
     that the call pattern takes off the rules (called twice, in-place ops, no batch dimension).
+    With ``costs=True`` (needs ``x``) each parameter maps to a :class:`~.costs.Cost`: its rule,
+    its layer, and the estimated FLOPs and transient bytes of that layer's per-sample sums for
+    the batch ``x`` (``torch.func``: its per-sample gradients for a chunk of ``memory_budget``).
 
     Examples
     --------
+    >>> import torch
     >>> from torch import nn
-    >>> plan(nn.Sequential(nn.Linear(3, 4), nn.PReLU(), nn.LayerNorm(4)))
+    >>> model = nn.Sequential(nn.Linear(3, 4), nn.PReLU(), nn.LayerNorm(4))
+    >>> plan(model)
     {'0.weight': 'linear', '0.bias': 'linear', '1.weight': 'prelu', '2.weight': 'norm', '2.bias': 'norm'}
+    >>> print(plan(model, torch.randn(8, 3), costs=True)["0.weight"])
+    linear (0): 0.0 MFLOP, 0.00 MiB
+    >>> plan(model, torch.randn(8, 3), costs=True)["0.weight"].flops  # 2*8*4*3 + 2*8*(4+3)
+    304
     """
-    model = uncompiled(model)
+    model = unwrapped(model)
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     cands = fast_candidates(model, named)
+    if costs and x is None:
+        raise ValueError("plan(costs=True) needs an example batch x")
+    entries: dict[str, Cost] = {}
     if x is not None:
         check_input(x)
-        with recording(cands) as calls, eval_mode(model), torch.enable_grad(), eager():
-            forward(model, x, output if output is not None else call_model)
-            used = {c.module for c in covered(calls, batch_size(x))}
-        cands = {m: ns for m, ns in cands.items() if m in used}
+        fn = output if output is not None else call_model
+        layer = {m: name for name, m in model.named_modules()}
+        with recording(cands, sequence_first(model)) as calls, eval_mode(model), torch.enable_grad(), eager():
+            forward(model, x, fn)
+            used = covered(calls, batch_size(x))
+            for c in used if costs else []:
+                a, g = (c.inputs[0], c.targets[0]) if c.pair is None else c.pair(c.targets)
+                flops, memory = layer_cost(c.module, a, g)
+                rule = rule_for(c.module)
+                for n in cands[c.module]:
+                    entries[n] = Cost(rule.name if rule else "?", layer[c.module], flops, memory)
+            budget = check_memory_budget(memory_budget)
+            chunk = auto_chunk(model, x, fn, named, "exact", budget) if costs else 0
+        cands = {m: ns for m, ns in cands.items() if m in {c.module for c in used}}
     rules = {n: rule_for(m).name for m, ns in cands.items() for n in ns}  # type: ignore[union-attr]
-    return {n: rules.get(n, "torch.func") for n in named}
+    if not costs:
+        return {n: rules.get(n, "torch.func") for n in named}
+    return {n: entries[n] if n in rules else Cost("torch.func", n.rpartition(".")[0], None,
+                                                   func_cost(p, chunk))
+            for n, p in named.items()}
 
 
 def _run(
@@ -215,6 +264,7 @@ def _run(
     method: str,
     output: OutputFn | None,
     chunk_size: int | None,
+    memory_budget: int | None,
     *,
     mean: bool,
     factors: bool = False,
@@ -228,12 +278,16 @@ def _run(
     if output is not None and not callable(output):
         raise TypeError(f"output must be callable as output(model, x) or None, got {output!r}")
     check_input(x)
-    chunk = check_chunk_size(chunk_size)
+    fixed = check_chunk_size(chunk_size)
+    budget = check_memory_budget(memory_budget)
     fn: OutputFn = output if output is not None else call_model
-    model = uncompiled(model)
+    model = unwrapped(model)
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     folded: dict[str, tuple[Tensor, Tensor]] = {}
     with eval_mode(model), torch.enable_grad(), eager():
+        chunk = fixed if fixed is not None or method in ("loop", "batch") else auto_chunk(
+            model, x, fn, named, method, budget)
+        chunk = chunk if chunk is not None else batch_size(x)
         scale = 1.0 / batch_size(x) if mean else 1.0
         if method in ("exact", "norm"):
             sums, out, folded = exact_sums(model, named, x, unit_output(fn) if method == "norm" else fn,

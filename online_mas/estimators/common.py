@@ -14,11 +14,15 @@ from torch import Tensor, nn
 from online_mas.estimators.inputs import Inputs, batch_size, call, check_inputs, describe
 
 __all__ = [
+    "BLOCK_BYTES",
     "BatchImportance",
+    "Call",
     "CallInputs",
     "NonFiniteError",
     "OutputFn",
     "Rule",
+    "Sites",
+    "abs_bmm_sum",
     "call_model",
     "check_chunk_size",
     "check_finite_sums",
@@ -30,8 +34,13 @@ __all__ = [
     "model_output",
     "sq_norm_total",
     "uncompiled",
+    "unwrapped",
     "zeros",
 ]
+
+BLOCK_BYTES = 2**20
+"""On CPU, per-sample products are formed this many bytes at a time, so their absolute values are
+summed while they are still in cache (a core's L2 holds 1-2 MiB)."""
 
 OutputFn = Callable[[nn.Module, Any], Tensor]
 """Maps ``(model, x)`` to the tensor whose squared norm is used; batch dimension first."""
@@ -56,6 +65,12 @@ class Rule:
     are covered. ``factors(a, g)``, where given, returns ``(|G|, |A|)`` whose product
     ``|G|^T |A|`` is the weight's sum, so an accumulator can fold it without forming it.
 
+    ``record``, where given, replaces the module's forward hook: ``record(m, calls, cands)``
+    returns a forward (same signature as ``m.forward``) that computes the module's output from
+    its parts and records a :class:`~online_mas.estimators.exact.Call` of its own into ``calls``
+    (for modules such as ``nn.MultiheadAttention``, whose projections run inside one functional
+    call, where no hook sees them). ``sums`` then gets the :class:`Sites` that call made.
+
     ``inputs(m, args, kwargs)``, where given, is for a module that takes or returns several
     tensors (``nn.LSTM``: ``(x, (h0, c0))`` in, ``(y, (h_n, c_n))`` out): it maps a call's arguments
     to ``(samples in the call, the input tensors)``, or None for a call the rule does not cover.
@@ -67,7 +82,46 @@ class Rule:
     sums: Callable[[nn.Module, Any, Any, dict[str, Tensor]], None]
     supported: Callable[[nn.Module], bool] = lambda m: True
     factors: Callable[[nn.Module, Tensor, Tensor], tuple[Tensor, Tensor] | None] | None = None
+    record: Callable[..., Callable[..., Any]] | None = None
     inputs: CallInputs | None = None
+
+
+@dataclass
+class Call:
+    """A recorded call of a layer: the tensors whose in-place change voids it (its inputs, first
+    the one the rule uses), the outputs whose gradients the rule needs (``targets``), their
+    versions when recorded, the call's batch size and how often the layer was called.
+
+    ``pair(grads)``, where given, turns the gradients at ``targets`` into the rule's ``(a, g)``
+    (:class:`Sites`); by default they are the first input and the gradient at the one target.
+    """
+
+    module: nn.Module
+    inputs: tuple[Tensor, ...]
+    targets: tuple[Tensor, ...]
+    versions: tuple[int, ...]
+    rows: int
+    count: int = 1
+    pair: Callable[[tuple[Tensor, ...]], tuple[Any, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class Sites:
+    """Several batch-first tensors of one module (its projections' inputs, or the gradients at
+    their outputs), split along the batch together; ``meta`` says which parameter each belongs to."""
+
+    tensors: tuple[Tensor, ...]
+    meta: tuple[tuple[str, int, int], ...] = ()  # per projection: weight name, its first row, bias row
+
+    @property
+    def rows(self) -> int:
+        return int(self.tensors[0].shape[0])
+
+    def split(self, chunk: int) -> list[Sites]:
+        return [Sites(ts, self.meta) for ts in zip(*(t.split(chunk) for t in self.tensors), strict=True)]
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> Sites:
+        return Sites(tuple(fn(t) for t in self.tensors), self.meta)
 
 
 @dataclass
@@ -92,6 +146,38 @@ class BatchImportance:
         return full
 
 
+def abs_bmm_sum(x: Tensor, y: Tensor, groups: int = 1) -> Tensor:
+    """``sum_n |x_n y_n|``: the absolute per-sample products of a batched matmul summed over samples.
+
+    ``x`` is ``(N * groups, M, K)``, ``y`` ``(N * groups, K, P)`` (sample-major); returns
+    ``(groups, M, P)``. On CPU the products are formed a block of samples at a time, within
+    :data:`BLOCK_BYTES`, and summed while in cache; elsewhere in one batched matmul.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x, y = torch.randn(6, 2, 3), torch.randn(6, 3, 4)
+    >>> torch.allclose(abs_bmm_sum(x, y)[0], (x @ y).abs().sum(0), atol=1e-6)
+    True
+    """
+    b, m, p = x.shape[0], x.shape[1], y.shape[2]
+    n = b // groups
+    per_sample = groups * m * p * x.element_size()
+    step = max(1, BLOCK_BYTES // per_sample) if x.device.type == "cpu" else n
+    if step >= n:
+        return torch.bmm(x, y).abs_().view(n, groups, m, p).sum(0)
+    acc = torch.zeros(groups, m, p, dtype=x.dtype, device=x.device)
+    buf = torch.empty(step * groups, m, p, dtype=x.dtype, device=x.device)
+    part = torch.empty(groups, m, p, dtype=x.dtype, device=x.device)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        block = buf[: (stop - start) * groups]
+        torch.bmm(x[start * groups:stop * groups], y[start * groups:stop * groups], out=block)
+        torch.sum(block.abs_().view(stop - start, groups, m, p), 0, out=part)
+        acc += part
+    return acc
+
+
 def call_model(model: nn.Module, x: Inputs) -> Tensor:
     """``model(x)``, ``model(*x)`` or ``model(**x)`` (:mod:`.inputs`)."""
     return call(model, x)
@@ -102,9 +188,10 @@ def check_input(x: Inputs, *, finite: bool = True) -> None:
     check_inputs(x, finite=finite)
 
 
-def check_chunk_size(chunk_size: int | None) -> int:
+def check_chunk_size(chunk_size: int | None) -> int | None:
+    """``chunk_size`` checked: an int >= 1, or None (chosen from the memory budget)."""
     if chunk_size is None:
-        return 64
+        return None
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an int >= 1 or None, got {chunk_size!r}")
     return chunk_size
@@ -143,7 +230,7 @@ def model_output(model: nn.Module, x: Inputs, output: OutputFn | None = None) ->
 
     Raises :class:`NonFiniteError` if it is not finite, like the estimators.
     """
-    model = uncompiled(model)
+    model = unwrapped(model)
     with eval_mode(model), torch.no_grad(), eager():
         return forward(model, x, output if output is not None else call_model)
 
@@ -151,7 +238,7 @@ def model_output(model: nn.Module, x: Inputs, output: OutputFn | None = None) ->
 def finite(t: Tensor) -> bool:
     """No nan or inf in ``t``. One reduction: a sum is finite unless an element is not (or the sum
     overflows float range, which only values near 1e38 can do; those count as not finite too)."""
-    return bool(torch.isfinite(t.sum()))
+    return bool(torch.isfinite(t.detach().sum()))
 
 
 _all_finite = finite
@@ -211,6 +298,27 @@ def uncompiled(model: nn.Module) -> nn.Module:
             break
         model = inner
     return model
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The module inside ``DistributedDataParallel``/``DataParallel`` and ``torch.compile``, in any
+    order, else ``model``: its parameter names carry no ``module.`` or ``_orig_mod.`` prefix, and
+    its forward runs on this process alone, without the wrapper's gradient hooks or scatter.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> lin = nn.Linear(2, 2)
+    >>> unwrapped(nn.DataParallel(lin)) is lin
+    True
+    """
+    while True:
+        inner = uncompiled(model)
+        if isinstance(inner, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            inner = inner.module
+        if inner is model:
+            return model
+        model = inner
 
 
 @contextlib.contextmanager

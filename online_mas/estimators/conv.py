@@ -7,9 +7,11 @@ it (``F.pad`` with its mode), then one of three exact forms sums ``|dW_n|`` over
 
 - one output position (``p`` takes one value, e.g. a ResNet's last stage at 1x1): every
   ``dW_n`` is rank 1, ``|dW_n| = |G_n| |A_n|^T``, and the sum is one matmul of absolute values;
-- few input channels per group (thin per-offset matmuls) and small per-sample gradients: the
-  input windows of all kernel offsets side by side (im2col) and one batched matmul per sample;
-- otherwise one batched matmul per kernel offset, without the ``k``-times larger unfolded copy.
+- at most :data:`GROUPED_CHANNELS` input channels per group: every sample's ``dW_n`` from one
+  weight-gradient convolution whose groups are the samples (``torch.nn.grad.conv*d_weight`` with
+  ``groups = N * groups``), a block of samples at a time;
+- otherwise one batched matmul per kernel offset, without the ``k``-times larger unfolded copy
+  (the im2col form, all offsets side by side, remains for :func:`im2col`'s cases).
 
 A transposed convolution's weight gradient is the same correlation with the roles swapped: its
 input plays the output gradient and its zero-padded output gradient the input.
@@ -18,18 +20,24 @@ input plays the output gradient and its zero-padded output gradient the input.
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn import grad as nn_grad
 
-from online_mas.estimators.common import Rule
+from online_mas.estimators import common
+from online_mas.estimators.common import Rule, abs_bmm_sum
 
 __all__ = [
-    "IM2COL_BYTES", "RULE", "conv_sums", "conv_supported", "correlation_sums", "im2col", "input_padding",
+    "GROUPED_CHANNELS", "IM2COL_BYTES", "RULE", "conv_sums", "conv_supported", "correlation_sums", "im2col",
+    "input_padding",
 ]
 
 IM2COL_BYTES = 64 * 2**20  # im2col form when its per-sample gradients and columns fit in this
+GROUPED_CHANNELS = 32  # the samples-as-groups convolution for at most this many input channels per group
+_WEIGHT_GRAD = {1: nn_grad.conv1d_weight, 2: nn_grad.conv2d_weight, 3: nn_grad.conv3d_weight}
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -112,16 +120,40 @@ def correlation_sums(
                       cols.permute(1, 0, 2, 3).reshape(groups, n, cg * len(offsets)))
         return w.reshape(out_c, cg, *kernel)
     k = len(offsets)
+    if cg <= GROUPED_CHANNELS:
+        return _grouped(a, g, kernel, stride, dilation, groups)
     gl = gl.reshape(n * groups, og, p)
     if im2col(n, groups, og, cg, k, p):  # one matmul per sample
         cols = torch.stack([window(off).reshape(n * groups, cg, p) for off in offsets], 2)
-        per = torch.bmm(gl, cols.reshape(n * groups, cg * k, p).transpose(1, 2))
-        return per.abs_().view(n, out_c, cg, k).sum(0).reshape(out_c, cg, *kernel)
+        per = abs_bmm_sum(gl, cols.reshape(n * groups, cg * k, p).transpose(1, 2), groups)
+        return per.reshape(out_c, cg, *kernel)
     w = torch.empty(k, out_c, cg, device=a.device)
     for i, off in enumerate(offsets):  # one batched matmul per kernel offset
-        per = torch.bmm(gl, window(off).reshape(n * groups, cg, p).transpose(1, 2))
-        torch.sum(per.abs_().view(n, out_c, cg), 0, out=w[i])
+        w[i] = abs_bmm_sum(gl, window(off).reshape(n * groups, cg, p).transpose(1, 2), groups).view(out_c, cg)
     return w.permute(1, 2, 0).reshape(out_c, cg, *kernel)
+
+
+def _grouped(a: Tensor, g: Tensor, kernel: tuple[int, ...], stride: tuple[int, ...],
+             dilation: tuple[int, ...], groups: int) -> Tensor:
+    """``sum_n |dW_n|`` from weight-gradient convolutions with one group per sample (and group)."""
+    n, in_c, out_c = a.shape[0], a.shape[1], g.shape[1]
+    positions = g.shape[2:]
+    extent = tuple(s * (q - 1) + d * (k - 1) + 1 for s, d, k, q in zip(stride, dilation, kernel, positions,
+                                                                      strict=True))
+    a = a[(slice(None), slice(None), *(slice(0, e) for e in extent))]  # the part the windows read
+    shape = (out_c, in_c // groups, *kernel)
+    weight_grad = _WEIGHT_GRAD[len(kernel)]
+    size = out_c * (in_c // groups) * math.prod(kernel) * 4  # one sample's gradient, bytes
+    step = max(1, common.BLOCK_BYTES // size) if a.device.type == "cpu" else n
+    total = torch.zeros(shape, dtype=a.dtype, device=a.device)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        m = stop - start
+        per = weight_grad(a[start:stop].reshape(1, m * in_c, *extent), (m * out_c, *shape[1:]),
+                          g[start:stop].reshape(1, m * out_c, *positions), stride=stride, dilation=dilation,
+                          groups=m * groups)
+        total += per.view(m, *shape).abs_().sum(0)
+    return total
 
 
 def im2col(n: int, groups: int, og: int, cg: int, k: int, p: int) -> bool:

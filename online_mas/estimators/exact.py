@@ -10,14 +10,18 @@ Batches larger than ``chunk`` go through in chunks, so transient memory does not
 from __future__ import annotations
 
 import contextlib
+import itertools
+import weakref
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from online_mas.estimators.common import (
+    Call,
     OutputFn,
+    Sites,
     check_finite_sums,
     forward,
     sq_norm_total,
@@ -34,31 +38,15 @@ __all__ = [
     "fast_candidates",
     "output_grads",
     "pair_sums",
+    "pair_versions",
     "record_hook",
     "recording",
+    "sequence_first",
     "versions",
 ]
 
-Pair = tuple[nn.Module, Tensor | tuple[Tensor, ...], Tensor | tuple[Tensor, ...]]
-"""A layer, its input, the gradient at its output (tuples of them for a rule with ``inputs``)."""
+Pair = tuple[nn.Module, Any, Any]  # a layer, its input, the gradient at its output (or their Sites)
 FACTOR_BOUND = 1e36  # |G|^T |A| entries stay below this, far from float32's 3.4e38
-
-
-@dataclass
-class Call:
-    """A recorded call of a layer: its tensor inputs, output, the inputs' versions, how often.
-
-    For a rule with ``inputs`` (several tensors in or out), ``outputs`` holds every tensor the
-    module returned and ``samples`` the number of samples the rule found in the call.
-    """
-
-    module: nn.Module
-    inputs: tuple[Tensor, ...]
-    output: Tensor
-    versions: tuple[int, ...]
-    count: int = 1
-    outputs: tuple[Tensor, ...] = ()
-    samples: int | None = None
 
 
 def own_params(m: nn.Module) -> dict[str, nn.Parameter]:
@@ -84,12 +72,40 @@ def fast_candidates(model: nn.Module, named: Mapping[str, Tensor]) -> dict[nn.Mo
     return cands
 
 
+def sequence_first(model: nn.Module) -> dict[nn.Module, int]:
+    """Layers whose inputs have the batch on dimension 1: the position-wise layers (linear maps,
+    norms) of ``nn.TransformerEncoderLayer``/``DecoderLayer`` and the final norms of
+    ``nn.TransformerEncoder``/``Decoder`` built with ``batch_first=False``."""
+    dims: dict[nn.Module, int] = {}
+    layers = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+    for m in model.modules():
+        if isinstance(m, layers) and not m.self_attn.batch_first:
+            for child in (m.linear1, m.linear2, m.norm1, m.norm2, getattr(m, "norm3", None)):
+                if child is not None:
+                    dims[child] = 1
+        elif isinstance(m, nn.TransformerEncoder | nn.TransformerDecoder) and m.norm is not None:
+            first = m.layers[0] if len(m.layers) else None
+            if isinstance(first, layers) and not first.self_attn.batch_first:
+                dims[m.norm] = 1
+    return dims
+
+
 Hook = Callable[[nn.Module, tuple[object, ...], dict[str, object], object], object]
 
 
-def record_hook(calls: dict[nn.Module, Call]) -> Hook:
+def record_hook(
+    calls: dict[nn.Module, Call],
+    batch_dims: Mapping[nn.Module, int] | None = None,
+    clone: Callable[[nn.Module], bool] | None = None,
+) -> Hook:
     """A forward hook (``with_kwargs=True``) that records each module's first call (input, output)
-    into ``calls``."""
+    into ``calls``; ``batch_dims[m]`` is the dimension of ``m``'s batch where it is not the first.
+
+    The rest of the forward gets a copy of the output, so later in-place ops (``ReLU(inplace=True)``)
+    cannot touch the record; with ``clone``, only for the modules where ``clone(m)`` (for the
+    others an in-place change shows in the output's version, and :func:`covered` drops the call).
+    A rule with ``inputs`` (several tensors in or out) records all of them, outputs copied.
+    """
 
     def hook(m: nn.Module, inputs: tuple[object, ...], kwargs: dict[str, object], out: object) -> object:
         if torch.compiler.is_compiling():  # traced into a compiled graph: record nothing
@@ -101,32 +117,98 @@ def record_hook(calls: dict[nn.Module, Call]) -> Hook:
         if rule is not None and rule.inputs is not None:
             got, copied = rule.inputs(m, inputs, kwargs), _cloned(out)
             if got is None or copied is None:
-                calls[m] = Call(m, (), torch.empty(0), (), count=2)  # not covered
+                calls[m] = Call(m, (), (), (), rows=-1, count=2)  # not covered
                 return None
             samples, tensors = got
-            calls[m] = Call(m, tensors, copied[1][0], tuple(t._version for t in tensors),
-                            outputs=tuple(copied[1]), samples=samples)
+            outs = tuple(_flat(out))  # the originals: the rest of the forward gets the copies
+            calls[m] = Call(m, tensors, outs, tuple(t._version for t in (*tensors, *outs)), samples,
+                            pair=_all(tensors))
             return copied[0]
         tensors = tuple(t for t in inputs if isinstance(t, Tensor))
         if not isinstance(out, Tensor) or not tensors:
-            calls[m] = Call(m, (), torch.empty(0), (), count=2)  # unsupported: not covered
+            calls[m] = Call(m, (), (), (), rows=-1, count=2)  # unsupported: not covered
             return None
-        calls[m] = Call(m, tensors, out, tuple(t._version for t in tensors))
-        return out.clone()  # later in-place ops (ReLU(inplace=True)) must not touch the record
+        dim = batch_dims.get(m, 0) if batch_dims else 0
+        rows = int(tensors[0].shape[dim]) if tensors[0].dim() > dim and out.dim() > dim else -1
+        versions = tuple(t._version for t in (*tensors, out))
+        pair = None if dim == 0 else _moved(tensors[0], dim)
+        calls[m] = Call(m, tensors, (out,), versions, rows, pair=pair)
+        return out.clone() if clone is None or clone(m) else None
 
     return hook
 
 
+Tensors = tuple[Tensor, ...]
+
+
+def _all(inputs: Tensors) -> Callable[[Tensors], tuple[Tensors, Tensors]]:
+    """A rule with ``inputs``: every input, every output gradient."""
+
+    def pair(grads: Tensors) -> tuple[Tensors, Tensors]:
+        return tuple(t.detach() for t in inputs), grads
+
+    return pair
+
+
+def _flat(out: object) -> list[Tensor]:
+    """The tensors of ``out`` (a tensor, or tuples and lists of them), in order."""
+    if isinstance(out, Tensor):
+        return [out]
+    return [t for o in out for t in _flat(o)]  # type: ignore[attr-defined]
+
+
+def _cloned(out: object) -> tuple[object, list[Tensor]] | None:
+    """``out`` (a tensor, or tuples and lists of them) with every tensor cloned, and the clones in
+    order; None for anything else."""
+    if isinstance(out, Tensor):
+        c = out.clone()
+        return c, [c]
+    if type(out) in (tuple, list):
+        items, flat = [], []
+        for o in out:  # type: ignore[attr-defined]
+            r = _cloned(o)
+            if r is None:
+                return None
+            items.append(r[0])
+            flat += r[1]
+        return type(out)(items), flat  # type: ignore[call-arg]
+    return None
+
+
+def _moved(a: Tensor, dim: int) -> Callable[[tuple[Tensor, ...]], tuple[Tensor, Tensor]]:
+    def pair(grads: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        return a.detach().movedim(dim, 0), grads[0].movedim(dim, 0)
+
+    return pair
+
+
 @contextlib.contextmanager
-def recording(cands: Mapping[nn.Module, list[str]]) -> Iterator[dict[nn.Module, Call]]:
+def recording(
+    cands: Mapping[nn.Module, list[str]],
+    batch_dims: Mapping[nn.Module, int] | None = None,
+    clone: Callable[[nn.Module], bool] | None = None,
+) -> Iterator[dict[nn.Module, Call]]:
+    """Record the calls of ``cands`` inside: a forward hook on each, or, for a rule with its own
+    ``record``, the recording forward it gives in place of the module's. ``batch_dims`` and
+    ``clone`` as in :func:`record_hook`."""
     calls: dict[nn.Module, Call] = {}
-    hook = record_hook(calls)
-    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in cands]
+    hook = record_hook(calls, batch_dims, clone)
+    handles = []
+    patched = []
+    for m in cands:
+        rule = rule_for(m)
+        if rule is not None and rule.record is not None:
+            m.__dict__["forward"] = rule.record(m, calls, cands)  # an instance attribute, removed below
+            patched.append(m)
+        else:
+            handles.append(m.register_forward_hook(hook, with_kwargs=True))
     try:
         yield calls
     finally:
         for h in handles:
             h.remove()
+        for m in patched:
+            m.__dict__.pop("forward", None)
 
 
 def covered(calls: dict[nn.Module, Call], rows: int) -> list[Call]:
@@ -136,34 +218,39 @@ def covered(calls: dict[nn.Module, Call], rows: int) -> list[Call]:
         c
         for c in calls.values()
         if c.count == 1
-        and all(o.requires_grad for o in c.outputs or (c.output,))
-        and all(t._version == v for t, v in zip(c.inputs, c.versions, strict=True))
-        and (c.inputs[0].shape[:1] == (rows,) if c.samples is None else c.samples == rows)
+        and c.rows == rows
+        and c.targets
+        and all(t.requires_grad for t in c.targets)
+        and all(t._version == v for t, v in zip((*c.inputs, *c.targets), c.versions, strict=True))
     ]
 
 
-def output_grads(calls: list[Call], out: Tensor, *, retain_graph: bool = False) -> list[Pair]:
-    """The gradient of ``sum_n ||out_n||^2`` at each covered layer's output, with the layer's input.
+def output_grads(calls: list[Call], out: Tensor, *, retain_graph: bool = False,
+                 scale: float = 1.0) -> list[Pair]:
+    """The gradient of ``scale * sum_n ||out_n||^2`` at each covered layer's output, with the
+    layer's input (the scale rides on the backward's seed: no pass over the gradients).
 
     ``retain_graph`` keeps ``out``'s graph for a backward that comes later (someone else's).
     """
-    targets = [t for c in calls for t in c.outputs or (c.output,)]
-    grads = iter(torch.autograd.grad(sq_norm_total(out), targets, allow_unused=True,
+    targets = [t for c in calls for t in c.targets]
+    total = sq_norm_total(out)
+    grads = iter(torch.autograd.grad(total * scale if scale != 1.0 else total, targets, allow_unused=True,
                                      retain_graph=retain_graph))
     pairs: list[Pair] = []
     for c in calls:
         gs = tuple(torch.zeros_like(t) if g is None else g.detach()
-                   for t, g in zip(c.outputs or (c.output,), grads, strict=False))
-        if c.outputs:  # a rule with ``inputs``: every input, every output gradient
-            pairs.append((c.module, tuple(t.detach() for t in c.inputs), gs))
-        else:
-            pairs.append((c.module, c.inputs[0].detach(), gs[0]))
+                   for t, g in zip(c.targets, itertools.islice(grads, len(c.targets)), strict=True))
+        pairs.append((c.module, c.inputs[0].detach(), gs[0]) if c.pair is None else (c.module, *c.pair(gs)))
     return pairs
 
 
-def versions(a: Tensor | tuple[Tensor, ...]) -> tuple[int, ...]:
+def versions(a: Tensor | tuple[Tensor, ...] | Sites) -> tuple[int, ...]:
     """The version counters of a pair's input(s), to see later whether they were changed in place."""
-    return tuple(t._version for t in (a if isinstance(a, tuple) else (a,)))
+    ts = a.tensors if isinstance(a, Sites) else a if isinstance(a, tuple) else (a,)
+    return tuple(t._version for t in ts)
+
+
+pair_versions = versions
 
 
 def pair_sums(
@@ -177,7 +264,7 @@ def pair_sums(
     """Add each layer's per-sample sums (times ``scale``) to ``sums``; ``chunk`` splits the
     products into row blocks (transient memory)."""
     for m, a, g in pairs:
-        if chunk is None or not isinstance(a, Tensor) or not isinstance(g, Tensor) or a.shape[0] <= chunk:
+        if chunk is None or isinstance(a, tuple) or (a.rows if isinstance(a, Sites) else a.shape[0]) <= chunk:
             _layer(m, cands[m], a, g, scale, sums)
         else:
             for ac, gc in zip(a.split(chunk), g.split(chunk), strict=True):
@@ -249,17 +336,22 @@ def exact_sums(
     keep = factor and len(pieces) == 1 and scale == 1.0
     pairs: list[Pair] = []
     outs = []
-    with recording(cands) as calls:
+    with recording(cands, sequence_first(model), clone=_INPLACE.__contains__) as calls:
         for xc in pieces:
-            calls.clear()
-            out = forward(model, xc, fn)
+            for attempt in range(2):  # again (once) if an output was changed in place: copy it then
+                calls.clear()
+                out = forward(model, xc, fn)
+                changed = [c.module for c in calls.values() if _changed(c)]
+                if not changed or attempt:
+                    break
+                _INPLACE.update(changed)
             outs.append(out.detach())
             used = covered(calls, batch_size(xc))
             if used:
                 if keep:
                     pairs = output_grads(used, out)
                 else:
-                    pair_sums(cands, output_grads(used, out), sums, scale=scale)
+                    pair_sums(cands, output_grads(used, out, scale=scale), sums)
                 del out  # the graph is freed; keep only the layers' inputs and output grads
                 for c in used:
                     for n in cands[c.module]:
@@ -278,16 +370,34 @@ def exact_sums(
     return {n: sums[n] for n in named if n not in factors}, out_all, factors
 
 
-def _layer(m: nn.Module, names: list[str], a: Tensor | tuple[Tensor, ...], g: Tensor | tuple[Tensor, ...],
-           scale: float, acc: dict[str, Tensor]) -> None:
+_INPLACE: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+"""Modules whose recorded output a later op of the model changed in place: their outputs are
+copied for the rest of the forward (:func:`record_hook`); the others are not."""
+
+
+def _changed(c: Call) -> bool:
+    """Whether an in-place op changed one of the call's recorded outputs."""
+    if c.count != 1 or not c.targets:
+        return False
+    return any(t._version != v for t, v in zip(c.targets, c.versions[len(c.inputs):], strict=True))
+
+
+def _layer(m: nn.Module, names: list[str], a: Tensor | tuple[Tensor, ...] | Sites,
+           g: Tensor | tuple[Tensor, ...] | Sites, scale: float, acc: dict[str, Tensor]) -> None:
     """Add ``scale`` times one layer's sums to ``acc`` (by full name). Every per-sample gradient
     is linear in ``g``, so the scale goes on ``g``."""
     rule = rule_for(m)
     if rule is None:
         raise RuntimeError(f"internal error: no rule for {type(m).__name__}")
-    g = g.float() if isinstance(g, Tensor) else tuple(t.float() for t in g)
-    if scale != 1.0:
-        g = g * scale if isinstance(g, Tensor) else tuple(t * scale for t in g)
+
+    def scaled(t: Tensor) -> Tensor:
+        t = t.float()
+        return t * scale if scale != 1.0 else t
+
+    if isinstance(g, Sites):
+        g = g.map(scaled)
+    else:
+        g = tuple(map(scaled, g)) if isinstance(g, tuple) else scaled(g)
     short = {n: n.rsplit(".", 1)[-1] for n in names}
     local = {short[n]: acc[n] for n in names if n in acc}
     rule.sums(m, a, g, local)
@@ -297,21 +407,3 @@ def _layer(m: nn.Module, names: list[str], a: Tensor | tuple[Tensor, ...], g: Te
         if t is None or t.shape != own[short[n]].shape:
             raise RuntimeError(f"internal error: the rule for {type(m).__name__} gave no {short[n]}")
         acc[n] = t
-
-
-def _cloned(out: object) -> tuple[object, list[Tensor]] | None:
-    """``out`` (a tensor, or tuples and lists of them) with every tensor cloned, and the clones in
-    order; None for anything else."""
-    if isinstance(out, Tensor):
-        c = out.clone()
-        return c, [c]
-    if type(out) in (tuple, list):
-        items, flat = [], []
-        for o in out:  # type: ignore[attr-defined]
-            r = _cloned(o)
-            if r is None:
-                return None
-            items.append(r[0])
-            flat += r[1]
-        return type(out)(items), flat  # type: ignore[call-arg]
-    return None

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
-from online_mas.estimators.common import Rule
+from online_mas.estimators.common import Rule, abs_bmm_sum
+
+__all__ = ["RULE", "linear_factors", "linear_sums", "sequence_sums"]
 
 
 def linear_sums(m: nn.Module, a: Tensor, g: Tensor, acc: dict[str, Tensor]) -> None:
@@ -19,11 +20,19 @@ def linear_sums(m: nn.Module, a: Tensor, g: Tensor, acc: dict[str, Tensor]) -> N
         if m.bias is not None:
             _add(acc, "bias", ga.sum(0))
         return
+    weight, bias = sequence_sums(a, g, bias=m.bias is not None)
+    acc["weight"] = weight if w is None else w.add_(weight)
+    if bias is not None:
+        _add(acc, "bias", bias)
+
+
+def sequence_sums(a: Tensor, g: Tensor, *, bias: bool = True) -> tuple[Tensor, Tensor | None]:
+    """``(sum_n |G_n^T A_n|, sum_n |sum_t g_nt|)`` for a linear map applied at every position
+    ``t`` of ``a`` (``(N, ..., in)``, output gradients ``g`` ``(N, ..., out)``): each sample's
+    gradient is a sum over its positions, one batched matmul per chunk of samples."""
     a3, g3 = a.reshape(a.shape[0], -1, a.shape[-1]), g.reshape(g.shape[0], -1, g.shape[-1])
-    per = torch.bmm(g3.transpose(1, 2), a3).abs_()  # per-sample gradients of this chunk
-    acc["weight"] = per.sum(0) if w is None else w.add_(per.sum(0))
-    if m.bias is not None:
-        _add(acc, "bias", g3.sum(1).abs().sum(0))
+    weight = abs_bmm_sum(g3.transpose(1, 2), a3)[0]  # per-sample gradients, in cache-sized blocks
+    return weight, (g3.sum(1).abs_().sum(0) if bias else None)
 
 
 def linear_factors(m: nn.Module, a: Tensor, g: Tensor) -> tuple[Tensor, Tensor] | None:

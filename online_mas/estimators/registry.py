@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from online_mas.estimators import activation, conv, embedding, linear, norm, recurrent
+from online_mas.estimators import activation, attention, conv, embedding, linear, norm, recurrent
 from online_mas.estimators.common import Rule
 
 __all__ = ["RULES", "register", "rule_for"]
@@ -34,6 +34,7 @@ RULES: dict[type[nn.Module], Rule] = {
     nn.InstanceNorm2d: norm.RULE,
     nn.InstanceNorm3d: norm.RULE,
     nn.PReLU: activation.RULE,
+    nn.MultiheadAttention: attention.RULE,
     nn.LSTM: recurrent.RULE, nn.GRU: recurrent.RULE, nn.RNN: recurrent.RULE,
 }
 

@@ -113,6 +113,10 @@ class SharedForward:
             self.why_not = "some parameters have no closed-form fast path"
             self._uncovered = True
             return
+        if any(getattr(rule_for(m), "record", None) is not None for m in cands):
+            self.why_not = "attention layers are recorded by the separate pass"
+            self._uncovered = True
+            return
         replayed = [type(m).__name__ for m in cands if getattr(rule_for(m), "inputs", None) is not None]
         if replayed:  # the recurrent rule recomputes the layer: the optimizer moves its weights first
             self.why_not = f"the {replayed[0]} rule needs the weights of the forward, which the step changes"

@@ -19,6 +19,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from online_mas.bounded import PENALTY_SHAPES, check_delta
 from online_mas.experiment.augment import Augment
 from online_mas.experiment.device import PRECISIONS, check_device_spec
 from online_mas.experiment.dist import PARALLEL
@@ -70,6 +71,18 @@ def _choice(name: str, value: object, allowed: Iterable[str]) -> None:
 def _lam(lam: object) -> None:
     if not _finite(lam) or lam < 0:  # type: ignore[operator]
         raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+
+
+def _shape(shape: object, delta: object) -> None:
+    _choice("shape", shape, PENALTY_SHAPES)
+    if shape == "huber":
+        if delta is None:
+            raise ValueError("shape = 'huber' needs delta, a finite number > 0 (the threshold on "
+                             "|theta - theta*|)")
+        check_delta(delta)
+    elif delta is not None:
+        raise ValueError(f"delta applies to shape = 'huber' only, got delta = {delta!r} with shape = "
+                         f"{shape!r}")
 
 
 def _finite(v: object) -> bool:
@@ -204,11 +217,14 @@ class MASLearnerConfig:
 
     lam: float = 1e-3  # penalty strength (raw MAS importance is large: ~1e-3 on digits)
     penalty: str = "grad"  # "grad" (added to .grad), "loss" (same gradient, via autograd), "proximal"
+    shape: str = "quadratic"  # of d = theta - theta*: "quadratic" (MAS), "l1", "huber" (online_mas.bounded)
+    delta: float | None = None  # shape "huber": threshold on |d| where the quadratic turns linear
     mas: MASSection = field(default_factory=MASSection)  # importance estimator, averaging, consolidation
 
     def __post_init__(self) -> None:
         _lam(self.lam)
         _choice("penalty", self.penalty, PENALTY_FORMS)
+        _shape(self.shape, self.delta)
 
 
 @dataclass(frozen=True)
@@ -225,6 +241,8 @@ class OnlineMASLearnerConfig:
 
     lam: float = 1e-3  # penalty strength
     penalty: str = "grad"  # "grad", "loss" or "proximal", as for mas-oracle
+    shape: str = "quadratic"  # "quadratic", "l1" or "huber", as for mas-oracle
+    delta: float | None = None  # shape "huber": its threshold
     detector: str = "default"  # registry.DETECTORS; "default" is om.default_detector() (entropy)
     detector_args: dict[str, float | int | str] = field(default_factory=dict)  # detector kwargs
     mas: MASSection = field(default_factory=MASSection)  # estimator, signal, anchor ("stable")
@@ -232,6 +250,7 @@ class OnlineMASLearnerConfig:
     def __post_init__(self) -> None:
         _lam(self.lam)
         _choice("penalty", self.penalty, PENALTY_FORMS)
+        _shape(self.shape, self.delta)
         _choice("detector", self.detector, DETECTORS)
         if self.detector in ("default", "none") and self.detector_args:
             raise ValueError("detector_args need a named detector (e.g. detector = 'page-hinkley'); "
@@ -284,11 +303,13 @@ def _memory(size: object, batch: object, weight: object, buffer: object | None =
         _choice("buffer", buffer, MEMORIES)
 
 
-def _distill(temperature: object, weight: object) -> None:
+def _distill(temperature: object, weight: object, confidence: object) -> None:
     if not _finite(temperature) or temperature <= 0:  # type: ignore[operator]
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     if not _finite(weight) or weight < 0:  # type: ignore[operator]
         raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
+    if not _finite(confidence) or confidence < 0:  # type: ignore[operator]
+        raise ValueError(f"confidence must be a finite number >= 0, got {confidence!r}")
 
 
 @dataclass(frozen=True)
@@ -351,9 +372,10 @@ class LwFLearnerConfig:
 
     temperature: float = 2.0  # softening temperature of both outputs
     weight: float = 1.0  # weight of the distillation term
+    confidence: float = 0.0  # weight each sample by the teacher's top probability ** this (0: plain LwF)
 
     def __post_init__(self) -> None:
-        _distill(self.temperature, self.weight)
+        _distill(self.temperature, self.weight, self.confidence)
 
 
 @dataclass(frozen=True)
@@ -376,12 +398,14 @@ class MASReplayLearnerConfig(OnlineMASLearnerConfig):
     batch: int = 32  # replayed samples per step, besides the stream's batch
     weight: float = 1.0  # weight of the replayed samples' mean loss
     buffer_importance: bool = False  # also estimate importance on the memory (label-free), every mas.every
+    eras: bool = True  # hard buffer: a new era at each consolidation, the slots shared among eras
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _memory(self.size, self.batch, self.weight, self.buffer)
-        if not isinstance(self.buffer_importance, bool):
-            raise ValueError(f"buffer_importance must be a boolean, got {self.buffer_importance!r}")
+        for name in ("buffer_importance", "eras"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a boolean, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
@@ -393,10 +417,11 @@ class MASLwFLearnerConfig(OnlineMASLearnerConfig):
 
     temperature: float = 2.0  # softening temperature of both outputs
     weight: float = 1.0  # weight of the distillation term
+    confidence: float = 0.0  # weight each sample by the teacher's top probability ** this (0: plain LwF)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _distill(self.temperature, self.weight)
+        _distill(self.temperature, self.weight, self.confidence)
 
 
 def _tfcl() -> MASReplayLearnerConfig:

@@ -126,6 +126,9 @@ class MAS:
         Penalty form: ``"loss"``, ``"grad"`` or ``"proximal"``.
     lr
         Step size of the proximal form (the optimizer's learning rate).
+    shape, delta
+        The penalty of ``d = theta - theta*``: ``"quadratic"`` (MAS), ``"l1"`` or ``"huber"`` with
+        threshold ``delta`` (:mod:`online_mas.bounded`), in every form.
 
     Examples
     --------
@@ -142,11 +145,14 @@ class MAS:
 
     iid = False
 
-    def __init__(self, name: str, mas: OnlineMAS, *, form: str, lr: float) -> None:
+    def __init__(self, name: str, mas: OnlineMAS, *, form: str, lr: float, shape: str = "quadratic",
+                 delta: float | None = None) -> None:
         self.name = name
         self.mas = mas
         self.form = form
         self.lr = lr
+        self.shape, self.delta = shape, delta
+        mas.penalty(shape=shape, delta=delta)  # a bad shape or delta raises here, not at the first step
         self._loss_signal = mas.trigger.by_loss
 
     def extra_loss(self, x: Tensor, y: Tensor, logits: Tensor) -> Tensor | None:
@@ -157,20 +163,20 @@ class MAS:
 
     def after_backward(self) -> None:
         if self.form == "loss":
-            value = self.mas.penalty()
+            value = self.mas.penalty(shape=self.shape, delta=self.delta)
             if value.requires_grad:
                 value.backward()
         elif self.form == "grad":
-            self.mas.penalty_grad_()
+            self.mas.penalty_grad_(shape=self.shape, delta=self.delta)
 
     def after_step(self, x: Tensor, loss: float) -> Event | None:
         if self.form == "proximal":
-            self.mas.proximal_(self.lr)
+            self.mas.proximal_(self.lr, shape=self.shape, delta=self.delta)
         return self.mas.observe(x, loss=loss if self._loss_signal else None)
 
     def log_values(self) -> dict[str, float]:
         with torch.no_grad():
-            out = {"penalty": float(self.mas.penalty())}
+            out = {"penalty": float(self.mas.penalty(shape=self.shape, delta=self.delta))}
         if self.mas.last_signal is not None:
             out["signal"] = self.mas.last_signal
         return out
@@ -405,10 +411,12 @@ der, lwf, tfcl, mas+er, mas+lwf
     if name == "online-mas":
         o = opts.online_mas
         detector = build_detector(o.detector, o.detector_args, where="learner.online-mas")
-        return MAS(name, build_mas(model, o.lam, o.mas, detector=detector), form=o.penalty, lr=lr)
+        return MAS(name, build_mas(model, o.lam, o.mas, detector=detector), form=o.penalty, lr=lr,
+                   shape=o.shape, delta=o.delta)
     if name == "mas-oracle":
         m = opts.mas_oracle
-        return MAS(name, build_mas(model, m.lam, m.mas, boundaries=boundaries), form=m.penalty, lr=lr)
+        return MAS(name, build_mas(model, m.lam, m.mas, boundaries=boundaries), form=m.penalty, lr=lr,
+                   shape=m.shape, delta=m.delta)
     if name == "l2":
         return L2(model, opts.l2.lam, boundaries, form=opts.l2.penalty, lr=lr)
     if name == "ewc":
@@ -424,20 +432,23 @@ der, lwf, tfcl, mas+er, mas+lwf
                          der=(d.alpha, d.beta))
     if name == "lwf":
         w = opts.lwf
-        return Distillation(name, Distiller(model, temperature=w.temperature, weight=w.weight),
-                            boundaries=boundaries)
+        return Distillation(name, Distiller(model, temperature=w.temperature, weight=w.weight,
+                                            confidence=w.confidence), boundaries=boundaries)
     if name in ("tfcl", "mas+er"):
         r = opts.tfcl if name == "tfcl" else opts.mas_er
         detector = build_detector(r.detector, r.detector_args, where=f"learner.{name}")
-        inner = MAS(name, build_mas(model, r.lam, r.mas, detector=detector), form=r.penalty, lr=lr)
+        inner = MAS(name, build_mas(model, r.lam, r.mas, detector=detector), form=r.penalty, lr=lr,
+                    shape=r.shape, delta=r.delta)
         return Rehearsal(name, model, MEMORIES[r.buffer](r.size, seed=seed), batch=r.batch,
-                         weight=r.weight, mas=inner, buffer_importance=r.buffer_importance)
+                         weight=r.weight, mas=inner, buffer_importance=r.buffer_importance,
+                         eras=r.eras)
     if name == "mas+lwf":
         m2 = opts.mas_lwf
         detector = build_detector(m2.detector, m2.detector_args, where="learner.mas+lwf")
-        inner = MAS(name, build_mas(model, m2.lam, m2.mas, detector=detector), form=m2.penalty, lr=lr)
-        return Distillation(name, Distiller(model, temperature=m2.temperature, weight=m2.weight),
-                            mas=inner)
+        inner = MAS(name, build_mas(model, m2.lam, m2.mas, detector=detector), form=m2.penalty, lr=lr,
+                    shape=m2.shape, delta=m2.delta)
+        return Distillation(name, Distiller(model, temperature=m2.temperature, weight=m2.weight,
+                                            confidence=m2.confidence), mas=inner)
     raise ValueError(f"unknown learner {name!r}; allowed: {', '.join(LEARNERS)}")
 
 

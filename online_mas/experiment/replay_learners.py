@@ -12,7 +12,8 @@ forward, before the step). None of them sees the boundaries.
 - ``mas+er``: task-free online MAS (its penalty and detector) plus ``er``'s term;
 - ``tfcl``: the task-free paper (Aljundi, Kelchtermans, Tuytelaars, CVPR 2019): online MAS plus
   the hard buffer (highest recent loss) in the loss; every ``mas.every`` steps the buffer's inputs
-  also join the running importance (label-free, :meth:`~online_mas.OnlineMAS.accumulate`).
+  also join the running importance (label-free, :meth:`~online_mas.OnlineMAS.accumulate`). Each
+  consolidation starts a new era of the buffer (``eras``), whose slots are shared among eras.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from online_mas.online import Event, OnlineMAS
-from online_mas.rehearsal import Reservoir
+from online_mas.rehearsal import HardReplay, Reservoir
 
 __all__ = ["Inner", "Rehearsal"]
 
@@ -81,6 +82,10 @@ class Rehearsal:
         ``(alpha, beta)`` of DER++ (then the memory stores logits), or None.
     buffer_importance
         Also estimate importance on the memory's inputs every ``mas.every`` steps (``tfcl``).
+    eras
+        With ``mas`` and a :class:`~online_mas.HardReplay` memory: start a new era of the memory at
+        each of the MAS learner's consolidations, so the hard buffer's slots are shared among the
+        detected segments instead of all going to the current one (whose losses are highest).
 
     Examples
     --------
@@ -101,7 +106,7 @@ class Rehearsal:
 
     def __init__(self, name: str, model: nn.Module, memory: Reservoir, *, batch: int, weight: float,
                  mas: Inner | None = None, der: tuple[float, float] | None = None,
-                 buffer_importance: bool = False) -> None:
+                 buffer_importance: bool = False, eras: bool = False) -> None:
         self.name = name
         self.model = model
         self.memory = memory
@@ -110,6 +115,7 @@ class Rehearsal:
         self.mas = mas
         self.der = der
         self.buffer_importance = buffer_importance
+        self.eras = eras and isinstance(memory, HardReplay)
         self._step = 0
         self._pending: tuple[Tensor, Tensor, Tensor, Tensor | None] | None = None
         self._replayed: Tensor | None = None  # per-sample losses of this step's replay batch
@@ -149,6 +155,8 @@ class Rehearsal:
                 and self._step % self.mas.mas.config.every == 0:
             self.mas.mas.accumulate(self.memory.x)
         event = self.mas.after_step(x, loss) if self.mas is not None else None
+        if event is not None and self.eras and isinstance(self.memory, HardReplay):
+            self.memory.new_era()
         if self._pending is not None:  # not after a skipped (non-finite) batch
             px, py, losses, logits = self._pending
             self.memory.update(px, py, losses, logits=logits,
