@@ -80,8 +80,8 @@ def test_default_detector_sees_a_return_that_the_entropy_does_not() -> None:
 
 @pytest.mark.parametrize("batch", [1, 64])
 def test_default_detector_never_consolidates_on_a_stationary_stream(batch: int) -> None:
-    assert _consolidations(_samples([10.0], 12288, seed=1), batch) == []
-    assert _consolidations(_samples([1.0], 12288, seed=3, shifts=[0.5]), batch) == []
+    assert _consolidations(_samples([10.0], 8192, seed=1), batch) == []
+    assert _consolidations(_samples([1.0], 8192, seed=3, shifts=[0.5]), batch) == []
 
 
 def test_a_per_call_detector_sees_one_value_per_call_and_a_per_sample_one_every_sample() -> None:
