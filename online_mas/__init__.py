@@ -32,6 +32,7 @@ from online_mas.buffer import HardBuffer
 from online_mas.consolidate import CurrentAnchor, StableAnchor, combine
 from online_mas.detectors import (
     CUSUM,
+    Combined,
     Detector,
     NeverFires,
     PageHinkley,
@@ -71,7 +72,7 @@ from online_mas.penalty import PENALTY_FORMS, penalty_grad_, penalty_loss, proxi
 from online_mas.reduce import Reducer
 from online_mas.rehearsal import ClassBalanced, HardReplay, Replay, Reservoir
 from online_mas.sharded_checkpoint import load_sharded, save_sharded
-from online_mas.signals import SIGNALS, FeatureShift
+from online_mas.signals import SIGNALS, FeatureShift, InputShift
 
 __version__ = "0.1.0"
 
@@ -88,6 +89,7 @@ __all__ = [
     "AnytimeAccuracy",
     "BatchImportance",
     "ClassBalanced",
+    "Combined",
     "CurrentAnchor",
     "DetectionScores",
     "Detector",
@@ -96,6 +98,7 @@ __all__ = [
     "FeatureShift",
     "HardBuffer",
     "HardReplay",
+    "InputShift",
     "MASConfig",
     "NeverFires",
     "NonFiniteError",

@@ -351,6 +351,7 @@ class OnlineMAS:
         ranks = self.reducer.size > 1
         self._sync(full=update or ranks)
         seen = _for_signal(self._seen.take(x))
+        self.trigger.see(x)  # the default detector also watches the inputs' shift
         batch: BatchImportance | None = None
         value: float | None = None
         weight = float(batch_size(x))

@@ -27,6 +27,7 @@ __all__ = [
     "SIGNALS",
     "Entropy",
     "FeatureShift",
+    "InputShift",
     "Loss",
     "MaxProb",
     "OutputNorm",
@@ -224,3 +225,148 @@ class FeatureShift:
         mean, var = state["mean"], state["var"]
         self._mean = mean.clone() if isinstance(mean, Tensor) else None
         self._var = var.clone() if isinstance(var, Tensor) else None
+
+
+class InputShift:
+    r"""Per-sample values whose sum over each window of ``window`` samples is the standardised
+    squared shift of that window's mean input from a running reference of the stream.
+
+    With the reference mean :math:`\mu` and per-dimension variance :math:`v` (frozen during a
+    window), :math:`y_n = (x_n - \mu) / \sqrt{v + \epsilon \bar v}` (:math:`\bar v` the mean of
+    :math:`v`, so the floor is scale-free) and :math:`P_n` the sum of the :math:`y` of the window's
+    earlier samples, sample :math:`n` gets :math:`s_n = (2\langle y_n, P_n\rangle + \|y_n\|^2)/D`,
+    so that a window sums to :math:`\|\sum_n y_n\|^2 / D`, :math:`W` times the mean over
+    dimensions of :math:`W (m_d - \mu_d)^2 / v_d`: the values average about 1 on a stationary
+    stream and much more when the input distribution moves. Values depend only on earlier samples
+    and windows are aligned to the sample count, so a stream cut into batches of any size gives the
+    same values (up to rounding). Inputs of another size than before restart the reference. At the
+    end of each window the reference moves toward it (exponential moving averages with
+    ``half_life`` samples; plain means while they hold fewer samples). The first window after
+    construction or :meth:`restart` sets the reference and gives zeros.
+
+    The inputs, not the model's features, because they do not drift while the model learns: on
+    recurring permuted digits the window statistic of the penultimate features or the logits
+    varies within a segment as much as at a change (``results/detection.md``). It sees any change
+    of the input means, returns to a learned segment included, and nothing of P(y|x).
+
+    Parameters
+    ----------
+    window
+        Samples per window, >= 2.
+    half_life
+        Half-life of the reference, in samples, > 0.
+    eps
+        Relative variance floor (dimensions that are constant in the reference), > 0.
+
+    Examples
+    --------
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> shift = InputShift(window=4)
+    >>> before = torch.cat([shift.per_sample(torch.randn(8, 3, generator=g)) for _ in range(50)])
+    >>> after = shift.per_sample(torch.randn(8, 3, generator=g) + 2.0)
+    >>> round(float(before[8:].mean()), 1), round(float(after.mean()))  # about 1, then much more
+    (1.0, 15)
+    """
+
+    name = "input_shift"
+
+    def __init__(self, *, window: int = 32, half_life: float = 2048.0, eps: float = 1e-3) -> None:
+        if not (isinstance(window, int) and not isinstance(window, bool) and window >= 2):
+            raise ValueError(f"window must be an int >= 2 (samples), got {window!r}")
+        for key, v in (("half_life", half_life), ("eps", eps)):
+            if isinstance(v, bool) or not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{key} must be a finite number > 0, got {v!r}")
+        self.window = window
+        self.half_life = float(half_life)
+        self.eps = float(eps)
+        self.restart()
+
+    def restart(self) -> None:
+        """Forget the reference (after a consolidation: the new segment becomes the reference)."""
+        self._mean: Tensor | None = None
+        self._scale: Tensor | None = None  # 1 / sqrt(v + eps * mean(v))
+        self._var: Tensor | None = None
+        self._prefix: Tensor | None = None  # sum of y over the open window
+        self._sum: Tensor | None = None  # sum and sum of squares of x over the open window
+        self._sumsq: Tensor | None = None
+        self._count = 0  # samples in the open window
+        self._windows = 0  # windows in the reference
+
+    def per_sample(self, x: Tensor) -> Tensor:
+        """The values of the samples of ``x`` (batch first, any shape), shape ``(N,)``, float64."""
+        flat = x.detach().flatten(1).double()
+        kept = self._sum if self._sum is not None else self._mean
+        if kept is not None and kept.shape != flat.shape[1:]:
+            self.restart()  # the inputs changed size (a growing river model): a new reference
+        elif kept is not None and kept.device != flat.device:
+            self._to(flat.device)
+        out, i, n = [], 0, flat.shape[0]
+        while i < n:
+            take = min(self.window - self._count, n - i)
+            out.append(self._chunk(flat[i:i + take]))
+            i += take
+        return torch.cat(out) if out else flat.new_zeros(0)
+
+    def _chunk(self, x: Tensor) -> Tensor:
+        if self._sum is None or self._sumsq is None:
+            self._sum, self._sumsq = x.new_zeros(x.shape[1]), x.new_zeros(x.shape[1])
+        self._sum += x.sum(0)
+        self._sumsq += x.pow(2).sum(0)
+        if self._mean is None or self._scale is None:
+            values = x.new_zeros(x.shape[0])
+        else:
+            y = (x - self._mean) * self._scale
+            if self._prefix is None:
+                self._prefix = torch.zeros_like(self._mean)
+            before = torch.cumsum(y, 0) - y + self._prefix  # the window's earlier samples
+            values = (2.0 * (y * before).sum(1) + y.pow(2).sum(1)) / y.shape[1]
+            self._prefix = before[-1] + y[-1]
+        self._count += x.shape[0]
+        if self._count == self.window:
+            self._close()
+        return values
+
+    def _close(self) -> None:
+        """The window is complete: move the reference toward it."""
+        if self._sum is None or self._sumsq is None:  # not reached: a window has samples
+            return
+        m = self._sum / self.window
+        second = self._sumsq / self.window
+        if self._mean is None or self._var is None:
+            self._mean, self._var = m, (second - m * m).clamp_min(0.0)
+        else:
+            rate = max(1.0 - 0.5 ** (self.window / self.half_life), 1.0 / (self._windows + 1))
+            self._var += rate * ((second - 2.0 * m * self._mean + self._mean * self._mean) - self._var)
+            self._mean += rate * (m - self._mean)
+        self._windows += 1
+        self._scale = (self._var + self.eps * self._var.mean() + 1e-12).rsqrt()
+        self._sum, self._sumsq, self._prefix, self._count = None, None, None, 0
+
+    def _to(self, device: torch.device) -> None:
+        for key in ("_mean", "_scale", "_var", "_prefix", "_sum", "_sumsq"):
+            v = getattr(self, key)
+            if isinstance(v, Tensor):
+                setattr(self, key, v.to(device))
+
+    def state_dict(self) -> dict[str, object]:
+        return {"version": 1, "window": self.window, "half_life": self.half_life, "eps": self.eps,
+                "count": self._count, "windows": self._windows, "mean": self._mean, "var": self._var,
+                "scale": self._scale,
+                "prefix": self._prefix, "sum": self._sum, "sumsq": self._sumsq}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        if state.get("version") != 1:
+            raise ValueError(f"unsupported InputShift state version {state.get('version')!r}")
+        if state.get("window") != self.window:
+            raise ValueError(f"window differs: saved {state.get('window')!r}, this signal {self.window!r}")
+        self.half_life = float(state["half_life"])  # type: ignore[arg-type]
+        self.eps = float(state["eps"])  # type: ignore[arg-type]
+        self._count = int(state["count"])  # type: ignore[call-overload]
+        self._windows = int(state["windows"])  # type: ignore[call-overload]
+        for key in ("mean", "var", "scale", "prefix", "sum", "sumsq"):
+            v = state.get(key)
+            setattr(self, "_" + key, v.clone() if isinstance(v, Tensor) else None)
+
+    def __repr__(self) -> str:
+        return f"InputShift(window={self.window}, half_life={self.half_life:g}, eps={self.eps:g})"

@@ -3,7 +3,10 @@
 A detector with ``per_sample = True`` (:class:`~online_mas.detectors.Windowed`, the default) is
 fed one value per sample: the signal's per-sample values where it has them (``entropy``,
 ``output_norm``, ``max_prob``), else the batch value once per sample of the batch (``loss``,
-``feature_shift``, a callable). Any other detector (river's contract: ``update(x)``,
+``feature_shift``, a callable). A detector that also has ``takes_inputs = True`` (the default,
+:class:`~online_mas.detectors.Combined`) gets the batch's inputs too (:meth:`Trigger.see`), for
+the input shift; across ranks it gets none (each rank's inputs differ, the decision must not).
+Any other detector (river's contract: ``update(x)``,
 ``drift_detected``) sees one value per ``observe`` call, the batch mean, as before.
 """
 
@@ -15,49 +18,71 @@ from collections.abc import Iterable, Sequence
 from torch import Tensor
 
 from online_mas.checks import is_int
-from online_mas.detectors import ScaledCUSUM, Windowed
+from online_mas.detectors import Combined, ScaledCUSUM, Windowed
 from online_mas.detectors.base import check_int
-from online_mas.signals import Loss, signal_from
+from online_mas.signals import InputShift, Loss, signal_from
 
 __all__ = ["Trigger", "check_boundaries", "default_detector"]
 
 
-def default_detector(*, window: int = 32, warmup: int = 512, min_segment: int = 1024,
-                     threshold: float = 8.0) -> Windowed:
-    """The detector ``OnlineMAS`` uses when none is given: a self-calibrated one-sided CUSUM on the
-    predictive entropy, fed means of ``window`` samples whatever the batch size.
+def default_detector(*, window: int = 32, warmup: int = 2048, min_segment: int = 1024,
+                     threshold: float = 16.0, shift_threshold: float = 16.0,
+                     shift_warmup: int = 512, shift_half_life: float = 2048.0) -> Combined:
+    """The detector ``OnlineMAS`` uses when none is given: two self-calibrated one-sided CUSUMs fed
+    per sample in windows of ``window`` samples whatever the batch size, one on the predictive
+    entropy (the Trigger's signal), one on the shift of the inputs
+    (:class:`~online_mas.signals.InputShift`); either one consolidates (:class:`Combined`).
 
-    A new distribution makes the model unsure, so the entropy jumps. The CUSUM
-    (:class:`~online_mas.detectors.ScaledCUSUM`, ``mode="up"``) standardises each window mean by
-    the robust running scale of the window means of the current segment, so ``threshold`` is in
-    standard deviations, not nats. The scale is set on the first ``warmup`` samples after each
-    detection; detections less than ``min_segment`` samples apart are merged
-    (:class:`~online_mas.detectors.Windowed`). Before ``Windowed`` the default was
-    ``PageHinkley(min_instances=30, delta=0.05, threshold=1.0, alpha=0.999, mode="up")``, one
-    value per call: pass it as ``detector=`` to continue a state saved with it.
+    The entropy rises when the model meets inputs it has not learned; the input shift moves on any
+    change of the input means, returns to a learned segment included (where the entropy barely
+    moves). Each :class:`~online_mas.detectors.ScaledCUSUM` standardises its window means by their
+    own robust running scale in the current segment, so the thresholds are in standard deviations,
+    not nats. The entropy's scale is set on ``warmup`` samples after each detection and follows
+    with a half-life of as many samples: long enough to span many model states at batch 128 (the
+    windows of one batch share one model state) and the model's learning transient. Detections
+    less than ``min_segment`` samples after the previous one are dropped. The thresholds were
+    chosen on stationary digits streams at batch 1 to 128 for at most one false alarm per 10^5
+    samples (``scripts/detection.py``). Before ``Combined`` the default was
+    ``Windowed(ScaledCUSUM(warmup=16, threshold=8.0, mode="up"), window=32, min_segment=1024)``,
+    before that ``PageHinkley(min_instances=30, delta=0.05, threshold=1.0, alpha=0.999,
+    mode="up")`` fed once per call: pass one as ``detector=`` to continue a state saved with it.
 
     Parameters
     ----------
     window
-        Samples per value fed to the CUSUM, >= 1.
+        Samples per value fed to each CUSUM, >= 2.
     warmup
-        Samples after each detection that set the level and scale (rounded up to whole windows,
-        at least 2 windows).
+        Samples after each detection that set the entropy's level and scale, and the half-life of
+        its running scale (rounded up to whole windows, at least 2 windows).
     min_segment
         Least number of samples between two consolidations, >= 0.
     threshold
-        CUSUM threshold in standard deviations of a window mean, > 0.
+        Entropy CUSUM threshold, in standard deviations of a window mean, > 0.
+    shift_threshold
+        Input-shift CUSUM threshold, in standard deviations of a window mean, > 0.
+    shift_warmup
+        Samples that set the input shift's level and scale (rounded up to whole windows, >= 2).
+    shift_half_life
+        Half-life of the input reference, in samples, > 0.
 
     Examples
     --------
-    >>> default_detector()
-    Windowed(ScaledCUSUM(warmup=16, slack=0.5, threshold=8.0, clip=4.0, half_life=16.0, mode='up'), \
-window=32, min_segment=1024)
+    >>> default_detector()  # doctest: +NORMALIZE_WHITESPACE
+    Combined(Windowed(ScaledCUSUM(warmup=64, slack=0.5, threshold=16.0, clip=4.0, half_life=64.0,
+    mode='up'), window=32, min_segment=0), Windowed(ScaledCUSUM(warmup=16, slack=0.5,
+    threshold=16.0, clip=4.0, half_life=16.0, mode='up'), window=32, min_segment=0),
+    InputShift(window=32, half_life=2048, eps=0.001), min_segment=1024)
     """
-    window = check_int("window", window, minimum=1)
+    window = check_int("window", window, minimum=2)
     warmup = check_int("warmup", warmup, minimum=1)
-    return Windowed(ScaledCUSUM(warmup=max(2, -(-warmup // window)), threshold=threshold, mode="up"),
-                    window=window, min_segment=min_segment)
+    shift_warmup = check_int("shift_warmup", shift_warmup, minimum=1)
+    windows = max(2, -(-warmup // window))
+    entropy = Windowed(ScaledCUSUM(warmup=windows, threshold=threshold, half_life=float(windows),
+                                   mode="up"), window=window)
+    shift = Windowed(ScaledCUSUM(warmup=max(2, -(-shift_warmup // window)), threshold=shift_threshold,
+                                 mode="up"), window=window)
+    return Combined(entropy, shift, InputShift(window=window, half_life=shift_half_life),
+                    min_segment=min_segment)
 
 
 class Trigger:
@@ -89,6 +114,7 @@ class Trigger:
         self.boundaries = check_boundaries(boundaries) if boundaries is not None else None
         self.last_signal: float | None = None  # the last value fed to the detector
         self._samples: list[float] | None = None  # per-sample values of the last value()
+        self._inputs: Tensor | None = None  # inputs of the last value(), for a detector that takes them
 
     @property
     def by_loss(self) -> bool:
@@ -110,6 +136,14 @@ class Trigger:
         """A detector (not boundaries) decides."""
         return self.detector is not None
 
+    def see(self, x: object) -> None:
+        """Keep this step's inputs for a detector that reads them (``takes_inputs``, e.g. the
+        default's input shift), when they are one floating-point tensor; call before :meth:`fire`."""
+        self._inputs = None
+        if getattr(self.detector, "takes_inputs", False) and isinstance(x, Tensor) \
+                and x.is_floating_point() and x.dim() >= 1:
+            self._inputs = x.detach()
+
     def value(self, out: Tensor) -> float | None:
         """The detector's signal of a batch output (None when it watches the loss or is absent)."""
         self._samples = None
@@ -129,6 +163,7 @@ class Trigger:
         kept, or ``pooled``: ``value`` is a mean over ranks) ``value`` once for each of ``n`` samples.
         """
         samples, self._samples = self._samples, None
+        inputs, self._inputs = self._inputs, None
         if self.boundaries is not None:
             return "boundary" if step in self.boundaries else None
         if self.detector is None or value is None:
@@ -138,7 +173,10 @@ class Trigger:
             values: Sequence[float] = samples if samples is not None and not pooled else [value] * max(1, n)
             many = getattr(self.detector, "update_many", None)
             if callable(many):
-                many(values)
+                if getattr(self.detector, "takes_inputs", False):  # across ranks: the signal only
+                    many(values, inputs=None if pooled else inputs)
+                else:
+                    many(values)
                 return "detector" if self.detector.drift_detected else None
             fired = False
             for v in values:

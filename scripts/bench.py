@@ -57,18 +57,19 @@ from online_mas.estimators import importance_sums
 from online_mas.estimators.exact import covered, factored_sums, fast_candidates, output_grads, recording
 from streams import make_stream
 
-PARTS = ("timing", "state", "transient", "lam", "profile", "stream")
+PARTS = ("timing", "state", "transient", "lam", "profile", "detector", "stream")
 TARGETS = {  # issue 6, on the MLP
     "online_every_step": 1.7,  # online step with importance every step / training step
     "online_default": 1.15,  # ... with the default interval or subsample
     "penalty_grad": 0.1,  # penalty in gradient form
     "consolidate": 1.0,  # consolidation
+    "detector_feed": 0.02,  # issue 15: feeding the default detector / digits MLP step at batch 32
 }
 
 
 @dataclass
 class Config:
-    parts: tuple[str, ...] = ("timing", "state", "transient", "lam", "profile")  # what to run
+    parts: tuple[str, ...] = ("timing", "state", "transient", "lam", "profile", "detector")  # what to run
     models: tuple[str, ...] = ("mlp", "cnn")  # timing models (_bench_models.MODELS)
     batch: int = 64  # timing batch size
     intervals: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)  # MASConfig.every values timed
@@ -644,12 +645,64 @@ def stream_table(res: dict[str, object]) -> str:
 # ----------------------------------------------------------------------------- main
 
 
+# ----------------------------------------------------------------------------- detector
+
+
+def bench_detector(cfg: Config) -> dict[str, object]:
+    """Feeding the detector, against the digits MLP's (64-128-128-10) training step at batch 32 (SGD
+    momentum 0.9), in interleaved rounds: from the batch output that ``observe`` has anyway (the
+    shared forward or the hook) to the decision, i.e. ``Trigger.see``, ``value`` and ``fire``, for
+    the default detector, its entropy channel alone and the per-call PageHinkley of before; and
+    the input-shift values alone."""
+    from online_mas.detectors import PageHinkley
+    from online_mas.trigger import Trigger
+
+    torch.manual_seed(cfg.seed)
+    model = digits_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    g = torch.Generator().manual_seed(cfg.seed)
+    x, y = torch.randn(32, 64, generator=g), torch.randint(0, 10, (32,), generator=g)
+    with torch.no_grad():
+        out = model(x)
+    triggers = {"default (entropy + input shift)": Trigger(om.default_detector()),
+                "entropy channel alone": Trigger(om.default_detector().detector),
+                "PageHinkley per call (the default before Windowed)": Trigger(PageHinkley(mode="up"))}
+
+    def feeder(trigger: Trigger) -> Callable[[], None]:
+        step = [0]
+
+        def feed() -> None:
+            step[0] += 1
+            trigger.see(x)
+            trigger.fire(step[0], trigger.value(out), n=32)
+        return feed
+
+    shift = om.InputShift()
+    fns: dict[str, Callable[[], object]] = {"train_step": lambda: train_step(model, opt, x, y)}
+    fns.update({k: feeder(t) for k, t in triggers.items()})
+    fns["input-shift values alone"] = lambda: shift.per_sample(x).tolist()
+    summary, _ = interleaved(fns, baseline="train_step", rounds=cfg.rounds, block_ms=cfg.block_ms,
+                             clock=cfg.clock)
+    ratio = summary["default (entropy + input shift)"]["ratio"]
+    return {"batch": 32, "timings": summary, "target": TARGETS["detector_feed"],
+            "verdict": f"{ratio:.3f}x of a training step, target {TARGETS['detector_feed']}x: "
+                       + ("met" if ratio <= TARGETS["detector_feed"] else "MISSED")}
+
+
+def detector_table(res: dict[str, object]) -> str:
+    timings: dict[str, dict[str, float]] = res["timings"]  # type: ignore[assignment]
+    rows = [[k, f"{v['ms'] * 1e3:.1f}", f"{v['ratio']:.3f}x ({v['ratio_q1']:.3f}-{v['ratio_q3']:.3f})"]
+            for k, v in timings.items()]
+    return markdown_table(["what", "us per call", "/ training step (IQR)"], rows) + f"\n\n{res['verdict']}"
+
+
 RUNNERS: dict[str, tuple[Callable[[Config], dict[str, object]], Callable[[dict[str, object]], str]]] = {
     "timing": (bench_timing, timing_table),
     "state": (bench_state, state_table),
     "transient": (bench_transient, transient_table),
     "lam": (bench_lam, lam_table),
     "profile": (bench_profile, profile_table),
+    "detector": (bench_detector, detector_table),
     "stream": (bench_stream, stream_table),
 }
 """Each part: the function that measures it and the one that prints its table, in run order."""
@@ -712,6 +765,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "transient": "Peak tensor memory of exact importance vs chunk_size and batch",
         "lam": "Segment accuracies after segment 2 (two-segment permuted digits, SGD momentum 0.9)",
         "profile": "Where an online step's time goes (MLP, batch 64)",
+        "detector": f"Feeding the detector / digits MLP training step, batch 32, {cfg.clock} time, median "
+                    f"of {cfg.rounds} interleaved rounds",
         "stream": "Permuted-digits stream through the digits MLP with OnlineMAS (defaults)",
     }
     for key, md in tables.items():

@@ -65,7 +65,7 @@ def test_bench_importance_reports_measured_ratios(tmp_path: Path, capsys: pytest
 def test_bench_reports_every_part(tmp_path: Path) -> None:
     script = _load("bench")
     report = script.main([
-        "--parts", "timing,state,transient,lam,profile,stream", "--models", "mlp", "--batch", "16",
+        "--parts", "timing,state,transient,lam,profile,detector,stream", "--models", "mlp", "--batch", "16",
         "--intervals", "1,2", "--subsamples", "4", "--shared-intervals", "1", "--rounds", "2",
         "--block-ms", "1",
         "--consolidations", "5", "--transient-batches", "8,32", "--transient-chunks", "2,8",
@@ -82,6 +82,11 @@ def test_bench_reports_every_part(tmp_path: Path) -> None:
     assert timings["online grad every=64 no detector"]["steps_per_call"] == 64
     verdicts = report["timing_verdicts"]
     assert verdicts["penalty grad form"]["ratio"] == timings["penalty grad form"]["ratio"]
+
+    feed = report["detector"]
+    _check_timings(feed["timings"], "train_step")
+    ratio = feed["timings"]["default (entropy + input shift)"]["ratio"]
+    assert feed["verdict"].startswith(f"{ratio:.3f}x of a training step, target 0.02x: ")
 
     state = report["state"]
     assert state["param_bytes"] == 4 * (784 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10)
@@ -125,7 +130,7 @@ def test_bench_reports_every_part(tmp_path: Path) -> None:
     stream = report["stream"]
     assert stream["samples"] >= 3000 - 64 and _positive(stream["samples_per_s"])
     assert _positive(stream["rss_start_mb"]) and _positive(stream["rss_end_mb"])
-    assert set(report["tables"]) == {"timing", "state", "transient", "lam", "profile", "stream"}
+    assert set(report["tables"]) == {"timing", "state", "transient", "lam", "profile", "detector", "stream"}
 
 
 def test_bench_importance_runs_the_issue_16_models_and_writes_the_results_table(

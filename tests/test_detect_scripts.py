@@ -98,3 +98,30 @@ def test_omega_growth_records_omega_after_each_segment(tmp_path: Path,
     # the sum rule only adds non-negative importance; max-normalized max is at most 1
     assert variants["sum-none"]["growth"]["omega_mean"] >= 1.0
     assert variants["max-max"]["curve"]["omega_max"][-1] == pytest.approx(1.0)
+
+
+def test_detection_writes_the_measured_scores(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    script = _load("detection")
+    report = script.main(["--streams", "permuted", "stationary", "--batches", "128", "--acc-batches", "128",
+                          "--stationary-samples", "4000", "--no-lams", "--no-signal-choice",
+                          "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "detection")])
+    printed = capsys.readouterr().out
+    assert json.loads((tmp_path / "detection.json").read_text()) == json.loads(json.dumps(report))
+    md = (tmp_path / "detection.md").read_text()
+    assert md.strip() in printed
+    runs = report["runs"]
+    assert {(r["stream"], r["learner"]) for r in runs} == {
+        ("permuted", "online-mas"), ("permuted", "mas-oracle"), ("permuted", "finetune"),
+        ("stationary", "online-mas")}
+    for r in runs:
+        stream = script._stream(r["stream"], 128, 0, script.DetectionConfig(stationary_samples=4000))
+        assert r["n_samples"] == len(stream) * 128  # every batch of the stream, the first included
+        assert 0.0 <= r["acc"] <= 1.0 and not r["diverged"]
+        if r["learner"] == "online-mas":
+            again = script._scores(r["fired"], r["changes"], r["order"], r["n_samples"])
+            assert {k: r[k] for k in again} == again
+    permuted = next(r for r in runs if r["stream"] == "permuted" and r["learner"] == "online-mas")
+    assert len(permuted["changes"]) == 4 and all(f % 128 == 127 for f in permuted["fired"])
+    row = next(line for line in md.splitlines() if line.startswith("| permuted | 128 "))
+    assert f"| {permuted['f1']:.2f} |" in row
+    assert "| 128 | " in md.split("per batch size:")[1]  # the stationary table

@@ -650,3 +650,123 @@ def test_detector_state_helpers() -> None:
             detector_state_dict(river_detector)
         with pytest.raises(TypeError, match=f"{name} has no state_dict"):
             load_detector_state(river_detector, {})
+
+
+# ----------------------------------------------------------------------------------------------
+# InputShift and Combined (the default's second signal and the detector that joins both)
+
+
+def _shift_by_hand(x: np.ndarray, window: int, half_life: float, eps: float) -> np.ndarray:
+    """InputShift recomputed window by window in NumPy from its definition."""
+    out = np.zeros(len(x))
+    mean = var = None
+    for windows, start in enumerate(range(0, len(x) - len(x) % window, window)):
+        w = x[start:start + window]
+        if mean is not None:
+            y = (w - mean) / np.sqrt(var + eps * var.mean() + 1e-12)
+            prefix = np.cumsum(y, 0) - y
+            out[start:start + window] = (2 * (y * prefix).sum(1) + (y * y).sum(1)) / x.shape[1]
+            assert math.isclose(out[start:start + window].sum(), (y.sum(0) ** 2).sum() / x.shape[1])
+        m, second = w.mean(0), (w * w).mean(0)
+        if mean is None:
+            mean, var = m, np.maximum(second - m * m, 0.0)
+        else:
+            rate = max(1 - 0.5 ** (window / half_life), 1 / (windows + 1))
+            var = var + rate * (second - 2 * m * mean + mean * mean - var)
+            mean = mean + rate * (m - mean)
+    return out
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8, 50])
+def test_input_shift_is_its_definition_whatever_the_batch_size(batch: int) -> None:
+    from online_mas.signals import InputShift
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(200, 5, generator=g), torch.randn(200, 5, generator=g) * 3 + 1])
+    x[:, 4] = 2.0  # a constant input: the relative floor keeps it finite
+    shift = InputShift(window=8, half_life=64.0)
+    got = torch.cat([shift.per_sample(x[i:i + batch]) for i in range(0, len(x), batch)]).numpy()
+    want = _shift_by_hand(x.double().numpy(), 8, 64.0, 1e-3)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+    # about 4/5 (the constant input adds 0), then much more
+    assert abs(got[16:200].mean() - 0.8) < 0.3 and got[200:240].mean() > 5
+
+
+def test_input_shift_state_round_trip_mid_window() -> None:
+    from online_mas.signals import InputShift
+
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(5, 3, generator=g) for _ in range(9)]
+    a = InputShift(window=4)
+    for x in xs[:7]:
+        a.per_sample(x)
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    b = InputShift(window=4)
+    b.load_state_dict(torch.load(buf, weights_only=True))
+    for x in xs[7:]:
+        assert torch.equal(a.per_sample(x), b.per_sample(x))
+    with pytest.raises(ValueError, match="window differs: saved 4, this signal 8"):
+        InputShift(window=8).load_state_dict(a.state_dict())
+    assert torch.equal(a.per_sample(torch.randn(2, 2)), torch.zeros(2, dtype=torch.float64))  # restarted
+    with pytest.raises(ValueError, match="window must be an int >= 2"):
+        InputShift(window=1)
+
+
+def test_combined_drops_detections_closer_than_min_segment_and_restarts_both() -> None:
+    from online_mas.detectors import Combined
+    from online_mas.signals import InputShift
+
+    # the signal's detector fires every window of 10 samples, the shift's never
+    c = Combined(Windowed(Periodic(every=1), window=10), Windowed(NeverFires(), window=10),
+                 InputShift(window=10), min_segment=35)
+    fired = []
+    for _ in range(10):  # batches of 10 samples
+        c.update_many([0.0] * 10, inputs=torch.randn(10, 2))
+        fired += c.detections
+        assert c.fired_by in (None, "signal")
+    assert fired == [39, 79]  # 9, 19, 29 are closer than 35 to the start; 49, 59, 69 to 39
+    assert c.shift.state_dict()["count"] == 0  # restarted at 79
+    saved = c.state_dict()
+    again = Combined(Windowed(Periodic(every=1), window=10), Windowed(NeverFires(), window=10),
+                     InputShift(window=10), min_segment=35)
+    again.load_state_dict(saved)
+    x = torch.randn(10, 2)
+    c.update_many([0.0] * 10, inputs=x)
+    again.update_many([0.0] * 10, inputs=x)
+    mine, theirs = again.state_dict(), c.state_dict()
+    shift_a, shift_b = mine.pop("shift"), theirs.pop("shift")
+    assert mine == theirs and shift_a.keys() == shift_b.keys()
+    for key, value in shift_a.items():
+        assert torch.equal(value, shift_b[key]) if isinstance(value, torch.Tensor) else value == shift_b[key]
+    with pytest.raises(ValueError, match="min_segment differs"):
+        Combined(Windowed(NeverFires()), Windowed(NeverFires()), min_segment=1).load_state_dict(saved)
+    with pytest.raises(ValueError, match="not the Combined default"):
+        again.load_state_dict(Windowed(NeverFires()).state_dict())
+    with pytest.raises(TypeError, match="shift_detector must be a per-sample detector"):
+        Combined(Windowed(NeverFires()), NeverFires())
+
+
+@pytest.mark.parametrize("batch", [1, 64])
+def test_river_detectors_plug_into_both_channels_fed_per_window(batch: int) -> None:
+    """river's ADWIN in both channels of Combined, fed the same window means whatever the batch:
+    a shift of the input means and back (A B A) is found at the same samples at batch 1 and 64."""
+    from online_mas.detectors import Combined
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.cat([torch.randn(3000, 4, generator=g) + torch.tensor([m, m, 0.0, 0.0])
+                   for m in (0.0, 2.0, 0.0)])
+
+    def run(b: int) -> list[int]:
+        c = Combined(Windowed(drift.ADWIN(), window=32), Windowed(drift.ADWIN(), window=32),
+                     min_segment=512)
+        out = []
+        for i in range(0, len(x), b):
+            c.update_many([0.5] * len(x[i:i + b]), inputs=x[i:i + b])
+            out += [-(-d // b) * b for d in c.detections]
+        return out
+
+    one, big = run(1), run(batch)
+    assert len(one) == 2 and 3000 < one[0] <= 4500 and 6000 < one[1] <= 7500, one  # ADWIN is slower
+    assert [-(-s // batch) * batch for s in one] == big

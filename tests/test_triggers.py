@@ -8,7 +8,8 @@ from torch import nn
 
 import online_mas as om
 from online_mas.buffer import HardBuffer
-from online_mas.detectors import PageHinkley, Periodic, ScaledCUSUM, Windowed
+from online_mas.detectors import Combined, PageHinkley, Periodic, ScaledCUSUM, Windowed
+from online_mas.signals import InputShift
 
 
 def _model() -> nn.Module:
@@ -27,21 +28,28 @@ def _fire_steps(mas: om.OnlineMAS, xs: list[torch.Tensor]) -> list[int]:
     return [e.step for x in xs if (e := mas.observe(x)) is not None]
 
 
-def test_default_detector_is_a_per_sample_scaled_cusum_on_entropy() -> None:
+def test_default_detector_watches_the_entropy_and_the_input_shift_per_sample() -> None:
     mas = om.OnlineMAS(_model())
-    assert isinstance(mas.detector, Windowed) and isinstance(mas.detector.detector, ScaledCUSUM)
+    det = mas.detector
+    assert isinstance(det, Combined) and isinstance(det.detector, Windowed)
+    assert isinstance(det.detector.detector, ScaledCUSUM) and isinstance(det.shift, InputShift)
     assert mas.trigger.signal.name == "entropy" and mas.trigger.per_sample
     mas.observe(torch.randn(8, 4))
     assert mas.last_signal is not None and 0.0 <= mas.last_signal <= 1.0986123 + 1e-6
-    assert mas.detector.state_dict()["seen"] == 8  # one update per sample
-    with pytest.raises(ValueError, match="window must be an integer >= 1, got 0"):
-        om.default_detector(window=0)
+    state = det.state_dict()
+    assert state["seen"] == 8 and state["signal_detector"]["seen"] == 8  # one update per sample
+    assert state["shift_detector"]["seen"] == 8
+    with pytest.raises(ValueError, match="window must be an integer >= 2, got 1"):
+        om.default_detector(window=1)
 
 
-def _samples(scales: list[float], n: int, *, seed: int) -> torch.Tensor:
-    """``n`` samples per scale, in order; a fixed model's entropy rises as the scale falls."""
+def _samples(scales: list[float], n: int, *, seed: int, shifts: list[float] | None = None) -> torch.Tensor:
+    """``n`` samples per scale (and mean shift of the first two inputs), in order; a fixed model's
+    entropy rises as the scale falls, and does not see the shifts."""
     g = torch.Generator().manual_seed(seed)
-    return torch.cat([torch.randn(n, 4, generator=g) * s for s in scales])
+    shifts = shifts if shifts is not None else [0.0] * len(scales)
+    return torch.cat([torch.randn(n, 4, generator=g) * s + torch.tensor([m, m, 0.0, 0.0])
+                      for s, m in zip(scales, shifts, strict=True)])
 
 
 def _consolidations(data: torch.Tensor, batch: int) -> list[int]:
@@ -53,15 +61,27 @@ def _consolidations(data: torch.Tensor, batch: int) -> list[int]:
 
 @pytest.mark.filterwarnings("ignore:consolidation at step")
 def test_default_detector_finds_the_same_changes_at_batch_1_and_64() -> None:
-    data = _samples([10.0, 2.0, 0.3], 2048, seed=0)  # changes at samples 2048 and 4096
+    data = _samples([10.0, 2.0, 0.3], 4096, seed=0)  # entropy rises at samples 4096 and 8192
     one, big = _consolidations(data, 1), _consolidations(data, 64)
-    assert len(one) == 2 and 2048 < one[0] <= 2048 + 512 and 4096 < one[1] <= 4096 + 512, one
+    assert len(one) == 2 and 4096 < one[0] <= 4096 + 512 and 8192 < one[1] <= 8192 + 512, one
     assert [-(-s // 64) * 64 for s in one] == big  # the same samples, rounded up to the batch
+
+
+@pytest.mark.filterwarnings("ignore:consolidation at step")
+def test_default_detector_sees_a_return_that_the_entropy_does_not() -> None:
+    # A B A: the inputs' mean moves by 1.5 standard deviations in two of four inputs and back
+    data = _samples([1.0, 1.0, 1.0], 4096, seed=2, shifts=[0.0, 1.5, 0.0])
+    one, big = _consolidations(data, 1), _consolidations(data, 64)
+    assert len(one) == 2 and 4096 < one[0] <= 4096 + 256 and 8192 < one[1] <= 8192 + 256, one
+    assert [-(-s // 64) * 64 for s in one] == big
+    entropy_only = om.OnlineMAS(_model(), detector=om.default_detector().detector)
+    assert [e for i in range(0, len(data), 64) if (e := entropy_only.observe(data[i:i + 64]))] == []
 
 
 @pytest.mark.parametrize("batch", [1, 64])
 def test_default_detector_never_consolidates_on_a_stationary_stream(batch: int) -> None:
-    assert _consolidations(_samples([10.0], 6144, seed=1), batch) == []
+    assert _consolidations(_samples([10.0], 8192, seed=1), batch) == []
+    assert _consolidations(_samples([1.0], 8192, seed=3, shifts=[0.5]), batch) == []
 
 
 def test_a_per_call_detector_sees_one_value_per_call_and_a_per_sample_one_every_sample() -> None:
@@ -272,3 +292,15 @@ def _as_version_1(state: dict[str, object]) -> dict[str, object]:
             "omega": c["omega"], "anchor": c["anchor"], "running": state["running"],  # type: ignore[index]
             "events": state["events"], "generator": state["generator"], "detector": t["detector"],  # type: ignore[index]
             "last_signal": t["last_signal"], "feature_shift": None, "buffer": None, "stable": {}}  # type: ignore[index]
+
+
+def test_a_state_of_the_entropy_only_default_fails_with_a_clear_message() -> None:
+    old = om.OnlineMAS(_model(), detector=Windowed(ScaledCUSUM(warmup=16, threshold=8.0, mode="up"),
+                                                   window=32, min_segment=1024))
+    old.observe(torch.randn(8, 4))
+    with pytest.raises(ValueError, match=r"not the Combined default .* pass that detector explicitly"):
+        om.OnlineMAS(_model()).load_state_dict(old.state_dict())
+    again = om.OnlineMAS(_model(), detector=Windowed(ScaledCUSUM(warmup=16, threshold=8.0, mode="up"),
+                                                     window=32, min_segment=1024))
+    again.load_state_dict(old.state_dict())  # continued with the detector it was saved with
+    assert again.detector.state_dict() == old.detector.state_dict()

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from online_mas.detectors.base import Detector, detector_state_dict, load_detector_state
 from online_mas.detectors.baselines import NeverFires, Periodic
+from online_mas.detectors.combined import Combined
 from online_mas.detectors.cusum import CUSUM
 from online_mas.detectors.page_hinkley import PageHinkley
 from online_mas.detectors.plateau import Plateau
@@ -44,6 +45,7 @@ from online_mas.detectors.windowed import Windowed
 
 __all__ = [
     "CUSUM",
+    "Combined",
     "Detector",
     "NeverFires",
     "PageHinkley",

@@ -132,7 +132,7 @@ def adapt_detector(name: str, *, period: int) -> object:
     Examples
     --------
     >>> type(adapt_detector("page-hinkley", period=5)).__name__, adapt_detector("none", period=5)
-    ('Windowed', None)
+    ('Combined', None)
     >>> repr(adapt_detector("page-hinkley", period=5)) == repr(default_detector())
     True
     """
