@@ -134,7 +134,7 @@ def adapt_stream(spec: str, seed: int, source: nn.Module, x_src: Tensor, setting
                 e_max=settings.e_max if method == "filter" else None, reset=method == "tent+reset"))
         else:  # tent+mas, tent+mas-nofilter
             mas = build_mas(model, settings.lam,
-                            adapt_mas_config(every=settings.mas_every, stable_every=settings.stable_every),
+                            adapt_mas_config(every=settings.mas_every, stable_samples=settings.stable_samples),
                             detector=adapt_detector(settings.detector, period=settings.period))
             e_max = settings.e_max if method == "tent+mas" else None
             adapter = Adapter(model, opt, mas=mas, config=AdaptConfig(
