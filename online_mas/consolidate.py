@@ -273,9 +273,9 @@ class StableAnchor:
         if not isinstance(slow, dict):
             raise TypeError("StableAnchor state['slow'] must be a dict of tensors")
         pending = state.get("pending", 0)
-        if not is_int(pending) or pending < 0:
+        if not isinstance(pending, int) or isinstance(pending, bool) or pending < 0:
             raise ValueError(f"StableAnchor state['pending'] must be an int >= 0, got {pending!r}")
-        self.pending = int(pending) % self.samples  # type: ignore[call-overload]
+        self.pending = pending % self.samples
         self._slow = {}
         for n, t in slow.items():
             p = params.get(n) if params is not None else t

@@ -79,8 +79,8 @@ class MASSection:
         return {
             "average": RunningImportance(self.average, half_life=self.half_life),
             "rule": EMA(self.alpha) if self.rule == "ema" else rule_from(self.rule),
-            "anchor": StableAnchor(samples=self.stable_samples, weight=self.stable_weight) if self.anchor == "stable"
-            else CurrentAnchor(),
+            "anchor": StableAnchor(samples=self.stable_samples, weight=self.stable_weight)
+            if self.anchor == "stable" else CurrentAnchor(),
             "buffer": HardBuffer(self.buffer_size, decay=self.buffer_decay) if self.buffer_size else None,
             "reducer": Reducer(sync_every=self.sync_every),
             "signal": self.signal,
