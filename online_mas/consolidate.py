@@ -165,8 +165,8 @@ def rule_from(spec: str | ConsolidationRule) -> ConsolidationRule:
 class CurrentAnchor:
     """Anchor ``theta*`` at the parameters of the step that consolidates."""
 
-    def step(self, step: int, names: Sequence[str], params: Sequence[Tensor]) -> None:
-        """Nothing to keep."""
+    def step(self, n: int, names: Sequence[str], params: Sequence[Tensor]) -> None:
+        """Nothing to keep (``n``: the samples of this step)."""
 
     def source(self) -> dict[str, Tensor] | None:
         return None
@@ -181,65 +181,101 @@ class CurrentAnchor:
 class StableAnchor:
     """Anchor a detector's consolidation at a slow copy of the parameters.
 
-    Every ``every`` steps the copy moves toward the parameters, ``s <- s + weight (theta - s)``: it
-    trails the model by about ``every / weight`` steps, so the few steps a detector needs to see a
-    change barely move it (``weight = 1``: a plain snapshot, 0 to ``every - 1`` steps old). One
-    parameter-sized buffer on top of Omega, theta* and the running importance.
+    Each time another ``samples`` samples have been observed, the copy moves toward the
+    parameters, ``s <- s + weight (theta - s)``: it trails the model by about ``samples / weight``
+    samples whatever the batch size, so the samples a detector needs to see a change barely move it
+    (``weight = 1``: a plain snapshot, 0 to ``samples - 1`` samples old). A step that completes
+    ``k`` intervals at once (a batch larger than ``samples``) moves it with weight
+    ``1 - (1 - weight)^k``, as ``k`` moves toward the same parameters would. One parameter-sized
+    buffer on top of Omega, theta* and the running importance.
+
+    The interval was counted in ``observe()`` calls before (``every=k``); ``every=k`` at batch ``B``
+    is ``samples=k*B`` (the default 320 is the old ``every=10`` at batch 32).
 
     Examples
     --------
     >>> import torch
-    >>> anchor = StableAnchor(every=1, weight=0.5)
+    >>> anchor = StableAnchor(samples=4, weight=0.5)
     >>> p = torch.zeros(2)
-    >>> anchor.step(1, ["w"], [p]); p += 2.0; anchor.step(2, ["w"], [p])
-    >>> anchor.source()["w"]
+    >>> anchor.step(4, ["w"], [p]); p += 2.0; anchor.step(2, ["w"], [p]); anchor.source()["w"]
+    tensor([0., 0.])
+    >>> anchor.step(2, ["w"], [p]); anchor.source()["w"]
     tensor([1., 1.])
     """
 
-    def __init__(self, every: int = 10, weight: float = 0.5) -> None:
-        if not is_int(every) or every < 1:
-            raise ValueError(f"every must be an int >= 1, got {every!r}")
+    def __init__(self, *args: object, samples: int = 320, weight: float = 0.5,
+                 every: object = None) -> None:
+        if every is not None:
+            raise TypeError(f"StableAnchor(every={every!r}) counted observe() calls; the interval is "
+                            f"now in samples: use StableAnchor(samples=k*B) for every=k at batch B "
+                            f"(every=10 at batch 32 is samples=320)")
+        if args:
+            raise TypeError(f"StableAnchor takes keyword arguments only (samples=, weight=), got "
+                            f"positional {args!r}; the old first argument every=k (observe() calls) "
+                            f"is samples=k*B at batch B")
+        if not is_int(samples) or samples < 1:
+            raise ValueError(f"samples must be an int >= 1, got {samples!r}")
         if not is_real(weight) or not 0.0 < weight <= 1.0:
             raise ValueError(f"weight must be a number in (0, 1], got {weight!r}")
-        self.every = every
+        self.samples = samples
         self.weight = float(weight)
+        self.pending = 0  # samples observed since the copy last moved
         self._slow: dict[str, Tensor] = {}
 
-    def step(self, step: int, names: Sequence[str], params: Sequence[Tensor]) -> None:
-        """On every ``every``-th step, move the copy toward ``params``."""
-        if step % self.every:
+    def step(self, n: int, names: Sequence[str], params: Sequence[Tensor]) -> None:
+        """Count the ``n`` samples of this step; move the copy toward ``params`` once another
+        ``samples`` samples have been observed."""
+        if not is_int(n) or n < 0:
+            raise ValueError(f"n must be an int >= 0 (the samples of this step), got {n!r}")
+        self.pending += n
+        moves, self.pending = divmod(self.pending, self.samples)
+        if moves == 0:
             return
+        weight = 1.0 - (1.0 - self.weight) ** moves
         with torch.no_grad():
             slow, current = [], []
-            for n, p in zip(names, params, strict=True):
-                t = self._slow.get(n)
+            for name, p in zip(names, params, strict=True):
+                t = self._slow.get(name)
                 if t is None or t.shape != p.shape or t.dtype != p.dtype or t.device != p.device \
                         or is_sharded(t) != is_sharded(p):
-                    self._slow[n] = p.detach().clone()  # new (or reshaped) parameter
+                    self._slow[name] = p.detach().clone()  # new (or reshaped) parameter
                 else:
                     slow.append(t)
                     current.append(p)
             if slow:
-                torch._foreach_lerp_(slow, current, self.weight)
+                torch._foreach_lerp_(slow, current, weight)
             if len(self._slow) > len(names):  # parameters that left the model
                 keep = set(names)
-                self._slow = {n: t for n, t in self._slow.items() if n in keep}
+                self._slow = {k: t for k, t in self._slow.items() if k in keep}
 
     def source(self) -> dict[str, Tensor] | None:
         """The slow copy (None before the first update)."""
         return self._slow or None
 
     def state_dict(self) -> dict[str, object]:
-        return {"version": 1, "kind": "stable", "every": self.every, "weight": self.weight,
-                "slow": {n: t.clone() for n, t in self._slow.items()}}
+        return {"version": 2, "kind": "stable", "samples": self.samples, "weight": self.weight,
+                "pending": self.pending, "slow": {n: t.clone() for n, t in self._slow.items()}}
 
     def load_state_dict(self, state: Mapping[str, object],
                         params: Mapping[str, Tensor] | None = None) -> None:
-        """Restore; ``params`` (name -> parameter) places the copy on their devices and dtypes."""
-        _check_kind(state, "stable")
+        """Restore; ``params`` (name -> parameter) places the copy on their devices and dtypes.
+
+        The interval and weight are this object's (as constructed); the state brings the copy and
+        the samples since its last move. A version-1 state (interval in calls) has no sample count:
+        :meth:`OnlineMAS.load_state_dict` migrates it where that is exact."""
+        if state.get("kind") == "stable" and state.get("version") == 1:
+            raise ValueError("this StableAnchor state is of version 1 (interval in observe() calls, "
+                             f"every={state.get('every')!r}) and has no count of samples: load it "
+                             "through OnlineMAS.load_state_dict, which migrates it when the copy "
+                             "moved at the saved step")
+        _check_kind(state, "stable", version=2)
         slow = state.get("slow", {})
         if not isinstance(slow, dict):
             raise TypeError("StableAnchor state['slow'] must be a dict of tensors")
+        pending = state.get("pending", 0)
+        if not isinstance(pending, int) or isinstance(pending, bool) or pending < 0:
+            raise ValueError(f"StableAnchor state['pending'] must be an int >= 0, got {pending!r}")
+        self.pending = pending % self.samples
         self._slow = {}
         for n, t in slow.items():
             p = params.get(n) if params is not None else t
@@ -369,8 +405,8 @@ def _check_names(saved: Mapping[str, Tensor], params: Mapping[str, Tensor]) -> N
         )
 
 
-def _check_kind(state: Mapping[str, object], kind: str) -> None:
-    if state.get("version") != 1 or state.get("kind") != kind:
-        raise ValueError(f"not a {kind!r} anchor state (version 1): got kind {state.get('kind')!r}, "
+def _check_kind(state: Mapping[str, object], kind: str, *, version: int = 1) -> None:
+    if state.get("version") != version or state.get("kind") != kind:
+        raise ValueError(f"not a {kind!r} anchor state (version {version}): got kind {state.get('kind')!r}, "
                          f"version {state.get('version')!r}")
 

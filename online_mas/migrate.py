@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["STATE_VERSION", "current_state", "state_from_v1"]
+__all__ = ["STATE_VERSION", "current_state", "stable_anchor_from_v1", "state_from_v1"]
 
 STATE_VERSION = 2
 
@@ -23,7 +23,32 @@ def current_state(state: object, *, anchor: str) -> Mapping[str, object]:
     kind = policy.get("kind") if isinstance(policy, Mapping) else None
     if kind != anchor:
         raise ValueError(f"state was saved with a {kind!r} anchor, this OnlineMAS has a {anchor!r} one")
+    if kind == "stable" and isinstance(policy, Mapping) and policy.get("version") == 1:
+        state = {**state, "anchor_policy": stable_anchor_from_v1(policy, state.get("step"))}
     return state
+
+
+def stable_anchor_from_v1(policy: Mapping[str, object], step: object) -> dict[str, object]:
+    """A version-2 StableAnchor state (interval in samples) from a version-1 one (interval of
+    ``every`` observe() calls), saved at OnlineMAS step ``step``.
+
+    Exact only where the copy had just moved (``step % every == 0``): then no samples are pending.
+    Otherwise the samples since its last move are unknown (version 1 did not record the batch
+    size) and this raises ValueError."""
+    every = policy.get("every", 10)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1 \
+            or isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"version-1 StableAnchor state with every={every!r} at step {step!r} cannot "
+                         "be read (every must be an int >= 1, step an int >= 0)")
+    if step % every:
+        raise ValueError(
+            f"this state's StableAnchor counted its interval in observe() calls (every={every}) and "
+            f"was saved {step % every} call(s) after its slow copy last moved (step {step}); the "
+            "interval is now in samples (StableAnchor(samples=every*batch)) and the samples since "
+            "that move were not recorded, so it cannot migrate exactly: with the release that wrote "
+            f"it, continue to a step that is a multiple of {every} and save again")
+    return {"version": 2, "kind": "stable", "weight": policy.get("weight", 0.5), "pending": 0,
+            "slow": policy.get("slow", {})}
 
 
 def state_from_v1(state: Mapping[str, object]) -> dict[str, object]:

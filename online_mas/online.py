@@ -386,7 +386,12 @@ class OnlineMAS:
         total, value = self.reducer.reduce(batch, update=update, feed=feed, value=value, weight=weight,
                                            named=self._params.named() if ranks else {})
         self._add(total)
-        return self._after(value, round(self.reducer.last_weight if ranks else weight), pooled=ranks)
+        # the anchor counts samples; across ranks the same count on every rank (the pooled one
+        # when the step was reduced, else this rank's batch times the world size)
+        samples = batch_size(x) if not ranks else round(self.reducer.last_weight) if feed \
+            else batch_size(x) * self.reducer.size
+        return self._after(value, round(self.reducer.last_weight if ranks else weight), pooled=ranks,
+                           samples=samples)
 
     def accumulate(self, x: Inputs) -> int:
         """Estimate the importance of a batch now and add it to the running average, outside the
@@ -568,11 +573,13 @@ class OnlineMAS:
         finally:
             self._seen.active = True
 
-    def _after(self, value: float | None, n: int = 1, *, pooled: bool = False) -> Event | None:
-        """The step's end: move the anchor policy, then consolidate if the trigger fires (``value``
-        of ``n`` samples; ``pooled``: a mean over ranks)."""
+    def _after(self, value: float | None, n: int = 1, *, pooled: bool = False,
+               samples: int = 1) -> Event | None:
+        """The step's end: move the anchor policy by this step's ``samples`` (this process's),
+        then consolidate if the trigger fires (``value`` of ``n`` samples; ``pooled``: a mean over
+        ranks)."""
         if self.trigger.task_free:
-            self.anchor_policy.step(self._step, self._params.names, self._params.params)
+            self.anchor_policy.step(samples, self._params.names, self._params.params)
         reason = self.trigger.fire(self._step, value, n=n, pooled=pooled)
         if reason == "detector":
             return self._consolidate(reason, self.anchor_policy.source(), value)

@@ -269,7 +269,7 @@ def bench_state(cfg: Config) -> dict[str, object]:
             mas.consolidate()
         entry: dict[str, object] = {"segments": mas.segments, "events": len(mas.events)}
         entry["after_consolidation"] = _state_breakdown(mas.state_dict(), param_bytes)
-        for _ in range(max(2 * om.StableAnchor().every, mas.config.every)):  # mid-segment: running Omega
+        for _ in range(max(-(-2 * om.StableAnchor().samples // len(x)), mas.config.every)):  # mid-segment
             mas.observe(x)  # (and the stable snapshots) live
         entry["mid_segment"] = _state_breakdown(mas.state_dict(), param_bytes)
         out[label] = entry

@@ -399,10 +399,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     seconds = time.perf_counter() - start
 
     det = om.default_detector()
+    anchor = om.StableAnchor()
     parts = [
         f"Task-free detection by the default detector `{det!r}` (entropy and input shift, fed per "
         f"sample), over batch sizes {', '.join(map(str, cfg.batches))} (river streams: batch 1); MLP "
-        f"D-100-100-C, SGD momentum 0.9, proximal MAS penalty lam {cfg.lam}; seeds "
+        f"D-100-100-C, SGD momentum 0.9, proximal MAS penalty lam {cfg.lam}, anchored at "
+        f"`StableAnchor(samples={anchor.samples}, weight={anchor.weight:g})` (the oracle: gradient form, "
+        f"lam {cfg.oracle_lam}); seeds "
         f"{', '.join(map(str, cfg.seeds))} ({len(cfg.seeds)} seed(s): means over them). All counts "
         "in samples; a detection matches a change t if it lies in [t, t + tolerance] (gradual: t is "
         "the first sample of the blend, tolerance 3/4 of the shortest segment), at most one per "

@@ -96,11 +96,14 @@ def test_old_adapt_detector_names_keep_their_meaning() -> None:
     assert load_config(CONFIG, ["adapt.detector=none"]).adapt.detector == "none"
 
 
-def test_adapt_stable_every_is_a_validated_field() -> None:
-    assert load_config(CONFIG).adapt.stable_every == 25
-    assert load_config(CONFIG, ["adapt.stable_every=7"]).adapt.stable_every == 7
-    with pytest.raises(ValueError, match="stable_every must be an int >= 1, got 0"):
-        load_config(CONFIG, ["adapt.stable_every=0"])
+def test_adapt_stable_samples_is_a_validated_field_and_the_old_key_fails_clearly() -> None:
+    assert load_config(CONFIG).adapt.stable_samples == 800  # the old 25 steps at batch 32
+    assert load_config(CONFIG, ["adapt.stable_samples=7"]).adapt.stable_samples == 7
+    with pytest.raises(ValueError, match="stable_samples must be an int >= 1, got 0"):
+        load_config(CONFIG, ["adapt.stable_samples=0"])
+    with pytest.raises(ValueError, match=r"adapt\.stable_every is no longer read: .*stable_samples = "
+                                         r"stable_every \* the stream's batch_size"):
+        load_config(CONFIG, ["adapt.stable_every=25"])
 
 
 def test_tent_mas_takes_its_settings_from_the_adapt_section(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -113,14 +116,14 @@ def test_tent_mas_takes_its_settings_from_the_adapt_section(monkeypatch: pytest.
         return made[-1]
 
     monkeypatch.setattr(adapt_run, "build_mas", spy)
-    cfg = load_config(CONFIG, ["stream.passes=0.05", "adapt.stable_every=7", "adapt.mas_every=3",
+    cfg = load_config(CONFIG, ["stream.passes=0.05", "adapt.stable_samples=224", "adapt.mas_every=3",
                                "adapt.detector=periodic", "adapt.period=11", "adapt.calibrate_batches=1"])
     source = adapt_run.build_bn_cnn().eval()
     adapt_run.adapt_stream("tent+mas", 0, source, torch.zeros(40, 1, 8, 8), cfg.adapt,
                            dataclasses.replace(cfg.stream))
     (mas,) = made
     assert isinstance(mas.anchor_policy, om.StableAnchor)
-    assert (mas.anchor_policy.every, mas.config.every) == (7, 3)
+    assert (mas.anchor_policy.samples, mas.config.every) == (224, 3)
     assert isinstance(mas.detector, Periodic) and mas.detector.every == 11
 
 

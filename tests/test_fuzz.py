@@ -56,7 +56,7 @@ ENTRY_POINTS: dict[str, tuple[Callable[..., object], list[object]]] = {
     "MASConfig": (lambda method, every, normalize: om.MASConfig(method=method, every=every,
                                                                   normalize=normalize),
                   ["exact", 1, "max"]),
-    "StableAnchor": (lambda every, weight: om.StableAnchor(every, weight), [10, 0.5]),
+    "StableAnchor": (lambda samples, weight: om.StableAnchor(samples=samples, weight=weight), [320, 0.5]),
     "EMA rule": (lambda alpha: om.consolidate.EMA(alpha), [0.5]),
     "observe": (lambda x, loss: _mas().observe(x, loss=loss), [torch.randn(2, 4), 0.3]),
     "consolidate": (lambda reason: _mas().consolidate(reason=reason), ["manual"]),

@@ -290,7 +290,7 @@ def test_a_state_dict_of_version_1_loads_and_continues_as_it_did() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
     model.load_state_dict(saved["model"])
-    mas = om.OnlineMAS(model, lam=0.5, config=om.MASConfig(every=2), anchor=om.StableAnchor(every=3),
+    mas = om.OnlineMAS(model, lam=0.5, config=om.MASConfig(every=2), anchor=om.StableAnchor(samples=15),
                        detector=om.Periodic(every=6))
     mas.load_state_dict(saved["mas"])
     events = []

@@ -76,7 +76,7 @@ def _sharded(model: nn.Module) -> nn.Module:
 
 
 def _mas(model: nn.Module, detector: object | None) -> om.OnlineMAS:
-    anchor = om.StableAnchor(every=1, weight=0.5) if detector is not None else om.CurrentAnchor()
+    anchor = om.StableAnchor(samples=ROWS, weight=0.5) if detector is not None else om.CurrentAnchor()
     return om.OnlineMAS(model, lam=2.0, config=om.MASConfig(every=1), detector=detector, anchor=anchor)
 
 

@@ -141,15 +141,15 @@ def test_loss_signal_needs_the_loss_and_drives_the_plateau_rule() -> None:
 def test_stable_anchor_is_the_slow_copy(weight: float, offset: float) -> None:
     model = _model()
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
-    mas = om.OnlineMAS(model, config=om.MASConfig(every=1), anchor=om.StableAnchor(3, weight),
-                       detector=Periodic(every=10))
+    mas = om.OnlineMAS(model, config=om.MASConfig(every=1),
+                       anchor=om.StableAnchor(samples=12, weight=weight), detector=Periodic(every=10))
     for _ in range(10):
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(1.0)  # after k steps the parameters are start + k
         event = mas.observe(torch.randn(4, 4))
     assert event is not None and event.step == 10
-    # updates at steps 3, 6, 9: s = 3, then s + w (6 - s), then s + w (9 - s) (by hand above)
+    # updates at steps 3, 6, 9 (every 12 samples): s = 3, then s + w (6 - s), then s + w (9 - s)
     for n, a in mas.anchors.items():
         torch.testing.assert_close(a, start[n] + offset)
     manual = mas.consolidate()  # a manual consolidation anchors the current parameters
@@ -161,7 +161,7 @@ def test_stable_anchor_is_the_slow_copy(weight: float, offset: float) -> None:
 
 def test_stable_copy_follows_new_and_removed_parameters() -> None:
     model = nn.Sequential(nn.Linear(4, 3))
-    anchor = om.StableAnchor(every=1)
+    anchor = om.StableAnchor(samples=2)
     mas = om.OnlineMAS(model, anchor=anchor, detector=Periodic(every=1000))
     mas.observe(torch.randn(2, 4))
     model.append(nn.Linear(3, 2))  # a new head joins at the next full sync
@@ -207,7 +207,7 @@ def test_hard_buffer_unit() -> None:
 
 def test_state_round_trip_with_detector_buffer_and_snapshots() -> None:
     def parts() -> dict[str, object]:
-        return {"anchor": om.StableAnchor(every=2), "buffer": HardBuffer(3), "signal": "feature_shift",
+        return {"anchor": om.StableAnchor(samples=32), "buffer": HardBuffer(3), "signal": "feature_shift",
                 "detector": PageHinkley(threshold=3.0, min_instances=5)}
 
     xs = _stream(40, change_at=21)
@@ -272,13 +272,13 @@ def test_signal_hook_is_removed_with_the_online_mas_object() -> None:
 
 def test_state_with_two_snapshots_from_0_1_loads_the_older_one() -> None:
     model = _model()
-    mas = om.OnlineMAS(model, config=om.MASConfig(every=1), anchor=om.StableAnchor(every=1))
+    mas = om.OnlineMAS(model, config=om.MASConfig(every=1), anchor=om.StableAnchor(samples=4))
     mas.observe(torch.randn(4, 4))
     state = _as_version_1(mas.state_dict())
     older = {n: torch.full_like(p, 1.0) for n, p in model.named_parameters()}
     newer = {n: torch.full_like(p, 2.0) for n, p in model.named_parameters()}
     state["stable"] = [older, newer]  # how 0.1 saved its two rotating snapshots
-    anchor = om.StableAnchor(every=1)
+    anchor = om.StableAnchor(samples=4)
     other = om.OnlineMAS(_model(), config=om.MASConfig(every=1), anchor=anchor)
     other.load_state_dict(state)
     assert all(torch.equal((anchor.source() or {})[n], older[n]) for n in older)
@@ -287,7 +287,8 @@ def test_state_with_two_snapshots_from_0_1_loads_the_older_one() -> None:
 def _as_version_1(state: dict[str, object]) -> dict[str, object]:
     """The flat layout of state version 1 (online-mas 0.1), for what the fixture file does not cover."""
     c, t = state["consolidator"], state["trigger"]
-    return {"version": 1, "lam": state["lam"], "config": {**state["config"], "anchor": "stable"},  # type: ignore[dict-item]
+    return {"version": 1, "lam": state["lam"], "config": {**state["config"], "anchor": "stable",  # type: ignore[dict-item]
+                                                            "stable_every": 1},
             "step": state["step"], "segments": c["segments"], "n_skipped": state["n_skipped"],  # type: ignore[index]
             "omega": c["omega"], "anchor": c["anchor"], "running": state["running"],  # type: ignore[index]
             "events": state["events"], "generator": state["generator"], "detector": t["detector"],  # type: ignore[index]

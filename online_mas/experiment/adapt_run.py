@@ -133,8 +133,8 @@ def adapt_stream(spec: str, seed: int, source: nn.Module, x_src: Tensor, setting
             adapter = Adapter(model, opt, config=AdaptConfig(
                 e_max=settings.e_max if method == "filter" else None, reset=method == "tent+reset"))
         else:  # tent+mas, tent+mas-nofilter
-            mas = build_mas(model, settings.lam,
-                            adapt_mas_config(every=settings.mas_every, stable_every=settings.stable_every),
+            mas_config = adapt_mas_config(every=settings.mas_every, stable_samples=settings.stable_samples)
+            mas = build_mas(model, settings.lam, mas_config,
                             detector=adapt_detector(settings.detector, period=settings.period))
             e_max = settings.e_max if method == "tent+mas" else None
             adapter = Adapter(model, opt, mas=mas, config=AdaptConfig(

@@ -517,7 +517,7 @@ class AdaptSection:
     lam: float = 1.0  # tent+mas: MAS penalty strength
     penalty: str = "proximal"  # tent+mas: "proximal", "loss" or "grad" (AdaptConfig.penalty)
     mas_every: int = 4  # tent+mas: estimate importance (and feed the detector) every k-th step
-    stable_every: int = 25  # tent+mas: steps between updates of the slow anchor copy (StableAnchor)
+    stable_samples: int = 800  # tent+mas: samples between updates of the slow anchor copy (StableAnchor)
     detector: str = "page-hinkley"  # tent+mas: registry.DETECTORS; "page-hinkley" means "default"
     period: int = 500  # detector = "periodic": steps between consolidations
     reset: bool = True  # tent+mas: reset to the anchor on collapse
@@ -539,7 +539,7 @@ class AdaptSection:
                 raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
         if not _finite(self.momentum) or not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be a number in [0, 1), got {self.momentum!r}")
-        for name in ("mas_every", "stable_every", "period", "calibrate_batches", "train_epochs"):
+        for name in ("mas_every", "stable_samples", "period", "calibrate_batches", "train_epochs"):
             if _bad_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
         if not isinstance(self.reset, bool):

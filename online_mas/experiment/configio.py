@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from online_mas.experiment.config import ExperimentConfig
+from online_mas.experiment.config import AdaptSection, ExperimentConfig
+from online_mas.experiment.mas_section import MASSection
 from streams import StreamConfig
 
 __all__ = ["ConfigError", "config_diff", "config_from_dict", "config_to_dict", "dump_toml",
@@ -30,6 +31,16 @@ _RESERVED: dict[type, dict[str, str]] = {
         "labels": "the runner always reads labels for the task loss",
         "flatten": "the model flattens its input itself",
     },
+}
+
+
+#: Keys of older configs whose meaning changed, with what to write instead.
+_REPLACED: dict[type, dict[str, str]] = {
+    MASSection: {"stable_every": "the slow anchor's interval is now in samples: write stable_samples "
+                                 "= stable_every * the stream's batch_size (10 at batch 32 is 320)"},
+    AdaptSection: {"stable_every": "the slow anchor's interval is now in samples: write "
+                                   "stable_samples = stable_every * the stream's batch_size (25 at "
+                                   "batch 32 is 800)"},
 }
 
 
@@ -253,9 +264,12 @@ def _build(cls: type, data: object, where: str) -> object:
         raise ConfigError(f"{where} must be a table (section), got {data!r}")
     fields = {_key(f): f for f in dataclasses.fields(cls)}
     reserved = _RESERVED.get(cls, {})
+    replaced = _REPLACED.get(cls, {})
     for key in data:
         if key in reserved:
             raise ConfigError(f"{_join(where, key)} cannot be set: {reserved[key]}")
+        if key in replaced:
+            raise ConfigError(f"{_join(where, key)} is no longer read: {replaced[key]}")
     unknown = [k for k in data if k not in fields]
     if unknown:
         allowed = ", ".join(k for k in fields if k not in reserved)

@@ -47,7 +47,7 @@ class MASSection:
     seed: int = 0  # seed of the subsample generator
     signal: str = "entropy"  # what the detector watches: output_norm, entropy, max_prob, feature_shift, loss
     anchor: str = "stable"  # a detector's consolidation anchors the "stable" or the "current" parameters
-    stable_every: int = 10  # anchor="stable": steps between updates of the slow parameter copy
+    stable_samples: int = 320  # anchor="stable": samples between updates of the slow parameter copy
     stable_weight: float = 0.5  # anchor="stable": weight of the current parameters in an update, (0, 1]
     buffer_size: int = 0  # hard-sample buffer of the most surprising recent samples (0: off)
     buffer_decay: float = 0.99  # per-update fading of the buffer's surprise scores, in (0, 1]
@@ -79,8 +79,8 @@ class MASSection:
         return {
             "average": RunningImportance(self.average, half_life=self.half_life),
             "rule": EMA(self.alpha) if self.rule == "ema" else rule_from(self.rule),
-            "anchor": StableAnchor(self.stable_every, self.stable_weight) if self.anchor == "stable"
-            else CurrentAnchor(),
+            "anchor": StableAnchor(samples=self.stable_samples, weight=self.stable_weight)
+            if self.anchor == "stable" else CurrentAnchor(),
             "buffer": HardBuffer(self.buffer_size, decay=self.buffer_decay) if self.buffer_size else None,
             "reducer": Reducer(sync_every=self.sync_every),
             "signal": self.signal,

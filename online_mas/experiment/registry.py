@@ -141,16 +141,17 @@ def adapt_detector(name: str, *, period: int) -> object:
                           where="adapt")
 
 
-def adapt_mas_config(*, every: int, stable_every: int) -> MASSection:
-    """The MAS settings of the adapt kind's ``tent+mas``: a ``"stable"`` anchor.
+def adapt_mas_config(*, every: int, stable_samples: int) -> MASSection:
+    """The MAS settings of the adapt kind's ``tent+mas``: a ``"stable"`` anchor moving every
+    ``stable_samples`` samples.
 
     Examples
     --------
-    >>> c = adapt_mas_config(every=4, stable_every=25)
-    >>> c.anchor, c.every, c.stable_every
-    ('stable', 4, 25)
+    >>> c = adapt_mas_config(every=4, stable_samples=800)
+    >>> c.anchor, c.every, c.stable_samples
+    ('stable', 4, 800)
     """
-    return MASSection(anchor="stable", stable_every=stable_every, every=every)
+    return MASSection(anchor="stable", stable_samples=stable_samples, every=every)
 
 
 def build_mas(model: nn.Module, lam: float, config: MASSection, *, detector: object = None,
