@@ -127,7 +127,7 @@ class Combined:
         if state.get("detector") != "Combined":
             raise ValueError(
                 f"state_dict is for a {state.get('detector')!r} detector, not the Combined default "
-                "(entropy and input shift, online-mas 0.3); to continue it pass that detector "
+                "(entropy and input shift); to continue it pass that detector "
                 "explicitly, e.g. Windowed(ScaledCUSUM(warmup=16, threshold=8.0, mode='up'), "
                 "window=32, min_segment=1024) for the per-sample default before Combined")
         if state.get("version") != _VERSION:
