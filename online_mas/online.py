@@ -388,8 +388,9 @@ class OnlineMAS:
         self._add(total)
         # the anchor counts samples; across ranks the same count on every rank (the pooled one
         # when the step was reduced, else this rank's batch times the world size)
-        samples = batch_size(x) if not ranks else round(self.reducer.last_weight) if feed \
-            else batch_size(x) * self.reducer.size
+        samples = batch_size(x)
+        if ranks:
+            samples = round(self.reducer.last_weight) if feed else samples * self.reducer.size
         return self._after(value, round(self.reducer.last_weight if ranks else weight), pooled=ranks,
                            samples=samples)
 

@@ -105,8 +105,8 @@ class Combined:
         self.fired_by = "both" if by_signal and by_shift else "signal" if by_signal else "shift"
         self.shift.restart()
         for d, fired in ((self.detector, by_signal), (self.shift_detector, by_shift)):
-            inner = getattr(d, "detector", d)
-            reset = getattr(inner, "_reset", None)  # river's contract: _reset() starts afresh
+            # Windowed.restart(); a bare river detector: _reset(), river's way to start afresh
+            reset = getattr(d, "restart", None) or getattr(d, "_reset", None)
             if not fired and callable(reset):
                 reset()
 

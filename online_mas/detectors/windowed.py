@@ -108,6 +108,16 @@ class Windowed:
                 self._feed(total, take)
             i += take
 
+    def restart(self) -> None:
+        """Start afresh at a change found elsewhere (e.g. by :class:`Combined`'s other channel):
+        drop the open window and a held detection, and reset the wrapped detector (river's
+        ``_reset()``, where it has one). The sample count and ``n_skipped`` go on."""
+        self._sum, self._count = 0.0, 0
+        self._held, self._since = False, 0
+        reset = getattr(self.detector, "_reset", None)
+        if callable(reset):
+            reset()
+
     def _feed(self, total: float, k: int) -> None:
         """Add ``k`` samples summing to ``total`` (never past the end of the open window)."""
         self._sum += total
