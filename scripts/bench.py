@@ -89,6 +89,7 @@ class Config:
     sweep_passes: float = 5.0  # lam sweep: passes over each segment's training data
     profile_steps: int = 640  # profile part: online steps measured (10 importance estimates)
     detector_lags: tuple[int, ...] = (0, 128, 256, 512, 1024)  # detector part: Trigger lags timed
+    detector_results: str = "results/detector_feed.md"  # detector part: its table ("": none)
     stream_samples: int = 1_000_000  # stream part: samples in the stream
     seed: int = 0  # seeds models, batches and streams
     out: str = "runs/bench"  # run directory
@@ -702,33 +703,36 @@ def bench_detector(cfg: Config) -> dict[str, object]:
                        + ("met" if ratio <= TARGETS["detector_feed"] else "MISSED")}
 
 
-def detection_delays(lags: tuple[int, ...], *, seed: int, changes: int = 12, every: int = 4096,
+def detection_delays(lags: tuple[int, ...], *, seed: int, changes: int = 16,
                      batch: int = 32) -> dict[str, object]:
     """The default detector at each lag on one seeded stream (64 inputs, batches of ``batch``, the
-    inputs' mean moves by 0.5 every ``every`` samples, a constant output): the detections' sample
-    indices (the same at every lag) and the samples from each report at lag 0 to its report."""
+    inputs' mean moves by 0.5 and back at ``changes`` points 3000 to 5000 samples apart, a constant
+    output): whether the detections' sample indices are those of lag 0, and the samples from each
+    report at lag 0 to its report at the lag."""
     from online_mas.trigger import Trigger
 
     g = torch.Generator().manual_seed(seed)
-    steps = changes * every // batch
-    xs = [torch.randn(batch, 64, generator=g) + 0.5 * ((i * batch) // every % 2) for i in range(steps)]
+    lengths = torch.randint(3000, 5001, (changes + 1,), generator=g).tolist()
+    shift = torch.cat([torch.full((k,), 0.5 * (i % 2)) for i, k in enumerate(lengths)])
+    n = len(shift) // batch * batch
+    data = torch.randn(n, 64, generator=g) + shift[:n, None]
     out = torch.zeros(batch, 10)
     found: dict[int, list[tuple[int, int]]] = {}  # lag -> (detection index, samples at its report)
     for lag in (0, *[v for v in lags if v]):
         trigger, seen = Trigger(om.default_detector(lag=lag)), []
-        for step, v in enumerate(xs, 1):
-            trigger.see(v)
+        for step, i in enumerate(range(0, n, batch), 1):
+            trigger.see(data[i:i + batch])
             if trigger.fire(step, trigger.value(out), n=batch):
                 seen += [(d, step * batch) for d in trigger.detector.detections]  # type: ignore[attr-defined]
         found[lag] = seen
-    base = {d: at for d, at in found[0]}
+    base = dict(found[0])
     rows = {}
     for lag, seen in found.items():
         added = [at - base[d] for d, at in seen if d in base]
         rows[str(lag)] = {"detections": len(seen), "same_indices": [d for d, _ in seen] == list(base),
                           "added_mean": statistics.mean(added) if added else math.nan,
                           "added_max": max(added) if added else math.nan}
-    return {"batch": batch, "changes": changes, "every": every, "rows": rows}
+    return {"batch": batch, "changes": changes, "samples": n, "rows": rows}
 
 
 def detector_table(res: dict[str, object]) -> str:
@@ -739,9 +743,9 @@ def detector_table(res: dict[str, object]) -> str:
     drows = [[lag, str(r["detections"]), "yes" if r["same_indices"] else "NO", f"{r['added_mean']:.0f}",
               f"{r['added_max']:.0f}"] for lag, r in delays["rows"].items()]  # type: ignore[union-attr]
     return (markdown_table(["what", "us per call", "/ training step (IQR)"], rows) + f"\n\n{res['verdict']}"
-            + f"\n\nDelay the lag adds (default detector, batches of {delays['batch']}, the input mean "
-            f"moves every {delays['every']} samples, {delays['changes']} segments; samples from the "
-            "report at lag 0 to the report at each lag):\n\n"
+            + f"\n\nDelay the lag adds (default detector, batches of {delays['batch']}, "
+            f"{delays['samples']} samples whose input mean moves {delays['changes']} times, 3000 to 5000 "
+            "samples apart; samples from the report at lag 0 to the report at each lag):\n\n"
             + markdown_table(["lag (samples)", "detections", "same sample indices as lag 0",
                               "added delay, mean", "added delay, max"], drows))
 
@@ -780,6 +784,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     p.add_argument("--profile-steps", type=int, default=d.profile_steps)
     p.add_argument("--stream-samples", type=int, default=d.stream_samples)
     p.add_argument("--detector-lags", default=",".join(map(str, d.detector_lags)))
+    p.add_argument("--detector-results", default=d.detector_results)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", default=d.out)
     a = p.parse_args(argv)
@@ -796,7 +801,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         transient_batches=ints(a.transient_batches), transient_chunks=ints(a.transient_chunks),
         lams=tuple(float(v) for v in a.lams.split(",") if v), sweep_passes=a.sweep_passes,
         profile_steps=a.profile_steps, stream_samples=a.stream_samples,
-        detector_lags=ints(a.detector_lags), seed=a.seed, out=a.out,
+        detector_lags=ints(a.detector_lags), detector_results=a.detector_results, seed=a.seed, out=a.out,
     )
     torch.set_num_threads(cfg.threads)
     report: dict[str, object] = {"config": asdict(cfg), "environment": environment(cfg.threads)}
@@ -823,6 +828,16 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     }
     for key, md in tables.items():
         print(f"\n{titles[key]}\n\n{md}")
+    if "detector" in tables and cfg.detector_results:
+        lags = ",".join(map(str, cfg.detector_lags))
+        Path(cfg.detector_results).write_text(
+            f"{titles['detector']} ({cfg.threads} thread(s)); the default's window statistics are "
+            "computed in bulk every `lag` samples (`default_detector(lag=...)`).\n\n"
+            f"{tables['detector']}\n\nRegenerate: `OMP_NUM_THREADS=1 python scripts/bench.py "
+            "--parts detector "
+            f"--rounds {cfg.rounds} --detector-lags {lags}` (timings move by 10-20% from run to run on a "
+            "shared machine).\n")
+        print(f"wrote {cfg.detector_results}")
     if "timing_verdicts" in report:
         print("\ntargets (MLP):")
         for k, v in report["timing_verdicts"].items():  # type: ignore[union-attr]
