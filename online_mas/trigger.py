@@ -70,6 +70,11 @@ def default_detector(*, window: int = 32, warmup: int = 2048, min_segment: int =
     shift_projections
         Random projections of the input shift (:class:`~online_mas.signals.InputShift`), >= 0;
         0 gives the detector of before version 2 of its state (the input means only).
+    lag
+        Samples the Trigger keeps before evaluating them in bulk, 0 to ``min_segment`` (0: every
+        call at once, as before). The detections are the same; each is reported, and consolidated
+        with the anchor of that moment, up to ``lag`` samples later (see :class:`Trigger`); the
+        cost against the delay at each lag: ``results/detector_feed.md``.
 
     Examples
     --------
