@@ -90,10 +90,11 @@ class Schedule:
     def load_state_dict(self, state: Mapping[str, object]) -> None:
         """Restore what is owed (rounded to this schedule's fraction when its share differs)."""
         owed, den, nxt = state.get("owed"), state.get("denominator"), state.get("next_batch", [0, 1])
-        if state.get("version") != 1 or not is_int(owed) or not is_int(den) or den < 1 \
+        if state.get("version") != 1 or not isinstance(owed, int) or not isinstance(den, int) \
+                or isinstance(owed, bool) or isinstance(den, bool) or den < 1 \
                 or not isinstance(nxt, list | tuple) or len(nxt) != 2 or not all(is_int(v) for v in nxt) \
                 or nxt[1] < 1 or nxt[0] < 0:
             raise ValueError(f"a Schedule state is {{'version': 1, 'owed': int, 'denominator': int >= 1, "
                              f"'next_batch': [int >= 0, int >= 1]}}, got {dict(state)!r}")
-        self._owed = round(Fraction(owed, den) * self._q)  # type: ignore[arg-type]
-        self._next = Fraction(nxt[0], nxt[1])
+        self._owed = round(Fraction(owed, den) * self._q)
+        self._next = Fraction(int(nxt[0]), int(nxt[1]))

@@ -5,8 +5,9 @@ Parts (``--parts``, comma-separated):
 ``timing``     ratios to a plain training step (forward, cross-entropy, backward, SGD step) on the
                same model and batch, for an MLP 784-256-256-10 and a small CNN at batch 64: a full
                online step (training step + penalty + ``observe``) with importance on every sample,
-               on a share 1/k of the samples (``MASConfig.share``) or on a subsample; the penalty alone (loss term, in-place gradient,
-               proximal step); consolidation. Interleaved rounds, median ratios.
+               on a share 1/k of the samples (``MASConfig.share``) or on a subsample; the penalty
+               alone (loss term, in-place gradient, proximal step); consolidation. Interleaved
+               rounds, median ratios.
 ``state``      OnlineMAS tensor bytes / parameter bytes after 1,000 consolidations.
 ``transient``  peak tensor memory of exact importance against ``chunk_size`` and batch size.
 ``lam``        two-segment permuted digits: segment-1 accuracy after segment 2 over lam 1e-3..1e4,

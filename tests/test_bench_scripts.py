@@ -78,7 +78,8 @@ def test_bench_reports_every_part(tmp_path: Path) -> None:
     _check_timings(timings, "train_step")
     assert timings["online grad share=1/2"]["steps_per_call"] == 2  # batch 16: the whole batch every 2nd
     assert {"online loss share=1/1", "online grad share=1/1 subsample=4", "online grad share=1/1 shared",
-            "online grad share=1/64 no detector", "penalty grad form", "consolidate (+ refill)"} <= set(timings)
+            "online grad share=1/64 no detector", "penalty grad form",
+            "consolidate (+ refill)"} <= set(timings)
     assert timings["online grad share=1/64 no detector"]["steps_per_call"] == 64
     verdicts = report["timing_verdicts"]
     assert verdicts["penalty grad form"]["ratio"] == timings["penalty grad form"]["ratio"]

@@ -253,7 +253,8 @@ def test_bad_constructor_arguments(kwargs: dict, error: type, match: str) -> Non
         ("method", "hessian", "method must be one of"),
         ("normalize", "l2", "normalize must be one of"),
         ("share", 0, r"share must be a number in \(0, 1\]"),
-        ("share", 64, r"share must be a number in \(0, 1\].*the old every=k \(observe\(\) calls\) is share=1/k"),
+        ("share", 64, r"share must be a number in \(0, 1\].*the old every=k \(observe\(\) calls\) is "
+                      r"share=1/k"),
         ("share", float("nan"), r"share must be a number in \(0, 1\]"),
         ("min_estimate", 0, r"min_estimate must be an int >= 1 \(samples\), got 0"),
         ("every", 4, r"MASConfig\(every=4\) counted observe\(\) calls.*share=1/k is every=k"),

@@ -160,7 +160,8 @@ def test_a_version_2_state_migrates_to_the_steps_the_old_every_had(saved_at: int
 
 
 def test_every_fails_naming_share_and_share_and_min_estimate_are_checked() -> None:
-    with pytest.raises(ValueError, match=r"MASConfig\(every=4\) counted observe\(\) calls.*share=1/k is every=k"):
+    with pytest.raises(ValueError, match=r"MASConfig\(every=4\) counted observe\(\) calls.*share=1/k is "
+                                         r"every=k"):
         om.MASConfig(every=4)
     with pytest.raises(ValueError, match=r"share must be a number in \(0, 1\].*every=k.*is share=1/k"):
         om.MASConfig(share=4)

@@ -102,7 +102,8 @@ def test_shared_forward_does_not_change_training() -> None:
     b.load_state_dict(a.state_dict())
     g = torch.Generator().manual_seed(2)
     xs = [torch.randn(7, 5, generator=g) for _ in range(5)]
-    _train(a, om.OnlineMAS(a, lam=0.0, config=om.MASConfig(share=1.0, shared_forward=True), detector=None), xs)
+    shared = om.MASConfig(share=1.0, shared_forward=True)
+    _train(a, om.OnlineMAS(a, lam=0.0, config=shared, detector=None), xs)
     _train(b, om.OnlineMAS(b, lam=0.0, config=om.MASConfig(share=1.0), detector=None), xs)
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(p, q)

@@ -397,7 +397,7 @@ class MASReplayLearnerConfig(OnlineMASLearnerConfig):
     buffer: str = "reservoir"  # "reservoir", "class-balanced" or "hard"
     batch: int = 32  # replayed samples per step, besides the stream's batch
     weight: float = 1.0  # weight of the replayed samples' mean loss
-    buffer_importance: bool = False  # also estimate importance on the memory (label-free) when the stream's is
+    buffer_importance: bool = False  # also estimate the memory's importance (label-free) with the stream's
     eras: bool = True  # hard buffer: a new era at each consolidation, the slots shared among eras
 
     def __post_init__(self) -> None:

@@ -12,8 +12,9 @@ forward, before the step). None of them sees the boundaries.
 - ``mas+er``: task-free online MAS (its penalty and detector) plus ``er``'s term;
 - ``tfcl``: the task-free paper (Aljundi, Kelchtermans, Tuytelaars, CVPR 2019): online MAS plus
   the hard buffer (highest recent loss) in the loss; whenever the stream's importance is estimated
-  (``mas.share``) the buffer's inputs also join the running importance (label-free, :meth:`~online_mas.OnlineMAS.accumulate`). Each
-  consolidation starts a new era of the buffer (``eras``), whose slots are shared among eras.
+  (``mas.share``) the buffer's inputs also join the running importance (label-free,
+  :meth:`~online_mas.OnlineMAS.accumulate`). Each consolidation starts a new era of the buffer
+  (``eras``), whose slots are shared among eras.
 """
 
 from __future__ import annotations
