@@ -121,11 +121,12 @@ def test_bench_reports_every_part(tmp_path: Path) -> None:
     assert all(_positive(v) for v in report["profile"]["importance_pieces_over_train_step"].values())
     # multiply-adds per sample of the MLP 784-256-256-10, counted by hand: forward F, weight
     # gradients F, input gradients of the last two layers I; a plain step is F + F + I, the
-    # separate importance pass the same again, the shared one all but the forward
-    f, i = 784 * 256 + 256 * 256 + 256 * 10, 256 * 256 + 256 * 10
+    # separate importance pass the same again, the shared one all but the forward; the default
+    # detector's input shift adds its 64 random projections of the 784 inputs, P
+    f, i, p = 784 * 256 + 256 * 256 + 256 * 10, 256 * 256 + 256 * 10, 784 * 64
     flops = report["profile"]["flops"]["mlp"]
-    assert flops["online share=1"] == pytest.approx(2.0)
-    assert flops["online share=1 shared"] == pytest.approx((3 * f + 2 * i) / (2 * f + i))
+    assert flops["online share=1"] == pytest.approx((2 * (2 * f + i) + p) / (2 * f + i))
+    assert flops["online share=1 shared"] == pytest.approx((3 * f + 2 * i + p) / (2 * f + i))
     assert flops["train_step_mflop"] == pytest.approx(2 * 16 * (2 * f + i) / 1e6, rel=1e-3)
 
     stream = report["stream"]
