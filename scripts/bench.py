@@ -563,7 +563,15 @@ def step_flops(name: str, cfg: Config) -> dict[str, float]:
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
         mas = consolidated(model, x, cfg.lam, om.MASConfig(share=1.0, shared_forward=shared))
         online_step(model, opt, mas, x, y, "grad")  # the shared forward is armed from here on
-        res[key] = count(lambda m=model, o=opt, s=mas: online_step(m, o, s, x, y, "grad")) / plain
+        # the default detector evaluates its inputs every lag samples: count whole lags, per step
+        lag = mas.trigger.lag
+        steps = math.lcm(lag, len(x)) // len(x) if lag else 1
+
+        def run(m: nn.Module = model, o: torch.optim.Optimizer = opt, s: om.OnlineMAS = mas,
+                k: int = steps) -> None:
+            for _ in range(k):
+                online_step(m, o, s, x, y, "grad")
+        res[key] = count(run) / steps / plain
     return res
 
 

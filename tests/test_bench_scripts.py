@@ -135,8 +135,10 @@ def test_bench_reports_every_part(tmp_path: Path) -> None:
     # detector's input shift adds its 64 random projections of the 784 inputs, P
     f, i, p = 784 * 256 + 256 * 256 + 256 * 10, 256 * 256 + 256 * 10, 784 * 64
     flops = report["profile"]["flops"]["mlp"]
-    assert flops["online share=1"] == pytest.approx((2 * (2 * f + i) + p) / (2 * f + i))
-    assert flops["online share=1 shared"] == pytest.approx((3 * f + 2 * i + p) / (2 * f + i))
+    # (the projections over whole lags of the deferred detector, per step; its window recursion
+    # adds a few small matmuls)
+    assert flops["online share=1"] == pytest.approx((2 * (2 * f + i) + p) / (2 * f + i), rel=1e-3)
+    assert flops["online share=1 shared"] == pytest.approx((3 * f + 2 * i + p) / (2 * f + i), rel=1e-3)
     assert flops["train_step_mflop"] == pytest.approx(2 * 16 * (2 * f + i) / 1e6, rel=1e-3)
 
     stream = report["stream"]
