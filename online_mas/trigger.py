@@ -25,6 +25,8 @@ from online_mas.signals import InputShift, Loss, signal_from
 
 __all__ = ["Trigger", "check_boundaries", "default_detector"]
 
+_NOT_FINITE = torch.empty(0)  # value() saw an output that is not finite: fire() leaves it out
+
 
 def default_detector(*, window: int = 32, warmup: int = 2048, min_segment: int = 1024,
                      threshold: float = 16.0, shift_threshold: float = 16.0,
@@ -226,6 +228,7 @@ class Trigger:
         each = getattr(self.signal, "per_sample", None)
         if self._lag and not pooled and self.per_sample and callable(each):
             if not math.isfinite(float(out.sum())):  # one reduction: no softmax per call
+                self._out = _NOT_FINITE
                 return math.nan
             self._out = out.detach()
             if self.last_signal is None:
@@ -251,6 +254,8 @@ class Trigger:
         if self.boundaries is not None:
             return "boundary" if step in self.boundaries else None
         if self.detector is None or value is None:
+            return None
+        if out is _NOT_FINITE:  # lag > 0: a batch whose output is not finite is left out
             return None
         if out is not None and not pooled:
             return self._keep(out, inputs)

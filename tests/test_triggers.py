@@ -457,3 +457,15 @@ def test_bad_lags() -> None:
         Trigger_(om.default_detector(lag=0), lag=-1)
     with pytest.raises(ValueError, match="lag must be an integer from 0 to min_segment=1024"):
         om.default_detector(lag=2048)
+
+
+def test_a_lag_leaves_out_a_batch_whose_output_is_not_finite() -> None:
+    t = Trigger_(om.default_detector(lag=64))
+    x, out = torch.randn(8, 4), torch.zeros(8, 3)
+    t.see(x)
+    assert t.fire(1, t.value(out), n=8) is None and t.pending == 8
+    bad = out.clone()
+    bad[3, 1] = float("nan")
+    t.see(x)
+    value = t.value(bad)
+    assert value != value and t.fire(2, value, n=8) is None and t.pending == 8  # nan: not kept
