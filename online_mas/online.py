@@ -459,13 +459,13 @@ class OnlineMAS:
         does at ``lag=0``."""
         return self._consolidate(reason, None, None)
 
-    def flush(self) -> Event | None:
-        """All-reduce the importance pending under ``Reducer(sync_every > 1)`` (a collective), and
-        evaluate the samples the detector has pending (``lag``, e.g. at the end of a stream):
-        the :class:`Event` if they hold a detection (then consolidated), else None."""
+    def flush(self, *, detector: bool = False) -> Event | None:
+        """All-reduce the importance pending under ``Reducer(sync_every > 1)`` (a collective).
+        ``detector=True``: also evaluate the samples the detector has pending (its ``lag``, e.g. at
+        the end of a stream); the :class:`Event` if they hold a detection (then consolidated)."""
         self._sync()
         self._add(self.reducer.flush(self._params.named()))
-        if self.trigger.flush() == "detector":
+        if detector and self.trigger.flush() == "detector":
             return self._consolidate("detector", self.anchor_policy.source(), self.trigger.last_signal)
         return None
 

@@ -117,7 +117,8 @@ class Trigger:
     detections never share one. Batches whose output is not finite are not kept (``value``
     returns nan, and ``OnlineMAS.observe`` skips them, as at ``lag=0``). Across ranks
     (``pooled``) there is no deferral: the pooled batch mean is fed at once. :meth:`flush`
-    evaluates what is pending now (the end of a stream); ``state_dict`` keeps it.
+    evaluates what is pending now (the end of a stream: ``OnlineMAS.flush(detector=True)``);
+    ``state_dict`` keeps it.
 
     Parameters
     ----------

@@ -37,7 +37,7 @@ def test_default_detector_watches_the_entropy_and_the_input_shift_per_sample() -
     mas.observe(torch.randn(8, 4))
     assert mas.trigger.lag == det.lag == 256 and mas.trigger.pending == 8  # kept for the bulk evaluation
     assert det.state_dict()["seen"] == 0
-    assert mas.flush() is None and mas.trigger.pending == 0
+    assert mas.flush(detector=True) is None and mas.trigger.pending == 0
     assert mas.last_signal is not None and 0.0 <= mas.last_signal <= 1.0986123 + 1e-6
     state = det.state_dict()
     assert state["seen"] == 8 and state["signal_detector"]["seen"] == 8  # one update per sample
@@ -446,7 +446,8 @@ def test_flush_evaluates_the_end_of_a_stream_and_consolidate_keeps_pending_sampl
     if not events:  # still pending: a manual consolidation keeps it, flush() finds it
         mas.consolidate()
         assert mas.trigger.pending == pending > 0
-        event = mas.flush()
+        assert mas.flush() is None and mas.trigger.pending == pending  # the reducer only
+        event = mas.flush(detector=True)
         assert event is not None and event.reason == "detector"
     assert mas.detector.detections == now  # type: ignore[union-attr]
     assert mas.trigger.pending == 0
