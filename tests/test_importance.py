@@ -240,6 +240,8 @@ CONV_GEOMETRIES = {
     "transposed-2d-grouped": (nn.ConvTranspose2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 0),
                                                  dilation=(1, 2), groups=2), (4, 5, 4)),
     "transposed-3d": (nn.ConvTranspose3d(2, 3, 2, stride=2, bias=False), (2, 3, 2, 3)),
+    "one-channel-im2col": (nn.Conv2d(1, 8, 3, padding=1, stride=(1, 2)), (1, 7, 6)),  # im2col, bias beside
+    "grouped-padded-inside": (nn.Conv2d(4, 6, 3, padding=(1, 2), dilation=(1, 2), groups=2), (4, 7, 6)),
     "rank-1": (nn.Conv2d(3, 5, 4), (3, 4, 4)),  # one output position
     "rank-1-grouped-padded": (nn.Conv2d(4, 6, 3, groups=2, padding=1, stride=3), (4, 3, 3)),
     "rank-1-1d-depthwise": (nn.Conv1d(4, 4, 5, groups=4), (4, 5)),
