@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -240,7 +241,10 @@ def model_output(model: nn.Module, x: Inputs, output: OutputFn | None = None) ->
 def finite(t: Tensor) -> bool:
     """No nan or inf in ``t``. One reduction: a sum is finite unless an element is not (or the sum
     overflows float range, which only values near 1e38 can do; those count as not finite too)."""
-    return bool(torch.isfinite(t.detach().sum()))
+    total = t.detach().sum()
+    if type(total) is Tensor:  # one number read back (``torch.isfinite`` is several ops)
+        return math.isfinite(total.item())
+    return bool(torch.isfinite(total))  # a tensor subclass (DTensor): its own reduction
 
 
 _all_finite = finite

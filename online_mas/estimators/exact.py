@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from online_mas.estimators.common import (
     Call,
     OutputFn,
+    Rule,
     Sites,
     check_finite_sums,
     forward,
@@ -97,6 +98,7 @@ def record_hook(
     calls: dict[nn.Module, Call],
     batch_dims: Mapping[nn.Module, int] | None = None,
     clone: Callable[[nn.Module], bool] | None = None,
+    rules: Mapping[nn.Module, Rule | None] | None = None,
 ) -> Hook:
     """A forward hook (``with_kwargs=True``) that records each module's first call (input, output)
     into ``calls``; ``batch_dims[m]`` is the dimension of ``m``'s batch where it is not the first.
@@ -105,6 +107,7 @@ def record_hook(
     cannot touch the record; with ``clone``, only for the modules where ``clone(m)`` (for the
     others an in-place change shows in the output's version, and :func:`covered` drops the call).
     A rule with ``inputs`` (several tensors in or out) records all of them, outputs copied.
+    ``rules``: each module's rule, looked up once (else :func:`~.registry.rule_for` per call).
     """
 
     def hook(m: nn.Module, inputs: tuple[object, ...], kwargs: dict[str, object], out: object) -> object:
@@ -113,7 +116,7 @@ def record_hook(
         if m in calls:
             calls[m].count += 1
             return None
-        rule = rule_for(m)
+        rule = rules[m] if rules is not None and m in rules else rule_for(m)
         if rule is not None and rule.inputs is not None:
             got, copied = rule.inputs(m, inputs, kwargs), _cloned(out)
             if got is None or copied is None:
@@ -188,17 +191,23 @@ def recording(
     batch_dims: Mapping[nn.Module, int] | None = None,
     clone: Callable[[nn.Module], bool] | None = None,
 ) -> Iterator[dict[nn.Module, Call]]:
-    """Record the calls of ``cands`` inside: a forward hook on each, or, for a rule with its own
-    ``record``, the recording forward it gives in place of the module's. ``batch_dims`` and
-    ``clone`` as in :func:`record_hook`."""
+    """Record the calls of ``cands`` inside: for a rule with its own ``record``, the recording
+    forward it gives in place of the module's; for the others the module's own forward followed
+    by :func:`record_hook`'s recording, as an instance attribute too (a forward hook would send
+    every call of the module through ``nn.Module``'s slower hook path), or as a forward hook where
+    the instance already has a forward of its own. ``batch_dims`` and ``clone`` as in
+    :func:`record_hook`."""
     calls: dict[nn.Module, Call] = {}
-    hook = record_hook(calls, batch_dims, clone)
+    rules = {m: rule_for(m) for m in cands}
+    hook = record_hook(calls, batch_dims, clone, rules)
     handles = []
     patched = []
-    for m in cands:
-        rule = rule_for(m)
+    for m, rule in rules.items():
         if rule is not None and rule.record is not None:
             m.__dict__["forward"] = rule.record(m, calls, cands)  # an instance attribute, removed below
+            patched.append(m)
+        elif "forward" not in m.__dict__ and not isinstance(getattr(type(m), "forward", None), property):
+            m.__dict__["forward"] = _recorded_forward(m, hook)
             patched.append(m)
         else:
             handles.append(m.register_forward_hook(hook, with_kwargs=True))
@@ -209,6 +218,18 @@ def recording(
             h.remove()
         for m in patched:
             m.__dict__.pop("forward", None)
+
+
+def _recorded_forward(m: nn.Module, hook: Hook) -> Callable[..., object]:
+    """``m``'s own forward, then ``hook`` on the call (what it returns replaces the output)."""
+    own = type(m).forward.__get__(m)
+
+    def forward(*args: object, **kwargs: object) -> object:
+        out = own(*args, **kwargs)
+        replaced = hook(m, args, kwargs, out)
+        return out if replaced is None else replaced
+
+    return forward
 
 
 def covered(calls: dict[nn.Module, Call], rows: int) -> list[Call]:
