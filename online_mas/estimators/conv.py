@@ -33,8 +33,8 @@ from online_mas.estimators import common
 from online_mas.estimators.common import Rule, abs_bmm_sum
 
 __all__ = [
-    "GROUPED_CHANNELS", "IM2COL_BYTES", "IM2COL_WIDTH", "RULE", "conv_sums", "conv_supported", "correlation_sums", "im2col",
-    "input_padding",
+    "GROUPED_CHANNELS", "IM2COL_BYTES", "IM2COL_WIDTH", "RULE", "conv_sums", "conv_supported",
+    "correlation_sums", "im2col", "input_padding",
 ]
 
 IM2COL_BYTES = 64 * 2**20  # im2col form when its per-sample gradients and columns fit in this
@@ -89,17 +89,19 @@ def conv_sums(m: nn.Module, a: Tensor, g: Tensor, acc: dict[str, Tensor]) -> Non
         pads = input_padding(m)
         weight = correlation_sums(_pad(g, pads, "zeros"), a, kernel, stride, dilation, m.groups)
         bias = None
-    else:
+    elif isinstance(m, _CONV):
         weight, bias = _conv_forms(m, a, g, kernel, stride, dilation)
+    else:
+        raise TypeError(f"conv_sums needs an nn.Conv*d or nn.ConvTranspose*d, got {type(m).__name__}")
     _add(acc, "weight", weight.reshape(m.weight.shape))
     if m.bias is not None:
         _add(acc, "bias", bias if bias is not None else g.flatten(2).sum(-1).abs().sum(0))
 
 
-def _conv_forms(m: nn.Module, a: Tensor, g: Tensor, kernel: tuple[int, ...], stride: tuple[int, ...],
-                dilation: tuple[int, ...]) -> tuple[Tensor, Tensor | None]:
+def _conv_forms(m: nn.Conv1d | nn.Conv2d | nn.Conv3d, a: Tensor, g: Tensor, kernel: tuple[int, ...],
+                stride: tuple[int, ...], dilation: tuple[int, ...]) -> tuple[Tensor, Tensor | None]:
     """A convolution's weight sum and, where the form gives it with the weight's, its bias sum."""
-    groups, bias = m.groups, m.bias is not None
+    groups, bias = int(m.groups), m.bias is not None
     n, cg, og = a.shape[0], a.shape[1] // groups, g.shape[1] // groups
     k, p = math.prod(kernel), g.shape[2:].numel()
     pads = input_padding(m)
@@ -159,8 +161,8 @@ def _grouped(a: Tensor, g: Tensor, kernel: tuple[int, ...], stride: tuple[int, .
     positions = g.shape[2:]
     if padding is None:
         padding = (0,) * len(kernel)
-        extent = tuple(s * (q - 1) + d * (k - 1) + 1 for s, d, k, q in zip(stride, dilation, kernel, positions,
-                                                                          strict=True))
+        extent = tuple(s * (q - 1) + d * (k - 1) + 1
+                       for s, d, k, q in zip(stride, dilation, kernel, positions, strict=True))
         a = a[(slice(None), slice(None), *(slice(0, e) for e in extent))]  # the part the windows read
     spatial = a.shape[2:]
     shape = (out_c, in_c // groups, *kernel)
@@ -214,7 +216,8 @@ def im2col(n: int, groups: int, og: int, cg: int, k: int, p: int) -> bool:
     input channels per group times kernel offsets, where a samples-as-groups convolution is
     inefficient), at least 8 outputs per group, and its columns and per-sample gradients within
     :data:`IM2COL_BYTES`."""
-    return cg * k <= IM2COL_WIDTH and og >= 8 and 4 * n * groups * (og * (cg * k + 1) + (cg * k + 1) * p) <= IM2COL_BYTES
+    width = cg * k + 1  # with the bias's column
+    return cg * k <= IM2COL_WIDTH and og >= 8 and 4 * n * groups * width * (og + p) <= IM2COL_BYTES
 
 
 def _pad(a: Tensor, pads: list[int], mode: str) -> Tensor:
