@@ -24,6 +24,7 @@ __all__ = [
     "Rule",
     "Sites",
     "abs_bmm_sum",
+    "block_rows",
     "call_model",
     "check_chunk_size",
     "check_finite_sums",
@@ -167,7 +168,7 @@ def abs_bmm_sum(x: Tensor, y: Tensor, groups: int = 1) -> Tensor:
     b, m, p = x.shape[0], x.shape[1], y.shape[2]
     n = b // groups
     per_sample = groups * m * p * x.element_size()
-    step = max(1, BLOCK_BYTES // per_sample) if x.device.type == "cpu" else n
+    step = block_rows(n, per_sample) if x.device.type == "cpu" else n
     if step >= n:
         return torch.bmm(x, y).abs_().view(n, groups, m, p).sum(0)
     acc = torch.zeros(1, groups * m * p, dtype=x.dtype, device=x.device)
@@ -179,6 +180,23 @@ def abs_bmm_sum(x: Tensor, y: Tensor, groups: int = 1) -> Tensor:
         torch.bmm(xs, ys, out=block)
         acc.addmm_(ones if k == step else ones[:, :k], block.abs_().view(k, groups * m * p))
     return acc.view(groups, m, p)
+
+
+def block_rows(n: int, per_sample: int) -> int:
+    """Samples per block when ``n`` samples of ``per_sample`` bytes each go through in blocks of at
+    most :data:`BLOCK_BYTES` (at least one sample): as few blocks as that allows, of equal sizes
+    (no small last block with its own fixed cost).
+
+    Examples
+    --------
+    >>> block_rows(64, 18432)  # 1 MiB holds 56 of them: two blocks of 32, not 56 and 8
+    32
+    """
+    step = max(1, BLOCK_BYTES // max(1, per_sample))
+    if step >= n:
+        return n
+    blocks = -(-n // step)
+    return -(-n // blocks)
 
 
 def call_model(model: nn.Module, x: Inputs) -> Tensor:

@@ -167,7 +167,7 @@ def _grouped(a: Tensor, g: Tensor, kernel: tuple[int, ...], stride: tuple[int, .
     spatial = a.shape[2:]
     shape = (out_c, in_c // groups, *kernel)
     size = out_c * (in_c // groups) * math.prod(kernel) * 4  # one sample's gradient, bytes
-    step = max(1, common.BLOCK_BYTES // size) if a.device.type == "cpu" else n
+    step = common.block_rows(n, size) if a.device.type == "cpu" else n
     total = torch.zeros(1, math.prod(shape), dtype=a.dtype, device=a.device)
     total_b = torch.zeros(1, out_c, dtype=a.dtype, device=a.device) if bias else None
     ones = torch.ones(1, min(step, n), dtype=a.dtype, device=a.device)
