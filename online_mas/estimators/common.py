@@ -96,6 +96,12 @@ class Call:
 
     ``pair(grads)``, where given, turns the gradients at ``targets`` into the rule's ``(a, g)``
     (:class:`Sites`); by default they are the first input and the gradient at the one target.
+
+    ``edges``, where given, stand for the outputs instead of ``targets`` (then empty): the
+    autograd edges (``torch.autograd.graph.get_gradient_edge``) into the layer's backward, whose
+    gradient is the one at the layer's own output whatever later ops do to it in place, without
+    keeping the output's memory alive; ``like`` holds their shapes, dtypes and devices (for the
+    zeros where no gradient reached).
     """
 
     module: nn.Module
@@ -105,6 +111,8 @@ class Call:
     rows: int
     count: int = 1
     pair: Callable[[tuple[Tensor, ...]], tuple[Any, Any]] | None = None
+    edges: tuple[Any, ...] = ()
+    like: tuple[tuple[torch.Size, torch.dtype, torch.device], ...] = ()
 
 
 @dataclass(frozen=True)

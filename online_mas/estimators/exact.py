@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.graph import get_gradient_edge
 
 from online_mas.estimators.common import (
     Call,
@@ -99,6 +100,7 @@ def record_hook(
     batch_dims: Mapping[nn.Module, int] | None = None,
     clone: Callable[[nn.Module], bool] | None = None,
     rules: Mapping[nn.Module, Rule | None] | None = None,
+    edges: bool = False,
 ) -> Hook:
     """A forward hook (``with_kwargs=True``) that records each module's first call (input, output)
     into ``calls``; ``batch_dims[m]`` is the dimension of ``m``'s batch where it is not the first.
@@ -108,6 +110,7 @@ def record_hook(
     others an in-place change shows in the output's version, and :func:`covered` drops the call).
     A rule with ``inputs`` (several tensors in or out) records all of them, outputs copied.
     ``rules``: each module's rule, looked up once (else :func:`~.registry.rule_for` per call).
+    ``edges``: a one-tensor output is recorded as its autograd edge (:class:`Call`), never copied.
     """
 
     def hook(m: nn.Module, inputs: tuple[object, ...], kwargs: dict[str, object], out: object) -> object:
@@ -133,8 +136,15 @@ def record_hook(
             return None
         dim = batch_dims.get(m, 0) if batch_dims else 0
         rows = int(tensors[0].shape[dim]) if tensors[0].dim() > dim and out.dim() > dim else -1
-        versions = tuple(t._version for t in (*tensors, out))
         pair = None if dim == 0 else _moved(tensors[0], dim)
+        if edges:
+            if not out.requires_grad:
+                calls[m] = Call(m, (), (), (), rows=-1, count=2)  # no gradient reaches it: not covered
+                return None
+            calls[m] = Call(m, tensors, (), tuple(t._version for t in tensors), rows, pair=pair,
+                            edges=(get_gradient_edge(out),), like=((out.shape, out.dtype, out.device),))
+            return None
+        versions = tuple(t._version for t in (*tensors, out))
         calls[m] = Call(m, tensors, (out,), versions, rows, pair=pair)
         return out.clone() if clone is None or clone(m) else None
 
@@ -190,16 +200,17 @@ def recording(
     cands: Mapping[nn.Module, list[str]],
     batch_dims: Mapping[nn.Module, int] | None = None,
     clone: Callable[[nn.Module], bool] | None = None,
+    edges: bool = False,
 ) -> Iterator[dict[nn.Module, Call]]:
     """Record the calls of ``cands`` inside: for a rule with its own ``record``, the recording
     forward it gives in place of the module's; for the others the module's own forward followed
     by :func:`record_hook`'s recording, as an instance attribute too (a forward hook would send
     every call of the module through ``nn.Module``'s slower hook path), or as a forward hook where
-    the instance already has a forward of its own. ``batch_dims`` and ``clone`` as in
+    the instance already has a forward of its own. ``batch_dims``, ``clone`` and ``edges`` as in
     :func:`record_hook`."""
     calls: dict[nn.Module, Call] = {}
     rules = {m: rule_for(m) for m in cands}
-    hook = record_hook(calls, batch_dims, clone, rules)
+    hook = record_hook(calls, batch_dims, clone, rules, edges)
     handles = []
     patched = []
     for m, rule in rules.items():
@@ -240,7 +251,7 @@ def covered(calls: dict[nn.Module, Call], rows: int) -> list[Call]:
         for c in calls.values()
         if c.count == 1
         and c.rows == rows
-        and c.targets
+        and (c.targets or c.edges)
         and all(t.requires_grad for t in c.targets)
         and all(t._version == v for t, v in zip((*c.inputs, *c.targets), c.versions, strict=True))
     ]
@@ -253,14 +264,19 @@ def output_grads(calls: list[Call], out: Tensor, *, retain_graph: bool = False,
 
     ``retain_graph`` keeps ``out``'s graph for a backward that comes later (someone else's).
     """
-    targets = [t for c in calls for t in c.targets]
+    targets = [t for c in calls for t in (c.edges or c.targets)]
     total = sq_norm_total(out)
     grads = iter(torch.autograd.grad(total * scale if scale != 1.0 else total, targets, allow_unused=True,
                                      retain_graph=retain_graph))
     pairs: list[Pair] = []
     for c in calls:
-        gs = tuple(torch.zeros_like(t) if g is None else g.detach()
-                   for t, g in zip(c.targets, itertools.islice(grads, len(c.targets)), strict=True))
+        if c.edges:
+            gs = tuple(torch.zeros(shape, dtype=dtype, device=device) if g is None else g.detach()
+                       for (shape, dtype, device), g in zip(c.like, itertools.islice(grads, len(c.edges)),
+                                                            strict=True))
+        else:
+            gs = tuple(torch.zeros_like(t) if g is None else g.detach()
+                       for t, g in zip(c.targets, itertools.islice(grads, len(c.targets)), strict=True))
         pairs.append((c.module, c.inputs[0].detach(), gs[0]) if c.pair is None else (c.module, *c.pair(gs)))
     return pairs
 
@@ -357,7 +373,7 @@ def exact_sums(
     keep = factor and len(pieces) == 1 and scale == 1.0
     pairs: list[Pair] = []
     outs = []
-    with recording(cands, sequence_first(model), clone=_INPLACE.__contains__) as calls:
+    with recording(cands, sequence_first(model), clone=_INPLACE.__contains__, edges=True) as calls:
         for xc in pieces:
             for attempt in range(2):  # again (once) if an output was changed in place: copy it then
                 calls.clear()
