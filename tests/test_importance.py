@@ -466,6 +466,23 @@ def test_per_sample_products_formed_in_small_blocks_give_the_same_sums(
     _assert_close(got, loop_reference(model, x))
 
 
+@pytest.mark.parametrize("block_bytes", [1, 3 * 4 * 5 * 4, 2**20])  # one sample, some, all at once
+@pytest.mark.parametrize(("n", "groups"), [(1, 1), (7, 1), (5, 3)])
+def test_abs_bmm_sum_in_blocks_equals_the_absolute_per_sample_products(
+    n: int, groups: int, block_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    common = sys.modules["online_mas.estimators.common"]
+    monkeypatch.setattr(common, "BLOCK_BYTES", block_bytes)
+    g = torch.Generator().manual_seed(n)
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(n * groups, 4, 6, generator=g, dtype=dtype)
+        y = torch.randn(n * groups, 6, 5, generator=g, dtype=dtype)
+        want = torch.stack([(x[i] @ y[i]).abs() for i in range(n * groups)]).view(n, groups, 4, 5).sum(0)
+        got = common.abs_bmm_sum(x, y, groups)
+        assert got.shape == (groups, 4, 5) and got.dtype == dtype
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_chunk_size_from_the_memory_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     budget = sys.modules["online_mas.estimators.budget"]
     torch.manual_seed(0)

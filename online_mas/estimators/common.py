@@ -181,12 +181,16 @@ def abs_bmm_sum(x: Tensor, y: Tensor, groups: int = 1) -> Tensor:
         return torch.bmm(x, y).abs_().view(n, groups, m, p).sum(0)
     acc = torch.zeros(1, groups * m * p, dtype=x.dtype, device=x.device)
     buf = torch.empty(step * groups, m, p, dtype=x.dtype, device=x.device)
+    flat = buf.view(step, groups * m * p)  # the same memory, one row per sample
     ones = torch.ones(1, step, dtype=x.dtype, device=x.device)
     for xs, ys in zip(x.split(step * groups), y.split(step * groups), strict=True):
         k = xs.shape[0] // groups
-        block = buf if k == step else buf[: k * groups]
-        torch.bmm(xs, ys, out=block)
-        acc.addmm_(ones if k == step else ones[:, :k], block.abs_().view(k, groups * m * p))
+        if k == step:
+            torch.bmm(xs, ys, out=buf)
+            acc.addmm_(ones, flat.abs_())
+        else:  # the last, smaller block
+            torch.bmm(xs, ys, out=buf[: k * groups])
+            acc.addmm_(ones[:, :k], flat[:k].abs_())
     return acc.view(groups, m, p)
 
 

@@ -2,8 +2,9 @@
 
 One forward records the inputs of the layers that have a rule (:mod:`.registry`) and the autograd
 edge of each one's output; one backward of ``sum_n ||f(x_n)||^2`` to those edges gives every
-sample's gradient at those layers' outputs; the rules turn the pairs into per-sample sums. Parameters without a rule (attention projections, custom parameters,
-layers called twice, tied weights) get theirs from ``torch.func`` (:func:`.func.func_sums`).
+sample's gradient at those layers' outputs; the rules turn the pairs into per-sample sums.
+Parameters without a rule (attention projections, custom parameters, layers called twice, tied
+weights) get theirs from ``torch.func`` (:func:`.func.func_sums`).
 Batches larger than ``chunk`` go through in chunks, so transient memory does not grow with the batch.
 """
 
