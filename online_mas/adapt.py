@@ -413,7 +413,7 @@ class Adapter:
     def calibrate(self, batches: Iterable[Tensor]) -> Event:
         """Estimate Omega on unlabeled source batches and anchor the penalty at the current model.
 
-        Estimates importance on every batch (``mas.accumulate``, whatever ``mas.config.every``),
+        Estimates importance on every batch (``mas.accumulate``, whatever ``mas.config.share``),
         then consolidates with ``reason="source"``. Call once, before deployment.
         """
         if self.mas is None:

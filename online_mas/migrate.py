@@ -1,24 +1,27 @@
-"""Reading OnlineMAS state dicts of older versions (the layout of version 1, online-mas 0.1)."""
+"""Reading OnlineMAS state dicts of older versions: the layout of version 1 (online-mas 0.1), and
+version 2, whose importance interval counted observe() calls."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["STATE_VERSION", "current_state", "stable_anchor_from_v1", "state_from_v1"]
+__all__ = ["STATE_VERSION", "current_state", "stable_anchor_from_v1", "state_from_v1", "state_from_v2"]
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 
 
 def current_state(state: object, *, anchor: str) -> Mapping[str, object]:
-    """``state`` in the current layout (version 1 is migrated), checked to have been saved with an
-    anchor policy of kind ``anchor``."""
+    """``state`` in the current layout (versions 1 and 2 are migrated), checked to have been saved
+    with an anchor policy of kind ``anchor``."""
     if not isinstance(state, Mapping):
         raise TypeError(f"state must be a dict from OnlineMAS.state_dict(), got {type(state)!r}")
     if state.get("version") == 1:
         state = state_from_v1(state)
+    if state.get("version") == 2:
+        state = state_from_v2(state)
     if state.get("version") != STATE_VERSION:
         raise ValueError(f"OnlineMAS state version {state.get('version')!r} is not supported "
-                         f"(this version reads 1 and {STATE_VERSION})")
+                         f"(this version reads 1 to {STATE_VERSION})")
     policy = state.get("anchor_policy")
     kind = policy.get("kind") if isinstance(policy, Mapping) else None
     if kind != anchor:
@@ -85,3 +88,25 @@ def state_from_v1(state: Mapping[str, object]) -> dict[str, object]:
                     "last_signal": state.get("last_signal"), "signal": state.get("feature_shift")},
         "buffer": state.get("buffer"),
     }
+
+
+def state_from_v2(state: Mapping[str, object]) -> dict[str, object]:
+    """The version-3 layout of a version-2 state: its importance interval counted observe() calls
+    (``config.every``, estimates at the steps divisible by it), version 3 counts samples
+    (``MASConfig.share``; what is owed is the ``"schedule"`` entry).
+
+    The batch size was not recorded, so what is owed is kept as a fraction of the next batch:
+    ``(step % every) / every`` of its samples, what the calls since the last estimate owe at
+    ``share = 1/every``. Exact (the next estimates at the steps the old schedule had) when the
+    loading OnlineMAS has ``share = 1/every`` and the batches keep one size of at most
+    ``min_estimate``; otherwise the schedule is exact from the next estimate on. ``config`` is kept
+    without ``every`` (``load_state_dict`` reads no config: the loading OnlineMAS's applies)."""
+    config = state.get("config")
+    cfg: dict[str, object] = dict(config) if isinstance(config, Mapping) else {}
+    every, step = cfg.pop("every", 64), state.get("step", 0)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1 \
+            or isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"version-2 OnlineMAS state with config.every={every!r} at step {step!r} cannot be "
+                         "read (every must be an int >= 1, step an int >= 0)")
+    schedule = {"version": 1, "owed": 0, "denominator": 1, "next_batch": [step % every, every]}
+    return {**state, "version": 3, "config": cfg, "schedule": schedule}

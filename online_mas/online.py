@@ -8,7 +8,7 @@ import math
 import warnings
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import InitVar, asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -43,6 +43,7 @@ from online_mas.penalty import (
     proximal_,
 )
 from online_mas.reduce import Reducer
+from online_mas.schedule import Schedule
 from online_mas.sharded import any_sharded, finite_copy, local_grads, local_lists, whole_value
 from online_mas.signals import per_sample
 from online_mas.skips import Skips
@@ -65,22 +66,41 @@ DEFAULT: Any = _Default()
 
 @dataclass(frozen=True)
 class MASConfig:
-    """The numbers of OnlineMAS's importance estimate; every field always applies."""
+    """The numbers of OnlineMAS's importance estimate; every field always applies.
+
+    ``share`` and ``min_estimate`` count samples, never calls (:class:`~online_mas.schedule.Schedule`):
+    each batch of ``n`` samples adds ``n * share`` to what is owed, and a batch is estimated once
+    ``min(min_estimate, n)`` samples are owed, on ``min(n, floor(owed))`` of its samples (drawn with
+    the seeded generator when fewer than ``n``; ``subsample`` caps them). A batch of at most
+    ``min_estimate`` samples is thus estimated whole every ``1 / share`` batches (the default is
+    every 64th batch at batch 32); at batch 1024, 32 samples every other batch. Either way the
+    estimated samples are ``share`` of the stream's at any batch size. ``every=k`` (observe() calls)
+    is gone: ``share=1/k`` is the same at a fixed batch size of at most ``min_estimate``.
+    """
 
     method: str = "exact"  # importance estimator, one of om.METHODS (exact, ..., jacobian, norm, fisher)
-    every: int = 64  # estimate importance on every k-th call of observe() (1: every call)
+    share: float = 1 / 64  # fraction of the stream's samples whose importance is estimated, in (0, 1]
+    min_estimate: int = 32  # fewest samples one estimate covers (a smaller batch: the whole batch)
     subsample: int | None = None  # estimate on at most this many samples of each batch (seeded)
     chunk_size: int | None = None  # samples estimated at once; None: as many as fit memory_budget
     memory_budget: int | None = None  # bytes of transient memory per estimate (None: 1 GiB)
     seed: int = 0  # seed of the subsample generator
     normalize: str | None = None  # rescale a segment's Omega before folding it: None, "max", "mean"
     shared_forward: bool = False  # exact importance from the training forward where it is the same
+    every: InitVar[object] = None  # gone (it counted observe() calls): raises, naming share
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, every: object) -> None:
+        if every is not None:
+            raise ValueError(f"MASConfig(every={every!r}) counted observe() calls; the importance "
+                             f"interval is now a share of the samples: share=1/k is every=k at a fixed "
+                             f"batch size of at most min_estimate={self.min_estimate} samples (every=64 "
+                             f"is the default share=1/64; every=1 is share=1.0)")
         check_choice("method", self.method, METHODS)
         check_choice("normalize", self.normalize, NORMALIZE)
-        if not is_int(self.every) or self.every < 1:
-            raise ValueError(f"every must be an int >= 1, got {self.every!r}")
+        if is_real(self.share) and self.share > 1:
+            raise ValueError(f"share must be a number in (0, 1] (the fraction of samples estimated), got "
+                             f"{self.share!r}; the old every=k (observe() calls) is share=1/k")
+        Schedule(self.share, self.min_estimate)  # checks share and min_estimate
         if self.subsample is not None and (not is_int(self.subsample) or self.subsample < 1):
             raise ValueError(f"subsample must be an int >= 1 or None, got {self.subsample!r}")
         if self.chunk_size is not None and (not is_int(self.chunk_size) or self.chunk_size < 1):
@@ -125,7 +145,7 @@ class OnlineMAS:
     lam
         Penalty strength, a finite number >= 0.
     config
-        :class:`MASConfig`: estimator, interval, subsample, normalisation.
+        :class:`MASConfig`: estimator, share of the samples estimated, subsample, normalisation.
     detector
         River's contract (``update``, ``drift_detected``); default :func:`default_detector`;
         None: consolidate only on :meth:`consolidate`.
@@ -153,7 +173,7 @@ class OnlineMAS:
     >>> import online_mas as om
     >>> _ = torch.manual_seed(0)
     >>> model = nn.Linear(4, 2)
-    >>> mas = om.OnlineMAS(model, lam=1.0, config=om.MASConfig(every=1))
+    >>> mas = om.OnlineMAS(model, lam=1.0, config=om.MASConfig(share=1.0))
     >>> mas.observe(torch.randn(8, 4)) is None
     True
     >>> event = mas.consolidate()
@@ -203,6 +223,8 @@ class OnlineMAS:
         self._step = 0
         self._skips = Skips()
         self._generator = torch.Generator().manual_seed(self.config.seed)
+        self._schedule = Schedule(self.config.share, self.config.min_estimate)
+        self._last_n = self.config.min_estimate  # the batch size _arm_next expects next
         self._seen = LastForward()
         shared = self.config.shared_forward and output is None and self.config.method == "exact" \
             and self.config.subsample is None
@@ -244,6 +266,14 @@ class OnlineMAS:
     def step(self) -> int:
         """How many times ``observe`` was called."""
         return self._step
+
+    def estimates(self, n: int) -> int:
+        """How many samples of a batch of ``n`` the next :meth:`observe` would estimate the
+        importance of (0: none), by ``config.share`` and ``config.min_estimate``; before
+        ``config.subsample`` caps them (a shared forward estimates the whole batch)."""
+        if not is_int(n) or n < 0:
+            raise ValueError(f"n must be an int >= 0 (the samples of a batch), got {n!r}")
+        return self._schedule.due(n)
 
     @property
     def segments(self) -> int:
@@ -347,7 +377,9 @@ class OnlineMAS:
         """One step; nothing changes before everything that can raise has run (the step is
         counted at the end, also for a skipped batch)."""
         step = self._step + 1
-        update = step % self.config.every == 0
+        n = batch_size(x)
+        k = self._schedule.due(n)  # the same on every rank while ranks keep their batch sizes
+        update = k > 0
         ranks = self.reducer.size > 1
         self._sync(full=update or ranks)
         seen = _for_signal(self._seen.take(x))
@@ -358,7 +390,11 @@ class OnlineMAS:
         try:
             if update:
                 self._check_batch(x)
-                batch = self._estimate(x)
+                batch = self._estimate(x, k=k)
+                if seen is None and batch.n < n and self.trigger.every_step:  # the detector sees all n
+                    seen = _for_signal(self._output(x))
+                    if seen is not None and not bool(torch.isfinite(seen).all()):
+                        raise NonFiniteError("the model output is not finite (nan or inf)")
                 out, weight = (seen, weight) if seen is not None else (_for_signal(batch.out), float(batch.n))
                 value = self.trigger.value(out)  # type: ignore[arg-type]
             elif seen is not None and self.trigger.every_step:
@@ -371,12 +407,14 @@ class OnlineMAS:
                     value = self.trigger.value(_for_signal(self._output(x)))  # type: ignore[arg-type]
         except NonFiniteError as err:
             self._step = step
+            self._count(n, k, None)
             self._skips.observed(False, str(err), check=not ranks)
             if not ranks:
                 return None
             batch, value = None, None
         else:
             self._step = step
+            self._count(n, k, batch)
             self._skips.observed(True)
         if self.trigger.by_loss and loss is not None:
             value, weight = loss, float(batch_size(x))
@@ -393,6 +431,12 @@ class OnlineMAS:
             samples = round(self.reducer.last_weight) if feed else samples * self.reducer.size
         return self._after(value, round(self.reducer.last_weight if ranks else weight), pooled=ranks,
                            samples=samples)
+
+    def _count(self, n: int, k: int, batch: BatchImportance | None) -> None:
+        """Pay the schedule for this step: the ``k`` samples due (also when the batch was skipped or
+        ``subsample`` took fewer), or the whole batch a shared forward estimated."""
+        self._schedule.count(n, max(k, batch.n) if batch is not None else k)
+        self._last_n = n
 
     def accumulate(self, x: Inputs) -> int:
         """Estimate the importance of a batch now and add it to the running average, outside the
@@ -429,7 +473,7 @@ class OnlineMAS:
         self._sync()
         return {
             "version": STATE_VERSION, "lam": self.lam, "config": asdict(self.config),
-            "step": self._step, "n_skipped": self._skips.count,
+            "step": self._step, "n_skipped": self._skips.count, "schedule": self._schedule.state_dict(),
             "events": [e.to_dict() for e in self.events], "generator": self._generator.get_state(),
             "running": self.running.state_dict(),
             "consolidator": self.consolidator.state_dict(self._params.names),
@@ -447,6 +491,7 @@ class OnlineMAS:
         self.lam = state["lam"]  # type: ignore[assignment]
         self._step = int(state["step"])  # type: ignore[call-overload]
         self._skips.count = int(state["n_skipped"])  # type: ignore[call-overload]
+        self._schedule.load_state_dict(state["schedule"])  # type: ignore[arg-type]
         self.events = [Event.from_dict(e) for e in state.get("events", [])]  # type: ignore[attr-defined]
         generator = state.get("generator")
         if isinstance(generator, Tensor):
@@ -508,14 +553,15 @@ class OnlineMAS:
         params = self._params.params
         return local_grads(params) if any_sharded(params) else contextlib.nullcontext(params)
 
-    def _estimate(self, x: Inputs, *, step: bool = True) -> BatchImportance:
-        """This batch's importance: from the user's forward (shared_forward) or a separate pass.
-        ``step``: an observe step (subsampled, factors to fold, offered to the buffer)."""
+    def _estimate(self, x: Inputs, *, step: bool = True, k: int | None = None) -> BatchImportance:
+        """This batch's importance: from the user's forward (shared_forward, the whole batch) or a
+        separate pass. ``step``: an observe step (``k`` of its samples, at most ``subsample``;
+        factors to fold; offered to the buffer)."""
         shared = self._seen.shared
         batch = shared.take(x, self._params.names) if shared is not None and isinstance(x, Tensor) else None
         xs = x
         if batch is None:
-            xs = self._subsample(x) if step else x
+            xs = self._subsample(x, k) if step else x
             self._seen.active = False
             try:
                 batch = estimate(unwrap(self.model), xs, method=self.config.method, output=self.output,
@@ -604,8 +650,10 @@ class OnlineMAS:
         if samples == 0 and self._step > 0:
             warnings.warn(
                 f"consolidation at step {self._step} folds no importance: nothing was estimated "
-                f"since the last one (config.every={self.config.every}); lower config.every for "
-                "segments shorter than that, or call accumulate(x) before consolidating",
+                f"since the last one (config.share={self.config.share:g}: a batch of n samples is "
+                f"estimated once min(config.min_estimate={self.config.min_estimate}, n) / share samples "
+                "have been observed); raise config.share for shorter segments, or call "
+                "accumulate(x) before consolidating",
                 RuntimeWarning, stacklevel=3)
         self.consolidator.consolidate(self.running_omega if samples > 0 else None,
                                       self._params.named(), anchor)
@@ -618,14 +666,20 @@ class OnlineMAS:
         return event
 
     def _arm_next(self) -> None:
-        """shared_forward: record the user's next forward if the next observe estimates importance."""
+        """shared_forward: record the user's next forward if the next observe estimates importance
+        at the last batch size (a batch of another size may find it unrecorded and take the
+        separate pass, or leave the recording unused)."""
         if self._seen.shared is not None:
-            due = (self._step + 1) % self.config.every == 0 and self.reducer.size == 1
+            due = self.reducer.size == 1 and self._schedule.due(self._last_n) > 0
             self._seen.arm(self._params.names if due else None, self._params.params)
 
-    def _subsample(self, x: Inputs) -> Inputs:
-        k = self.config.subsample
-        if k is None or batch_size(x) <= k:
+    def _subsample(self, x: Inputs, k: int | None) -> Inputs:
+        """``k`` samples of ``x`` (None: all), at most ``config.subsample``, drawn with the seeded
+        generator when fewer than the batch."""
+        cap = self.config.subsample
+        k = batch_size(x) if k is None else k
+        k = k if cap is None else min(k, cap)
+        if batch_size(x) <= k:
             return x
         return select(x, torch.randperm(batch_size(x), generator=self._generator)[:k])
 

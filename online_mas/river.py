@@ -53,8 +53,11 @@ class Classifier(base.MiniBatchClassifier):
         Strength of the MAS penalty.
     window
         Samples per ``OnlineMAS.observe`` call: the importance and the detector see them together.
-    every
-        Importance on every ``every``-th window.
+    share
+        Fraction of the samples whose importance is estimated, in (0, 1] (the default 0.25 is the
+        whole window on every 4th window: ``MASConfig.share``).
+
+    ``every`` (importance on every k-th window) is gone: ``share=1/k`` replaces it.
     seed
         Seeds the network's initialisation (None: not seeded).
 
@@ -75,9 +78,16 @@ class Classifier(base.MiniBatchClassifier):
         momentum: float = 0.9,
         lam: float = 1e-3,
         window: int = 32,
-        every: int = 4,
+        share: float = 0.25,
         seed: int | None = None,
+        **_removed: object,
     ) -> None:
+        if "every" in _removed:
+            raise ValueError(f"Classifier(every={_removed['every']!r}) counted windows; importance is "
+                             f"now estimated on a share of the samples: share=1/every (every=4 is the "
+                             f"default share=0.25)")
+        if _removed:
+            raise TypeError(f"Classifier got unexpected keyword arguments {sorted(_removed)}")
         if module is not None and not callable(module):
             raise TypeError(f"module must be callable as module(n_features, n_classes) or None, "
                             f"got {module!r}")
@@ -91,9 +101,10 @@ class Classifier(base.MiniBatchClassifier):
             raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
         if not is_real(momentum) or not 0 <= momentum < 1:
             raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
-        for name, value in (("window", window), ("every", every)):
-            if not is_int(value) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not is_int(window) or window < 1:
+            raise ValueError(f"window must be an int >= 1, got {window!r}")
+        if not is_real(share) or not 0 < share <= 1:
+            raise ValueError(f"share must be a number in (0, 1], got {share!r}")
         if seed is not None and not is_int(seed):
             raise ValueError(f"seed must be an int or None, got {seed!r}")
         self.module = module
@@ -103,7 +114,8 @@ class Classifier(base.MiniBatchClassifier):
         self.momentum = momentum
         self.lam = lam
         self.window = window
-        self.every = every
+        self.share = share
+        self._removed: dict[str, object] = {}  # river reads **kwargs back from here (repr, clone)
         self.seed = seed
         self._features: dict[Hashable, int] = {}
         self._classes: list[Hashable] = []
@@ -203,7 +215,7 @@ class Classifier(base.MiniBatchClassifier):
                     layers += [nn.Linear(a, b), nn.ReLU()]
                 self._net = nn.Sequential(*layers, nn.Linear(widths[-1], 2))
         self._opt = torch.optim.SGD(self._net.parameters(), lr=self.lr, momentum=self.momentum)
-        self._mas = OnlineMAS(self._net, self.lam, config=MASConfig(every=self.every, seed=self.seed or 0),
+        self._mas = OnlineMAS(self._net, self.lam, config=MASConfig(share=self.share, seed=self.seed or 0),
                               output=self._logits)
 
     def _grow(self, x: dict[Hashable, Any], y: Hashable) -> None:

@@ -18,7 +18,7 @@ Examples
 >>> from torch import nn
 >>> import online_mas as om
 >>> model = nn.Linear(3, 2)
->>> mas = om.OnlineMAS(model, detector=None, config=om.MASConfig(every=1))
+>>> mas = om.OnlineMAS(model, detector=None, config=om.MASConfig(share=1.0))
 >>> _ = mas.observe(torch.ones(4, 3)); _ = mas.consolidate()
 >>> with tempfile.TemporaryDirectory() as d:
 ...     save_sharded(mas.state_dict(), d + "/mas")

@@ -229,25 +229,34 @@ class FeatureShift:
 
 class InputShift:
     r"""Per-sample values whose sum over each window of ``window`` samples is the standardised
-    squared shift of that window's mean input from a running reference of the stream.
+    squared shift of that window's mean input features from a running reference of the stream.
 
-    With the reference mean :math:`\mu` and per-dimension variance :math:`v` (frozen during a
-    window), :math:`y_n = (x_n - \mu) / \sqrt{v + \epsilon \bar v}` (:math:`\bar v` the mean of
-    :math:`v`, so the floor is scale-free) and :math:`P_n` the sum of the :math:`y` of the window's
-    earlier samples, sample :math:`n` gets :math:`s_n = (2\langle y_n, P_n\rangle + \|y_n\|^2)/D`,
-    so that a window sums to :math:`\|\sum_n y_n\|^2 / D`, :math:`W` times the mean over
-    dimensions of :math:`W (m_d - \mu_d)^2 / v_d`: the values average about 1 on a stationary
-    stream and much more when the input distribution moves. Values depend only on earlier samples
-    and windows are aligned to the sample count, so a stream cut into batches of any size gives the
-    same values (up to rounding). Inputs of another size than before restart the reference. At the
-    end of each window the reference moves toward it (exponential moving averages with
-    ``half_life`` samples; plain means while they hold fewer samples). The first window after
-    construction or :meth:`restart` sets the reference and gives zeros.
+    The features of a sample are its flattened input :math:`x` (:math:`D` values) and, with
+    ``projections`` :math:`= k > 0`, the squares :math:`(r_j^\top x)^2` of :math:`k` fixed random
+    projections (:math:`r_j` Gaussian with variance :math:`1/D`, drawn from ``seed``): their means
+    are the input's second moments along :math:`k` random directions, which move when the pixels
+    or positions are permuted, or the inputs rotate, even where every per-dimension mean stays
+    (MNIST-1D's shifted signals: ``results/detection.md``). With the reference mean :math:`\mu`
+    and per-feature variance :math:`v` (frozen during a window),
+    :math:`y_n = (f_n - \mu) / \sqrt{v + \epsilon \bar v}` (:math:`\bar v` the mean of :math:`v`
+    over the input's features, and separately over the projections', so the floor is scale-free)
+    and :math:`P_n` the sum of the :math:`y` of the window's earlier samples, sample :math:`n` gets
+    :math:`s_n = (2\langle y_n, P_n\rangle + \|y_n\|^2)/F` (:math:`F = D + k` features), so that a
+    window sums to :math:`\|\sum_n y_n\|^2 / F`, :math:`W` times the mean over features of
+    :math:`W (m_f - \mu_f)^2 / v_f`: the values average about 1 on a stationary stream and much
+    more when the input distribution moves. Values depend only on earlier samples and windows are
+    aligned to the sample count, so a stream cut into batches of any size gives the same values (up
+    to rounding). Inputs of another size than before restart the reference (and draw new
+    projections). At the end of each window the reference moves toward it (exponential moving
+    averages with ``half_life`` samples; plain means while they hold fewer samples). The first
+    window after construction or :meth:`restart` sets the reference and gives zeros.
 
     The inputs, not the model's features, because they do not drift while the model learns: on
     recurring permuted digits the window statistic of the penultimate features or the logits
-    varies within a segment as much as at a change (``results/detection.md``). It sees any change
-    of the input means, returns to a learned segment included, and nothing of P(y|x).
+    varies within a segment as much as at a change (``results/detection.md``). It sees changes of
+    the input means and of the second moments along the projections, returns to a learned segment
+    included, and nothing of P(y|x) (use the ``loss`` signal for that); a change that keeps both
+    (e.g. a new class whose inputs look, on average, like the old ones) stays for the entropy.
 
     Parameters
     ----------
@@ -256,7 +265,13 @@ class InputShift:
     half_life
         Half-life of the reference, in samples, > 0.
     eps
-        Relative variance floor (dimensions that are constant in the reference), > 0.
+        Relative variance floor (features that are constant in the reference), > 0.
+    projections
+        Random projections whose squares join the features, >= 0 (0: the input means only, the
+        statistic before version 2). They cost a ``(N, D) x (D, k)`` product per batch and ``D k``
+        float32 values of memory on the inputs' device.
+    seed
+        Seed of the projections (the same on every rank and run), >= 0.
 
     Examples
     --------
@@ -265,21 +280,28 @@ class InputShift:
     >>> shift = InputShift(window=4)
     >>> before = torch.cat([shift.per_sample(torch.randn(8, 3, generator=g)) for _ in range(50)])
     >>> after = shift.per_sample(torch.randn(8, 3, generator=g) + 2.0)
-    >>> round(float(before[8:].mean()), 1), round(float(after.mean()))  # about 1, then much more
-    (1.0, 15)
+    >>> round(float(before[8:].mean()), 1), float(after.mean()) > 10  # about 1, then much more
+    (1.1, True)
     """
 
     name = "input_shift"
 
-    def __init__(self, *, window: int = 32, half_life: float = 2048.0, eps: float = 1e-3) -> None:
+    def __init__(self, *, window: int = 32, half_life: float = 2048.0, eps: float = 1e-3,
+                 projections: int = 64, seed: int = 0) -> None:
         if not (isinstance(window, int) and not isinstance(window, bool) and window >= 2):
             raise ValueError(f"window must be an int >= 2 (samples), got {window!r}")
+        for key, n in (("projections", projections), ("seed", seed)):
+            if not (isinstance(n, int) and not isinstance(n, bool) and n >= 0):
+                raise ValueError(f"{key} must be an int >= 0, got {n!r}")
         for key, v in (("half_life", half_life), ("eps", eps)):
             if isinstance(v, bool) or not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
                 raise ValueError(f"{key} must be a finite number > 0, got {v!r}")
         self.window = window
         self.half_life = float(half_life)
         self.eps = float(eps)
+        self.projections = projections
+        self.seed = seed
+        self._proj: Tensor | None = None  # (D, projections) float32, drawn from seed for this D
         self.restart()
 
     def restart(self) -> None:
@@ -295,7 +317,7 @@ class InputShift:
 
     def per_sample(self, x: Tensor) -> Tensor:
         """The values of the samples of ``x`` (batch first, any shape), shape ``(N,)``, float64."""
-        flat = x.detach().flatten(1).double()
+        flat = self._features(x.detach().flatten(1))
         kept = self._sum if self._sum is not None else self._mean
         if kept is not None and kept.shape != flat.shape[1:]:
             self.restart()  # the inputs changed size (a growing river model): a new reference
@@ -307,6 +329,18 @@ class InputShift:
             out.append(self._chunk(flat[i:i + take]))
             i += take
         return torch.cat(out) if out else flat.new_zeros(0)
+
+    def _features(self, flat: Tensor) -> Tensor:
+        """The inputs and the squares of their random projections, float64."""
+        if self.projections == 0:
+            return flat.double()
+        d = flat.shape[1]
+        if self._proj is None or self._proj.shape[0] != d or self._proj.device != flat.device:
+            g = torch.Generator().manual_seed(self.seed)
+            proj = torch.randn(d, self.projections, generator=g) / math.sqrt(d)
+            self._proj = proj.to(flat.device)
+        z = flat.float() @ self._proj
+        return torch.cat([flat.double(), z.double().square()], 1)
 
     def _chunk(self, x: Tensor) -> Tensor:
         if self._sum is None or self._sumsq is None:
@@ -340,7 +374,11 @@ class InputShift:
             self._var += rate * ((second - 2.0 * m * self._mean + self._mean * self._mean) - self._var)
             self._mean += rate * (m - self._mean)
         self._windows += 1
-        self._scale = (self._var + self.eps * self._var.mean() + 1e-12).rsqrt()
+        floor = self._var.mean().expand_as(self._var)
+        if self.projections:  # each block its own floor: the squares' variances are of another scale
+            d = self._var.shape[0] - self.projections
+            floor = torch.cat([self._var[:d].mean().expand(d), self._var[d:].mean().expand(self.projections)])
+        self._scale = (self._var + self.eps * floor + 1e-12).rsqrt()
         self._sum, self._sumsq, self._prefix, self._count = None, None, None, 0
 
     def _to(self, device: torch.device) -> None:
@@ -350,14 +388,23 @@ class InputShift:
                 setattr(self, key, v.to(device))
 
     def state_dict(self) -> dict[str, object]:
-        return {"version": 1, "window": self.window, "half_life": self.half_life, "eps": self.eps,
-                "count": self._count, "windows": self._windows, "mean": self._mean, "var": self._var,
+        return {"version": 2, "window": self.window, "half_life": self.half_life, "eps": self.eps,
+                "projections": self.projections, "seed": self.seed, "count": self._count,
+                "windows": self._windows, "mean": self._mean, "var": self._var,
                 "scale": self._scale,
                 "prefix": self._prefix, "sum": self._sum, "sumsq": self._sumsq}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
-        if state.get("version") != 1:
-            raise ValueError(f"unsupported InputShift state version {state.get('version')!r}")
+        version = state.get("version")
+        if version not in (1, 2):
+            raise ValueError(f"unsupported InputShift state version {version!r}; this library reads 1 and 2")
+        saved = state.get("projections", 0) if version == 2 else 0  # version 1: the input means only
+        if saved != self.projections or (version == 2 and state.get("seed") != self.seed):
+            raise ValueError(
+                f"the saved input shift has projections={saved!r}"
+                + (f", seed={state.get('seed')!r}" if version == 2 else " (a version 1 state)")
+                + f"; this one projections={self.projections!r}, seed={self.seed!r}: build it with the "
+                "saved values to continue (default_detector(shift_projections=...))")
         if state.get("window") != self.window:
             raise ValueError(f"window differs: saved {state.get('window')!r}, this signal {self.window!r}")
         self.half_life = float(state["half_life"])  # type: ignore[arg-type]
@@ -369,4 +416,5 @@ class InputShift:
             setattr(self, "_" + key, v.clone() if isinstance(v, Tensor) else None)
 
     def __repr__(self) -> str:
-        return f"InputShift(window={self.window}, half_life={self.half_life:g}, eps={self.eps:g})"
+        return (f"InputShift(window={self.window}, half_life={self.half_life:g}, eps={self.eps:g}, "
+                f"projections={self.projections}, seed={self.seed})")

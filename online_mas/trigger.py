@@ -27,25 +27,27 @@ __all__ = ["Trigger", "check_boundaries", "default_detector"]
 
 def default_detector(*, window: int = 32, warmup: int = 2048, min_segment: int = 1024,
                      threshold: float = 16.0, shift_threshold: float = 16.0,
-                     shift_warmup: int = 512, shift_half_life: float = 2048.0) -> Combined:
+                     shift_warmup: int = 512, shift_half_life: float = 2048.0,
+                     shift_projections: int = 64) -> Combined:
     """The detector ``OnlineMAS`` uses when none is given: two self-calibrated one-sided CUSUMs fed
     per sample in windows of ``window`` samples whatever the batch size, one on the predictive
     entropy (the Trigger's signal), one on the shift of the inputs
     (:class:`~online_mas.signals.InputShift`); either one consolidates (:class:`Combined`).
 
     The entropy rises when the model meets inputs it has not learned; the input shift moves on any
-    change of the input means, returns to a learned segment included (where the entropy barely
-    moves). Each :class:`~online_mas.detectors.ScaledCUSUM` standardises its window means by their
-    own robust running scale in the current segment, so the thresholds are in standard deviations,
-    not nats. The entropy's scale is set on ``warmup`` samples after each detection and follows
-    with a half-life of as many samples: long enough to span many model states at batch 128 (the
-    windows of one batch share one model state) and the model's learning transient. Detections
-    less than ``min_segment`` samples after the previous one are dropped. The thresholds were
-    chosen on stationary digits streams at batch 1 to 128 for at most one false alarm per 10^5
-    samples (``scripts/detection.py``). Before ``Combined`` the default was
+    change of the input means or of their second moments along random directions (permutations that
+    keep every position's mean included), returns to a learned segment included (where the entropy
+    barely moves). Each :class:`~online_mas.detectors.ScaledCUSUM` standardises its window means by
+    their own robust running scale in the current segment, so the thresholds are in standard
+    deviations, not nats. The entropy's scale is set on ``warmup`` samples after each detection and
+    follows with a half-life of as many samples: long enough to span many model states at batch 128
+    (the windows of one batch share one model state) and the model's learning transient. Detections
+    less than ``min_segment`` samples after the previous one are dropped. The thresholds were chosen
+    on stationary digits streams at batch 1 to 128 for at most one false alarm per 10^5 samples
+    (``scripts/detection.py``). Before ``Combined`` the default was
     ``Windowed(ScaledCUSUM(warmup=16, threshold=8.0, mode="up"), window=32, min_segment=1024)``,
-    before that ``PageHinkley(min_instances=30, delta=0.05, threshold=1.0, alpha=0.999,
-    mode="up")`` fed once per call: pass one as ``detector=`` to continue a state saved with it.
+    before that ``PageHinkley(min_instances=30, delta=0.05, threshold=1.0, alpha=0.999, mode="up")``
+    fed once per call: pass one as ``detector=`` to continue a state saved with it.
 
     Parameters
     ----------
@@ -64,6 +66,9 @@ def default_detector(*, window: int = 32, warmup: int = 2048, min_segment: int =
         Samples that set the input shift's level and scale (rounded up to whole windows, >= 2).
     shift_half_life
         Half-life of the input reference, in samples, > 0.
+    shift_projections
+        Random projections of the input shift (:class:`~online_mas.signals.InputShift`), >= 0;
+        0 gives the detector of before version 2 of its state (the input means only).
 
     Examples
     --------
@@ -71,7 +76,7 @@ def default_detector(*, window: int = 32, warmup: int = 2048, min_segment: int =
     Combined(Windowed(ScaledCUSUM(warmup=64, slack=0.5, threshold=16.0, clip=4.0, half_life=64.0,
     mode='up'), window=32, min_segment=0), Windowed(ScaledCUSUM(warmup=16, slack=0.5,
     threshold=16.0, clip=4.0, half_life=16.0, mode='up'), window=32, min_segment=0),
-    InputShift(window=32, half_life=2048, eps=0.001), min_segment=1024)
+    InputShift(window=32, half_life=2048, eps=0.001, projections=64, seed=0), min_segment=1024)
     """
     window = check_int("window", window, minimum=2)
     warmup = check_int("warmup", warmup, minimum=1)
@@ -81,7 +86,8 @@ def default_detector(*, window: int = 32, warmup: int = 2048, min_segment: int =
                                    mode="up"), window=window)
     shift = Windowed(ScaledCUSUM(warmup=max(2, -(-shift_warmup // window)), threshold=shift_threshold,
                                  mode="up"), window=window)
-    return Combined(entropy, shift, InputShift(window=window, half_life=shift_half_life),
+    return Combined(entropy, shift, InputShift(window=window, half_life=shift_half_life,
+                                               projections=shift_projections),
                     min_segment=min_segment)
 
 

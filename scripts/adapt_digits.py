@@ -71,7 +71,7 @@ class Config:
     e_max: float = 0.4  # tent+mas: confident filter, entropy < e_max * ln(10)
     lam: float = 1.0  # tent+mas: MAS penalty strength
     penalty: str = "proximal"  # tent+mas: how the penalty enters (AdaptConfig.penalty)
-    mas_every: int = 4  # tent+mas: estimate importance (and feed the detector) every k-th step
+    mas_share: float = 0.25  # tent+mas: fraction of the adapted samples whose importance is estimated
     detector: str = "page-hinkley"  # tent+mas consolidation: a name of registry.DETECTORS
     period: int = 500  # detector="periodic": steps between consolidations
     reset: bool = True  # tent+mas: reset to the anchor on collapse

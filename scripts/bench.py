@@ -4,9 +4,10 @@ Parts (``--parts``, comma-separated):
 
 ``timing``     ratios to a plain training step (forward, cross-entropy, backward, SGD step) on the
                same model and batch, for an MLP 784-256-256-10 and a small CNN at batch 64: a full
-               online step (training step + penalty + ``observe``) with importance every step, every
-               k-th step or on a subsample; the penalty alone (loss term, in-place gradient,
-               proximal step); consolidation. Interleaved rounds, median ratios.
+               online step (training step + penalty + ``observe``) with importance on every sample,
+               on a share 1/k of the samples (``MASConfig.share``) or on a subsample; the penalty
+               alone (loss term, in-place gradient, proximal step); consolidation. Interleaved
+               rounds, median ratios.
 ``state``      OnlineMAS tensor bytes / parameter bytes after 1,000 consolidations.
 ``transient``  peak tensor memory of exact importance against ``chunk_size`` and batch size.
 ``lam``        two-segment permuted digits: segment-1 accuracy after segment 2 over lam 1e-3..1e4,
@@ -55,6 +56,7 @@ from tqdm import tqdm, trange
 import online_mas as om
 from online_mas.estimators import importance_sums
 from online_mas.estimators.exact import covered, factored_sums, fast_candidates, output_grads, recording
+from online_mas.schedule import Schedule
 from streams import make_stream
 
 PARTS = ("timing", "state", "transient", "lam", "profile", "detector", "stream")
@@ -72,9 +74,9 @@ class Config:
     parts: tuple[str, ...] = ("timing", "state", "transient", "lam", "profile", "detector")  # what to run
     models: tuple[str, ...] = ("mlp", "cnn")  # timing models (_bench_models.MODELS)
     batch: int = 64  # timing batch size
-    intervals: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)  # MASConfig.every values timed
-    subsamples: tuple[int, ...] = (32, 16, 8)  # MASConfig.subsample values timed (every=1)
-    shared_intervals: tuple[int, ...] = (1, 64)  # MASConfig.every values timed with shared_forward
+    shares: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)  # k of the MASConfig.share = 1/k values timed
+    subsamples: tuple[int, ...] = (32, 16, 8)  # MASConfig.subsample values timed (share=1)
+    shared_shares: tuple[int, ...] = (1, 64)  # k of the MASConfig.share = 1/k timed with shared_forward
     lam: float = 1.0  # penalty strength in the timing and memory parts
     lr: float = 1e-3  # SGD learning rate in the timing part
     rounds: int = 30  # interleaved timing rounds
@@ -121,10 +123,20 @@ def consolidated(
 ) -> om.OnlineMAS:
     """An OnlineMAS past one consolidation, so its penalty is live (non-zero importance)."""
     mas = om.OnlineMAS(model, lam=lam, config=config, detector=detector)
-    for _ in range(config.every):  # reach one importance estimate whatever the interval
+    for _ in range(steps_per_estimate(config, len(x))):  # reach one importance estimate
         mas.observe(x)
     mas.consolidate()
     return mas
+
+
+def steps_per_estimate(config: om.MASConfig, batch: int) -> int:
+    """Steps of ``batch`` samples from a fresh OnlineMAS to its first importance estimate (by
+    ``config.share`` and ``config.min_estimate``); for the shares timed here (1/k) the schedule then
+    repeats with this period."""
+    schedule, steps = Schedule(config.share, config.min_estimate), 1
+    while schedule.take(batch) == 0:
+        steps += 1
+    return steps
 
 
 def tensor_bytes(obj: object) -> int:
@@ -171,27 +183,29 @@ def bench_timing_model(name: str, cfg: Config) -> dict[str, object]:
     plain, plain_opt = copy_and_sgd()
     fns: dict[str, Callable[[], object]] = {"train_step": lambda: train_step(plain, plain_opt, x, y)}
     steps: dict[str, int] = {}
-    # (every, subsample, shared_forward, detector): the last setting leaves out the per-step work
-    # of the detector (the signal of each batch), what is left is the penalty and the estimates
-    default_every = om.MASConfig().every
-    settings = [(k, None, False, True) for k in cfg.intervals]
+    # (k of share=1/k, subsample, shared_forward, detector): the last setting leaves out the
+    # per-step work of the detector (the signal of each batch), what is left is the penalty and
+    # the estimates
+    default_k = round(1 / om.MASConfig().share)
+    settings = [(k, None, False, True) for k in cfg.shares]
     settings += [(1, s, False, True) for s in cfg.subsamples]
-    settings += [(k, None, True, True) for k in cfg.shared_intervals]
-    settings += [(default_every, None, False, False)]
-    for every, sub, shared, detect in settings:
-        config = om.MASConfig(every=every, subsample=sub, shared_forward=shared)
+    settings += [(k, None, True, True) for k in cfg.shared_shares]
+    settings += [(default_k, None, False, False)]
+    for k, sub, shared, detect in settings:
+        config = om.MASConfig(share=1 / k, subsample=sub, shared_forward=shared)
+        period = steps_per_estimate(config, len(x))
         for form in ("loss", "grad"):
             model, opt = copy_and_sgd()
             mas = consolidated(model, x, cfg.lam, config, om.DEFAULT if detect else None)
-            key = f"online {form} every={every}" + (f" subsample={sub}" if sub else "") \
+            key = f"online {form} share=1/{k}" + (f" subsample={sub}" if sub else "") \
                 + (" shared" if shared else "") + ("" if detect else " no detector")
 
             def run(model: nn.Module = model, opt: torch.optim.Optimizer = opt, mas: om.OnlineMAS = mas,
-                    form: str = form, every: int = every) -> None:
-                for _ in range(every):  # one timed call = one importance estimate
+                    form: str = form, period: int = period) -> None:
+                for _ in range(period):  # one timed call = one importance estimate
                     online_step(model, opt, mas, x, y, form)
 
-            fns[key], steps[key] = run, every
+            fns[key], steps[key] = run, period
     pen = consolidated(copy.deepcopy(base), x, cfg.lam, om.MASConfig())
     fns["penalty loss term (forward+backward)"] = lambda: pen.penalty().backward()
     fns["penalty grad form"] = pen.penalty_grad_
@@ -221,11 +235,11 @@ def timing_verdicts(results: dict[str, object]) -> dict[str, object]:
             r = t[key]["ratio"]
             verdict[key] = {"ratio": r, "target": TARGETS[target], "met": r <= TARGETS[target]}
 
-    default_every = om.MASConfig().every
+    default_k = round(1 / om.MASConfig().share)
     for form in ("loss", "grad"):
-        check(f"online {form} every=1", "online_every_step")
-        check(f"online {form} every=1 shared", "online_every_step")
-        check(f"online {form} every={default_every}", "online_default")
+        check(f"online {form} share=1/1", "online_every_step")
+        check(f"online {form} share=1/1 shared", "online_every_step")
+        check(f"online {form} share=1/{default_k}", "online_default")
         ok = [k for k, v in t.items()
               if k.startswith(f"online {form} ") and v["ratio"] <= TARGETS["online_default"]]
         verdict[f"settings with online {form} <= {TARGETS['online_default']}x"] = ok
@@ -269,7 +283,8 @@ def bench_state(cfg: Config) -> dict[str, object]:
             mas.consolidate()
         entry: dict[str, object] = {"segments": mas.segments, "events": len(mas.events)}
         entry["after_consolidation"] = _state_breakdown(mas.state_dict(), param_bytes)
-        for _ in range(max(-(-2 * om.StableAnchor().samples // len(x)), mas.config.every)):  # mid-segment
+        for _ in range(max(-(-2 * om.StableAnchor().samples // len(x)),  # mid-segment
+                           steps_per_estimate(mas.config, len(x)))):
             mas.observe(x)  # (and the stable snapshots) live
         entry["mid_segment"] = _state_breakdown(mas.state_dict(), param_bytes)
         out[label] = entry
@@ -480,16 +495,18 @@ def bench_profile(cfg: Config) -> dict[str, object]:
         marks.append(now())
         opt.step()
         marks.append(now())
+        estimates = mas.estimates(len(x)) > 0
         mas.observe(x)
         marks.append(now())
         if timed:
             for p, a, b in zip(phases, marks, marks[1:], strict=False):
                 spent[p] += b - a
-            observe_calls[mas.step % config.every == 0].append(marks[-1] - marks[-2])
+            observe_calls[estimates].append(marks[-1] - marks[-2])
 
     for _ in range(20):
         step(False)
-    n_steps = max(cfg.profile_steps, 2 * config.every)
+    period = steps_per_estimate(config, len(x))
+    n_steps = max(cfg.profile_steps, 2 * period)
     for _ in trange(n_steps, desc="profile", unit="step"):
         step(True)
         t = now()
@@ -507,7 +524,7 @@ def bench_profile(cfg: Config) -> dict[str, object]:
                 step(False)
     ops = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
     return {"phase_over_train_step": shares, "train_step_ms": plain_s * 1e3, "steps": n_steps,
-            "every": config.every, "observe_median_us": observe_us,
+            "share": config.share, "steps_per_estimate": period, "observe_median_us": observe_us,
             "observe_over_train_step": {k: v / 1e6 / plain_s for k, v in observe_us.items()},
             "importance_pieces_over_train_step": pieces, "top_ops": ops,
             "flops": {name: step_flops(name, cfg) for name in cfg.models}}
@@ -539,10 +556,10 @@ def step_flops(name: str, cfg: Config) -> dict[str, float]:
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
     plain = count(lambda: train_step(model, opt, x, y))
     res: dict[str, float] = {"train_step_mflop": plain / 1e6}
-    for key, shared in (("online every=1", False), ("online every=1 shared", True)):
+    for key, shared in (("online share=1", False), ("online share=1 shared", True)):
         model = copy.deepcopy(base)
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
-        mas = consolidated(model, x, cfg.lam, om.MASConfig(every=1, shared_forward=shared))
+        mas = consolidated(model, x, cfg.lam, om.MASConfig(share=1.0, shared_forward=shared))
         online_step(model, opt, mas, x, y, "grad")  # the shared forward is armed from here on
         res[key] = count(lambda m=model, o=opt, s=mas: online_step(m, o, s, x, y, "grad")) / plain
     return res
@@ -592,10 +609,11 @@ def profile_table(res: dict[str, object]) -> str:
     for piece, v in pieces.items():
         rows.append([f"exact estimate, timed alone: {piece}", f"{v:.3f}"])
     for name, f in res["flops"].items():  # type: ignore[attr-defined]
-        for key in ("online every=1", "online every=1 shared"):
+        for key in ("online share=1", "online share=1 shared"):
             rows.append([f"{name}: flops of an {key} step / plain step "
                          f"({f['train_step_mflop']:.1f} MFLOP)", f"{f[key]:.3f}"])
-    return markdown_table([f"phase of an online step (default config, every={res['every']}, "
+    return markdown_table([f"phase of an online step (default config, share={res['share']:g}: an estimate "
+                           f"every {res['steps_per_estimate']} steps at this batch size, "
                            "gradient-form penalty), inside the step", "time / plain training step"], rows)
 
 
@@ -612,7 +630,7 @@ def bench_stream(cfg: Config) -> dict[str, object]:
     torch.manual_seed(cfg.seed)
     model = digits_mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    mas = om.OnlineMAS(model, lam=cfg.lam)  # defaults: exact importance every 64 steps, Page-Hinkley
+    mas = om.OnlineMAS(model, lam=cfg.lam)  # defaults: exact importance on 1/64 of the samples, Combined
     rss = []
     steps = len(stream)
     warm = min(100, steps // 10)  # RSS "start" and the clock start after a short warm-up
@@ -715,9 +733,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     p.add_argument("--memory", action="store_true", help="also run the 10^6-sample stream (minutes)")
     p.add_argument("--models", default=",".join(d.models))
     p.add_argument("--batch", type=int, default=d.batch)
-    p.add_argument("--intervals", default=",".join(map(str, d.intervals)))
+    p.add_argument("--shares", default=",".join(map(str, d.shares)), help="k of share=1/k, comma-separated")
     p.add_argument("--subsamples", default=",".join(map(str, d.subsamples)))
-    p.add_argument("--shared-intervals", default=",".join(map(str, d.shared_intervals)))
+    p.add_argument("--shared-shares", default=",".join(map(str, d.shared_shares)))
     p.add_argument("--rounds", type=int, default=d.rounds)
     p.add_argument("--block-ms", type=float, default=d.block_ms)
     p.add_argument("--clock", choices=sorted(CLOCKS), default=d.clock)
@@ -738,8 +756,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     if bad:
         p.error(f"unknown parts/models {bad}; parts: {PARTS}, models: {sorted(MODELS)}")
     cfg = Config(
-        parts=parts, models=tuple(a.models.split(",")), batch=a.batch, intervals=ints(a.intervals),
-        subsamples=ints(a.subsamples), shared_intervals=ints(a.shared_intervals), rounds=a.rounds,
+        parts=parts, models=tuple(a.models.split(",")), batch=a.batch, shares=ints(a.shares),
+        subsamples=ints(a.subsamples), shared_shares=ints(a.shared_shares), rounds=a.rounds,
         block_ms=a.block_ms, clock=a.clock,
         threads=a.threads, consolidations=a.consolidations,
         transient_batches=ints(a.transient_batches), transient_chunks=ints(a.transient_chunks),

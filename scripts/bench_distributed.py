@@ -227,7 +227,7 @@ def time_observe(sizes: tuple[int, ...], parallel: str, cfg: BenchConfig, rank: 
     model = mlp(sizes)
     model = fsdp(model) if parallel == "fsdp" else nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    mas = om.OnlineMAS(model, lam=1.0, config=om.MASConfig(every=1), detector=om.Periodic(every=4))
+    mas = om.OnlineMAS(model, lam=1.0, config=om.MASConfig(share=1.0), detector=om.Periodic(every=4))
     g = torch.Generator().manual_seed(rank)
     times = []
     for step in range(cfg.observe_steps + 2):

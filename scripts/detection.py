@@ -18,7 +18,7 @@ generator) and SEA variants 0 1 2 3 (only P(y|x) changes, the inputs stay unifor
 ``signal="loss"``). Every measure is in samples: a detection is the last sample of the ``observe``
 call that consolidated; it matches a change t if it lies in [t, t + tolerance], tolerance = half
 the shortest segment; the rest are false alarms. ACC: the final mean accuracy over the segments'
-held-out sets of task-free MAS, MAS at the true boundaries (lam 0.001, gradient form) and
+held-out sets of task-free MAS, MAS at the true boundaries (the same penalty and lam) and
 fine-tuning. ``--lams``: the false-alarm rate on stationary digits at batch 4 against lam (false
 alarms must not feed themselves). The signal-choice table: the window statistic of
 :class:`~online_mas.InputShift` on the inputs, the penultimate features and the logits of a model
@@ -76,7 +76,6 @@ class DetectionConfig:
     seeds: tuple[int, ...] = (0,)  # seeds of stream and model
     stationary_samples: int = 50_000  # length of each stationary stream (about)
     lam: float = 0.01  # task-free MAS, proximal form
-    oracle_lam: float = 0.001  # MAS at the true boundaries, gradient form
     acc: bool = True  # also train mas-oracle and finetune on the streams with changes
     acc_batches: tuple[int, ...] = (1, 4, 32)  # ... at these batch sizes
     acc_streams: tuple[str, ...] = ("permuted", "recurring", "river-rbf-return",
@@ -172,7 +171,7 @@ def run_one(stream_name: str, batch: int, seed: int, learner: str, cfg: Detectio
     if learner == "online-mas":
         mas: om.OnlineMAS | None = om.OnlineMAS(model, lam=lam, signal="loss" if by_loss else "entropy")
     elif learner == "mas-oracle":
-        mas = om.OnlineMAS(model, lam=cfg.oracle_lam, boundaries=list(stream.change_points))
+        mas = om.OnlineMAS(model, lam=lam, boundaries=list(stream.change_points))
     else:
         mas = None
     fired: list[int] = []
@@ -182,8 +181,6 @@ def run_one(stream_name: str, batch: int, seed: int, learner: str, cfg: Detectio
     for step, (x, y) in enumerate(stream, start=1):
         model.train()
         loss = F.cross_entropy(model(x), y)
-        if mas is not None and learner == "mas-oracle":
-            loss = loss + mas.penalty()
         if not math.isfinite(float(loss.detach())):
             diverged = True
             break
@@ -191,8 +188,7 @@ def run_one(stream_name: str, batch: int, seed: int, learner: str, cfg: Detectio
         loss.backward()
         opt.step()
         if mas is not None:
-            if learner == "online-mas":
-                mas.proximal_(lr_for(batch))
+            mas.proximal_(lr_for(batch))  # the oracle too: the same penalty, only the boundaries differ
             event = mas.observe(x, loss=float(loss.detach())) if by_loss else mas.observe(x)
             if event is not None and event.reason == "detector":
                 fired.append(step * batch - 1)
@@ -203,7 +199,7 @@ def run_one(stream_name: str, batch: int, seed: int, learner: str, cfg: Detectio
     with torch.no_grad():
         accs = [float((model(ex).argmax(1) == ey).float().mean()) for ex, ey in eval_sets]
     out: dict[str, Any] = {"stream": stream_name, "batch": batch, "seed": seed, "learner": learner,
-                           "lam": lam if learner == "online-mas" else cfg.oracle_lam,
+                           "lam": lam,
                            "lr": lr_for(batch), "n_samples": n_samples, "changes": changes,
                            "order": order, "fired": fired, "fired_by": fired_by, "seconds": seconds,
                            "acc": statistics.fmean(accs), "diverged": diverged}
@@ -404,8 +400,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"Task-free detection by the default detector `{det!r}` (entropy and input shift, fed per "
         f"sample), over batch sizes {', '.join(map(str, cfg.batches))} (river streams: batch 1); MLP "
         f"D-100-100-C, SGD momentum 0.9, proximal MAS penalty lam {cfg.lam}, anchored at "
-        f"`StableAnchor(samples={anchor.samples}, weight={anchor.weight:g})` (the oracle: gradient form, "
-        f"lam {cfg.oracle_lam}); seeds "
+        f"`StableAnchor(samples={anchor.samples}, weight={anchor.weight:g})` (the oracle: the same penalty "
+        "and lam, consolidating at the true boundaries); seeds "
         f"{', '.join(map(str, cfg.seeds))} ({len(cfg.seeds)} seed(s): means over them). All counts "
         "in samples; a detection matches a change t if it lies in [t, t + tolerance] (gradual: t is "
         "the first sample of the blend, tolerance 3/4 of the shortest segment), at most one per "

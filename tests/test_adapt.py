@@ -24,7 +24,7 @@ from streams import Stream, make_stream
 
 torch.set_num_threads(1)
 
-EVERY_STEP = om.MASConfig(every=1)  # estimate importance on every observe() call
+EVERY_STEP = om.MASConfig(share=1.0)  # estimate importance on every observe() call
 
 
 def _bn_model(seed: int = 0, d_in: int = 4, c: int = 3) -> nn.Module:

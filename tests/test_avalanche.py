@@ -74,7 +74,7 @@ class _Gradients(SupervisedPlugin):
 
 @pytest.mark.parametrize("form", ["loss", "grad"])
 def test_the_penalty_enters_the_loss_and_its_gradient_shows(form: str) -> None:
-    plugin = OnlineMASPlugin(lam=5.0, config=om.MASConfig(every=1), boundaries="experience", penalty=form)
+    plugin = OnlineMASPlugin(lam=5.0, config=om.MASConfig(share=1.0), boundaries="experience", penalty=form)
     probe = _Gradients(plugin)
     _train(_strategy(plugin, probe), _benchmark().train_stream)
     assert [e.step for e in plugin.events] == [10, 20, 30]
@@ -92,7 +92,7 @@ def test_the_penalty_enters_the_loss_and_its_gradient_shows(form: str) -> None:
 
 
 def test_observe_sees_every_minibatch_once() -> None:
-    plugin = OnlineMASPlugin(config=om.MASConfig(every=1), detector=None)
+    plugin = OnlineMASPlugin(config=om.MASConfig(share=1.0), detector=None)
     _train(_strategy(plugin), split_online_stream(_benchmark().train_stream, experience_size=20, seed=0))
     mas = plugin.mas
     assert mas is not None
@@ -102,7 +102,7 @@ def test_observe_sees_every_minibatch_once() -> None:
 
 
 def test_the_detector_consolidates_on_an_online_stream() -> None:
-    plugin = OnlineMASPlugin(config=om.MASConfig(every=1), detector=om.Periodic(every=7))
+    plugin = OnlineMASPlugin(config=om.MASConfig(share=1.0), detector=om.Periodic(every=7))
     _train(_strategy(plugin), split_online_stream(_benchmark().train_stream, experience_size=20, seed=0))
     assert [(e.step, e.reason) for e in plugin.events] == [(7, "detector"), (14, "detector"),
                                                            (21, "detector"), (28, "detector")]
@@ -112,7 +112,7 @@ def test_the_detector_consolidates_on_an_online_stream() -> None:
 
 @pytest.mark.parametrize("n", [100, 90])  # 20 divides 100, not 90: Avalanche flags the last sub-experience
 def test_boundaries_experience_on_an_online_stream_counts_the_original_experiences(n: int) -> None:
-    plugin = OnlineMASPlugin(config=om.MASConfig(every=1), boundaries="experience")
+    plugin = OnlineMASPlugin(config=om.MASConfig(share=1.0), boundaries="experience")
     stream = split_online_stream(_benchmark(n).train_stream, experience_size=20, access_task_boundaries=True,
                                  seed=0)
     _train(_strategy(plugin), stream)
@@ -152,7 +152,7 @@ def test_a_wrong_argument_raises_naming_it(kwargs: dict[str, object], error: typ
 def test_a_multitask_model_or_a_second_model_is_refused() -> None:
     with pytest.raises(TypeError, match=r"MultiTaskModule \(MTSimpleMLP\)"):
         _train(_strategy(OnlineMASPlugin(), model=MTSimpleMLP(input_size=64)), _benchmark().train_stream)
-    plugin = OnlineMASPlugin(config=om.MASConfig(every=1))
+    plugin = OnlineMASPlugin(config=om.MASConfig(share=1.0))
     exp = next(iter(_benchmark().train_stream))
     _strategy(plugin).train(exp, eval_streams=[])
     with pytest.raises(ValueError, match="another model"):

@@ -66,7 +66,7 @@ def test_bench_reports_every_part(tmp_path: Path) -> None:
     script = _load("bench")
     report = script.main([
         "--parts", "timing,state,transient,lam,profile,detector,stream", "--models", "mlp", "--batch", "16",
-        "--intervals", "1,2", "--subsamples", "4", "--shared-intervals", "1", "--rounds", "2",
+        "--shares", "1,2", "--subsamples", "4", "--shared-shares", "1", "--rounds", "2",
         "--block-ms", "1",
         "--consolidations", "5", "--transient-batches", "8,32", "--transient-chunks", "2,8",
         "--lams", "1,10000", "--sweep-passes", "0.3", "--profile-steps", "3",
@@ -76,10 +76,11 @@ def test_bench_reports_every_part(tmp_path: Path) -> None:
 
     timings = report["timing"]["mlp"]["timings"]
     _check_timings(timings, "train_step")
-    assert timings["online grad every=2"]["steps_per_call"] == 2
-    assert {"online loss every=1", "online grad every=1 subsample=4", "online grad every=1 shared",
-            "online grad every=64 no detector", "penalty grad form", "consolidate (+ refill)"} <= set(timings)
-    assert timings["online grad every=64 no detector"]["steps_per_call"] == 64
+    assert timings["online grad share=1/2"]["steps_per_call"] == 2  # batch 16: the whole batch every 2nd
+    assert {"online loss share=1/1", "online grad share=1/1 subsample=4", "online grad share=1/1 shared",
+            "online grad share=1/64 no detector", "penalty grad form",
+            "consolidate (+ refill)"} <= set(timings)
+    assert timings["online grad share=1/64 no detector"]["steps_per_call"] == 64
     verdicts = report["timing_verdicts"]
     assert verdicts["penalty grad form"]["ratio"] == timings["penalty grad form"]["ratio"]
 
@@ -120,11 +121,12 @@ def test_bench_reports_every_part(tmp_path: Path) -> None:
     assert all(_positive(v) for v in report["profile"]["importance_pieces_over_train_step"].values())
     # multiply-adds per sample of the MLP 784-256-256-10, counted by hand: forward F, weight
     # gradients F, input gradients of the last two layers I; a plain step is F + F + I, the
-    # separate importance pass the same again, the shared one all but the forward
-    f, i = 784 * 256 + 256 * 256 + 256 * 10, 256 * 256 + 256 * 10
+    # separate importance pass the same again, the shared one all but the forward; the default
+    # detector's input shift adds its 64 random projections of the 784 inputs, P
+    f, i, p = 784 * 256 + 256 * 256 + 256 * 10, 256 * 256 + 256 * 10, 784 * 64
     flops = report["profile"]["flops"]["mlp"]
-    assert flops["online every=1"] == pytest.approx(2.0)
-    assert flops["online every=1 shared"] == pytest.approx((3 * f + 2 * i) / (2 * f + i))
+    assert flops["online share=1"] == pytest.approx((2 * (2 * f + i) + p) / (2 * f + i))
+    assert flops["online share=1 shared"] == pytest.approx((3 * f + 2 * i + p) / (2 * f + i))
     assert flops["train_step_mflop"] == pytest.approx(2 * 16 * (2 * f + i) / 1e6, rel=1e-3)
 
     stream = report["stream"]

@@ -146,7 +146,7 @@ def test_online_mas_shape_argument_calls_the_pure_functions() -> None:
 
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
-    mas = om.OnlineMAS(model, lam=0.8, config=om.MASConfig(every=1), detector=None)
+    mas = om.OnlineMAS(model, lam=0.8, config=om.MASConfig(share=1.0), detector=None)
     model(torch.randn(6, 4))
     mas.observe(torch.randn(6, 4))
     mas.consolidate()

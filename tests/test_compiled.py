@@ -94,10 +94,10 @@ def test_online_mas_on_a_compiled_model_equals_the_uncompiled_one(shared_forward
     plain = _mlp()
     twin = copy.deepcopy(plain)
     compiled = torch.compile(twin, backend=BACKEND)
-    config = om.MASConfig(every=1)
+    config = om.MASConfig(share=1.0)
     a = om.OnlineMAS(plain, lam=1.0, config=config, detector=None)
     # shared_forward: hooks do not run inside the compiled forward, so observe takes the separate pass
-    b = om.OnlineMAS(compiled, lam=1.0, config=om.MASConfig(every=1, shared_forward=shared_forward),
+    b = om.OnlineMAS(compiled, lam=1.0, config=om.MASConfig(share=1.0, shared_forward=shared_forward),
                      detector=None)
     g = torch.Generator().manual_seed(1)
     xs = [torch.randn(6, 5, generator=g) for _ in range(3)]

@@ -656,14 +656,21 @@ def test_detector_state_helpers() -> None:
 # InputShift and Combined (the default's second signal and the detector that joins both)
 
 
-def _shift_by_hand(x: np.ndarray, window: int, half_life: float, eps: float) -> np.ndarray:
-    """InputShift recomputed window by window in NumPy from its definition."""
+def _shift_by_hand(x: np.ndarray, window: int, half_life: float, eps: float,
+                   proj: np.ndarray | None = None) -> np.ndarray:
+    """InputShift recomputed window by window in NumPy from its definition (``proj``: the random
+    projections, whose squares join the features, each block with its own variance floor)."""
+    d = x.shape[1]
+    if proj is not None:
+        x = np.concatenate([x, (x @ proj) ** 2], 1)
     out = np.zeros(len(x))
     mean = var = None
     for windows, start in enumerate(range(0, len(x) - len(x) % window, window)):
         w = x[start:start + window]
         if mean is not None:
-            y = (w - mean) / np.sqrt(var + eps * var.mean() + 1e-12)
+            floor = var.mean() if proj is None else np.concatenate(
+                [np.full(d, var[:d].mean()), np.full(x.shape[1] - d, var[d:].mean())])
+            y = (w - mean) / np.sqrt(var + eps * floor + 1e-12)
             prefix = np.cumsum(y, 0) - y
             out[start:start + window] = (2 * (y * prefix).sum(1) + (y * y).sum(1)) / x.shape[1]
             assert math.isclose(out[start:start + window].sum(), (y.sum(0) ** 2).sum() / x.shape[1])
@@ -684,12 +691,38 @@ def test_input_shift_is_its_definition_whatever_the_batch_size(batch: int) -> No
     g = torch.Generator().manual_seed(0)
     x = torch.cat([torch.randn(200, 5, generator=g), torch.randn(200, 5, generator=g) * 3 + 1])
     x[:, 4] = 2.0  # a constant input: the relative floor keeps it finite
-    shift = InputShift(window=8, half_life=64.0)
+    shift = InputShift(window=8, half_life=64.0, projections=0)
     got = torch.cat([shift.per_sample(x[i:i + batch]) for i in range(0, len(x), batch)]).numpy()
     want = _shift_by_hand(x.double().numpy(), 8, 64.0, 1e-3)
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
     # about 4/5 (the constant input adds 0), then much more
     assert abs(got[16:200].mean() - 0.8) < 0.3 and got[200:240].mean() > 5
+    # with projections: their squares are features too (drawn from the seed, variance 1/D)
+    shift = InputShift(window=8, half_life=64.0, projections=3, seed=7)
+    got = torch.cat([shift.per_sample(x[i:i + batch]) for i in range(0, len(x), batch)]).numpy()
+    proj = (torch.randn(5, 3, generator=torch.Generator().manual_seed(7)) / math.sqrt(5)).double().numpy()
+    want = _shift_by_hand(x.double().numpy(), 8, 64.0, 1e-3, proj)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)  # the projection is in float32
+
+
+def test_input_shift_projections_see_a_permutation_that_keeps_every_mean() -> None:
+    """Inputs whose every coordinate has the same mean and variance, but neighbours correlate:
+    permuting the coordinates moves no mean (the first-order statistic is blind) and moves the
+    second moments along random directions (the default sees it)."""
+    from online_mas.signals import InputShift
+
+    g = torch.Generator().manual_seed(0)
+    n, d = 4096, 40
+    z = torch.randn(n, d + 4, generator=g)
+    smooth = sum(z[:, i:i + d] for i in range(5)) / math.sqrt(5)  # a moving average: neighbours correlate
+    perm = torch.randperm(d, generator=g)
+    x = torch.cat([smooth[: n // 2], smooth[n // 2:, perm]])
+    ratios = {}
+    for projections in (0, 64):
+        shift = InputShift(window=32, projections=projections)
+        v = torch.cat([shift.per_sample(x[i:i + 32]) for i in range(0, n, 32)])
+        ratios[projections] = float(v[n // 2: n // 2 + 256].mean() / v[512: n // 2].mean())
+    assert ratios[0] < 1.5 and ratios[64] > 3, ratios
 
 
 def test_input_shift_state_round_trip_mid_window() -> None:
@@ -712,6 +745,20 @@ def test_input_shift_state_round_trip_mid_window() -> None:
     assert torch.equal(a.per_sample(torch.randn(2, 2)), torch.zeros(2, dtype=torch.float64))  # restarted
     with pytest.raises(ValueError, match="window must be an int >= 2"):
         InputShift(window=1)
+    with pytest.raises(ValueError, match="projections must be an int >= 0, got -1"):
+        InputShift(projections=-1)
+    with pytest.raises(ValueError, match="saved input shift has projections=64, seed=0; this one "
+                                         "projections=8"):
+        InputShift(window=4, projections=8).load_state_dict(a.state_dict())
+    old = InputShift(window=4, projections=0)  # a version 1 state: the input means only
+    old.per_sample(torch.randn(6, 3, generator=g))
+    v1 = {k: v for k, v in old.state_dict().items() if k not in ("projections", "seed")} | {"version": 1}
+    continued = InputShift(window=4, projections=0)
+    continued.load_state_dict(v1)
+    x = torch.randn(5, 3, generator=g)
+    assert torch.equal(continued.per_sample(x), old.per_sample(x))
+    with pytest.raises(ValueError, match=r"projections=0 \(a version 1 state\); this one projections=64"):
+        InputShift(window=4).load_state_dict(v1)
 
 
 def test_combined_drops_detections_closer_than_min_segment_and_restarts_both() -> None:

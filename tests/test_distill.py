@@ -102,9 +102,9 @@ def test_the_teacher_is_the_model_at_the_anchor_and_stays_frozen() -> None:
 def test_refresh_at_each_consolidation_event_and_the_signal_is_untouched() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
-    mas = OnlineMAS(model, 1.0, config=MASConfig(every=1), boundaries=[2, 4])
+    mas = OnlineMAS(model, 1.0, config=MASConfig(share=1.0), boundaries=[2, 4])
     plain = OnlineMAS(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), 1.0,
-                      config=MASConfig(every=1), boundaries=[2, 4])
+                      config=MASConfig(share=1.0), boundaries=[2, 4])
     plain.model.load_state_dict(model.state_dict())
     d = Distiller(model, weight=1.0)
     refreshed = []

@@ -38,13 +38,14 @@ from online_mas.distributed import (
 WORLD = 2
 ROWS, SPLIT = 8, 3  # a global batch of 8 rows: rank 0 gets the first 3, rank 1 the other 5
 STEPS, CONSOLIDATE = 8, 4  # observe 8 steps, consolidate by hand after step 4
-CONFIGS = {  # name: (every, sync_every, average, collectives per rank: updates (an all-reduce and,
+CONFIGS = {  # name: (share, sync_every, average, collectives per rank: updates (an all-reduce and,
     # with sync_every=1, the all-gather of the nn.Linear factors) or windows, consolidation, final flush)
-    "mean": (1, 1, "mean", 8 * 2 + 0 + 1),
-    "mean_sync3": (1, 3, "mean", 2 + 1 + 1),  # windows end at steps 3 and 7
-    "ema": (1, 1, "ema", 8 * 2 + 0 + 1),
-    "mean_wide": (1, 1, "mean", 8 * 2 + 0 + 1),  # hidden width 64: gathering the factors sends less
-    "every2_sync2": (2, 2, "mean", 2 + 0 + 1),  # updates at 2, 4, 6, 8
+    "mean": (1.0, 1, "mean", 8 * 2 + 0 + 1),
+    "mean_sync3": (1.0, 3, "mean", 2 + 1 + 1),  # windows end at steps 3 and 7
+    "ema": (1.0, 1, "ema", 8 * 2 + 0 + 1),
+    "mean_wide": (1.0, 1, "mean", 8 * 2 + 0 + 1),  # hidden width 64: gathering the factors sends less
+    # half the samples: each rank's whole shard (3 and 5 rows) every other step, updates at 2, 4, 6, 8
+    "half_sync2": (0.5, 2, "mean", 2 + 0 + 1),
 }
 SHIFT, STEPS_PH = 50, 60  # rank 1's data shrinks towards 0 after step 50: its entropy rises
 
@@ -54,7 +55,7 @@ def _short_default() -> object:
     before issue 15) that fit 50 steps of 8 samples."""
     return om.default_detector(window=8, warmup=128, min_segment=256, threshold=8.0)
 
-EVERY_STEP = om.MASConfig(every=1)  # estimate importance on every observe() call
+EVERY_STEP = om.MASConfig(share=1.0)  # estimate importance on every observe() call
 
 
 def _batch(t: int) -> Tensor:
@@ -86,8 +87,8 @@ def _importance_run(name: str, rank: int | None) -> om.OnlineMAS:
     inner = MLP(hidden=64) if name.endswith("wide") else MLP()
     model = inner if rank is None else nn.parallel.DistributedDataParallel(inner)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    every, sync_every, average, _ = CONFIGS[name]
-    mas = om.OnlineMAS(model, lam=0.5, detector=None, config=om.MASConfig(every=every),
+    share, sync_every, average, _ = CONFIGS[name]
+    mas = om.OnlineMAS(model, lam=0.5, detector=None, config=om.MASConfig(share=share),
                        average=om.RunningImportance(average, half_life=20.0),
                        reducer=om.Reducer(sync_every=sync_every))
     for t in range(1, STEPS + 1):
@@ -154,7 +155,7 @@ def _signal_run(signal: str, buffer_size: int, rank: int | None) -> om.OnlineMAS
     torch.manual_seed(0)
     model = MLP()
     detector = om.Periodic(every=3) if buffer_size else om.NeverFires()
-    mas = om.OnlineMAS(model, detector=detector, config=om.MASConfig(every=1), signal=signal,
+    mas = om.OnlineMAS(model, detector=detector, config=om.MASConfig(share=1.0), signal=signal,
                        buffer=om.HardBuffer(buffer_size, decay=1.0) if buffer_size else None)
     for t in range(1, STEPS + 1):
         x = _batch(t) if rank is None else _shard(_batch(t), rank)
@@ -331,7 +332,7 @@ def test_importance_equals_single_process_on_the_concatenated_batches(
     _identical(r0["running"], r1["running"])
     _identical(r0["omega"], r1["omega"])
     _identical(r0["anchors"], r1["anchors"])
-    samples = 2 * ROWS if name == "every2_sync2" else CONSOLIDATE * ROWS
+    samples = 2 * ROWS if name == "half_sync2" else CONSOLIDATE * ROWS
     assert r0["events"] == [(CONSOLIDATE, "manual", float(samples))]
     _close(r0["running"], ref.running_omega)
     _close(r0["omega"], ref.omega)

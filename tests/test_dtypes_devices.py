@@ -37,7 +37,7 @@ def _batches(n: int, dtype: torch.dtype, device: str | torch.device = "cpu") -> 
 
 
 def _mas(model: nn.Module, config: dict[str, object], **kw: object) -> om.OnlineMAS:
-    return om.OnlineMAS(model, lam=0.5, config=om.MASConfig(every=1, **config),  # type: ignore[arg-type]
+    return om.OnlineMAS(model, lam=0.5, config=om.MASConfig(share=1.0, **config),  # type: ignore[arg-type]
                         detector=om.detectors.Periodic(3), **kw)  # type: ignore[arg-type]
 
 

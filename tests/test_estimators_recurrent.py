@@ -279,7 +279,7 @@ def test_shared_forward_takes_the_separate_pass_for_rnns() -> None:
     """The rule recomputes the recurrence from the weights, which the step changes before observe:
     the hooks are never armed, and the separate pass gives the importance at the new weights."""
     model = build("lstm", {"num_layers": 2}, torch.float32)
-    mas = om.OnlineMAS(model, lam=0.5, config=om.MASConfig(every=1, shared_forward=True), detector=None)
+    mas = om.OnlineMAS(model, lam=0.5, config=om.MASConfig(share=1.0, shared_forward=True), detector=None)
     assert not mas._seen.shared.armed  # type: ignore[union-attr]
     assert "LSTM rule needs the weights" in mas._seen.shared.why_not  # type: ignore[union-attr]
     opt = torch.optim.SGD(model.parameters(), lr=0.05)

@@ -32,7 +32,7 @@ CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 TINY = ["stream.n_segments=2", "stream.passes=1.0", "run.plots=false", "run.progress=false",
         "model.hidden=[16]", 'experiment.learners=["online-mas", "mas-oracle", "ewc"]',
-        "learner.online-mas.mas.every=4", "learner.mas-oracle.mas.every=4"]
+        "learner.online-mas.mas.share=0.25", "learner.mas-oracle.mas.share=0.25"]
 
 
 @pytest.mark.parametrize(("fields", "message"), [

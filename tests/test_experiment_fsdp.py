@@ -28,8 +28,8 @@ SETTINGS = ["stream.n_segments=2", "stream.passes=1.0", "model.hidden=[16]", "ru
             f"experiment.learners={json.dumps(LEARNERS)}", "optim.name='adam'",
             "learner.online-mas.detector='periodic'", "learner.online-mas.detector_args={every=30}",
             "learner.online-mas.lam=1.0", "learner.online-mas.penalty='loss'",
-            "learner.online-mas.mas.every=5", "learner.mas-oracle.lam=1.0",
-            "learner.mas-oracle.penalty='proximal'", "learner.mas-oracle.mas.every=5"]
+            "learner.online-mas.mas.share=0.2", "learner.mas-oracle.lam=1.0",
+            "learner.mas-oracle.penalty='proximal'", "learner.mas-oracle.mas.share=0.2"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo",
        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

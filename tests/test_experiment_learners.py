@@ -96,7 +96,7 @@ def test_penalty_forms_loss_and_grad_give_the_same_gradient(name: str) -> None:
 def test_proximal_form_pulls_towards_the_anchor_without_touching_grad() -> None:
     model = tiny()
     lam, lr = 1e4, 0.1
-    mas = OnlineMAS(model, lam, boundaries=[1], config=MASConfig(every=1))
+    mas = OnlineMAS(model, lam, boundaries=[1], config=MASConfig(share=1.0))
     learner = MAS("mas-oracle", mas, form="proximal", lr=lr)
     x = torch.randn(8, 4)
     learner.after_step(x, 0.0)  # consolidates: anchor = current weights
@@ -217,7 +217,7 @@ def test_config_shape_reaches_every_penalty_form(form: str) -> None:
     """L1 from the config: the explicit forms add lam Omega sign(d); proximal soft-thresholds."""
     lam = 0.3
     cfg = load_config(None, [f'learner.mas-oracle.penalty="{form}"', f"learner.mas-oracle.lam={lam}",
-                             'learner.mas-oracle.shape="l1"', "learner.mas-oracle.mas.every=1"])
+                             'learner.mas-oracle.shape="l1"', "learner.mas-oracle.mas.share=1.0"])
     lr = cfg.optim.lr  # the proximal step size
     model = tiny()
     learner = build_learner("mas-oracle", cfg, model, [1, 100])

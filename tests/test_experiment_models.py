@@ -112,7 +112,7 @@ def test_torchvision_resnet18_trains_on_a_tiny_cifar_stream(tmp_path: Path) -> N
     cfg = load_config(None, [*TINY, "stream.name=permuted-cifar10", f"stream.root={root}",
                              "stream.verify=false", "stream.batch_size=6", "model.kind=factory",
                              "model.factory=torchvision.models:resnet18", "model.kwargs={num_classes = 10}",
-                             'experiment.learners=["mas-oracle"]', "learner.mas-oracle.mas.every=2",
+                             'experiment.learners=["mas-oracle"]', "learner.mas-oracle.mas.share=0.5",
                              "learner.mas-oracle.penalty=proximal", "optim.lr=0.01"])
     with pytest.warns(UserWarning, match="verify=False"):
         preflight(cfg)

@@ -116,14 +116,14 @@ def test_tent_mas_takes_its_settings_from_the_adapt_section(monkeypatch: pytest.
         return made[-1]
 
     monkeypatch.setattr(adapt_run, "build_mas", spy)
-    cfg = load_config(CONFIG, ["stream.passes=0.05", "adapt.stable_samples=224", "adapt.mas_every=3",
+    cfg = load_config(CONFIG, ["stream.passes=0.05", "adapt.stable_samples=224", "adapt.mas_share=0.5",
                                "adapt.detector=periodic", "adapt.period=11", "adapt.calibrate_batches=1"])
     source = adapt_run.build_bn_cnn().eval()
     adapt_run.adapt_stream("tent+mas", 0, source, torch.zeros(40, 1, 8, 8), cfg.adapt,
                            dataclasses.replace(cfg.stream))
     (mas,) = made
     assert isinstance(mas.anchor_policy, om.StableAnchor)
-    assert (mas.anchor_policy.samples, mas.config.every) == (224, 3)
+    assert (mas.anchor_policy.samples, mas.config.share) == (224, 0.5)
     assert isinstance(mas.detector, Periodic) and mas.detector.every == 11
 
 

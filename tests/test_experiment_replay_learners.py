@@ -22,7 +22,7 @@ from online_mas.experiment.replay_learners import Rehearsal
 NEW = ["er", "der", "lwf", "tfcl", "mas+er", "mas+lwf"]
 PERIODIC = [f'learner.{n}.detector="periodic"' for n in ("tfcl", "mas+er", "mas+lwf")] + [
     f"learner.{n}.detector_args={{every=4}}" for n in ("tfcl", "mas+er", "mas+lwf")] + [
-    f"learner.{n}.mas.every=2" for n in ("tfcl", "mas+er", "mas+lwf")] + [
+    f"learner.{n}.mas.share=0.5" for n in ("tfcl", "mas+er", "mas+lwf")] + [
     "learner.er.size=10", "learner.der.size=10", "learner.tfcl.size=10", "learner.mas+er.size=10",
     "learner.er.batch=4", "learner.der.batch=4", "learner.tfcl.batch=4", "learner.mas+er.batch=4"]
 

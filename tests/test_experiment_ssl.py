@@ -265,7 +265,7 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_results(tmp_path: 
 def test_online_mas_with_output_on_the_encoder_gives_the_encoder_importance_only() -> None:
     torch.manual_seed(0)
     net = SSLNet.build(load_config(CONFIG).model, load_config(CONFIG).ssl, (1, 8, 8))
-    mas = om.OnlineMAS(net, lam=1.0, config=om.MASConfig(every=1), detector=None, output=embedding)
+    mas = om.OnlineMAS(net, lam=1.0, config=om.MASConfig(share=1.0), detector=None, output=embedding)
     x = torch.rand(16, 1, 8, 8)
     mas.observe(x)
     mas.consolidate()

@@ -53,9 +53,9 @@ ENTRY_POINTS: dict[str, tuple[Callable[..., object], list[object]]] = {
                    [_model(), torch.randn(3, 4), "exact"]),
     "OnlineMAS": (lambda m, lam, cfg: om.OnlineMAS(m, lam, config=cfg),
                   [_model(), 1.0, om.MASConfig()]),
-    "MASConfig": (lambda method, every, normalize: om.MASConfig(method=method, every=every,
-                                                                  normalize=normalize),
-                  ["exact", 1, "max"]),
+    "MASConfig": (lambda method, share, least, normalize: om.MASConfig(
+                      method=method, share=share, min_estimate=least, normalize=normalize),
+                  ["exact", 0.25, 32, "max"]),
     "StableAnchor": (lambda samples, weight: om.StableAnchor(samples=samples, weight=weight), [320, 0.5]),
     "EMA rule": (lambda alpha: om.consolidate.EMA(alpha), [0.5]),
     "observe": (lambda x, loss: _mas().observe(x, loss=loss), [torch.randn(2, 4), 0.3]),

@@ -87,7 +87,7 @@ def test_tuple_inputs_equal_a_per_sample_loop_and_take_the_closed_forms() -> Non
 def test_online_mas_observes_dict_inputs() -> None:
     torch.manual_seed(0)
     model = TinyLM()
-    mas = om.OnlineMAS(model, lam=0.1, config=om.MASConfig(every=2, subsample=4), output=logits,
+    mas = om.OnlineMAS(model, lam=0.1, config=om.MASConfig(share=0.5, subsample=4), output=logits,
                        detector=om.Periodic(every=3))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     g = torch.Generator().manual_seed(2)
@@ -118,7 +118,7 @@ def test_bad_structured_inputs_name_what_is_wrong() -> None:
 def test_the_signal_of_a_tuple_input_comes_from_the_users_own_forward() -> None:
     torch.manual_seed(0)
     model = TwoTowers()
-    mas = om.OnlineMAS(model, config=om.MASConfig(every=64), detector=om.Periodic(every=100))
+    mas = om.OnlineMAS(model, config=om.MASConfig(share=1 / 64), detector=om.Periodic(every=100))
     x = (torch.randn(5, 4), torch.randn(5, 3))
     model.train()
     out = model(*x)  # the training forward; observe must not run another

@@ -16,7 +16,7 @@ from torch import nn
 
 import online_mas as om
 
-EVERY_STEP = om.MASConfig(every=1)  # estimate importance on every observe() call
+EVERY_STEP = om.MASConfig(share=1.0)  # estimate importance on every observe() call
 
 
 def _model(seed: int = 0) -> nn.Module:
@@ -72,7 +72,7 @@ def test_observe_leaves_grad_untouched_and_training_flag() -> None:
 
 def test_consolidation_anchors_and_rules() -> None:
     model, x = _model(), _data()
-    mas = om.OnlineMAS(model, lam=2.0, config=om.MASConfig(every=1), rule="mean")
+    mas = om.OnlineMAS(model, lam=2.0, config=om.MASConfig(share=1.0), rule="mean")
     assert mas.penalty().item() == 0.0  # nothing consolidated yet
     mas.observe(x[:20])
     first = {n: v.clone() for n, v in mas.running_omega.items()}
@@ -147,11 +147,11 @@ def test_a_parameter_that_changes_shape_restarts_with_a_warning() -> None:
 
 def test_update_every_k_steps_and_subsample() -> None:
     model, x = _model(), _data(32)
-    mas = om.OnlineMAS(model, config=om.MASConfig(every=3))
+    mas = om.OnlineMAS(model, config=om.MASConfig(share=1 / 3))
     for _ in range(7):
         mas.observe(x)
     assert mas.running.count == 2 * 32  # steps 3 and 6
-    sub = om.OnlineMAS(model, config=om.MASConfig(every=1, subsample=5, seed=3))
+    sub = om.OnlineMAS(model, config=om.MASConfig(share=1.0, subsample=5, seed=3))
     sub.observe(x)
     assert sub.running.count == 5
 
@@ -177,7 +177,7 @@ def test_non_finite_batches_are_skipped_and_counted() -> None:
 
 def test_state_round_trip_gives_identical_results(tmp_path) -> None:  # type: ignore[no-untyped-def]
     model, x = _model(), _data(64)
-    cfg = om.MASConfig(every=1, subsample=16)
+    cfg = om.MASConfig(share=1.0, subsample=16)
     mas = om.OnlineMAS(model, lam=0.5, config=cfg, rule=om.consolidate.EMA(0.3))
     mas.observe(x[:32])
     mas.consolidate()
@@ -252,7 +252,12 @@ def test_bad_constructor_arguments(kwargs: dict, error: type, match: str) -> Non
     [
         ("method", "hessian", "method must be one of"),
         ("normalize", "l2", "normalize must be one of"),
-        ("every", 0, "every must be an int >= 1"),
+        ("share", 0, r"share must be a number in \(0, 1\]"),
+        ("share", 64, r"share must be a number in \(0, 1\].*the old every=k \(observe\(\) calls\) is "
+                      r"share=1/k"),
+        ("share", float("nan"), r"share must be a number in \(0, 1\]"),
+        ("min_estimate", 0, r"min_estimate must be an int >= 1 \(samples\), got 0"),
+        ("every", 4, r"MASConfig\(every=4\) counted observe\(\) calls.*share=1/k is every=k"),
         ("subsample", 0, "subsample must be an int >= 1"),
         ("chunk_size", 0, "chunk_size must be"),
     ],
@@ -290,7 +295,7 @@ def test_a_state_dict_of_version_1_loads_and_continues_as_it_did() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
     model.load_state_dict(saved["model"])
-    mas = om.OnlineMAS(model, lam=0.5, config=om.MASConfig(every=2), anchor=om.StableAnchor(samples=15),
+    mas = om.OnlineMAS(model, lam=0.5, config=om.MASConfig(share=0.5), anchor=om.StableAnchor(samples=15),
                        detector=om.Periodic(every=6))
     mas.load_state_dict(saved["mas"])
     events = []
@@ -326,7 +331,7 @@ def test_public_api_is_importable() -> None:
 
 def test_accumulate_estimates_now_whatever_the_interval() -> None:
     model, x = _model(), _data(12)
-    mas = om.OnlineMAS(model, config=om.MASConfig(every=64), detector=om.Periodic(every=1))
+    mas = om.OnlineMAS(model, config=om.MASConfig(share=1 / 64), detector=om.Periodic(every=1))
     assert mas.accumulate(x) == 12
     assert mas.step == 0 and mas.events == []  # not a step; the detector is not fed
     expected = om.importance(model, x)
@@ -339,7 +344,7 @@ def test_accumulate_estimates_now_whatever_the_interval() -> None:
 
 
 def test_a_consolidation_with_no_estimate_warns() -> None:
-    mas = om.OnlineMAS(_model(), config=om.MASConfig(every=64), detector=None)
+    mas = om.OnlineMAS(_model(), config=om.MASConfig(share=1 / 64), detector=None)
     for _ in range(10):
         mas.observe(_data(4))
     with pytest.warns(RuntimeWarning, match="folds no importance"):

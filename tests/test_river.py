@@ -112,3 +112,12 @@ def test_learn_many_and_predict_proba_many_on_pandas_frames_match_the_one_sample
     assert list(probs.index) == list(range(40, 80))
     for i, (x, _) in enumerate(rows[40:]):
         assert dict(probs.iloc[i]) == pytest.approx(one.predict_proba_one(x))
+
+
+def test_the_old_every_keyword_fails_naming_share() -> None:
+    with pytest.raises(ValueError, match=r"Classifier\(every=4\) counted windows.*share=1/every"):
+        Classifier(every=4)
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['evry'\]"):
+        Classifier(evry=4)
+    with pytest.raises(ValueError, match=r"share must be a number in \(0, 1\], got 4"):
+        Classifier(share=4)

@@ -12,7 +12,7 @@ from torch import nn
 import online_mas as om
 import streams
 
-EVERY_STEP = om.MASConfig(every=1)  # estimate importance on every observe() call
+EVERY_STEP = om.MASConfig(share=1.0)  # estimate importance on every observe() call
 
 
 def _train(mas: om.OnlineMAS | None, model: nn.Module, stream: streams.Stream,
@@ -219,7 +219,7 @@ def test_a_state_saved_after_freezing_or_deleting_a_parameter_loads_into_the_sam
 def test_a_replaced_layer_is_followed_on_the_next_step() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
-    mas = om.OnlineMAS(model, lam=1.0, config=om.MASConfig(every=64), detector=None)
+    mas = om.OnlineMAS(model, lam=1.0, config=om.MASConfig(share=1 / 64), detector=None)
     mas.accumulate(torch.randn(16, 4))
     mas.consolidate()
     with torch.no_grad():

@@ -111,7 +111,7 @@ def test_new_methods_are_accepted_by_mas_config_and_observe() -> None:
     for method in ("jacobian", "norm", "fisher"):
         torch.manual_seed(0)
         model = MLP()
-        mas = om.OnlineMAS(model, lam=1.0, config=om.MASConfig(method=method, every=1),
+        mas = om.OnlineMAS(model, lam=1.0, config=om.MASConfig(method=method, share=1.0),
                            detector=None)
         x = torch.randn(5, 10)
         model(x)

@@ -77,7 +77,7 @@ def _sharded(model: nn.Module) -> nn.Module:
 
 def _mas(model: nn.Module, detector: object | None) -> om.OnlineMAS:
     anchor = om.StableAnchor(samples=ROWS, weight=0.5) if detector is not None else om.CurrentAnchor()
-    return om.OnlineMAS(model, lam=2.0, config=om.MASConfig(every=1), detector=detector, anchor=anchor)
+    return om.OnlineMAS(model, lam=2.0, config=om.MASConfig(share=1.0), detector=detector, anchor=anchor)
 
 
 def _run(family: str, rank: int | None, *, detector: bool = False) -> tuple[nn.Module, om.OnlineMAS]:
@@ -168,17 +168,17 @@ def _collectives(rank: int) -> dict[str, object]:
             mas.observe(_shard(_batch("mlp", t), rank))
     finally:
         dist.all_reduce, dist.reduce_scatter_tensor = all_reduce, reduce_scatter  # type: ignore[assignment]
-    scaled = om.OnlineMAS(_sharded(Scaled()), detector=None, config=om.MASConfig(every=1))
+    scaled = om.OnlineMAS(_sharded(Scaled()), detector=None, config=om.MASConfig(share=1.0))
     try:
         scaled.observe(_shard(_batch("mlp", 1), rank))
     except ValueError as err:
         sizes["no_rule"] = str(err)  # type: ignore[assignment]
-    vmap = om.OnlineMAS(model, detector=None, config=om.MASConfig(every=1, method="vmap"))
+    vmap = om.OnlineMAS(model, detector=None, config=om.MASConfig(share=1.0, method="vmap"))
     try:
         vmap.observe(_shard(_batch("mlp", 1), rank))
     except ValueError as err:
         sizes["method"] = str(err)  # type: ignore[assignment]
-    windowed = om.OnlineMAS(model, detector=None, config=om.MASConfig(every=1),
+    windowed = om.OnlineMAS(model, detector=None, config=om.MASConfig(share=1.0),
                             reducer=om.Reducer(sync_every=2))
     try:
         windowed.observe(_shard(_batch("mlp", 1), rank))

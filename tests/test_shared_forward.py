@@ -78,7 +78,7 @@ def test_shared_forward_equals_a_separate_pass_at_the_same_parameters(
 ) -> None:
     torch.manual_seed(0)
     model = MODELS[kind]()
-    config = om.MASConfig(every=1, shared_forward=True)
+    config = om.MASConfig(share=1.0, shared_forward=True)
     mas = om.OnlineMAS(model, lam=0.5, config=config, detector=None,
                        average=om.RunningImportance(average, half_life=20.0))
 
@@ -102,8 +102,9 @@ def test_shared_forward_does_not_change_training() -> None:
     b.load_state_dict(a.state_dict())
     g = torch.Generator().manual_seed(2)
     xs = [torch.randn(7, 5, generator=g) for _ in range(5)]
-    _train(a, om.OnlineMAS(a, lam=0.0, config=om.MASConfig(every=1, shared_forward=True), detector=None), xs)
-    _train(b, om.OnlineMAS(b, lam=0.0, config=om.MASConfig(every=1), detector=None), xs)
+    shared = om.MASConfig(share=1.0, shared_forward=True)
+    _train(a, om.OnlineMAS(a, lam=0.0, config=shared, detector=None), xs)
+    _train(b, om.OnlineMAS(b, lam=0.0, config=om.MASConfig(share=1.0), detector=None), xs)
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(p, q)
 
@@ -118,7 +119,7 @@ def test_shared_forward_does_not_change_training() -> None:
 def test_training_mode_layers_fall_back_to_the_separate_pass(model: nn.Module, why: str,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
-    mas = om.OnlineMAS(model, config=om.MASConfig(every=1, shared_forward=True), detector=None)
+    mas = om.OnlineMAS(model, config=om.MASConfig(share=1.0, shared_forward=True), detector=None)
     x = torch.randn(7, 5)
     model(x).sum().backward()
     mas.observe(x)
@@ -136,7 +137,7 @@ def test_training_mode_layers_fall_back_to_the_separate_pass(model: nn.Module, w
 def test_an_evaluation_forward_in_between_keeps_the_shared_estimate(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
     model = _mlp()
-    mas = om.OnlineMAS(model, config=om.MASConfig(every=1, shared_forward=True), detector=None)
+    mas = om.OnlineMAS(model, config=om.MASConfig(share=1.0, shared_forward=True), detector=None)
     _forbid_separate_pass(monkeypatch)
     x = torch.randn(7, 5)
     ref, _, _ = importance_sums(model, x)
@@ -151,7 +152,7 @@ def test_an_evaluation_forward_in_between_keeps_the_shared_estimate(monkeypatch:
 def test_other_forwards_fall_back_and_give_the_same_numbers() -> None:
     torch.manual_seed(0)
     model = _mlp()
-    mas = om.OnlineMAS(model, config=om.MASConfig(every=1, shared_forward=True), detector=None)
+    mas = om.OnlineMAS(model, config=om.MASConfig(share=1.0, shared_forward=True), detector=None)
     x = torch.randn(7, 5)
     with torch.no_grad():
         model(x)  # no graph to reuse
@@ -178,7 +179,7 @@ def test_uncovered_parameters_never_arm_the_hooks(monkeypatch: pytest.MonkeyPatc
     calls = []
     real = shared_module.fast_candidates
     monkeypatch.setattr(shared_module, "fast_candidates", lambda *a: calls.append(1) or real(*a))
-    mas = om.OnlineMAS(model, config=om.MASConfig(every=1, shared_forward=True), detector=None)
+    mas = om.OnlineMAS(model, config=om.MASConfig(share=1.0, shared_forward=True), detector=None)
     assert not mas._seen.shared.armed  # type: ignore[union-attr]
     assert "fast path" in mas._seen.shared.why_not  # type: ignore[union-attr]
     x = torch.randn(4, 5)
@@ -196,7 +197,7 @@ def test_uncovered_parameters_never_arm_the_hooks(monkeypatch: pytest.MonkeyPatc
 
 def test_hooks_are_armed_only_before_estimate_steps() -> None:
     model = _mlp()
-    mas = om.OnlineMAS(model, config=om.MASConfig(every=3, shared_forward=True), detector=None)
+    mas = om.OnlineMAS(model, config=om.MASConfig(share=1 / 3, shared_forward=True), detector=None)
     armed = []
     for _ in range(7):
         armed.append(mas._seen.shared.armed)  # type: ignore[union-attr]
@@ -210,7 +211,7 @@ def test_hooks_are_armed_only_before_estimate_steps() -> None:
 def test_non_finite_batches_are_skipped_without_touching_the_importance() -> None:
     torch.manual_seed(0)
     model = _mlp()
-    mas = om.OnlineMAS(model, config=om.MASConfig(every=1, shared_forward=True), detector=None)
+    mas = om.OnlineMAS(model, config=om.MASConfig(share=1.0, shared_forward=True), detector=None)
     x = torch.randn(7, 5)
     model(x).sum().backward()
     mas.observe(x)
@@ -233,7 +234,7 @@ def test_shared_forward_must_be_a_bool() -> None:
 def test_overflowing_importance_skips_that_batch_only(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3))
-    mas = om.OnlineMAS(model, config=om.MASConfig(every=1, shared_forward=True), detector=None)
+    mas = om.OnlineMAS(model, config=om.MASConfig(share=1.0, shared_forward=True), detector=None)
     _forbid_separate_pass(monkeypatch)
     x = torch.rand(7, 5) + 0.5
     model(x).sum().backward()

@@ -116,7 +116,7 @@ def test_periodic_and_oracle_policies_fire_exactly_on_schedule() -> None:
 
 def test_detector_is_fed_every_step_even_without_a_forward_of_the_users() -> None:
     model = _model()
-    mas = om.OnlineMAS(model, config=om.MASConfig(every=4), detector=Periodic(every=3))
+    mas = om.OnlineMAS(model, config=om.MASConfig(share=0.25), detector=Periodic(every=3))
     fired = _fire_steps(mas, _stream(12, change_at=13))  # observe(x) alone: no model(x) before
     assert fired == [3, 6, 9, 12]
     assert [e.stats["samples"] for e in mas.events] == [0, 16, 16, 16]  # estimates at 4, 8, 12
@@ -141,7 +141,7 @@ def test_loss_signal_needs_the_loss_and_drives_the_plateau_rule() -> None:
 def test_stable_anchor_is_the_slow_copy(weight: float, offset: float) -> None:
     model = _model()
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
-    mas = om.OnlineMAS(model, config=om.MASConfig(every=1),
+    mas = om.OnlineMAS(model, config=om.MASConfig(share=1.0),
                        anchor=om.StableAnchor(samples=12, weight=weight), detector=Periodic(every=10))
     for _ in range(10):
         with torch.no_grad():
@@ -176,7 +176,7 @@ def test_stable_copy_follows_new_and_removed_parameters() -> None:
 
 def test_hard_buffer_adds_the_most_surprising_samples_at_consolidation() -> None:
     model = _model()
-    mas = om.OnlineMAS(model, config=om.MASConfig(every=1), buffer=HardBuffer(4, decay=1.0), detector=None)
+    mas = om.OnlineMAS(model, config=om.MASConfig(share=1.0), buffer=HardBuffer(4, decay=1.0), detector=None)
     xs = _stream(5, change_at=6)
     for x in xs:
         mas.observe(x)
@@ -241,7 +241,7 @@ def test_bad_trigger_arguments() -> None:
 
 def test_signal_comes_from_the_training_forward_on_every_step() -> None:
     model = _model()
-    mas = om.OnlineMAS(model, config=om.MASConfig(every=4), detector=Periodic(every=3))
+    mas = om.OnlineMAS(model, config=om.MASConfig(share=0.25), detector=Periodic(every=3))
     fired, signals = [], []
     for x in _stream(12, change_at=13):
         logits = model(x)  # the user's training forward, in train mode
@@ -272,14 +272,14 @@ def test_signal_hook_is_removed_with_the_online_mas_object() -> None:
 
 def test_state_with_two_snapshots_from_0_1_loads_the_older_one() -> None:
     model = _model()
-    mas = om.OnlineMAS(model, config=om.MASConfig(every=1), anchor=om.StableAnchor(samples=4))
+    mas = om.OnlineMAS(model, config=om.MASConfig(share=1.0), anchor=om.StableAnchor(samples=4))
     mas.observe(torch.randn(4, 4))
     state = _as_version_1(mas.state_dict())
     older = {n: torch.full_like(p, 1.0) for n, p in model.named_parameters()}
     newer = {n: torch.full_like(p, 2.0) for n, p in model.named_parameters()}
     state["stable"] = [older, newer]  # how 0.1 saved its two rotating snapshots
     anchor = om.StableAnchor(samples=4)
-    other = om.OnlineMAS(_model(), config=om.MASConfig(every=1), anchor=anchor)
+    other = om.OnlineMAS(_model(), config=om.MASConfig(share=1.0), anchor=anchor)
     other.load_state_dict(state)
     assert all(torch.equal((anchor.source() or {})[n], older[n]) for n in older)
 

@@ -48,7 +48,7 @@ class Combined:
     ...     c.update_many([0.0] * 16, inputs=x)
     ...     fired += c.detections
     >>> fired
-    [1759]
+    [1727]
     """
 
     per_sample = True  # the Trigger feeds it one value per sample

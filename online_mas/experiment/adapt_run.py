@@ -133,7 +133,7 @@ def adapt_stream(spec: str, seed: int, source: nn.Module, x_src: Tensor, setting
             adapter = Adapter(model, opt, config=AdaptConfig(
                 e_max=settings.e_max if method == "filter" else None, reset=method == "tent+reset"))
         else:  # tent+mas, tent+mas-nofilter
-            mas_config = adapt_mas_config(every=settings.mas_every, stable_samples=settings.stable_samples)
+            mas_config = adapt_mas_config(share=settings.mas_share, stable_samples=settings.stable_samples)
             mas = build_mas(model, settings.lam, mas_config,
                             detector=adapt_detector(settings.detector, period=settings.period))
             e_max = settings.e_max if method == "tent+mas" else None

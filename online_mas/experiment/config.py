@@ -397,7 +397,7 @@ class MASReplayLearnerConfig(OnlineMASLearnerConfig):
     buffer: str = "reservoir"  # "reservoir", "class-balanced" or "hard"
     batch: int = 32  # replayed samples per step, besides the stream's batch
     weight: float = 1.0  # weight of the replayed samples' mean loss
-    buffer_importance: bool = False  # also estimate importance on the memory (label-free), every mas.every
+    buffer_importance: bool = False  # also estimate the memory's importance (label-free) with the stream's
     eras: bool = True  # hard buffer: a new era at each consolidation, the slots shared among eras
 
     def __post_init__(self) -> None:
@@ -516,7 +516,7 @@ class AdaptSection:
     e_max: float = 0.4  # filter, tent+mas: keep samples with entropy < e_max * ln(C)
     lam: float = 1.0  # tent+mas: MAS penalty strength
     penalty: str = "proximal"  # tent+mas: "proximal", "loss" or "grad" (AdaptConfig.penalty)
-    mas_every: int = 4  # tent+mas: estimate importance (and feed the detector) every k-th step
+    mas_share: float = 0.25  # tent+mas: fraction of the adapted samples whose importance is estimated
     stable_samples: int = 800  # tent+mas: samples between updates of the slow anchor copy (StableAnchor)
     detector: str = "page-hinkley"  # tent+mas: registry.DETECTORS; "page-hinkley" means "default"
     period: int = 500  # detector = "periodic": steps between consolidations
@@ -539,7 +539,9 @@ class AdaptSection:
                 raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
         if not _finite(self.momentum) or not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be a number in [0, 1), got {self.momentum!r}")
-        for name in ("mas_every", "stable_samples", "period", "calibrate_batches", "train_epochs"):
+        if not _finite(self.mas_share) or not 0 < self.mas_share <= 1:
+            raise ValueError(f"mas_share must be a number in (0, 1], got {self.mas_share!r}")
+        for name in ("stable_samples", "period", "calibrate_batches", "train_epochs"):
             if _bad_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
         if not isinstance(self.reset, bool):

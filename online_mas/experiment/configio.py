@@ -37,10 +37,16 @@ _RESERVED: dict[type, dict[str, str]] = {
 #: Keys of older configs whose meaning changed, with what to write instead.
 _REPLACED: dict[type, dict[str, str]] = {
     MASSection: {"stable_every": "the slow anchor's interval is now in samples: write stable_samples "
-                                 "= stable_every * the stream's batch_size (10 at batch 32 is 320)"},
+                                 "= stable_every * the stream's batch_size (10 at batch 32 is 320)",
+                 "every": "it counted observe() calls; the importance is now estimated on a share of "
+                          "the samples: write share = 1/every (every = 4 is share = 0.25 at any batch "
+                          "size up to min_estimate = 32 samples; every = 64 is the default 1/64)"},
     AdaptSection: {"stable_every": "the slow anchor's interval is now in samples: write "
                                    "stable_samples = stable_every * the stream's batch_size (25 at "
-                                   "batch 32 is 800)"},
+                                   "batch 32 is 800)",
+                   "mas_every": "it counted adaptation steps; the importance is now estimated on a "
+                                "share of the samples: write mas_share = 1/mas_every (4 is 0.25 at "
+                                "any batch size up to 32)"},
 }
 
 

@@ -38,7 +38,8 @@ class MASSection:
     method: str = "exact"  # importance estimator: exact, vmap, loop, batch, local (om.importance)
     average: str = "mean"  # running importance: "mean" since the last consolidation, or "ema"
     half_life: float = 10_000.0  # EMA half-life in samples (average="ema")
-    every: int = 64  # estimate importance on every k-th call of observe() (1: every call)
+    share: float = 1 / 64  # fraction of the stream's samples whose importance is estimated, in (0, 1]
+    min_estimate: int = 32  # fewest samples one estimate covers (a smaller batch: the whole batch)
     subsample: int | None = None  # estimate on at most this many samples of each batch (seeded)
     rule: str = "sum"  # consolidation: sum (paper), mean (task-free code), ema (Avalanche), max
     alpha: float = 0.5  # weight of the old Omega for rule="ema", in [0, 1]
@@ -70,7 +71,8 @@ class MASSection:
 
     def config(self) -> MASConfig:
         """The numbers that always apply."""
-        return MASConfig(method=self.method, every=self.every, subsample=self.subsample,
+        return MASConfig(method=self.method, share=self.share, min_estimate=self.min_estimate,
+                         subsample=self.subsample,
                          chunk_size=self.chunk_size, seed=self.seed, normalize=self.normalize,
                          shared_forward=self.shared_forward)
 

@@ -141,17 +141,17 @@ def adapt_detector(name: str, *, period: int) -> object:
                           where="adapt")
 
 
-def adapt_mas_config(*, every: int, stable_samples: int) -> MASSection:
-    """The MAS settings of the adapt kind's ``tent+mas``: a ``"stable"`` anchor moving every
-    ``stable_samples`` samples.
+def adapt_mas_config(*, share: float, stable_samples: int) -> MASSection:
+    """The MAS settings of the adapt kind's ``tent+mas``: importance on ``share`` of the adapted
+    samples, a ``"stable"`` anchor moving every ``stable_samples`` samples.
 
     Examples
     --------
-    >>> c = adapt_mas_config(every=4, stable_samples=800)
-    >>> c.anchor, c.every, c.stable_samples
-    ('stable', 4, 800)
+    >>> c = adapt_mas_config(share=0.25, stable_samples=800)
+    >>> c.anchor, c.share, c.stable_samples
+    ('stable', 0.25, 800)
     """
-    return MASSection(anchor="stable", stable_samples=stable_samples, every=every)
+    return MASSection(anchor="stable", stable_samples=stable_samples, share=share)
 
 
 def build_mas(model: nn.Module, lam: float, config: MASSection, *, detector: object = None,

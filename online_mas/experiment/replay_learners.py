@@ -11,9 +11,10 @@ forward, before the step). None of them sees the boundaries.
   beta * CE(second replay batch)``, the logits stored at insertion;
 - ``mas+er``: task-free online MAS (its penalty and detector) plus ``er``'s term;
 - ``tfcl``: the task-free paper (Aljundi, Kelchtermans, Tuytelaars, CVPR 2019): online MAS plus
-  the hard buffer (highest recent loss) in the loss; every ``mas.every`` steps the buffer's inputs
-  also join the running importance (label-free, :meth:`~online_mas.OnlineMAS.accumulate`). Each
-  consolidation starts a new era of the buffer (``eras``), whose slots are shared among eras.
+  the hard buffer (highest recent loss) in the loss; whenever the stream's importance is estimated
+  (``mas.share``) the buffer's inputs also join the running importance (label-free,
+  :meth:`~online_mas.OnlineMAS.accumulate`). Each consolidation starts a new era of the buffer
+  (``eras``), whose slots are shared among eras.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ class Rehearsal:
     der
         ``(alpha, beta)`` of DER++ (then the memory stores logits), or None.
     buffer_importance
-        Also estimate importance on the memory's inputs every ``mas.every`` steps (``tfcl``).
+        Also estimate importance on the memory's inputs on the steps that estimate the stream's
+        (``OnlineMAS.estimates``, by ``mas.share``; ``tfcl``).
     eras
         With ``mas`` and a :class:`~online_mas.HardReplay` memory: start a new era of the memory at
         each of the MAS learner's consolidations, so the hard buffer's slots are shared among the
@@ -152,7 +154,7 @@ class Rehearsal:
     def after_step(self, x: Tensor, loss: float) -> Event | None:
         self._step += 1
         if self.buffer_importance and self.mas is not None and self.memory.x is not None \
-                and self._step % self.mas.mas.config.every == 0:
+                and self.mas.mas.estimates(len(x)) > 0:
             self.mas.mas.accumulate(self.memory.x)
         event = self.mas.after_step(x, loss) if self.mas is not None else None
         if event is not None and self.eras and isinstance(self.memory, HardReplay):
