@@ -240,6 +240,8 @@ CONV_GEOMETRIES = {
     "transposed-2d-grouped": (nn.ConvTranspose2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 0),
                                                  dilation=(1, 2), groups=2), (4, 5, 4)),
     "transposed-3d": (nn.ConvTranspose3d(2, 3, 2, stride=2, bias=False), (2, 3, 2, 3)),
+    "one-channel-im2col": (nn.Conv2d(1, 8, 3, padding=1, stride=(1, 2)), (1, 7, 6)),  # im2col, bias beside
+    "grouped-padded-inside": (nn.Conv2d(4, 6, 3, padding=(1, 2), dilation=(1, 2), groups=2), (4, 7, 6)),
     "rank-1": (nn.Conv2d(3, 5, 4), (3, 4, 4)),  # one output position
     "rank-1-grouped-padded": (nn.Conv2d(4, 6, 3, groups=2, padding=1, stride=3), (4, 3, 3)),
     "rank-1-1d-depthwise": (nn.Conv1d(4, 4, 5, groups=4), (4, 5)),
@@ -464,6 +466,23 @@ def test_per_sample_products_formed_in_small_blocks_give_the_same_sums(
     _assert_close(got, loop_reference(model, x))
 
 
+@pytest.mark.parametrize("block_bytes", [1, 3 * 4 * 5 * 4, 2**20])  # one sample, some, all at once
+@pytest.mark.parametrize(("n", "groups"), [(1, 1), (7, 1), (5, 3)])
+def test_abs_bmm_sum_in_blocks_equals_the_absolute_per_sample_products(
+    n: int, groups: int, block_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    common = sys.modules["online_mas.estimators.common"]
+    monkeypatch.setattr(common, "BLOCK_BYTES", block_bytes)
+    g = torch.Generator().manual_seed(n)
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(n * groups, 4, 6, generator=g, dtype=dtype)
+        y = torch.randn(n * groups, 6, 5, generator=g, dtype=dtype)
+        want = torch.stack([(x[i] @ y[i]).abs() for i in range(n * groups)]).view(n, groups, 4, 5).sum(0)
+        got = common.abs_bmm_sum(x, y, groups)
+        assert got.shape == (groups, 4, 5) and got.dtype == dtype
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_chunk_size_from_the_memory_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     budget = sys.modules["online_mas.estimators.budget"]
     torch.manual_seed(0)
@@ -513,16 +532,21 @@ def test_plan_with_costs_counts_each_rule_and_names_its_layer() -> None:
         om.plan(model, costs=True)
 
 
-def test_outputs_changed_in_place_are_copied_from_then_on() -> None:
+def test_outputs_changed_in_place_need_no_copy_and_no_second_forward() -> None:
+    # the exact pass takes the gradient at each layer's autograd edge, the layer's own output,
+    # whatever ReLU(inplace=True) does to that tensor afterwards: exact, one forward, no copies
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(inplace=True), nn.Linear(6, 3), nn.Tanh())
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(inplace=True), nn.Linear(6, 3), nn.ReLU(inplace=True),
+                          nn.Linear(3, 2))
     x = torch.randn(5, 4)
     forwards = []
     model.register_forward_hook(lambda *args: forwards.append(1))
     reference = loop_reference(model, x)
     forwards.clear()
-    for calls in (2, 1):  # the first pass learns that ReLU(inplace=True) changes 0's output
-        _assert_close(om.importance(model, x, chunk_size=5), reference)  # no budget probe
-        assert len(forwards) == calls
+    for _ in range(2):
+        got = om.importance(model, x, chunk_size=5)  # no budget probe
+        _assert_close(got, reference)
+        assert len(forwards) == 1
         forwards.clear()
-    assert model[0] in exact._INPLACE and model[2] not in exact._INPLACE
+    assert om.plan(model, x) == {n: "linear" for n in reference}
+    assert not any(m in exact._INPLACE for m in model)

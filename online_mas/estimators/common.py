@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ __all__ = [
     "Rule",
     "Sites",
     "abs_bmm_sum",
+    "block_rows",
     "call_model",
     "check_chunk_size",
     "check_finite_sums",
@@ -94,6 +96,12 @@ class Call:
 
     ``pair(grads)``, where given, turns the gradients at ``targets`` into the rule's ``(a, g)``
     (:class:`Sites`); by default they are the first input and the gradient at the one target.
+
+    ``edges``, where given, stand for the outputs instead of ``targets`` (then empty): the
+    autograd edges (``torch.autograd.graph.get_gradient_edge``) into the layer's backward, whose
+    gradient is the one at the layer's own output whatever later ops do to it in place, without
+    keeping the output's memory alive; ``like`` holds their shapes, dtypes and devices (for the
+    zeros where no gradient reached).
     """
 
     module: nn.Module
@@ -103,6 +111,8 @@ class Call:
     rows: int
     count: int = 1
     pair: Callable[[tuple[Tensor, ...]], tuple[Any, Any]] | None = None
+    edges: tuple[Any, ...] = ()
+    like: tuple[tuple[torch.Size, torch.dtype, torch.device], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -151,7 +161,10 @@ def abs_bmm_sum(x: Tensor, y: Tensor, groups: int = 1) -> Tensor:
 
     ``x`` is ``(N * groups, M, K)``, ``y`` ``(N * groups, K, P)`` (sample-major); returns
     ``(groups, M, P)``. On CPU the products are formed a block of samples at a time, within
-    :data:`BLOCK_BYTES`, and summed while in cache; elsewhere in one batched matmul.
+    :data:`BLOCK_BYTES`, and summed while in cache; elsewhere in one batched matmul. Each block's
+    absolute values are summed over its samples by one matrix product with a row of ones (a
+    ``(1, k) x (k, groups M P)`` ``addmm`` into the total), which reads the block once and
+    beats a reduction over the block's first dimension.
 
     Examples
     --------
@@ -163,19 +176,39 @@ def abs_bmm_sum(x: Tensor, y: Tensor, groups: int = 1) -> Tensor:
     b, m, p = x.shape[0], x.shape[1], y.shape[2]
     n = b // groups
     per_sample = groups * m * p * x.element_size()
-    step = max(1, BLOCK_BYTES // per_sample) if x.device.type == "cpu" else n
+    step = block_rows(n, per_sample) if x.device.type == "cpu" else n
     if step >= n:
         return torch.bmm(x, y).abs_().view(n, groups, m, p).sum(0)
-    acc = torch.zeros(groups, m, p, dtype=x.dtype, device=x.device)
+    acc = torch.zeros(1, groups * m * p, dtype=x.dtype, device=x.device)
     buf = torch.empty(step * groups, m, p, dtype=x.dtype, device=x.device)
-    part = torch.empty(groups, m, p, dtype=x.dtype, device=x.device)
-    for start in range(0, n, step):
-        stop = min(n, start + step)
-        block = buf[: (stop - start) * groups]
-        torch.bmm(x[start * groups:stop * groups], y[start * groups:stop * groups], out=block)
-        torch.sum(block.abs_().view(stop - start, groups, m, p), 0, out=part)
-        acc += part
-    return acc
+    flat = buf.view(step, groups * m * p)  # the same memory, one row per sample
+    ones = torch.ones(1, step, dtype=x.dtype, device=x.device)
+    for xs, ys in zip(x.split(step * groups), y.split(step * groups), strict=True):
+        k = xs.shape[0] // groups
+        if k == step:
+            torch.bmm(xs, ys, out=buf)
+            acc.addmm_(ones, flat.abs_())
+        else:  # the last, smaller block
+            torch.bmm(xs, ys, out=buf[: k * groups])
+            acc.addmm_(ones[:, :k], flat[:k].abs_())
+    return acc.view(groups, m, p)
+
+
+def block_rows(n: int, per_sample: int) -> int:
+    """Samples per block when ``n`` samples of ``per_sample`` bytes each go through in blocks of at
+    most :data:`BLOCK_BYTES` (at least one sample): as few blocks as that allows, of equal sizes
+    (no small last block with its own fixed cost).
+
+    Examples
+    --------
+    >>> block_rows(64, 18432)  # 1 MiB holds 56 of them: two blocks of 32, not 56 and 8
+    32
+    """
+    step = max(1, BLOCK_BYTES // max(1, per_sample))
+    if step >= n:
+        return n
+    blocks = -(-n // step)
+    return -(-n // blocks)
 
 
 def call_model(model: nn.Module, x: Inputs) -> Tensor:
@@ -238,7 +271,10 @@ def model_output(model: nn.Module, x: Inputs, output: OutputFn | None = None) ->
 def finite(t: Tensor) -> bool:
     """No nan or inf in ``t``. One reduction: a sum is finite unless an element is not (or the sum
     overflows float range, which only values near 1e38 can do; those count as not finite too)."""
-    return bool(torch.isfinite(t.detach().sum()))
+    total = t.detach().sum()
+    if type(total) is Tensor:  # one number read back (``torch.isfinite`` is several ops)
+        return math.isfinite(total.item())
+    return bool(torch.isfinite(total))  # a tensor subclass (DTensor): its own reduction
 
 
 _all_finite = finite

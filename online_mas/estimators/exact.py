@@ -1,9 +1,10 @@
 """The exact estimator: closed-form per-sample sums from each layer's input and output gradient.
 
-One forward records the inputs of the layers that have a rule (:mod:`.registry`); one backward of
-``sum_n ||f(x_n)||^2`` gives every sample's gradient at those layers' outputs; the rules turn the
-pairs into per-sample sums. Parameters without a rule (attention projections, custom parameters,
-layers called twice, tied weights) get theirs from ``torch.func`` (:func:`.func.func_sums`).
+One forward records the inputs of the layers that have a rule (:mod:`.registry`) and the autograd
+edge of each one's output; one backward of ``sum_n ||f(x_n)||^2`` to those edges gives every
+sample's gradient at those layers' outputs; the rules turn the pairs into per-sample sums.
+Parameters without a rule (attention projections, custom parameters, layers called twice, tied
+weights) get theirs from ``torch.func`` (:func:`.func.func_sums`).
 Batches larger than ``chunk`` go through in chunks, so transient memory does not grow with the batch.
 """
 
@@ -17,10 +18,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.graph import get_gradient_edge
 
 from online_mas.estimators.common import (
     Call,
     OutputFn,
+    Rule,
     Sites,
     check_finite_sums,
     forward,
@@ -97,6 +100,8 @@ def record_hook(
     calls: dict[nn.Module, Call],
     batch_dims: Mapping[nn.Module, int] | None = None,
     clone: Callable[[nn.Module], bool] | None = None,
+    rules: Mapping[nn.Module, Rule | None] | None = None,
+    edges: bool = False,
 ) -> Hook:
     """A forward hook (``with_kwargs=True``) that records each module's first call (input, output)
     into ``calls``; ``batch_dims[m]`` is the dimension of ``m``'s batch where it is not the first.
@@ -105,6 +110,8 @@ def record_hook(
     cannot touch the record; with ``clone``, only for the modules where ``clone(m)`` (for the
     others an in-place change shows in the output's version, and :func:`covered` drops the call).
     A rule with ``inputs`` (several tensors in or out) records all of them, outputs copied.
+    ``rules``: each module's rule, looked up once (else :func:`~.registry.rule_for` per call).
+    ``edges``: a one-tensor output is recorded as its autograd edge (:class:`Call`), never copied.
     """
 
     def hook(m: nn.Module, inputs: tuple[object, ...], kwargs: dict[str, object], out: object) -> object:
@@ -113,7 +120,7 @@ def record_hook(
         if m in calls:
             calls[m].count += 1
             return None
-        rule = rule_for(m)
+        rule = rules[m] if rules is not None and m in rules else rule_for(m)
         if rule is not None and rule.inputs is not None:
             got, copied = rule.inputs(m, inputs, kwargs), _cloned(out)
             if got is None or copied is None:
@@ -130,8 +137,15 @@ def record_hook(
             return None
         dim = batch_dims.get(m, 0) if batch_dims else 0
         rows = int(tensors[0].shape[dim]) if tensors[0].dim() > dim and out.dim() > dim else -1
-        versions = tuple(t._version for t in (*tensors, out))
         pair = None if dim == 0 else _moved(tensors[0], dim)
+        if edges:
+            if not out.requires_grad:
+                calls[m] = Call(m, (), (), (), rows=-1, count=2)  # no gradient reaches it: not covered
+                return None
+            calls[m] = Call(m, tensors, (), tuple(t._version for t in tensors), rows, pair=pair,
+                            edges=(get_gradient_edge(out),), like=((out.shape, out.dtype, out.device),))
+            return None
+        versions = tuple(t._version for t in (*tensors, out))
         calls[m] = Call(m, tensors, (out,), versions, rows, pair=pair)
         return out.clone() if clone is None or clone(m) else None
 
@@ -187,18 +201,25 @@ def recording(
     cands: Mapping[nn.Module, list[str]],
     batch_dims: Mapping[nn.Module, int] | None = None,
     clone: Callable[[nn.Module], bool] | None = None,
+    edges: bool = False,
 ) -> Iterator[dict[nn.Module, Call]]:
-    """Record the calls of ``cands`` inside: a forward hook on each, or, for a rule with its own
-    ``record``, the recording forward it gives in place of the module's. ``batch_dims`` and
-    ``clone`` as in :func:`record_hook`."""
+    """Record the calls of ``cands`` inside: for a rule with its own ``record``, the recording
+    forward it gives in place of the module's; for the others the module's own forward followed
+    by :func:`record_hook`'s recording, as an instance attribute too (a forward hook would send
+    every call of the module through ``nn.Module``'s slower hook path), or as a forward hook where
+    the instance already has a forward of its own. ``batch_dims``, ``clone`` and ``edges`` as in
+    :func:`record_hook`."""
     calls: dict[nn.Module, Call] = {}
-    hook = record_hook(calls, batch_dims, clone)
+    rules = {m: rule_for(m) for m in cands}
+    hook = record_hook(calls, batch_dims, clone, rules, edges)
     handles = []
     patched = []
-    for m in cands:
-        rule = rule_for(m)
+    for m, rule in rules.items():
         if rule is not None and rule.record is not None:
             m.__dict__["forward"] = rule.record(m, calls, cands)  # an instance attribute, removed below
+            patched.append(m)
+        elif "forward" not in m.__dict__ and not isinstance(getattr(type(m), "forward", None), property):
+            m.__dict__["forward"] = _recorded_forward(m, hook)
             patched.append(m)
         else:
             handles.append(m.register_forward_hook(hook, with_kwargs=True))
@@ -211,6 +232,18 @@ def recording(
             m.__dict__.pop("forward", None)
 
 
+def _recorded_forward(m: nn.Module, hook: Hook) -> Callable[..., object]:
+    """``m``'s own forward, then ``hook`` on the call (what it returns replaces the output)."""
+    own = type(m).forward.__get__(m)
+
+    def forward(*args: object, **kwargs: object) -> object:
+        out = own(*args, **kwargs)
+        replaced = hook(m, args, kwargs, out)
+        return out if replaced is None else replaced
+
+    return forward
+
+
 def covered(calls: dict[nn.Module, Call], rows: int) -> list[Call]:
     """The recorded calls the rules can use: called once, differentiable, inputs untouched since
     (no in-place op changed them), batch dimension first."""
@@ -219,7 +252,7 @@ def covered(calls: dict[nn.Module, Call], rows: int) -> list[Call]:
         for c in calls.values()
         if c.count == 1
         and c.rows == rows
-        and c.targets
+        and (c.targets or c.edges)
         and all(t.requires_grad for t in c.targets)
         and all(t._version == v for t, v in zip((*c.inputs, *c.targets), c.versions, strict=True))
     ]
@@ -232,14 +265,19 @@ def output_grads(calls: list[Call], out: Tensor, *, retain_graph: bool = False,
 
     ``retain_graph`` keeps ``out``'s graph for a backward that comes later (someone else's).
     """
-    targets = [t for c in calls for t in c.targets]
+    targets = [t for c in calls for t in (c.edges or c.targets)]
     total = sq_norm_total(out)
     grads = iter(torch.autograd.grad(total * scale if scale != 1.0 else total, targets, allow_unused=True,
                                      retain_graph=retain_graph))
     pairs: list[Pair] = []
     for c in calls:
-        gs = tuple(torch.zeros_like(t) if g is None else g.detach()
-                   for t, g in zip(c.targets, itertools.islice(grads, len(c.targets)), strict=True))
+        if c.edges:
+            gs = tuple(torch.zeros(shape, dtype=dtype, device=device) if g is None else g.detach()
+                       for (shape, dtype, device), g in zip(c.like, itertools.islice(grads, len(c.edges)),
+                                                            strict=True))
+        else:
+            gs = tuple(torch.zeros_like(t) if g is None else g.detach()
+                       for t, g in zip(c.targets, itertools.islice(grads, len(c.targets)), strict=True))
         pairs.append((c.module, c.inputs[0].detach(), gs[0]) if c.pair is None else (c.module, *c.pair(gs)))
     return pairs
 
@@ -336,7 +374,7 @@ def exact_sums(
     keep = factor and len(pieces) == 1 and scale == 1.0
     pairs: list[Pair] = []
     outs = []
-    with recording(cands, sequence_first(model), clone=_INPLACE.__contains__) as calls:
+    with recording(cands, sequence_first(model), clone=_INPLACE.__contains__, edges=True) as calls:
         for xc in pieces:
             for attempt in range(2):  # again (once) if an output was changed in place: copy it then
                 calls.clear()

@@ -38,7 +38,7 @@ def norm_sums(m: nn.Module, a: Tensor, g: Tensor, acc: dict[str, Tensor]) -> Non
         else:  # eps None: the input dtype's machine epsilon, as nn.RMSNorm takes it
             eps = m.eps if m.eps is not None else torch.finfo(dtype).eps
             xhat = F.rms_norm(a, m.normalized_shape, eps=eps)
-        gw = (g * xhat).reshape(n, -1, *m.normalized_shape).sum(1)
+        gw = xhat.mul_(g).reshape(n, -1, *m.normalized_shape).sum(1)  # xhat is this call's own
         gb = g.reshape(n, -1, *m.normalized_shape).sum(1)
     else:
         if isinstance(m, nn.GroupNorm):
@@ -53,9 +53,9 @@ def norm_sums(m: nn.Module, a: Tensor, g: Tensor, acc: dict[str, Tensor]) -> Non
                 raise RuntimeError("internal error: batch norm without running statistics")
             shape = (1, -1) + (1,) * (a.dim() - 2)
             xhat = (a - rm.float().view(shape)) / torch.sqrt(rv.float().view(shape) + float(m.eps))  # type: ignore[arg-type]
-        gw = (g * xhat).reshape(n, a.shape[1], -1).sum(-1)
+        gw = xhat.mul_(g).reshape(n, a.shape[1], -1).sum(-1)
         gb = g.reshape(n, a.shape[1], -1).sum(-1)
-    for key, t in (("weight", gw.abs().sum(0)), ("bias", gb.abs().sum(0))):
+    for key, t in (("weight", gw.abs_().sum(0)), ("bias", gb.abs_().sum(0))):
         if getattr(m, key, None) is not None:
             prev = acc.get(key)
             acc[key] = t if prev is None else prev.add_(t)
