@@ -396,15 +396,15 @@ class OnlineMAS:
                     if seen is not None and not bool(torch.isfinite(seen).all()):
                         raise NonFiniteError("the model output is not finite (nan or inf)")
                 out, weight = (seen, weight) if seen is not None else (_for_signal(batch.out), float(batch.n))
-                value = self.trigger.value(out)  # type: ignore[arg-type]
+                value = self.trigger.value(out, pooled=ranks)  # type: ignore[arg-type]
             elif seen is not None and self.trigger.every_step:
-                value = self.trigger.value(seen)
+                value = self.trigger.value(seen, pooled=ranks)
                 if not math.isfinite(value):  # type: ignore[arg-type]  # the output stands in for x
                     raise NonFiniteError("the model output is not finite (nan or inf)")
             else:
                 check_input(x)
                 if self.trigger.every_step:
-                    value = self.trigger.value(_for_signal(self._output(x)))  # type: ignore[arg-type]
+                    value = self.trigger.value(_for_signal(self._output(x)), pooled=ranks)  # type: ignore[arg-type]
         except NonFiniteError as err:
             self._step = step
             self._count(n, k, None)
@@ -454,13 +454,20 @@ class OnlineMAS:
 
     def consolidate(self, *, reason: str = "manual") -> Event:
         """Fold the running importance into ``omega`` (by the rule) and anchor ``theta*`` at the
-        current parameters. Across ranks a collective: call it on every rank at the same step."""
+        current parameters. Across ranks a collective: call it on every rank at the same step.
+        The detector is not touched: samples it has pending (``lag``) stay pending, as its state
+        does at ``lag=0``."""
         return self._consolidate(reason, None, None)
 
-    def flush(self) -> None:
-        """All-reduce the importance pending under ``Reducer(sync_every > 1)`` (a collective)."""
+    def flush(self, *, detector: bool = False) -> Event | None:
+        """All-reduce the importance pending under ``Reducer(sync_every > 1)`` (a collective).
+        ``detector=True``: also evaluate the samples the detector has pending (its ``lag``, e.g. at
+        the end of a stream); the :class:`Event` if they hold a detection (then consolidated)."""
         self._sync()
         self._add(self.reducer.flush(self._params.named()))
+        if detector and self.trigger.flush() == "detector":
+            return self._consolidate("detector", self.anchor_policy.source(), self.trigger.last_signal)
+        return None
 
     # ------------------------------------------------------------------ state
 
@@ -628,8 +635,8 @@ class OnlineMAS:
         if self.trigger.task_free:
             self.anchor_policy.step(samples, self._params.names, self._params.params)
         reason = self.trigger.fire(self._step, value, n=n, pooled=pooled)
-        if reason == "detector":
-            return self._consolidate(reason, self.anchor_policy.source(), value)
+        if reason == "detector":  # the signal of the last batch the detector evaluated
+            return self._consolidate(reason, self.anchor_policy.source(), self.trigger.last_signal)
         return self._consolidate(reason, None, None) if reason else None
 
     def _consolidate(self, reason: str, anchor: dict[str, Tensor] | None, signal: float | None) -> Event:

@@ -19,9 +19,12 @@ hard-sample buffer). None of them reads a label.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+from online_mas.shift_windows import Constants, Reference, piece_statistics
 
 __all__ = [
     "SIGNALS",
@@ -92,6 +95,17 @@ class _Stateless:
     def per_sample(self, out: Tensor) -> Tensor:
         """The signal of each sample (its batch mean is ``self(out)``), shape ``(N,)``."""
         return per_sample(self.name, out)
+
+    def per_sample_many(self, out: Tensor) -> Tensor:
+        """:meth:`per_sample` of many stacked batches (the Trigger's deferred evaluation): the same
+        values up to float32 rounding, with the softmax taken over the classes of all samples at
+        once (a ``(classes, samples)`` layout, several times faster than row by row on a CPU)."""
+        if self.name == "output_norm":
+            return per_sample(self.name, out)
+        logp = torch.log_softmax(out.detach().float().flatten(1).t().contiguous(), dim=0)
+        if self.name == "entropy":
+            return (logp.exp() * logp).sum(0).neg_()
+        return logp.max(0).values.exp()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -302,7 +316,13 @@ class InputShift:
         self.projections = projections
         self.seed = seed
         self._proj: Tensor | None = None  # (D, projections) float32, drawn from seed for this D
+        self._constants: tuple[object, Constants] | None = None  # piece_sums' matrices
         self.restart()
+
+    @property
+    def open_count(self) -> int:
+        """Samples in the open window (read-only): where the next window ends."""
+        return self._count
 
     def restart(self) -> None:
         """Forget the reference (after a consolidation: the new segment becomes the reference)."""
@@ -330,17 +350,73 @@ class InputShift:
             i += take
         return torch.cat(out) if out else flat.new_zeros(0)
 
+    def piece_sums(self, x: Tensor, cuts: Sequence[int] = ()) -> tuple[Tensor, list[int]]:
+        """The sums of :meth:`per_sample`'s values over the pieces of ``x`` that ``cuts`` (sample
+        offsets into ``x``, e.g. batch ends) and the window ends delimit, and the pieces' lengths.
+
+        The same sums and the same state after as ``per_sample(x)`` up to rounding (the features
+        are summed over each piece in float32, the reference in float64), in a fixed number of
+        tensor operations whatever the number of windows in ``x``
+        (:func:`~online_mas.shift_windows.piece_statistics`): what a detector of window means
+        needs, and how the Trigger's deferred evaluation feeds
+        :class:`~online_mas.detectors.Combined`. Returns a float64 tensor and a list.
+
+        Examples
+        --------
+        >>> import torch
+        >>> x = torch.randn(100, 3, generator=torch.Generator().manual_seed(0))
+        >>> a, b = InputShift(window=8), InputShift(window=8)
+        >>> sums, lengths = a.piece_sums(x, cuts=[50])
+        >>> lengths[:8], sum(lengths)
+        ([8, 8, 8, 8, 8, 8, 2, 6], 100)
+        >>> each = b.per_sample(x).split(lengths)
+        >>> torch.allclose(sums, torch.stack([v.sum() for v in each]), rtol=1e-4, atol=1e-6)
+        True
+        """
+        flat = x.detach().flatten(1)
+        n, d = flat.shape
+        width = d + self.projections
+        kept = self._sum if self._sum is not None else self._mean
+        if kept is not None and kept.shape[0] != width:
+            self.restart()  # the inputs changed size: a new reference
+        elif kept is not None and kept.device != flat.device:
+            self._to(flat.device)
+        if n == 0:
+            return flat.new_zeros(0, dtype=torch.float64), []
+        w, c0 = self.window, self._count
+        ends = [*sorted({c for c in cuts if 0 < c < n} | set(range(w - c0, n, w))), n]
+        lengths = [e - s for s, e in zip([0, *ends[:-1]], ends, strict=True)]
+        f = flat.float()
+        feats = [f] if self.projections == 0 else [f, (f @ self._projection(flat)).square_()]
+        sums, sumsq = _piece_sums(feats, lengths)
+        ref = Reference(self._mean, self._var, self._scale, self._sum, self._sumsq, c0, self._windows)
+        blocks = (d,) if self.projections == 0 else (d, self.projections)
+        key = (w, self.half_life, self.eps, blocks)
+        if self._constants is None or self._constants[0] != key:
+            self._constants = (key, Constants(window=w, half_life=self.half_life, eps=self.eps,
+                                              blocks=blocks))
+        out, after, prefix = piece_statistics(sums, sumsq, lengths, ref, self._constants[1])
+        self._mean, self._var, self._scale = after.mean, after.var, after.scale
+        self._sum, self._sumsq = after.sum, after.sumsq
+        self._count, self._windows = after.filled, after.windows
+        self._prefix = prefix
+        return out, lengths
+
     def _features(self, flat: Tensor) -> Tensor:
         """The inputs and the squares of their random projections, float64."""
         if self.projections == 0:
             return flat.double()
+        z = flat.float() @ self._projection(flat)
+        return torch.cat([flat.double(), z.double().square()], 1)
+
+    def _projection(self, flat: Tensor) -> Tensor:
+        """The ``(D, projections)`` float32 projections for inputs ``flat`` (drawn once per size)."""
         d = flat.shape[1]
         if self._proj is None or self._proj.shape[0] != d or self._proj.device != flat.device:
             g = torch.Generator().manual_seed(self.seed)
             proj = torch.randn(d, self.projections, generator=g) / math.sqrt(d)
             self._proj = proj.to(flat.device)
-        z = flat.float() @ self._proj
-        return torch.cat([flat.double(), z.double().square()], 1)
+        return self._proj
 
     def _chunk(self, x: Tensor) -> Tensor:
         if self._sum is None or self._sumsq is None:
@@ -418,3 +494,21 @@ class InputShift:
     def __repr__(self) -> str:
         return (f"InputShift(window={self.window}, half_life={self.half_life:g}, eps={self.eps:g}, "
                 f"projections={self.projections}, seed={self.seed})")
+
+
+
+def _piece_sums(feats: list[Tensor], lengths: list[int]) -> tuple[Tensor, Tensor]:
+    """Sums of the rows of the feature blocks ``feats`` and of their squares over consecutive
+    pieces of ``lengths`` rows, blocks side by side, float64 (accumulated in the features' dtype)."""
+    if all(k == lengths[0] for k in lengths):
+        shape = (len(lengths), lengths[0], -1)
+        sums = [t.view(shape).sum(1) for t in feats]
+        sumsq = [t.square().view(shape).sum(1) for t in feats]
+    else:
+        index = torch.repeat_interleave(torch.arange(len(lengths), device=feats[0].device),
+                                        torch.tensor(lengths, device=feats[0].device))
+        sums = [t.new_zeros(len(lengths), t.shape[1]).index_add_(0, index, t) for t in feats]
+        sumsq = [t.new_zeros(len(lengths), t.shape[1]).index_add_(0, index, t.square()) for t in feats]
+    if len(feats) == 1:
+        return sums[0].double(), sumsq[0].double()
+    return torch.cat(sums, 1).double(), torch.cat(sumsq, 1).double()

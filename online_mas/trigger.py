@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
+import torch
 from torch import Tensor
 
 from online_mas.checks import is_int
@@ -24,11 +25,13 @@ from online_mas.signals import InputShift, Loss, signal_from
 
 __all__ = ["Trigger", "check_boundaries", "default_detector"]
 
+_NOT_FINITE = torch.empty(0)  # value() saw an output that is not finite: fire() leaves it out
+
 
 def default_detector(*, window: int = 32, warmup: int = 2048, min_segment: int = 1024,
                      threshold: float = 16.0, shift_threshold: float = 16.0,
                      shift_warmup: int = 512, shift_half_life: float = 2048.0,
-                     shift_projections: int = 64) -> Combined:
+                     shift_projections: int = 64, lag: int = 256) -> Combined:
     """The detector ``OnlineMAS`` uses when none is given: two self-calibrated one-sided CUSUMs fed
     per sample in windows of ``window`` samples whatever the batch size, one on the predictive
     entropy (the Trigger's signal), one on the shift of the inputs
@@ -69,6 +72,11 @@ def default_detector(*, window: int = 32, warmup: int = 2048, min_segment: int =
     shift_projections
         Random projections of the input shift (:class:`~online_mas.signals.InputShift`), >= 0;
         0 gives the detector of before version 2 of its state (the input means only).
+    lag
+        Samples the Trigger keeps before evaluating them in bulk, 0 to ``min_segment`` (0: every
+        call at once, as before). The detections are the same; each is reported, and consolidated
+        with the anchor of that moment, up to ``lag`` samples later (see :class:`Trigger`); the
+        cost against the delay at each lag: ``results/detector_feed.md``.
 
     Examples
     --------
@@ -76,7 +84,8 @@ def default_detector(*, window: int = 32, warmup: int = 2048, min_segment: int =
     Combined(Windowed(ScaledCUSUM(warmup=64, slack=0.5, threshold=16.0, clip=4.0, half_life=64.0,
     mode='up'), window=32, min_segment=0), Windowed(ScaledCUSUM(warmup=16, slack=0.5,
     threshold=16.0, clip=4.0, half_life=16.0, mode='up'), window=32, min_segment=0),
-    InputShift(window=32, half_life=2048, eps=0.001, projections=64, seed=0), min_segment=1024)
+    InputShift(window=32, half_life=2048, eps=0.001, projections=64, seed=0), min_segment=1024,
+    lag=256)
     """
     window = check_int("window", window, minimum=2)
     warmup = check_int("warmup", warmup, minimum=1)
@@ -88,11 +97,28 @@ def default_detector(*, window: int = 32, warmup: int = 2048, min_segment: int =
                                  mode="up"), window=window)
     return Combined(entropy, shift, InputShift(window=window, half_life=shift_half_life,
                                                projections=shift_projections),
-                    min_segment=min_segment)
+                    min_segment=min_segment, lag=lag)
 
 
 class Trigger:
     """Signal + detector, or known boundaries -> "consolidate now".
+
+    With ``lag > 0`` a per-sample detector is fed in bulk: :meth:`value` and :meth:`fire` only
+    keep a copy of the batch's output and inputs, and once ``lag`` samples are pending the signal
+    of all of them (one softmax), the input shift (one projection) and the detectors' window
+    updates run at once (``Combined.update_batches``; a detector with ``update_many`` only gets
+    the per-sample values). The detections are those of ``lag=0`` (the same sample indices, up to
+    the rounding of the window sums), reported up to ``lag`` samples later: :meth:`fire` says
+    "detector" at the call whose evaluation found one, and the detector's ``detections`` hold the
+    sample indices. The consolidation, and the anchor it takes (``StableAnchor``'s slow copy,
+    which trails the parameters by its own ``samples`` for that reason), come that much later.
+    Detections of one evaluation (at most ``lag`` samples, or one larger batch) give one reason,
+    as those of one batch do at ``lag=0``; ``Combined`` keeps ``lag <= min_segment`` so that its
+    detections never share one. Batches whose output is not finite are not kept (``value``
+    returns nan, and ``OnlineMAS.observe`` skips them, as at ``lag=0``). Across ranks
+    (``pooled``) there is no deferral: the pooled batch mean is fed at once. :meth:`flush`
+    evaluates what is pending now (the end of a stream: ``OnlineMAS.flush(detector=True)``);
+    ``state_dict`` keeps it.
 
     Parameters
     ----------
@@ -102,10 +128,30 @@ class Trigger:
         A name from :data:`~online_mas.signals.SIGNALS` or a signal object.
     boundaries
         Steps (1-based ``observe`` calls) after which to consolidate; then no detector is used.
+    lag
+        Samples kept before a bulk evaluation, >= 0 (0: every call is evaluated at once); None:
+        the detector's ``lag`` attribute if it has one (:func:`default_detector`), else 0. Used
+        for a per-sample detector (``per_sample``) on a signal with per-sample values.
+
+    Examples
+    --------
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> now, later = Trigger(default_detector(lag=0)), Trigger(default_detector(lag=256))
+    >>> calls = {id(now): [], id(later): []}
+    >>> for step in range(1, 301):  # batches of 32 samples; the inputs' mean moves at sample 4800
+    ...     x = torch.randn(32, 8, generator=g) + (1.0 if step > 150 else 0.0)
+    ...     out = torch.zeros(32, 3)  # a constant entropy: only the input shift sees the change
+    ...     for t in (now, later):
+    ...         t.see(x)
+    ...         if t.fire(step, t.value(out), n=32):
+    ...             calls[id(t)].append((step, t.detector.detections))
+    >>> calls[id(now)], calls[id(later)]  # the same sample, reported at a later call
+    ([(155, [4959])], [(160, [4959])])
     """
 
     def __init__(self, detector: object | None, signal: object = "entropy",
-                 boundaries: Iterable[int] | None = None) -> None:
+                 boundaries: Iterable[int] | None = None, *, lag: int | None = None) -> None:
         if boundaries is not None and detector is not None:
             raise ValueError("pass either boundaries= (oracle) or detector=, not both")
         if detector is not None and not (
@@ -118,9 +164,27 @@ class Trigger:
         self.detector = detector
         self.signal = signal_from(signal)
         self.boundaries = check_boundaries(boundaries) if boundaries is not None else None
+        self.lag = getattr(detector, "lag", 0) if lag is None else lag
         self.last_signal: float | None = None  # the last value fed to the detector
         self._samples: list[float] | None = None  # per-sample values of the last value()
         self._inputs: Tensor | None = None  # inputs of the last value(), for a detector that takes them
+        self._out: Tensor | None = None  # output of the last value(), to keep (lag > 0)
+        self._pending: list[tuple[Tensor, Tensor | None]] = []  # copies of (output, inputs) per batch
+        self._pending_n = 0  # samples in _pending
+
+    @property
+    def lag(self) -> int:
+        """Samples kept before a bulk evaluation (0: none); assigning checks it."""
+        return self._lag
+
+    @lag.setter
+    def lag(self, value: int) -> None:
+        self._lag = check_int("lag", value, minimum=0)
+
+    @property
+    def pending(self) -> int:
+        """Samples kept for the next bulk evaluation (read-only)."""
+        return self._pending_n
 
     @property
     def by_loss(self) -> bool:
@@ -150,12 +214,27 @@ class Trigger:
                 and x.is_floating_point() and x.dim() >= 1:
             self._inputs = x.detach()
 
-    def value(self, out: Tensor) -> float | None:
-        """The detector's signal of a batch output (None when it watches the loss or is absent)."""
+    def value(self, out: Tensor, *, pooled: bool = False) -> float | None:
+        """The detector's signal of a batch output (None when it watches the loss or is absent).
+
+        With ``lag > 0`` (and not ``pooled``: across ranks) the output is kept for the bulk
+        evaluation instead, and the value is that of the last evaluated batch (of this one before
+        any), or nan if this output is not finite (``observe`` then skips the batch): no per-sample
+        value is computed here.
+        """
         self._samples = None
+        self._out = None
         if not self.every_step:
             return None
         each = getattr(self.signal, "per_sample", None)
+        if self._lag and not pooled and self.per_sample and callable(each):
+            if not math.isfinite(float(out.sum())):  # one reduction: no softmax per call
+                self._out = _NOT_FINITE
+                return math.nan
+            self._out = out.detach()
+            if self.last_signal is None:
+                return float(self.signal(out))  # type: ignore[operator]
+            return self.last_signal
         if self.per_sample and callable(each):
             values = each(out).tolist()
             self._samples = values
@@ -167,13 +246,21 @@ class Trigger:
 
         A per-sample detector gets the per-sample values of the last :meth:`value` call, or (none
         kept, or ``pooled``: ``value`` is a mean over ranks) ``value`` once for each of ``n`` samples.
+        With ``lag > 0`` the batch kept by :meth:`value` joins the pending ones, which are
+        evaluated once ``lag`` samples are pending (before a batch that would take them past it).
         """
         samples, self._samples = self._samples, None
         inputs, self._inputs = self._inputs, None
+        out, self._out = self._out, None
         if self.boundaries is not None:
             return "boundary" if step in self.boundaries else None
         if self.detector is None or value is None:
             return None
+        if out is _NOT_FINITE:  # lag > 0: a batch whose output is not finite is left out
+            return None
+        if out is not None and not pooled:
+            return self._keep(out, inputs)
+        before = self.flush() if self._pending else None  # e.g. lag lowered, or pooled from now on
         self.last_signal = value
         if self.per_sample:
             values: Sequence[float] = samples if samples is not None and not pooled else [value] * max(1, n)
@@ -183,26 +270,89 @@ class Trigger:
                     many(values, inputs=None if pooled else inputs)
                 else:
                     many(values)
-                return "detector" if self.detector.drift_detected else None
+                return "detector" if self.detector.drift_detected or before else None
             fired = False
             for v in values:
                 self.detector.update(v)  # type: ignore[attr-defined]
                 fired = fired or bool(self.detector.drift_detected)
-            return "detector" if fired else None
+            return "detector" if fired or before else None
         self.detector.update(value)  # type: ignore[attr-defined]
-        return "detector" if self.detector.drift_detected else None
+        return "detector" if self.detector.drift_detected or before else None
+
+    def flush(self) -> str | None:
+        """Evaluate the pending samples now (the end of a stream, or before a change of lag);
+        "detector" if they hold a detection, else None."""
+        pending, self._pending, self._pending_n = self._pending, [], 0
+        if not pending or self.detector is None:
+            return None
+        fired = False
+        for run in _runs(pending):  # batches of one output and input shape and device each
+            fired = self._evaluate(run) or fired
+        return "detector" if fired else None
+
+    def _evaluate(self, batches: list[tuple[Tensor, Tensor | None]]) -> bool:
+        """Feed the detector the batches at once; whether it detected."""
+        outs = [o for o, _ in batches]
+        sizes = [o.shape[0] for o in outs]
+        each_of = getattr(self.signal, "per_sample_many", None) or getattr(self.signal, "per_sample")  # noqa: B009
+        values: Tensor = each_of(torch.cat(outs) if len(outs) > 1 else outs[0])
+        update = getattr(self.detector, "update_batches", None)
+        if callable(update):
+            kept = [i for _, i in batches]
+            inputs = None if kept[0] is None else torch.cat(kept) if len(kept) > 1 else kept[0]  # type: ignore[arg-type]
+            update(values, inputs, sizes)
+            self.last_signal = float(values[-sizes[-1]:].double().mean())
+            return bool(self.detector.drift_detected)
+        each = values.tolist()
+        tail = each[-sizes[-1]:]
+        self.last_signal = math.fsum(tail) / len(tail) if tail else math.nan
+        many = getattr(self.detector, "update_many", None)
+        if callable(many):
+            many(each)
+            return bool(self.detector.drift_detected)
+        fired = False
+        for v in each:  # a per-sample detector of river's contract only
+            self.detector.update(v)  # type: ignore[attr-defined]
+            fired = fired or bool(self.detector.drift_detected)
+        return fired
+
+    def _keep(self, out: Tensor, inputs: Tensor | None) -> str | None:
+        """Keep copies of a batch's output and inputs (the user may refill their buffers in place);
+        evaluate when ``lag`` samples are pending (first, before a batch that would pass it)."""
+        n = out.shape[0]
+        earlier = self.flush() if self._pending_n and self._pending_n + n > self._lag else None
+        self._pending.append((out.clone() if out.dtype == torch.float32 else out.float(),
+                              None if inputs is None else inputs.clone()))
+        self._pending_n += n
+        if earlier is None and self._pending_n >= self._lag:
+            return self.flush()
+        return earlier
 
     def state_dict(self) -> dict[str, object]:
+        """The detector's and the signal's states, the last signal, the lag and the pending batches
+        (their output and input copies: tensors and None only)."""
         detector = None
         if self.detector is not None and callable(getattr(self.detector, "state_dict", None)):
             detector = self.detector.state_dict()  # type: ignore[attr-defined]
         signal = getattr(self.signal, "state_dict", None)
-        return {"version": 1, "detector": detector, "last_signal": self.last_signal,
-                "signal": signal() if callable(signal) else None}
+        return {"version": 2, "detector": detector, "last_signal": self.last_signal,
+                "signal": signal() if callable(signal) else None, "lag": self._lag,
+                "pending_outputs": [o for o, _ in self._pending],
+                "pending_inputs": [i for _, i in self._pending]}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
-        if state.get("version") != 1:
-            raise ValueError(f"unsupported Trigger state version {state.get('version')!r}")
+        """Restore :meth:`state_dict`; a version 1 state (before ``lag``) has nothing pending. The
+        pending batches are evaluated by this trigger's ``lag`` (at once if it is 0)."""
+        version = state.get("version")
+        if version not in (1, 2):
+            raise ValueError(f"unsupported Trigger state version {version!r}; this library reads 1 and 2")
+        outs = state.get("pending_outputs", []) if version == 2 else []
+        ins = state.get("pending_inputs", []) if version == 2 else []
+        if not (isinstance(outs, list) and isinstance(ins, list) and len(outs) == len(ins)
+                and all(isinstance(o, Tensor) for o in outs)
+                and all(i is None or isinstance(i, Tensor) for i in ins)):
+            raise ValueError("pending_outputs and pending_inputs must be lists of tensors (inputs: "
+                             "or None) of the same length")
         detector = state.get("detector")
         if detector is not None and self.detector is not None:
             load = getattr(self.detector, "load_state_dict", None)
@@ -213,6 +363,8 @@ class Trigger:
         signal, load_signal = state.get("signal"), getattr(self.signal, "load_state_dict", None)
         if isinstance(signal, dict) and callable(load_signal):
             load_signal(signal)
+        self._pending = [(o, i) for o, i in zip(outs, ins, strict=True)]
+        self._pending_n = sum(o.shape[0] for o in outs)
 
 
 def check_boundaries(boundaries: Iterable[int]) -> frozenset[int]:
@@ -223,3 +375,19 @@ def check_boundaries(boundaries: Iterable[int]) -> frozenset[int]:
     if bad:
         raise ValueError(f"boundaries must be observe() step numbers >= 1, got {bad}")
     return frozenset(steps)
+
+
+def _runs(pending: list[tuple[Tensor, Tensor | None]]) -> list[list[tuple[Tensor, Tensor | None]]]:
+    """Consecutive batches whose outputs and inputs can be stacked (same trailing shape and
+    device, inputs present or not), in order."""
+    def kind(o: Tensor, i: Tensor | None) -> tuple[object, ...]:
+        return (o.shape[1:], o.device, None if i is None else (i.shape[1:], i.device))
+    runs: list[list[tuple[Tensor, Tensor | None]]] = []
+    last: tuple[object, ...] | None = None
+    for o, i in pending:
+        k = kind(o, i)
+        if k != last:
+            runs.append([])
+            last = k
+        runs[-1].append((o, i))
+    return runs

@@ -83,6 +83,7 @@ class DetectionConfig:
     lams: tuple[float, ...] = (0.0, 0.01, 0.1, 1.0)  # false alarms against lam (empty: skip)
     lam_batch: int = 4  # ... on stationary digits at this batch size
     signal_choice: bool = True  # the input / features / logits table
+    lag: int | None = None  # the default detector's lag in samples (None: default_detector's)
     out: str = "runs/detection"  # runs.jsonl
     results: str = "results/detection"  # <results>.md and .json
 
@@ -169,7 +170,9 @@ def run_one(stream_name: str, batch: int, seed: int, learner: str, cfg: Detectio
     by_loss = stream_name == "river-sea-loss"
     lam = cfg.lam if lam is None else lam
     if learner == "online-mas":
-        mas: om.OnlineMAS | None = om.OnlineMAS(model, lam=lam, signal="loss" if by_loss else "entropy")
+        detector = om.default_detector() if cfg.lag is None else om.default_detector(lag=cfg.lag)
+        mas: om.OnlineMAS | None = om.OnlineMAS(model, lam=lam, signal="loss" if by_loss else "entropy",
+                                                detector=detector)
     elif learner == "mas-oracle":
         mas = om.OnlineMAS(model, lam=lam, boundaries=list(stream.change_points))
     else:
@@ -355,6 +358,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--acc-streams", nargs="+", default=list(d.acc_streams), choices=list(STREAMS))
     p.add_argument("--no-lams", action="store_true", help="skip false alarms against lam")
     p.add_argument("--no-signal-choice", action="store_true", help="skip the signal-choice table")
+    p.add_argument("--lag", type=int, default=None, help="the default detector's lag (samples)")
     p.add_argument("--from-runs", action="store_true",
                    help="only tabulate the runs already in --out/runs.jsonl (e.g. of an interrupted run)")
     p.add_argument("--out", default=d.out)
@@ -364,7 +368,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           stationary_samples=a.stationary_samples, acc=not a.no_acc,
                           acc_batches=tuple(a.acc_batches), acc_streams=tuple(a.acc_streams),
                           lams=() if a.no_lams else d.lams,
-                          signal_choice=not a.no_signal_choice, out=a.out, results=a.results)
+                          signal_choice=not a.no_signal_choice, lag=a.lag, out=a.out, results=a.results)
     torch.set_num_threads(1)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     jobs = _jobs(cfg)

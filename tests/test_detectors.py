@@ -817,3 +817,36 @@ def test_river_detectors_plug_into_both_channels_fed_per_window(batch: int) -> N
     one, big = run(1), run(batch)
     assert len(one) == 2 and 3000 < one[0] <= 4500 and 6000 < one[1] <= 7500, one  # ADWIN is slower
     assert [-(-s // batch) * batch for s in one] == big
+
+
+@pytest.mark.parametrize("batch", [1, 7, 32, 48, 200])
+def test_combined_update_batches_is_update_many_batch_after_batch(batch: int) -> None:
+    import online_mas as om
+    g = torch.Generator().manual_seed(batch)
+    x = torch.cat([torch.randn(5000, 16, generator=g), torch.randn(5000, 16, generator=g) * 1.5,
+                   torch.randn(5000, 16, generator=g) + 0.5])
+    v = (x[:, 0].abs() * 0.3 + 0.5).float()
+    v[7500:] += 0.3  # the signal rises too
+    a, b = om.default_detector(lag=0), om.default_detector(lag=0)
+    one, bulk, sizes, start = [], [], [], 0
+    for i in range(0, len(x), batch):
+        n = min(batch, len(x) - i)
+        a.update_many(v[i:i + n].tolist(), inputs=x[i:i + n])
+        one += a.detections
+        sizes.append(n)
+        if sum(sizes) >= 300 or i + n == len(x):
+            end = start + sum(sizes)
+            b.update_batches(v[start:end], x[start:end], sizes)
+            bulk += b.detections
+            start, sizes = end, []
+    assert len(one) == 3 and bulk == one
+    with pytest.raises(ValueError, match="sizes sum to 3"):
+        b.update_batches(v[:4], x[:4], [1, 2])
+
+
+def test_windowed_update_sums_refuses_chunks_across_a_window_end() -> None:
+    w = Windowed(Periodic(every=1), window=4)
+    with pytest.raises(ValueError, match="a chunk of 5 samples does not fit the 4 samples left"):
+        w.update_sums([1.0], [5])
+    with pytest.raises(ValueError, match="the sum of a chunk must be finite"):
+        w.update_sums([float("nan")], [2])

@@ -52,8 +52,9 @@ SHIFT, STEPS_PH = 50, 60  # rank 1's data shrinks towards 0 after step 50: its e
 
 def _short_default() -> object:
     """The default detector with a warm-up, a minimum segment and an entropy threshold (the one
-    before issue 15) that fit 50 steps of 8 samples."""
-    return om.default_detector(window=8, warmup=128, min_segment=256, threshold=8.0)
+    before issue 15) that fit 50 steps of 8 samples; ``lag=0``: across ranks nothing is deferred,
+    so one process compares at lag 0."""
+    return om.default_detector(window=8, warmup=128, min_segment=256, threshold=8.0, lag=0)
 
 EVERY_STEP = om.MASConfig(share=1.0)  # estimate importance on every observe() call
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from online_mas.signals import SIGNALS, FeatureShift, per_sample, signal_value
+from online_mas.signals import SIGNALS, FeatureShift, InputShift, per_sample, signal_from, signal_value
 
 
 def test_per_sample_values_by_hand() -> None:
@@ -52,3 +52,30 @@ def test_bad_names_and_parameters() -> None:
         per_sample("loss", torch.zeros(2, 2))
     with pytest.raises(ValueError, match="half_life must be"):
         FeatureShift(half_life=0)
+
+
+@pytest.mark.parametrize("batch", [1, 7, 32, 48, 1000])
+@pytest.mark.parametrize("projections", [0, 64])
+def test_input_shift_piece_sums_are_the_sums_of_its_per_sample_values(batch: int, projections: int) -> None:
+    g = torch.Generator().manual_seed(batch)
+    bulk, each = InputShift(projections=projections), InputShift(projections=projections)
+    for i in range(max(6, 1200 // batch)):
+        x = torch.rand(batch, 16, generator=g) + (0.5 if i * batch > 600 else 0.0)
+        cuts = [batch // 2] if batch > 1 else []
+        sums, lengths = bulk.piece_sums(x, cuts)
+        ref = torch.stack([v.sum() for v in each.per_sample(x).split(lengths)])
+        assert sum(lengths) == batch and all(k <= 32 for k in lengths)
+        torch.testing.assert_close(sums, ref, rtol=1e-4, atol=1e-6)
+    for key in ("mean", "var", "scale", "sum", "sumsq", "prefix"):
+        a, b = getattr(bulk, "_" + key), getattr(each, "_" + key)
+        assert (a is None) == (b is None), key
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert bulk.open_count == each.open_count
+
+
+def test_per_sample_many_is_per_sample() -> None:
+    out = torch.randn(300, 7, generator=torch.Generator().manual_seed(0)) * 3
+    for name in ("entropy", "max_prob", "output_norm"):
+        sig = signal_from(name)
+        torch.testing.assert_close(sig.per_sample_many(out), per_sample(name, out))  # type: ignore[attr-defined]

@@ -35,6 +35,9 @@ def test_default_detector_watches_the_entropy_and_the_input_shift_per_sample() -
     assert isinstance(det.detector.detector, ScaledCUSUM) and isinstance(det.shift, InputShift)
     assert mas.trigger.signal.name == "entropy" and mas.trigger.per_sample
     mas.observe(torch.randn(8, 4))
+    assert mas.trigger.lag == det.lag == 256 and mas.trigger.pending == 8  # kept for the bulk evaluation
+    assert det.state_dict()["seen"] == 0
+    assert mas.flush(detector=True) is None and mas.trigger.pending == 0
     assert mas.last_signal is not None and 0.0 <= mas.last_signal <= 1.0986123 + 1e-6
     state = det.state_dict()
     assert state["seen"] == 8 and state["signal_detector"]["seen"] == 8  # one update per sample
@@ -305,3 +308,165 @@ def test_a_state_of_the_entropy_only_default_fails_with_a_clear_message() -> Non
                                                      window=32, min_segment=1024))
     again.load_state_dict(old.state_dict())  # continued with the detector it was saved with
     assert again.detector.state_dict() == old.detector.state_dict()
+
+
+# ---------------------------------------------------------------------------------- lag (deferral)
+
+
+def _shifting(n: int, *, seed: int, d: int = 4) -> torch.Tensor:
+    """``n`` inputs whose scale or mean moves every 3000 samples (segments A B C A ...)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    seg = torch.arange(n) // 3000 % 3
+    return x * torch.where(seg == 1, 2.0, 1.0)[:, None] + torch.where(seg == 2, 0.8, 0.0)[:, None]
+
+
+def _reports(trigger: Trigger_, data: torch.Tensor, batch: int, *, reuse: bool = False,
+             out_dtype: torch.dtype = torch.float32) -> tuple[list[int], list[int]]:
+    """Feed ``data`` in batches through a fixed model; the detections' sample indices and the
+    sample counts at the calls that reported them."""
+    model = _model().to(out_dtype)
+    buf = torch.empty(batch, data.shape[1], dtype=data.dtype)
+    found, at = [], []
+    for step, i in enumerate(range(0, len(data) - batch + 1, batch), 1):
+        x = data[i:i + batch]
+        if reuse:  # one input buffer refilled in place, as a pinned-memory loader does
+            buf.copy_(x)
+            x = buf
+        with torch.no_grad():
+            out = model(x.to(out_dtype))
+        trigger.see(x)
+        if trigger.fire(step, trigger.value(out), n=batch):
+            found += trigger.detector.detections  # type: ignore[attr-defined]
+            at.append(step * batch)
+    return found, at
+
+
+Trigger_ = om.trigger.Trigger
+
+
+@pytest.mark.parametrize("batch", [1, 64])
+def test_a_lag_finds_the_same_samples_and_reports_them_at_most_lag_later(batch: int) -> None:
+    data = _shifting(12000 if batch == 64 else 9000, seed=4)
+    now, now_at = _reports(Trigger_(om.default_detector(lag=0)), data, batch)
+    later, later_at = _reports(Trigger_(om.default_detector(lag=256)), data, batch)
+    assert len(now) >= 2 and later == now, (now, later)  # the same sample indices
+    assert all(0 <= b - a < 256 + batch for a, b in zip(now_at, later_at, strict=True))
+    assert any(b > a for a, b in zip(now_at, later_at, strict=True))  # reported later
+
+
+def test_lag_0_is_the_trigger_of_before() -> None:
+    data = _shifting(9000, seed=5)
+    t = Trigger_(om.default_detector(lag=0))
+    found, _ = _reports(t, data, 32)
+    assert t.pending == 0 and t.lag == 0
+    ref = om.default_detector(lag=0)  # fed by hand as the Trigger of before fed it
+    model, seen = _model(), []
+    for i in range(0, len(data) - 31, 32):
+        with torch.no_grad():
+            out = model(data[i:i + 32])
+        ref.update_many(om.signals.per_sample("entropy", out).tolist(), inputs=data[i:i + 32])
+        seen += ref.detections
+    assert found == seen and len(seen) >= 2
+    a, b = t.detector.state_dict()["shift"], ref.state_dict()["shift"]
+    assert all(torch.equal(a[k], b[k]) for k in ("mean", "var", "scale"))
+
+
+def test_a_refilled_input_buffer_gives_the_same_detections() -> None:
+    data = _shifting(9000, seed=6)
+    fresh, _ = _reports(Trigger_(om.default_detector(lag=512)), data, 32)
+    reused, _ = _reports(Trigger_(om.default_detector(lag=512)), data, 32, reuse=True)
+    assert len(fresh) >= 2 and reused == fresh
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_a_lag_works_for_float64_and_bfloat16_inputs_and_outputs(dtype: torch.dtype) -> None:
+    data = _shifting(9000, seed=7).to(dtype)
+    now, _ = _reports(Trigger_(om.default_detector(lag=0)), data, 32, out_dtype=dtype)
+    later, _ = _reports(Trigger_(om.default_detector(lag=256)), data, 32, out_dtype=dtype)
+    assert len(now) >= 2 and later == now
+
+
+def test_a_batch_larger_than_the_lag_is_evaluated_on_its_own_call() -> None:
+    data = _shifting(3000 * 4, seed=8)
+    now, now_at = _reports(Trigger_(om.default_detector(lag=0)), data, 1024)
+    later, later_at = _reports(Trigger_(om.default_detector(lag=256)), data, 1024)
+    assert len(now) >= 2 and (later, later_at) == (now, now_at)  # no delay at all
+
+
+def test_a_resume_mid_lag_gives_the_same_detections(tmp_path: object) -> None:
+    import io
+    data = _shifting(9000, seed=9)
+    whole, _ = _reports(Trigger_(om.default_detector(lag=256)), data, 32)
+    first = Trigger_(om.default_detector(lag=256))
+    a, _ = _reports(first, data[:4000], 32)  # 4000 = 125 batches: 29 batches pending
+    assert first.pending == 4000 - 3840
+    buf = io.BytesIO()
+    torch.save(first.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    assert state["version"] == 2 and len(state["pending_outputs"]) == 5
+    second = Trigger_(om.default_detector(lag=256))
+    second.load_state_dict(state)
+    assert second.pending == first.pending
+    rest = data[4000:]
+    model = _model()
+    b = []
+    for step, i in enumerate(range(0, len(rest) - 31, 32), 126):
+        with torch.no_grad():
+            out = model(rest[i:i + 32])
+        second.see(rest[i:i + 32])
+        if second.fire(step, second.value(out), n=32):
+            b += second.detector.detections  # type: ignore[attr-defined]
+    assert len(whole) >= 2 and a + b == whole
+
+
+def test_a_version_1_trigger_state_loads_with_nothing_pending() -> None:
+    t = Trigger_(om.default_detector(lag=256))
+    _reports(t, _shifting(1000, seed=1), 32)
+    state = t.state_dict()
+    old = {k: state[k] for k in ("detector", "last_signal", "signal")} | {"version": 1}
+    fresh = Trigger_(om.default_detector(lag=256))
+    fresh.load_state_dict(old)
+    assert fresh.pending == 0 and fresh.last_signal == t.last_signal
+    with pytest.raises(ValueError, match="unsupported Trigger state version 3"):
+        fresh.load_state_dict({**state, "version": 3})
+    with pytest.raises(ValueError, match="lists of tensors"):
+        fresh.load_state_dict({**state, "pending_outputs": [1.0]})
+
+
+def test_flush_evaluates_the_end_of_a_stream_and_consolidate_keeps_pending_samples() -> None:
+    data = _shifting(6000, seed=4)
+    now, _ = _reports(Trigger_(om.default_detector(lag=0)), data[:3300], 1)
+    assert len(now) == 1  # a change at 3000, found before sample 3300
+    mas = om.OnlineMAS(_model(), lam=1e-3, detector=om.default_detector(lag=1024))
+    events = [e for i in range(3300) if (e := mas.observe(data[i:i + 1])) is not None]
+    pending = mas.trigger.pending
+    assert events == [] or events[0].step > now[0]
+    if not events:  # still pending: a manual consolidation keeps it, flush() finds it
+        mas.consolidate()
+        assert mas.trigger.pending == pending > 0
+        assert mas.flush() is None and mas.trigger.pending == pending  # the reducer only
+        event = mas.flush(detector=True)
+        assert event is not None and event.reason == "detector"
+    assert mas.detector.detections == now  # type: ignore[union-attr]
+    assert mas.trigger.pending == 0
+
+
+def test_bad_lags() -> None:
+    with pytest.raises(ValueError, match="lag must be an integer >= 0, got -1"):
+        Trigger_(om.default_detector(lag=0), lag=-1)
+    with pytest.raises(ValueError, match="lag must be an integer from 0 to min_segment=1024"):
+        om.default_detector(lag=2048)
+
+
+def test_a_lag_leaves_out_a_batch_whose_output_is_not_finite() -> None:
+    t = Trigger_(om.default_detector(lag=64))
+    x, out = torch.randn(8, 4), torch.zeros(8, 3)
+    t.see(x)
+    assert t.fire(1, t.value(out), n=8) is None and t.pending == 8
+    bad = out.clone()
+    bad[3, 1] = float("nan")
+    t.see(x)
+    value = t.value(bad)
+    assert value != value and t.fire(2, value, n=8) is None and t.pending == 8  # nan: not kept

@@ -167,7 +167,7 @@ class BaseDetector:
         TypeError
             If ``x`` is not a real scalar.
         """
-        value = as_float(x)
+        value = x if type(x) is float else as_float(x)
         if self._drift_detected:
             self._after_detection()
         if not math.isfinite(value):

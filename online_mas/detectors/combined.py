@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from online_mas.detectors.base import check_int
+from online_mas.detectors.windowed import Windowed
 from online_mas.signals import InputShift
 
 _VERSION = 1
@@ -55,7 +58,7 @@ class Combined:
     takes_inputs = True  # and the batch's inputs
 
     def __init__(self, detector: object, shift_detector: object, shift: InputShift | None = None, *,
-                 min_segment: int = 1024) -> None:
+                 min_segment: int = 1024, lag: int = 0) -> None:
         for name, d in (("detector", detector), ("shift_detector", shift_detector)):
             if not callable(getattr(d, "update_many", None)) or not hasattr(d, "drift_detected"):
                 raise TypeError(f"{name} must be a per-sample detector with update_many(values) and "
@@ -66,6 +69,10 @@ class Combined:
         self.shift_detector = shift_detector
         self.shift = shift if shift is not None else InputShift()
         self.min_segment = check_int("min_segment", min_segment, minimum=0)
+        self.lag = check_int("lag", lag, minimum=0)
+        if self.lag > self.min_segment:
+            raise ValueError(f"lag must be an integer from 0 to min_segment={self.min_segment} "
+                             f"(detections of one deferred evaluation consolidate once), got {lag!r}")
         self._since = 0  # samples since the last reported detection (or the start)
         self._seen = 0
         self._drift_detected = False
@@ -95,10 +102,77 @@ class Combined:
             self.shift_detector.update_many(shifted)  # type: ignore[attr-defined]
             by_shift = bool(self.shift_detector.drift_detected)  # type: ignore[attr-defined]
             n = max(n, len(shifted))
+        self._end_batch(n, by_signal, by_shift)
+
+    def update_batches(self, values: Tensor, inputs: Tensor | None, sizes: Sequence[int]) -> None:
+        """Feed several batches at once, as the Trigger's deferred evaluation does (``lag``).
+
+        ``values`` holds the per-sample signal values of all of them (1-D), ``inputs`` their inputs
+        stacked (batch first) or None, ``sizes`` the batch sizes. The detections are those of
+        :meth:`update_many` batch after batch, up to the rounding of the window sums:
+        :attr:`detections` lists each reported one (its sample index), ``drift_detected`` says
+        whether there was any. The window sums of both channels are computed in bulk
+        (:meth:`InputShift.piece_sums <online_mas.signals.InputShift.piece_sums>`) when the channels
+        are :class:`Windowed` detectors whose windows line up with the input shift's; otherwise
+        this falls back to :meth:`update_many` per batch.
+        """
+        self._drift_detected = False
+        found: list[int] = []
+        bounds = [0]
+        for k in sizes:
+            bounds.append(bounds[-1] + int(k))
+        if bounds[-1] != values.shape[0] or (inputs is not None and inputs.shape[0] != bounds[-1]):
+            raise ValueError(f"sizes sum to {bounds[-1]}, but there are {values.shape[0]} values and "
+                             f"{None if inputs is None else inputs.shape[0]} inputs")
+        b = 0
+        while b < len(sizes):
+            b = self._feed_from(values, inputs, bounds, b, found)
+        self.detections = found
+        self._drift_detected = bool(found)
+
+    def _feed_from(self, values: Tensor, inputs: Tensor | None, bounds: list[int], first: int,
+                   found: list[int]) -> int:
+        """Feed the batches from ``first`` on until one reports a detection (which restarts the
+        input shift and so changes what follows); returns the next batch to feed."""
+        start = bounds[first]
+        cuts = [e - start for e in bounds[first + 1:]]
+        signal = _window_sums(self.detector, values[start:], cuts)
+        shift = None
+        if inputs is not None and _lined_up(self.shift_detector, self.shift):
+            sums, lengths = self.shift.piece_sums(inputs[start:], cuts)
+            shift = _by_batch(sums.tolist(), lengths, cuts)
+        each = values[start:].tolist() if signal is None else None
+        for i, b in enumerate(range(first, len(bounds) - 1)):
+            lo, hi = bounds[b] - start, bounds[b + 1] - start
+            if signal is not None and all(math.isfinite(v) for v in signal[i][0]):
+                self.detector.update_sums(*signal[i])  # type: ignore[attr-defined]
+            else:
+                part = each[lo:hi] if each is not None else values[start + lo:start + hi].tolist()
+                self.detector.update_many(part)  # type: ignore[attr-defined]
+            by_signal = bool(self.detector.drift_detected)  # type: ignore[attr-defined]
+            by_shift = False
+            if inputs is not None:
+                if shift is not None and all(math.isfinite(v) for v in shift[i][0]):
+                    self.shift_detector.update_sums(*shift[i])  # type: ignore[attr-defined]
+                elif shift is not None:  # non-finite inputs: their chunks are skipped
+                    self.shift_detector.update_many([math.nan] * (hi - lo))  # type: ignore[attr-defined]
+                else:
+                    shift_values = self.shift.per_sample(inputs[start + lo:start + hi]).tolist()
+                    self.shift_detector.update_many(shift_values)  # type: ignore[attr-defined]
+                by_shift = bool(self.shift_detector.drift_detected)  # type: ignore[attr-defined]
+            if self._end_batch(hi - lo, by_signal, by_shift):
+                found.append(self._seen - 1)
+                return b + 1
+        return len(bounds) - 1
+
+    def _end_batch(self, n: int, by_signal: bool, by_shift: bool) -> bool:
+        """Count a batch of ``n`` samples in which the channels did or did not fire; report a
+        detection (restarting the input reference and the channel that did not fire) if one did
+        at least ``min_segment`` samples after the previous report."""
         self._seen += n
         self._since += n
         if not (by_signal or by_shift) or self._since < self.min_segment:
-            return
+            return False
         self._since = 0
         self._drift_detected = True
         self.detections = [self._seen - 1]
@@ -109,6 +183,7 @@ class Combined:
             reset = getattr(d, "restart", None) or getattr(d, "_reset", None)
             if not fired and callable(reset):
                 reset()
+        return True
 
     def state_dict(self) -> dict[str, Any]:
         """Primitives and tensors only: both detectors' states and the input reference."""
@@ -147,4 +222,46 @@ class Combined:
 
     def __repr__(self) -> str:
         return (f"Combined({self.detector!r}, {self.shift_detector!r}, {self.shift!r}, "
-                f"min_segment={self.min_segment})")
+                f"min_segment={self.min_segment}, lag={self.lag})")
+
+
+def _lined_up(detector: object, shift: InputShift) -> bool:
+    """The shift channel's windows are the input shift's: its window sums can be fed directly."""
+    return (isinstance(detector, Windowed) and detector.window == shift.window
+            and detector.min_segment == 0 and detector.open_count == shift.open_count)
+
+
+_Chunks = list[tuple[list[float], list[int]]]  # per batch: the sums and sample counts of its pieces
+
+
+def _window_sums(detector: object, values: Tensor, cuts: list[int]) -> _Chunks | None:
+    """Per batch (``cuts``: batch ends), the sums of ``values`` over its pieces inside the windows
+    of a :class:`Windowed` channel with ``min_segment`` 0 (None for any other detector)."""
+    if not isinstance(detector, Windowed) or detector.min_segment != 0:
+        return None
+    n, w = values.shape[0], detector.window
+    ends = sorted(set(cuts) | set(range(w - detector.open_count, n, w)))
+    if not ends or ends[-1] != n:
+        ends.append(n)
+    lengths = [e - s for s, e in zip([0, *ends[:-1]], ends, strict=True)]
+    flat = values.double()
+    if all(k == lengths[0] for k in lengths):
+        sums = flat.view(len(lengths), lengths[0]).sum(1)
+    else:
+        index = torch.repeat_interleave(torch.arange(len(lengths), device=flat.device),
+                                        torch.tensor(lengths, device=flat.device))
+        sums = flat.new_zeros(len(lengths)).index_add_(0, index, flat)
+    return _by_batch(sums.tolist(), lengths, cuts)
+
+
+def _by_batch(sums: list[float], lengths: list[int], cuts: list[int]) -> _Chunks:
+    """Group consecutive pieces (sums, lengths) into the batches that end at ``cuts``."""
+    out, i, pos = [], 0, 0
+    for end in cuts:
+        j = i
+        while j < len(lengths) and pos < end:
+            pos += lengths[j]
+            j += 1
+        out.append((sums[i:j], lengths[i:j]))
+        i = j
+    return out

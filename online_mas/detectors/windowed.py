@@ -72,6 +72,11 @@ class Windowed:
         return self._drift_detected
 
     @property
+    def open_count(self) -> int:
+        """Samples in the open window (read-only): where the next window ends."""
+        return self._count
+
+    @property
     def n_skipped(self) -> int:
         """Non-finite samples ignored (read-only)."""
         return self._n_skipped
@@ -107,6 +112,37 @@ class Windowed:
             else:
                 self._feed(total, take)
             i += take
+
+    def update_sums(self, totals: Sequence[float], counts: Sequence[int]) -> None:
+        """Feed consecutive chunks of samples by their sums: chunk ``i`` holds ``counts[i]`` samples
+        that sum to ``totals[i]`` and lies inside one window (it ends at or before the open
+        window's end). The same result as :meth:`update_many` of the samples, up to the rounding
+        of the sums (how the Trigger's deferred evaluation feeds window sums computed in bulk);
+        ``drift_detected`` and :attr:`detections` as there. A chunk that crosses a window end, or
+        the point where a held detection is reported (``min_segment > 0``), and a non-finite sum
+        (feed those samples with :meth:`update_many`, which skips the non-finite ones) raise
+        ValueError.
+
+        Examples
+        --------
+        >>> from online_mas.detectors import Periodic
+        >>> w = Windowed(Periodic(every=2), window=4)
+        >>> w.update_sums([1.0, 3.0, 4.0, 4.0], [1, 3, 4, 4]); w.detections  # windows end at 3, 7, 11
+        [7]
+        """
+        self._drift_detected = False
+        self.detections = []
+        for total, k in zip(totals, counts, strict=True):
+            room = self.window - self._count
+            if self._held:
+                room = min(room, max(1, self.min_segment - self._since))
+            if not 0 < k <= room:
+                raise ValueError(f"a chunk of {k!r} samples does not fit the {room} samples left "
+                                 "before the window ends (or a held detection is reported)")
+            if not -math.inf < total < math.inf:
+                raise ValueError(f"the sum of a chunk must be finite, got {total!r}: feed its "
+                                 "samples with update_many")
+            self._feed(total, k)
 
     def restart(self) -> None:
         """Start afresh at a change found elsewhere (e.g. by :class:`Combined`'s other channel):
