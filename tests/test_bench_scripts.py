@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import online_mas as om
+
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
@@ -87,10 +89,12 @@ def test_bench_reports_every_part(tmp_path: Path) -> None:
 
     feed = report["detector"]
     _check_timings(feed["timings"], "train_step")
-    ratio = feed["timings"]["default, lag 256 (the default)"]["ratio"]
-    assert feed["verdict"].startswith(f"{ratio:.3f}x of a training step at the default lag 256, "
-                                      "target 0.02x: ")
-    assert {"default, lag 0", "entropy channel alone, lag 256"} <= set(feed["timings"])
+    default_lag = om.default_detector().lag
+    assert feed["default_lag"] == default_lag
+    ratio = feed["timings"][f"default, lag {default_lag} (the default)"]["ratio"]
+    assert feed["verdict"].startswith(f"{ratio:.3f}x of a training step at the default lag "
+                                      f"{default_lag}, target 0.02x: ")
+    assert {"default, lag 256", "entropy channel alone, lag 0"} <= set(feed["timings"])
     delays = feed["delays"]["rows"]
     assert delays["0"]["added_max"] == 0 and delays["256"]["same_indices"]
     assert 0 <= delays["256"]["added_mean"] <= delays["256"]["added_max"] < 256 + 32
@@ -105,8 +109,11 @@ def test_bench_reports_every_part(tmp_path: Path) -> None:
         assert after["total_bytes"] == sum(after["bytes"].values())
         assert state[label]["segments"] == 5
     mid = state["anchor=current"]["mid_segment"]
-    pending = mid["bytes"]["trigger"]  # the default detector's copies of up to lag=256 batches
-    assert 0 < pending <= 256 * (784 + 10) * 4 + 10_000
+    # the default detector's state: the input shift's reference statistics (six float64 vectors
+    # of the 784 inputs and 64 projections at most) and its copies of up to `lag` samples
+    pending = mid["bytes"]["trigger"]
+    lag, reference = om.default_detector().lag, 6 * 8 * (784 + 64) + 10_000
+    assert 0 < pending <= lag * (784 + 10) * 4 + reference
     assert 3.0 <= mid["param_sized_buffers"] - pending / state["param_bytes"] < 3.05
     assert state["default"]["mid_segment"]["bytes"]["stable"] == state["param_bytes"]  # one slow copy
 
