@@ -550,3 +550,27 @@ def test_outputs_changed_in_place_need_no_copy_and_no_second_forward() -> None:
         forwards.clear()
     assert om.plan(model, x) == {n: "linear" for n in reference}
     assert not any(m in exact._INPLACE for m in model)
+
+
+@pytest.mark.parametrize("case", ["linear over a sequence", "instance norm", "add_ on the output"])
+def test_a_view_output_changed_in_place_keeps_its_importance(case: str) -> None:
+    # a Linear over a (batch, tokens, features) input and InstanceNorm return views: an in-place op
+    # after them gives the view a new grad_fn, so the layer is recorded as its output tensor, not as
+    # an autograd edge that would leave the graph and read a zero gradient
+    torch.manual_seed(0)
+    if case == "instance norm":
+        model: nn.Module = nn.Sequential(nn.Conv2d(2, 4, 3), nn.InstanceNorm2d(4, affine=True),
+                                         nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(64, 3))
+        x = torch.randn(5, 2, 6, 6)
+    else:
+        class AddInPlace(nn.Module):
+            def forward(self, h: torch.Tensor) -> torch.Tensor:
+                return h.add_(1.0)
+
+        after = nn.ReLU(inplace=True) if case == "linear over a sequence" else AddInPlace()
+        model = nn.Sequential(nn.Linear(6, 16), after, nn.Linear(16, 3))
+        x = torch.randn(8, 4, 6)
+    reference = loop_reference(model, x)
+    got = om.importance(model, x)
+    _assert_close(got, reference)
+    assert all(float(v.sum()) > 0 for n, v in got.items() if n.endswith("weight"))

@@ -111,7 +111,8 @@ def record_hook(
     others an in-place change shows in the output's version, and :func:`covered` drops the call).
     A rule with ``inputs`` (several tensors in or out) records all of them, outputs copied.
     ``rules``: each module's rule, looked up once (else :func:`~.registry.rule_for` per call).
-    ``edges``: a one-tensor output is recorded as its autograd edge (:class:`Call`), never copied.
+    ``edges``: a one-tensor output is recorded as its autograd edge (:class:`Call`), never copied
+    (but an output that is a view of another tensor as the tensor itself, as without ``edges``).
     """
 
     def hook(m: nn.Module, inputs: tuple[object, ...], kwargs: dict[str, object], out: object) -> object:
@@ -138,7 +139,9 @@ def record_hook(
         dim = batch_dims.get(m, 0) if batch_dims else 0
         rows = int(tensors[0].shape[dim]) if tensors[0].dim() > dim and out.dim() > dim else -1
         pair = None if dim == 0 else _moved(tensors[0], dim)
-        if edges:
+        if edges and not out._is_view():  # an in-place op on a view gives it a new grad_fn:
+            # the recorded edge would leave the graph (and read a zero gradient); views (a Linear
+            # over a sequence, InstanceNorm) are recorded as tensors, with their version checked
             if not out.requires_grad:
                 calls[m] = Call(m, (), (), (), rows=-1, count=2)  # no gradient reaches it: not covered
                 return None
