@@ -21,6 +21,7 @@ from torch import Tensor
 from online_mas.checks import is_int
 from online_mas.detectors import Combined, ScaledCUSUM, Windowed
 from online_mas.detectors.base import check_int
+from online_mas.estimators.common import finite
 from online_mas.signals import InputShift, Loss, signal_from
 
 __all__ = ["Trigger", "check_boundaries", "default_detector"]
@@ -230,7 +231,7 @@ class Trigger:
             return None
         each = getattr(self.signal, "per_sample", None)
         if self._lag and not pooled and self.per_sample and callable(each):
-            if not math.isfinite(float(out.sum())):  # one reduction: no softmax per call
+            if not finite(out):  # one reduction (half precision summed in float32): no softmax per call
                 self._out = _NOT_FINITE
                 return math.nan
             self._out = out.detach()

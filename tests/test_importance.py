@@ -574,3 +574,28 @@ def test_a_view_output_changed_in_place_keeps_its_importance(case: str) -> None:
     got = om.importance(model, x)
     _assert_close(got, reference)
     assert all(float(v.sum()) > 0 for n, v in got.items() if n.endswith("weight"))
+
+
+@pytest.mark.parametrize("method", ["exact", "vmap", "jacobian", "fisher", "local"])
+def test_a_module_used_twice_keeps_its_parameters(method: str) -> None:
+    # torch.func.functional_call (torch 2.14) leaves plain tensors in place of the Parameters of a
+    # module instance that appears twice; they would drop out of the user's optimizer
+    torch.manual_seed(0)
+    shared = nn.Linear(5, 5)
+    model = nn.Sequential(shared, nn.Tanh(), shared, nn.Linear(5, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    params = list(model.parameters())
+    om.importance(model, torch.randn(8, 5), method=method)
+    om.importance(model, torch.randn(8, 5), method=method)  # a second pass still runs
+    assert list(model.parameters()) == params and all(isinstance(p, nn.Parameter) for p in params)
+    assert opt.param_groups[0]["params"][0] is model[0].weight
+
+
+def test_half_precision_inputs_that_sum_past_their_range_are_finite() -> None:
+    from online_mas.estimators.common import finite
+
+    big = torch.full((4, 8192), 10.0, dtype=torch.float16)  # the sum, 327680, is past float16's range
+    assert finite(big) and finite(big.bfloat16())
+    assert not finite(torch.tensor([1.0, float("nan")], dtype=torch.float16))
+    model = nn.Linear(8192, 4).half()
+    assert set(om.importance(model, big)) == {"weight", "bias"}  # not refused as non-finite

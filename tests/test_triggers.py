@@ -469,3 +469,15 @@ def test_a_lag_leaves_out_a_batch_whose_output_is_not_finite() -> None:
     t.see(x)
     value = t.value(bad)
     assert value != value and t.fire(2, value, n=8) is None and t.pending == 8  # nan: not kept
+
+
+def test_a_lag_keeps_half_precision_batches_whose_output_sums_past_float16() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 1000)).half()
+    model[0].bias.data.fill_(3.0)  # each output sums to about 3000 x 32 samples: past float16's range
+    mas = om.OnlineMAS(model, lam=1.0, detector=om.default_detector(lag=256))
+    for _ in range(10):
+        x = torch.randn(32, 16).half()
+        model(x)
+        mas.observe(x)
+    assert mas.n_skipped == 0 and mas.trigger.pending == 64  # 256 evaluated, 64 kept

@@ -33,6 +33,7 @@ __all__ = [
     "eval_mode",
     "finite",
     "forward",
+    "kept_parameters",
     "model_output",
     "sq_norm_total",
     "uncompiled",
@@ -270,14 +271,32 @@ def model_output(model: nn.Module, x: Inputs, output: OutputFn | None = None) ->
 
 def finite(t: Tensor) -> bool:
     """No nan or inf in ``t``. One reduction: a sum is finite unless an element is not (or the sum
-    overflows float range, which only values near 1e38 can do; those count as not finite too)."""
-    total = t.detach().sum()
+    overflows float range, which only values near 1e38 can do; those count as not finite too).
+    Half-precision tensors are summed in float32, so finite float16 values never overflow it."""
+    total = t.detach().sum(dtype=torch.float32) if t.dtype in _HALF else t.detach().sum()
     if type(total) is Tensor:  # one number read back (``torch.isfinite`` is several ops)
         return math.isfinite(total.item())
     return bool(torch.isfinite(total))  # a tensor subclass (DTensor): its own reduction
 
 
 _all_finite = finite
+_HALF = (torch.float16, torch.bfloat16)
+
+
+@contextlib.contextmanager
+def kept_parameters(model: nn.Module) -> Iterator[None]:
+    """Every module's parameter and buffer dicts restored on exit: ``torch.func.functional_call``
+    (torch 2.14) leaves plain tensors in place of the Parameters of a module instance that appears
+    twice in the model, which would cut them off from the user's optimizer."""
+    saved = [(m, dict(m._parameters), dict(m._buffers)) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, params, buffers in saved:
+            m._parameters.clear()
+            m._parameters.update(params)
+            m._buffers.clear()
+            m._buffers.update(buffers)
 
 
 def check_finite_sums(sums: Mapping[str, Tensor]) -> None:

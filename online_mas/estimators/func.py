@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from online_mas.estimators.common import OutputFn, forward, sq_norm_total, zeros
+from online_mas.estimators.common import OutputFn, forward, kept_parameters, sq_norm_total, zeros
 from online_mas.estimators.inputs import Inputs, batch_size, rows, split, unsqueeze
 
 __all__ = ["Wrapped", "batch_sums", "func_sums", "loop_sums"]
@@ -44,10 +44,11 @@ def func_sums(
     per_sample = vmap(grad(sq_norm), in_dims=(None, 0))
     sums = zeros(named)
     try:
-        for xc in split(x, chunk):
-            grads = per_sample(detached, xc)
-            for n in named:
-                sums[n] += grads["model." + n].float().abs().sum(0)
+        with kept_parameters(model):
+            for xc in split(x, chunk):
+                grads = per_sample(detached, xc)
+                for n in named:
+                    sums[n] += grads["model." + n].float().abs().sum(0)
     except (RuntimeError, NotImplementedError) as err:  # data-dependent control flow, in-place ops
         warnings.warn(
             f"torch.func could not vmap this model ({type(err).__name__}: {err}); "

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from online_mas.estimators.common import call_model, forward, zeros
+from online_mas.estimators.common import call_model, forward, kept_parameters, zeros
 from online_mas.estimators.inputs import Inputs
 
 __all__ = ["local_sums"]
@@ -90,9 +90,10 @@ def _module_sums(
     n_samples = batch[0].shape[0]
     per = vmap(grad(sq_norm), in_dims=(None, *([0] * len(batch))))
     sums = {n: torch.zeros(named[n].shape, device=named[n].device) for n in names}
-    for start in range(0, n_samples, chunk):
-        piece = [t[start : start + chunk] for t in batch]
-        grads = per(params, *piece)
-        for n in names:
-            sums[n] += grads[short[n]].float().abs().sum(0)
+    with kept_parameters(m):
+        for start in range(0, n_samples, chunk):
+            piece = [t[start : start + chunk] for t in batch]
+            grads = per(params, *piece)
+            for n in names:
+                sums[n] += grads[short[n]].float().abs().sum(0)
     return sums

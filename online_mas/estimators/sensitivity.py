@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from online_mas.estimators.common import OutputFn, forward, zeros
+from online_mas.estimators.common import OutputFn, forward, kept_parameters, zeros
 from online_mas.estimators.func import Wrapped
 from online_mas.estimators.inputs import Inputs, split, unsqueeze
 
@@ -47,10 +47,11 @@ def jacobian_sums(
 
     per_sample = vmap(jacrev(outputs), in_dims=(None, 0))
     k = max(1, out[0].numel())
-    for xc in split(x, max(1, chunk // k)):
-        jac = per_sample(detached, xc)  # name -> (samples, K, *shape)
-        for n in named:
-            sums[n] += jac["model." + n].abs().sum((0, 1))
+    with kept_parameters(model):
+        for xc in split(x, max(1, chunk // k)):
+            jac = per_sample(detached, xc)  # name -> (samples, K, *shape)
+            for n in named:
+                sums[n] += jac["model." + n].abs().sum((0, 1))
     return sums, out
 
 
@@ -73,10 +74,11 @@ def fisher_sums(
         return torch.log_softmax(f, 0).max()  # log p of the predicted class
 
     per_sample = vmap(grad(log_prob), in_dims=(None, 0))
-    for xc in split(x, chunk):
-        grads = per_sample(detached, xc)
-        for n in named:
-            sums[n] += grads["model." + n].float().pow(2).sum(0)
+    with kept_parameters(model):
+        for xc in split(x, chunk):
+            grads = per_sample(detached, xc)
+            for n in named:
+                sums[n] += grads["model." + n].float().pow(2).sum(0)
     return sums, out
 
 
