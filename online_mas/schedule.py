@@ -41,9 +41,9 @@ class Schedule:
                              f"got {share!r}")
         if not is_int(min_estimate) or min_estimate < 1:
             raise ValueError(f"min_estimate must be an int >= 1 (samples), got {min_estimate!r}")
+        if share < 1 / _DENOMINATOR:
+            raise ValueError(f"share must be at least 2**-20 (one sample in 1,048,576), got {share!r}")
         fraction = Fraction(share).limit_denominator(_DENOMINATOR)
-        if fraction == 0:
-            raise ValueError(f"share must be at least 2**-20, got {share!r}")
         self.share = float(share)
         self.min_estimate = min_estimate
         self._p, self._q = fraction.numerator, fraction.denominator

@@ -337,7 +337,7 @@ class InputShift:
 
     def per_sample(self, x: Tensor) -> Tensor:
         """The values of the samples of ``x`` (batch first, any shape), shape ``(N,)``, float64."""
-        flat = self._features(x.detach().flatten(1))
+        flat = self._features(self._finite_rows(x.detach().flatten(1)))
         kept = self._sum if self._sum is not None else self._mean
         if kept is not None and kept.shape != flat.shape[1:]:
             self.restart()  # the inputs changed size (a growing river model): a new reference
@@ -373,7 +373,7 @@ class InputShift:
         >>> torch.allclose(sums, torch.stack([v.sum() for v in each]), rtol=1e-4, atol=1e-6)
         True
         """
-        flat = x.detach().flatten(1)
+        flat = self._finite_rows(x.detach().flatten(1))
         n, d = flat.shape
         width = d + self.projections
         kept = self._sum if self._sum is not None else self._mean
@@ -401,6 +401,22 @@ class InputShift:
         self._count, self._windows = after.filled, after.windows
         self._prefix = prefix
         return out, lengths
+
+    def _finite_rows(self, flat: Tensor) -> Tensor:
+        """``flat`` with each sample that holds a nan or inf replaced by the reference's mean input
+        (before there is one, by the mean of the batch's finite samples): such a sample moves
+        nothing, and the reference stays finite. One reduction when every value is finite."""
+        if flat.numel() == 0 or math.isfinite(float(flat.sum(dtype=torch.float64))):
+            return flat
+        good = torch.isfinite(flat).all(1)
+        d = flat.shape[1]
+        if self._mean is not None and self._mean.shape[0] == d + self.projections:
+            fill = self._mean[:d].to(flat.device, flat.dtype)
+        elif bool(good.any()):
+            fill = flat[good].double().mean(0).to(flat.dtype)
+        else:
+            fill = flat.new_zeros(d)
+        return torch.where(good[:, None], flat, fill)
 
     def _features(self, flat: Tensor) -> Tensor:
         """The inputs and the squares of their random projections, float64."""

@@ -850,3 +850,28 @@ def test_windowed_update_sums_refuses_chunks_across_a_window_end() -> None:
         w.update_sums([1.0], [5])
     with pytest.raises(ValueError, match="the sum of a chunk must be finite"):
         w.update_sums([float("nan")], [2])
+
+
+@pytest.mark.parametrize("bulk", [False, True])
+def test_input_shift_a_nan_input_moves_nothing_and_leaves_the_reference_finite(bulk: bool) -> None:
+    from online_mas.signals import InputShift
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(640, 6, generator=g)
+    poisoned = x.clone()
+    poisoned[100, 4] = float("nan")  # an input the model may not even read
+    poisoned[101] = float("inf")
+    a, b = InputShift(window=32), InputShift(window=32)
+    if bulk:
+        va, _ = a.piece_sums(x)
+        vb, _ = b.piece_sums(poisoned)
+    else:
+        va, vb = a.per_sample(x), b.per_sample(poisoned)
+    assert bool(torch.isfinite(vb).all())
+    before = 3 if bulk else 96  # the windows before the one with the nan are untouched
+    assert torch.equal(va[:before], vb[:before])
+    state = b.state_dict()
+    assert all(bool(torch.isfinite(state[k]).all()) for k in ("mean", "var", "scale"))
+    later = torch.randn(64, 6, generator=g) + 3.0  # a shift is still seen after the nan
+    seen = b.piece_sums(later)[0] if bulk else b.per_sample(later)
+    assert float(seen.sum()) > 10 * 64

@@ -165,7 +165,9 @@ def test_every_fails_naming_share_and_share_and_min_estimate_are_checked() -> No
         om.MASConfig(every=4)
     with pytest.raises(ValueError, match=r"share must be a number in \(0, 1\].*every=k.*is share=1/k"):
         om.MASConfig(share=4)
-    with pytest.raises(ValueError, match=r"share must be at least 2\*\*-20, got 1e-09"):
+    with pytest.raises(ValueError, match=r"at least 2\*\*-20 \(one sample in 1,048,576\), got 6e-07"):
+        Schedule(0.6e-6, 1)  # would round to 2**-20, not what was asked
+    with pytest.raises(ValueError, match=r"share must be at least 2\*\*-20 .*, got 1e-09"):
         om.MASConfig(share=1e-9)
     with pytest.raises(ValueError, match=r"min_estimate must be an int >= 1 \(samples\), got 2.0"):
         om.MASConfig(min_estimate=2.0)  # type: ignore[arg-type]
