@@ -599,3 +599,44 @@ def test_half_precision_inputs_that_sum_past_their_range_are_finite() -> None:
     assert not finite(torch.tensor([1.0, float("nan")], dtype=torch.float16))
     model = nn.Linear(8192, 4).half()
     assert set(om.importance(model, big)) == {"weight", "bias"}  # not refused as non-finite
+
+
+class _TiedHead(nn.Module):
+    """An output head that reads the embedding's weight through F.linear (a tied head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 6)
+        self.mid = nn.Linear(6, 6)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(torch.tanh(self.mid(self.emb(t))), self.emb.weight)
+
+
+class _AlsoFunctional(nn.Module):
+    """A layer's weight read again through F.linear outside its call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.tanh(self.a(x)) + nn.functional.linear(x, self.a.weight))
+
+
+@pytest.mark.parametrize("case", ["tied head", "also functional"])
+def test_a_parameter_also_used_outside_its_layer_goes_to_torch_func(case: str) -> None:
+    # a rule sees its own call's share of a parameter only: one read elsewhere sends it to torch.func
+    torch.manual_seed(0)
+    model, x = ((_TiedHead(), torch.randint(0, 10, (5, 4))) if case == "tied head"
+                else (_AlsoFunctional(), torch.randn(6, 4)))
+    reference = loop_reference(model, x)
+    _assert_close(om.importance(model, x), reference)
+    plan = om.plan(model, x)
+    outside = "emb.weight" if case == "tied head" else "a.weight"
+    assert plan[outside] == "torch.func" and sum(r == "torch.func" for r in plan.values()) == 1
+    mas = om.OnlineMAS(model, lam=1.0, detector=None, config=om.MASConfig(share=1.0, shared_forward=True))
+    model(x)
+    mas.observe(x)
+    _assert_close({n: mas.running.value()[n] for n in reference}, reference)

@@ -61,7 +61,14 @@ from online_mas.estimators.common import (
     unwrapped,
 )
 from online_mas.estimators.costs import Cost, func_cost, layer_cost
-from online_mas.estimators.exact import covered, exact_sums, fast_candidates, recording, sequence_first
+from online_mas.estimators.exact import (
+    covered,
+    exact_sums,
+    fast_candidates,
+    recording,
+    sequence_first,
+    used_outside,
+)
 from online_mas.estimators.func import batch_sums, func_sums, loop_sums
 from online_mas.estimators.inputs import Inputs, batch_size
 from online_mas.estimators.local import local_sums
@@ -234,13 +241,16 @@ def plan(
     if costs and x is None:
         raise ValueError("plan(costs=True) needs an example batch x")
     entries: dict[str, Cost] = {}
+    outside: set[str] = set()
     if x is not None:
         check_input(x)
         fn = output if output is not None else call_model
         layer = {m: name for name, m in model.named_modules()}
         with recording(cands, sequence_first(model)) as calls, eval_mode(model), torch.enable_grad(), eager():
-            forward(model, x, fn)
+            out = forward(model, x, fn)
             used = covered(calls, batch_size(x))
+            outside = used_outside(out, used, cands, named)  # these go to torch.func
+            del out
             for c in used if costs else []:
                 a, g = (c.inputs[0], c.targets[0]) if c.pair is None else c.pair(c.targets)
                 flops, memory = layer_cost(c.module, a, g)
@@ -250,7 +260,8 @@ def plan(
             budget = check_memory_budget(memory_budget)
             chunk = auto_chunk(model, x, fn, named, "exact", budget) if costs else 0
         cands = {m: ns for m, ns in cands.items() if m in {c.module for c in used}}
-    rules = {n: rule_for(m).name for m, ns in cands.items() for n in ns}  # type: ignore[union-attr]
+    rules = {n: rule_for(m).name for m, ns in cands.items() for n in ns  # type: ignore[union-attr]
+             if n not in outside}
     if not costs:
         return {n: rules.get(n, "torch.func") for n in named}
     return {n: entries[n] if n in rules else Cost("torch.func", n.rpartition(".")[0], None,

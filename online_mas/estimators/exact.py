@@ -377,6 +377,7 @@ def exact_sums(
     keep = factor and len(pieces) == 1 and scale == 1.0
     pairs: list[Pair] = []
     outs = []
+    extra: set[str] = set()
     with recording(cands, sequence_first(model), clone=_INPLACE.__contains__, edges=True) as calls:
         for xc in pieces:
             for attempt in range(2):  # again (once) if an output was changed in place: copy it then
@@ -389,17 +390,20 @@ def exact_sums(
             outs.append(out.detach())
             used = covered(calls, batch_size(xc))
             if used:
-                if keep:
+                outside = used_outside(out, used, cands, named)
+                extra |= outside
+                if keep and not outside:
                     pairs = output_grads(used, out)
                 else:
                     pair_sums(cands, output_grads(used, out, scale=scale), sums)
                 del out  # the graph is freed; keep only the layers' inputs and output grads
                 for c in used:
                     for n in cands[c.module]:
-                        hits[n] = hits.get(n, 0) + 1
+                        if n not in extra:
+                            hits[n] = hits.get(n, 0) + 1
                 del used
-    for n in [n for n, k in hits.items() if k != len(pieces)]:  # covered in some chunks only
-        sums.pop(n, None)
+    for n in [n for n, k in hits.items() if k != len(pieces)] + sorted(extra):  # covered in some
+        sums.pop(n, None)  # chunks only, or also used outside their module: torch.func
     rest = {n: p for n, p in named.items() if n not in sums and hits.get(n) != len(pieces)}
     if rest:
         slow = func_sums(model, rest, x, fn, chunk)
@@ -409,6 +413,38 @@ def exact_sums(
     factors = factored_sums(cands, pairs, sums) if pairs else {}
     out_all = outs[0] if len(outs) == 1 else torch.cat(outs)
     return {n: sums[n] for n in named if n not in factors}, out_all, factors
+
+
+def used_outside(out: Tensor, used: list[Call], cands: Mapping[nn.Module, list[str]],
+                 named: Mapping[str, Tensor]) -> set[str]:
+    """Names of the recorded layers' parameters that the graph of ``out`` also reads outside
+    their layer's call (``F.linear(h, emb.weight)``, a tied output head): a layer's rule sees its
+    own call's share of such a parameter only. Counted as the edges into each parameter's
+    gradient accumulator (one per use). The layers whose rule reads the call's inputs itself
+    (attention, recurrent: their call may read a weight several times, per step or per slice of a
+    packed projection, and the rule recomputes them all) are not checked."""
+    expected: dict[int, str] = {}
+    for c in used:
+        rule = rule_for(c.module)
+        if rule is not None and rule.record is None and rule.inputs is None:
+            for n in cands[c.module]:
+                expected[id(named[n])] = n
+    if not expected or out.grad_fn is None:
+        return set()
+    uses: dict[int, int] = {}
+    seen, stack = set(), [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        for nxt, _ in node.next_functions:
+            if nxt is None:
+                continue
+            variable = getattr(nxt, "variable", None)
+            if variable is not None:  # a gradient accumulator: one use of a leaf
+                uses[id(variable)] = uses.get(id(variable), 0) + 1
+            elif nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return {n for k, n in expected.items() if uses.get(k, 0) > 1}
 
 
 _INPLACE: weakref.WeakSet[nn.Module] = weakref.WeakSet()

@@ -44,6 +44,7 @@ from online_mas.estimators.exact import (
     fast_candidates,
     output_grads,
     record_hook,
+    used_outside,
     versions,
 )
 from online_mas.estimators.registry import rule_for
@@ -91,6 +92,7 @@ class SharedForward:
         self.why_not = ""  # why the last armed forward was not used
         self._cands: dict[nn.Module, list[str]] = {}
         self._names: tuple[str, ...] = ()  # the parameters of the last arm()
+        self._named: dict[str, Tensor] = {}  # and the parameters themselves
         self._uncovered = False  # some of them have no fast path: nothing to record
         self._calls: dict[nn.Module, Call] = {}
         self._handles: list[RemovableHandle] = []
@@ -107,7 +109,8 @@ class SharedForward:
         if not self.enabled or (tuple(names) == self._names and (self._handles or self._uncovered)):
             return  # armed already, or known not to be coverable, for the same parameters
         self.disarm()
-        cands = fast_candidates(self.model, dict(zip(names, params, strict=True)))
+        self._named = dict(zip(names, params, strict=True))
+        cands = fast_candidates(self.model, self._named)
         self._names, self._uncovered = tuple(names), False
         if {n for ns in cands.values() for n in ns} != set(names):
             self.why_not = "some parameters have no closed-form fast path"
@@ -154,6 +157,9 @@ class SharedForward:
             used = covered(self._calls, x.shape[0])
             if {n for c in used for n in self._cands[c.module]} != set(self._names):
                 self.why_not = "a layer was called more than once, skipped or changed in place"
+                return
+            if used_outside(out, used, self._cands, self._named):
+                self.why_not = "a layer's parameter is also used outside its call"
                 return
             pairs = output_grads(used, out, retain_graph=True)
             self._result = (x, pairs, tuple(versions(a) for _, a, _ in pairs), out.detach())
