@@ -640,3 +640,22 @@ def test_a_parameter_also_used_outside_its_layer_goes_to_torch_func(case: str) -
     model(x)
     mas.observe(x)
     _assert_close({n: mas.running.value()[n] for n in reference}, reference)
+
+
+def test_a_copy_made_during_a_pass_computes_with_its_own_weights() -> None:
+    # a user's hook deep-copies the model while the pass has its layers' forwards patched: the
+    # copy must run its own class forward, with its own weights
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+    x = torch.randn(4, 5)
+    copies: list[nn.Module] = []
+    handle = model[1].register_forward_hook(lambda m, i, o: copies.append(copy.deepcopy(model)))
+    om.importance(model, x)
+    handle.remove()
+    assert "forward" not in model[0].__dict__ and copies
+    for cp in copies:  # one per forward of the pass
+        cp[1]._forward_hooks.clear()
+        cp[0].weight.data.zero_()
+        cp[0].bias.data.zero_()
+        assert torch.allclose(cp(x), cp[2](torch.zeros(4, 7)))  # the copy's zeroed first layer
+        _assert_close(om.importance(cp, x), loop_reference(cp, x))

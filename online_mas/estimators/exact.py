@@ -218,11 +218,11 @@ def recording(
     handles = []
     patched = []
     for m, rule in rules.items():
-        if rule is not None and rule.record is not None:
-            m.__dict__["forward"] = rule.record(m, calls, cands)  # an instance attribute, removed below
+        if rule is not None and rule.record is not None:  # an instance attribute, removed below
+            m.__dict__["forward"] = _Patched(rule.record(m, calls, cands), m)
             patched.append(m)
         elif "forward" not in m.__dict__ and not isinstance(getattr(type(m), "forward", None), property):
-            m.__dict__["forward"] = _recorded_forward(m, hook)
+            m.__dict__["forward"] = _Patched(_recorded_forward(m, hook), m)
             patched.append(m)
         else:
             handles.append(m.register_forward_hook(hook, with_kwargs=True))
@@ -233,6 +233,32 @@ def recording(
             h.remove()
         for m in patched:
             m.__dict__.pop("forward", None)
+
+
+class _Patched:
+    """A module's recording forward, installed as an instance attribute for one pass. A copy of
+    the module made meanwhile (``copy.deepcopy`` or pickle, e.g. from a user's hook) gets its own
+    class's forward instead, not this one, which is bound to the original module."""
+
+    __slots__ = ("fn", "module", "recording")
+
+    def __init__(self, fn: Callable[..., object], module: nn.Module) -> None:
+        self.fn, self.module = fn, module
+        self.recording = getattr(fn, "recording", False)  # a rule's own recording forward says so
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        return self.fn(*args, **kwargs)
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Callable[..., object]:
+        return _class_forward(memo.get(id(self.module), self.module))  # type: ignore[arg-type]
+
+    def __reduce__(self) -> tuple[Callable[[nn.Module], Callable[..., object]], tuple[nn.Module]]:
+        return _class_forward, (self.module,)
+
+
+def _class_forward(m: nn.Module) -> Callable[..., object]:
+    """``m``'s class's forward, bound to ``m``."""
+    return type(m).forward.__get__(m)
 
 
 def _recorded_forward(m: nn.Module, hook: Hook) -> Callable[..., object]:
