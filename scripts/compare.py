@@ -10,17 +10,18 @@ recurring digits, permuted and split (domain-incremental) MNIST-1D; batch 32, ML
 momentum 0.9), run with fine-tuning, task-free online MAS, MAS at the true boundaries and the
 rehearsal and distillation learners (``er``, ``der``, ``lwf``, ``tfcl``, ``mas+er``, ``mas+lwf``).
 
-Hyperparameters are chosen on a **validation split**, never on the reported test data: the
-selection runs use ``stream.validation`` (a stratified 20% of the training data of every segment
-held out as the evaluation sets; the test images are not in them) on the selection seed (100: other
-permutations, initial weights and sample orders than the reported seeds 0-4; one seed because
-compute is scarce), and the grid value with the best mean validation ACC is used for the reported
-runs, which train on the full training data and are evaluated on the test data. Stage 1 chooses
-online MAS's ``lam`` (x 1/3, 1, 3 around the config's), MAS-at-boundaries' ``lam`` and LwF's
-weight; stage 2 gives ``mas+er``, ``tfcl`` and ``mas+lwf`` online MAS's chosen ``lam`` and
-chooses whether ``tfcl``'s hard buffer shares its slots among detected segments (``eras``) and
-the distillation weight and confidence exponent of ``mas+lwf``. ``er``, ``der`` and fine-tuning
-keep the runner's defaults (200 stored samples, replay batch 32). The penalty form is the config's.
+Hyperparameters are chosen on a **validation split**, never on the reported test data: the selection
+runs use ``stream.validation`` (a stratified 20% of the training data of every segment held out as
+the evaluation sets; the test images are not in them) on the selection seeds (100 and 101: other
+permutations, initial weights and sample orders than the reported seeds 0-4; two, because one picked
+noisily: 5 of the 18 comparisons were missed with it, 3 with two), and the grid value with the best
+mean validation ACC is used for the reported runs, which train on the full training data and are
+evaluated on the test data. Stage 1 chooses online MAS's ``lam`` (x 1/3, 1, 3 around the config's),
+MAS-at-boundaries' ``lam`` and LwF's weight; stage 2 gives ``mas+er``, ``tfcl`` and ``mas+lwf``
+online MAS's chosen ``lam`` and chooses whether ``tfcl``'s hard buffer shares its slots among
+detected segments (``eras``) and the distillation weight and confidence exponent of ``mas+lwf``.
+``er``, ``der`` and fine-tuning keep the runner's defaults (200 stored samples, replay batch 32).
+The penalty form is the config's.
 
 Writes the selection runs under ``--out``/select and one run directory per scenario under
 ``--out`` (default ``runs/compare``; an existing one is continued, ``--fresh`` starts over), and the
@@ -63,7 +64,7 @@ class CompareConfig:
     scenarios: tuple[str, ...] = SCENARIOS  # configs/<name>.toml
     learners: tuple[str, ...] = LEARNERS  # compared on the same streams and model
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # reported repeats; mean ± std over them
-    select_seeds: tuple[int, ...] = (100,)  # the hyperparameters are chosen on these (scarce compute)
+    select_seeds: tuple[int, ...] = (100, 101)  # the hyperparameters are chosen on these
     validation: float = 0.2  # held-out share of the training data the selection runs evaluate on
     lam_factors: tuple[float, ...] = (1 / 3, 1.0, 3.0)  # online-mas, mas-oracle: x the config's lam
     combo_lam_factors: tuple[float, ...] = (1.0,)  # tfcl, mas+er, mas+lwf: x online-mas's chosen lam
