@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+
+import pytest
 import torch
 from torch import Tensor, nn
 
@@ -128,3 +131,17 @@ def families() -> dict[str, tuple[nn.Module, Tensor]]:
         "transformer": (tr, torch.randint(0, 20, (5, 7), generator=g)),
         "shared": (Shared(), torch.randn(5, 6, generator=g)),
     }
+
+
+def spy_fallback(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The parameter names of each call of the exact pass's torch.func fallback, as they come."""
+    exact = sys.modules["online_mas.estimators.exact"]
+    calls: list[list[str]] = []
+    original = exact.func_sums
+
+    def spy(model, named, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(sorted(named))
+        return original(model, named, *args, **kwargs)
+
+    monkeypatch.setattr(exact, "func_sums", spy)
+    return calls

@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from models import spy_fallback
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
@@ -65,18 +66,6 @@ def assert_close(a: dict[str, Tensor], b: dict[str, Tensor]) -> None:
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-7), (k, (a[k] - b[k]).abs().max())
-
-
-def spy_fallback(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    calls: list[list[str]] = []
-    original = exact.func_sums
-
-    def spy(model, named, *args, **kwargs):  # type: ignore[no-untyped-def]
-        calls.append(sorted(named))
-        return original(model, named, *args, **kwargs)
-
-    monkeypatch.setattr(exact, "func_sums", spy)
-    return calls
 
 
 SETTINGS = {

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from models import MLP, families, loop_reference
+from models import MLP, families, loop_reference, spy_fallback
 from torch import nn
 
 import online_mas as om
@@ -35,28 +35,14 @@ def test_exact_methods_equal_per_sample_loop(family: str, method: str) -> None:
 
 @pytest.mark.parametrize("family", sorted(FAST_ONLY))
 def test_fast_paths_cover_standard_layers(family: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[list[str]] = []
-    original = exact.func_sums
-
-    def spy(model, named, *args, **kwargs):  # type: ignore[no-untyped-def]
-        calls.append(sorted(named))
-        return original(model, named, *args, **kwargs)
-
-    monkeypatch.setattr(exact, "func_sums", spy)
+    calls = spy_fallback(monkeypatch)
     model, x = FAMILIES[family]
     om.importance(model, x)
     assert calls == []
 
 
 def test_uncovered_parameters_take_the_torch_func_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[list[str]] = []
-    original = exact.func_sums
-
-    def spy(model, named, *args, **kwargs):  # type: ignore[no-untyped-def]
-        calls.append(sorted(named))
-        return original(model, named, *args, **kwargs)
-
-    monkeypatch.setattr(exact, "func_sums", spy)
+    calls = spy_fallback(monkeypatch)
     model, x = FAMILIES["shared"]
     om.importance(model, x)  # a layer called twice and a tied weight
     assert calls == [["inp.bias", "inp.weight", "twice.bias", "twice.weight"]]
@@ -381,14 +367,7 @@ def test_a_layer_covered_in_some_chunks_only_falls_back_to_torch_func(
                 h = h + 0.0 * self.lin(x)
             return self.head(torch.tanh(h))
 
-    calls: list[list[str]] = []
-    original = exact.func_sums
-
-    def spy(model, named, *args, **kwargs):  # type: ignore[no-untyped-def]
-        calls.append(sorted(named))
-        return original(model, named, *args, **kwargs)
-
-    monkeypatch.setattr(exact, "func_sums", spy)
+    calls = spy_fallback(monkeypatch)
     torch.manual_seed(0)
     model = Sometimes()
     x = torch.randn(5, 3)  # chunks of 2, 2 and 1: the last one calls lin twice
