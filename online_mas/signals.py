@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from online_mas.estimators.common import finite
 from online_mas.shift_windows import Constants, Reference, piece_statistics
 
 __all__ = [
@@ -406,7 +407,7 @@ class InputShift:
         """``flat`` with each sample that holds a nan or inf replaced by the reference's mean input
         (before there is one, by the mean of the batch's finite samples): such a sample moves
         nothing, and the reference stays finite. One reduction when every value is finite."""
-        if flat.numel() == 0 or math.isfinite(float(flat.sum(dtype=torch.float64))):
+        if flat.numel() == 0 or finite(flat):
             return flat
         good = torch.isfinite(flat).all(1)
         d = flat.shape[1]
