@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from detection import DetectionConfig, run_one
 
+import online_mas as om
+
 LEARNERS = ("online-mas", "online-mas-slow", "mas-oracle")
 NAMES = {"online-mas": "onset snapshot (default)", "online-mas-slow": "slow copy (before)",
          "mas-oracle": "MAS at the true boundaries"}
@@ -45,10 +47,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    choices=["permuted", "recurring"])
     p.add_argument("--batches", nargs="+", type=int, default=[1, 4, 32])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4, 5])
+    p.add_argument("--lag", type=int, default=None, help="the default detector's lag (default: its own)")
     p.add_argument("--results", default="results/anchor_onset")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    cfg = DetectionConfig(acc=False, lams=(), signal_choice=False)
+    cfg = DetectionConfig(acc=False, lams=(), signal_choice=False, lag=args.lag)
+    lag = om.default_detector().lag if args.lag is None else args.lag
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()
     for stream in args.streams:
@@ -63,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rows.append({"stream": stream, "batch": batch, "seeds": list(args.seeds), "acc": accs})
     seconds = time.perf_counter() - start
     lines = [
-        "Task-free MAS (the default detector, proximal penalty lam "
+        f"Task-free MAS (the default detector at lag {lag}, proximal penalty lam "
         f"{cfg.lam}) anchored at the parameters saved where the detector's run began "
         "(`StableAnchor(onset=True)`, the default) or at the slow copy (`onset=False`, the anchor "
         "before), against MAS at the true boundaries (the same penalty and lam); digits, MLP "
@@ -81,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      f"| {_stats(a['online-mas-slow'])} "
                      f"| {_stats(a['mas-oracle'])} | {_paired(a['online-mas'], a['online-mas-slow'])} "
                      f"| {_paired(a['online-mas'], a['mas-oracle'])} |")
-    lines += ["", f"Regenerate: `OMP_NUM_THREADS=1 python scripts/anchor_onset.py --seeds "
+    lines += ["", f"Regenerate: `OMP_NUM_THREADS=1 python scripts/anchor_onset.py --lag {lag} --seeds "
               f"{' '.join(map(str, args.seeds))} --batches {' '.join(map(str, args.batches))} --streams "
               f"{' '.join(args.streams)}` ({seconds:.0f} s here)."]
     out = Path(args.results)

@@ -35,7 +35,7 @@ def test_default_detector_watches_the_entropy_and_the_input_shift_per_sample() -
     assert isinstance(det.detector.detector, ScaledCUSUM) and isinstance(det.shift, InputShift)
     assert mas.trigger.signal.name == "entropy" and mas.trigger.per_sample
     mas.observe(torch.randn(8, 4))
-    assert mas.trigger.lag == det.lag == 0 and mas.trigger.pending == 0  # evaluated on every call
+    assert mas.trigger.lag == det.lag == 256 and mas.trigger.pending == 8  # kept for a bulk evaluation
     assert mas.flush(detector=True) is None and mas.trigger.pending == 0
     assert mas.last_signal is not None and 0.0 <= mas.last_signal <= 1.0986123 + 1e-6
     state = det.state_dict()
