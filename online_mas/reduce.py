@@ -125,6 +125,17 @@ class Reducer:
                 p.add_(s)
         self._pending_n += n
 
+    def all_agree(self, flag: bool) -> bool:
+        """Whether ``flag`` is True on every rank (one all-reduce of one number, a collective).
+
+        >>> Reducer().all_agree(True)
+        True
+        """
+        if self.size == 1:
+            return flag
+        total = all_reduce_flat([torch.tensor([float(flag)])], self.process_group, stats=self.stats)[0]
+        return bool(total.item() == self.size)
+
     def flush(self, named: Mapping[str, Tensor]) -> BatchImportance | None:
         """All-reduce what is pending (a collective: every rank calls it at the same step)."""
         if self.size == 1:
