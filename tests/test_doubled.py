@@ -204,6 +204,29 @@ def test_what_it_cannot_take_falls_back_with_training_unchanged(make: object, ba
         torch.testing.assert_close(value, ref[name] / 6)
 
 
+def test_a_non_finite_output_skips_the_batch_without_a_separate_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    class Exp(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            return x.exp()
+
+    model = nn.Sequential(nn.Linear(5, 8), Exp(), nn.Linear(8, 3))
+    mas = om.OnlineMAS(model, config=_config(), detector=None)
+    _forbid_separate_pass(monkeypatch)
+    x = torch.randn(4, 5)
+    model(x).sum().backward()
+    mas.observe(x)
+    before = {k: v.clone() for k, v in mas.running_omega.items()}
+    huge = torch.full((4, 5), 1e3)  # finite, but the output overflows
+    assert not torch.isfinite(model(huge)).all()
+    model(huge).sum().backward()
+    with pytest.warns(RuntimeWarning, match="skipped a batch"):
+        mas.observe(huge)
+    assert mas.n_skipped == 1 and "not finite" in mas._seen.shared.why_not  # type: ignore[union-attr]
+    for k, v in mas.running_omega.items():
+        assert torch.equal(v, before[k])
+
+
 def test_no_backward_before_observe_falls_back() -> None:
     torch.manual_seed(0)
     model = _mlp()

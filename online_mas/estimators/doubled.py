@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from online_mas.estimators.common import BatchImportance, finite
+from online_mas.estimators.common import BatchImportance, NonFiniteError, finite
 from online_mas.estimators.exact import (
     Pair,
     PatchedForward,
@@ -46,6 +46,8 @@ from online_mas.estimators.registry import rule_for
 from online_mas.estimators.shared import train_dependent
 
 __all__ = ["DoubledBatch"]
+
+_NOT_FINITE = "the output is not finite"
 
 
 class _Record:
@@ -70,6 +72,7 @@ class _Run:
         self.why = ""  # set: the importance half is seeded with zeros
         self.out: Tensor | None = None  # the importance half of the output, detached
         self.seeds = 0  # backwards that reached the output
+        self.finite = True  # False: the output is not finite (observe skips the batch)
 
 
 class _Seed(torch.autograd.Function):
@@ -167,6 +170,8 @@ class DoubledBatch:
         run, self._result = self._result, None
         if run is None or run.x is not x or tuple(names) != self._names:
             return None
+        if not run.finite:  # skipped as the separate pass would skip it, without running it
+            raise NonFiniteError("the model output contains non-finite values (nan or inf)")
         if run.seeds != 1:
             self.why_not = (f"the backward of the doubled forward's output ran {run.seeds} times "
                             "before observe (it must run once)")
@@ -211,7 +216,8 @@ class DoubledBatch:
             run.why = run.why or self._check(run, out)
             if not run.why:
                 run.out = out[run.n:].detach()
-            self._result = None if run.why else run
+            run.finite = run.why != _NOT_FINITE
+            self._result = run if not run.why or not run.finite else None
             self.why_not = run.why
             return _Seed.apply(out, run)
 
@@ -274,7 +280,7 @@ class DoubledBatch:
         if not out.requires_grad:
             return "the output does not require a gradient"
         if not finite(out.detach()):
-            return "the output is not finite"
+            return _NOT_FINITE
         expected = {id(p) for rec in run.records.values() for p in rec.params if p.requires_grad}
         uses = _leaf_uses(out)
         if any(uses.get(k, 0) != 1 for k in expected):
