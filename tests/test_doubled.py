@@ -171,6 +171,30 @@ class _Twice(nn.Module):
         return self.lin(torch.tanh(self.lin(x)))
 
 
+class _SequenceFirst(nn.Module):
+    """A linear map applied to a sequence-first view of the batch, whose length is twice the batch:
+    its input's first dimension is 2n without being the doubled batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(5, 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.lin(x.transpose(0, 1)).transpose(0, 1).mean(1)
+
+
+class _Noisy(nn.Module):
+    """Noise in training mode from a module the training-mode check does not know."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.lin(x)
+        return out + 0.1 * torch.randn_like(out) if self.training else out
+
+
 def _idx(n: int) -> Tensor:
     return torch.randint(0, 10, (n, 3), generator=torch.Generator().manual_seed(n))
 
@@ -180,6 +204,7 @@ def _idx(n: int) -> Tensor:
     [
         (_Tied, _idx, "also used outside its call"),
         (_Twice, lambda n: torch.randn(n, 5), "called more than once"),
+        (_SequenceFirst, lambda n: torch.randn(n, 2 * n, 5), "not on the doubled batch"),
         (lambda: nn.Sequential(nn.Linear(5, 8), nn.Dropout(0.5), nn.Linear(8, 3)),
          lambda n: torch.randn(n, 5), "Dropout is in training mode"),
     ],
@@ -225,6 +250,21 @@ def test_a_non_finite_output_skips_the_batch_without_a_separate_pass(monkeypatch
     assert mas.n_skipped == 1 and "not finite" in mas._seen.shared.why_not  # type: ignore[union-attr]
     for k, v in mas.running_omega.items():
         assert torch.equal(v, before[k])
+
+
+def test_random_numbers_the_checks_do_not_know_fall_back() -> None:
+    """Noise drawn in the forward: the training rows draw other numbers than without the mode
+    (as valid a draw), the importance half differs from the training half: the separate pass."""
+    torch.manual_seed(0)
+    model = _Noisy()
+    mas = om.OnlineMAS(model, config=_config(), detector=None)
+    x = torch.randn(6, 5)
+    model(x).pow(2).sum().backward()
+    mas.observe(x)
+    assert "halves of the doubled output differ" in mas._seen.shared.why_not  # type: ignore[union-attr]
+    ref, _, _ = importance_sums(copy.deepcopy(model), x)  # eval mode: no noise
+    for name, value in mas.running_omega.items():
+        torch.testing.assert_close(value, ref[name] / 6)
 
 
 def test_no_backward_before_observe_falls_back() -> None:

@@ -19,9 +19,11 @@ attention and recurrent rules), called once, with the batch first, and used nowh
 model called as ``model(x)`` with one tensor, returning one tensor with the batch first; no
 module whose training forward couples samples or draws random numbers (as for
 ``shared_forward``); gradients enabled, no autocast, not compiled. Where a forward breaks one of
-these after it ran, the importance half is seeded with zeros (the training gradients stay exact)
-and ``observe`` takes the separate pass; ``why_not`` says why. A custom module that mixes the
-samples of a batch (batch statistics in its forward) cannot be detected: leave the option off.
+these after it ran (also: the two halves of a recorded layer's input or of the output differ, as
+a sequence-first input or random numbers make them), the importance half is seeded with zeros
+(the training gradients stay exact) and ``observe`` takes the separate pass; ``why_not`` says why.
+A custom module that mixes the samples of a batch (batch statistics in its forward) cannot be
+detected: leave the option off.
 """
 
 from __future__ import annotations
@@ -230,7 +232,8 @@ class DoubledBatch:
                 return own(*args, **kwargs)
             a = args[0] if len(args) == 1 and not kwargs else None
             n = run.n
-            if m in run.records or not isinstance(a, Tensor) or a.dim() == 0 or a.shape[0] != 2 * n:
+            if m in run.records or not isinstance(a, Tensor) or a.dim() == 0 or a.shape[0] != 2 * n \
+                    or not _halves_agree(a, n):  # e.g. a sequence-first input whose length is 2n
                 run.why = run.why or (f"a {type(m).__name__} was called more than once or not on the "
                                       "doubled batch")
                 return own(*args, **kwargs)  # the importance half is then seeded with zeros
@@ -273,7 +276,8 @@ class DoubledBatch:
     def _check(self, run: _Run, out: Tensor) -> str:
         """Why the importance half cannot be used ("" if it can): a recorded layer not called,
         a parameter also read outside its layer's call (its gradient would take the importance
-        rows: they are then seeded with zeros), an output that is not finite."""
+        rows: they are then seeded with zeros), an output that is not finite, or whose halves
+        differ."""
         missing = [type(m).__name__ for m in self._cands if m not in run.records]
         if missing:
             return f"a {missing[0]} was not called in the forward"
@@ -281,6 +285,8 @@ class DoubledBatch:
             return "the output does not require a gradient"
         if not finite(out.detach()):
             return _NOT_FINITE
+        if not _halves_agree(out, run.n):
+            return "the two halves of the doubled output differ (random numbers in the forward?)"
         expected = {id(p) for rec in run.records.values() for p in rec.params if p.requires_grad}
         uses = _leaf_uses(out)
         if any(uses.get(k, 0) != 1 for k in expected):
@@ -293,6 +299,15 @@ class DoubledBatch:
         self.why_not = f"the forward could not be doubled ({why})"
         warnings.warn(f"shared_backward is off for this OnlineMAS: {self.why_not}; importance uses the "
                       "separate pass", RuntimeWarning, stacklevel=4)
+
+
+def _halves_agree(a: Tensor, n: int) -> bool:
+    """Whether the two halves of a layer's input are the same rows (the training rows and their
+    copy): equal, or as close as the rounding of kernels run on other row counts allows."""
+    top, low = a[:n].detach(), a[n:].detach()
+    if torch.equal(top, low):
+        return True
+    return bool(a.is_floating_point() and torch.allclose(top, low, rtol=1e-5, atol=1e-6))
 
 
 def _functorch_active() -> bool:
