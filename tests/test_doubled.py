@@ -120,6 +120,21 @@ def test_equals_the_per_sample_loop(dtype: torch.dtype) -> None:
         torch.testing.assert_close(value, ref[name].float(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_bfloat16_equals_the_separate_pass(kind: str) -> None:
+    torch.manual_seed(0)
+    model = MODELS[kind]().to(torch.bfloat16)
+    mas = om.OnlineMAS(model, config=_config(), detector=None)
+    x = _batch(kind, 7, torch.Generator().manual_seed(4)).to(torch.bfloat16)
+    ref, _, _ = importance_sums(copy.deepcopy(model), x)
+    model(x).float().pow(2).sum().backward()
+    mas.observe(x)
+    assert mas._seen.shared is not None and mas._seen.shared.why_not == ""
+    for name, value in mas.running_omega.items():
+        assert value.dtype == torch.float32
+        torch.testing.assert_close(value, ref[name] / 7, rtol=1e-2, atol=1e-3)
+
+
 @pytest.mark.parametrize("kind", sorted(MODELS))
 def test_training_gradients_and_outputs_are_unchanged(kind: str) -> None:
     torch.manual_seed(0)
