@@ -568,10 +568,13 @@ class OnlineMAS:
         params = self._params.params
         return local_grads(params) if any_sharded(params) else contextlib.nullcontext(params)
 
-    def _estimate(self, x: Inputs, *, step: bool = True, k: int | None = None) -> BatchImportance:
-        """This batch's importance: from the user's forward (shared_forward, the whole batch) or a
-        separate pass. ``step``: an observe step (``k`` of its samples, at most ``subsample``;
-        factors to fold; offered to the buffer)."""
+    def _estimate(self, x: Inputs, *, step: bool = True, k: int | None = None,
+                  vote: bool = True) -> BatchImportance:
+        """This batch's importance: from the user's forward (shared_forward, shared_backward: the
+        whole batch) or a separate pass. ``step``: an observe step (``k`` of its samples, at most
+        ``subsample``; factors to fold; offered to the buffer). ``vote``: with shared_backward on
+        a sharded model, the ranks agree whether every one of them can skip the separate pass
+        (False: it was agreed already that they cannot)."""
         shared = self._seen.shared
         batch, failed = None, None
         try:
@@ -582,7 +585,7 @@ class OnlineMAS:
         # a doubled forward across the ranks of a sharded model: every rank takes the separate
         # pass (FSDP's collectives) or none does
         if isinstance(shared, DoubledBatch) and self.reducer.size > 1 and any_sharded(self._params.params) \
-                and not self.reducer.all_agree(batch is not None or failed is not None):
+                and not (vote and self.reducer.all_agree(batch is not None or failed is not None)):
             batch, failed = None, None
         if failed is not None:
             raise failed
@@ -621,12 +624,16 @@ class OnlineMAS:
     def _check_batch(self, x: Inputs) -> None:
         """``check_input``; across the ranks of a sharded model, a rank whose batch is not finite
         still runs the estimate's forward and backward (FSDP's collectives) on a finite copy,
-        then skips its batch as every model does."""
+        then skips its batch as every model does (with ``shared_backward`` only when another rank
+        takes the separate pass)."""
         try:
             check_input(x)
         except NonFiniteError:
             if self.reducer.size > 1 and any_sharded(self._params.params):
-                self._estimate(finite_copy(x), step=False)
+                if not isinstance(self._seen.shared, DoubledBatch):
+                    self._estimate(finite_copy(x), step=False)
+                elif not self.reducer.all_agree(True):  # this rank needs no pass; do the others?
+                    self._estimate(finite_copy(x), step=False, vote=False)
             raise
 
     def _keep(self, batch: BatchImportance, *, update: bool) -> None:

@@ -285,15 +285,17 @@ def _from_one_process(path: Path) -> dict[str, object]:
             "slow": {k: full(v) for k, v in slow.items()}}
 
 
-def _nan(rank: int | None, *, doubled: bool = False) -> tuple[dict[str, Tensor], int]:
+def _nan(rank: int | None, *, doubled: bool = False) -> tuple[dict[str, Tensor], int, list[int]]:
     """Three observed batches; at step 2 rank 1's slice is nan (its forwards still run, on
     zeros, since FSDP's are collectives). The reference sees rank 0's slice alone at step 2.
     ``doubled``: each observe follows a forward and backward (no optimizer step) under
-    ``shared_backward``; at step 2 no rank can use it, and every rank takes the separate pass."""
+    ``shared_backward``, rank 1 skips its batch and no rank takes the separate pass. Also the
+    all-gathers of each step."""
     model = _families()["mlp"][0]
     if rank is not None:
         model = _sharded(model)
     mas = _mas(model, None, doubled=doubled)
+    gathers = []
     for t in range(1, 4):
         x = _batch("mlp", 60 + t)
         if rank is None:
@@ -302,10 +304,12 @@ def _nan(rank: int | None, *, doubled: bool = False) -> tuple[dict[str, Tensor],
         part = _shard(x, rank)
         if t == 2 and rank == 1:
             part = torch.full_like(part, float("nan"))
-        if doubled:
-            model(part).pow(2).sum().backward()
-        mas.observe(part)
-    return {k: full(v) for k, v in mas.running_omega.items()}, mas.n_skipped
+        with _gathers() as count:
+            if doubled:
+                model(part).pow(2).sum().backward()
+            mas.observe(part)
+        gathers.append(count[0])
+    return {k: full(v) for k, v in mas.running_omega.items()}, mas.n_skipped, gathers
 
 
 def _worker(rank: int, port: int, out: str) -> None:
@@ -430,14 +434,15 @@ def test_shared_backward_leaves_the_training_gradients_unchanged(
             _close(a, b)
 
 
-def test_shared_backward_with_a_non_finite_rank_takes_the_separate_pass_on_every_rank(
+def test_shared_backward_skips_a_non_finite_rank_without_a_separate_pass(
     ranks: tuple[list[dict[str, object]], Path]
 ) -> None:
-    ref, _ = _nan(None)
+    ref, _, _ = _nan(None)
     for rank, res in enumerate(ranks[0]):
-        running, skipped = res["nan_doubled"]  # type: ignore[misc]
+        running, skipped, gathers = res["nan_doubled"]  # type: ignore[misc]
         _close(running, ref)
         assert skipped == rank
+        assert gathers == [6, 6, 6]  # the training forward and backward only, on every step
 
 
 def test_both_ranks_consolidate_at_the_same_step_with_the_slow_anchor_sharded(
@@ -462,11 +467,12 @@ def test_accumulate_and_a_one_sample_batch_per_rank(ranks: tuple[list[dict[str, 
 def test_a_rank_with_a_non_finite_batch_takes_part_and_is_left_out(
     ranks: tuple[list[dict[str, object]], Path]
 ) -> None:
-    ref, _ = _nan(None)
+    ref, _, _ = _nan(None)
     for rank, res in enumerate(ranks[0]):
-        running, skipped = res["nan"]  # type: ignore[misc]
+        running, skipped, gathers = res["nan"]  # type: ignore[misc]
         _close(running, ref)
         assert skipped == rank  # rank 1 counted its one skipped batch
+        assert gathers == [6, 6, 6]  # every rank took the separate pass (3 blocks, twice)
 
 
 def test_state_per_rank_is_about_half_of_the_single_process_state(
