@@ -88,7 +88,7 @@ class MASConfig:
     seed: int = 0  # seed of the subsample generator
     normalize: str | None = None  # rescale a segment's Omega before folding it: None, "max", "mean"
     shared_forward: bool = False  # exact importance from the training forward where it is the same
-    shared_backward: bool = False  # ... from the training forward and backward on a doubled batch
+    shared_backward: bool = False  # exact importance in the training forward and backward (a doubled batch)
     every: InitVar[object] = None  # gone (it counted observe() calls): raises, naming share
 
     def __post_init__(self, every: object) -> None:
