@@ -238,6 +238,7 @@ class Reducer:
         tail[head + len(names) + rank] = float(batch.n) if batch is not None and factors else 0.0
         *total, tail = all_reduce_flat([*local, tail], group, stats=self.stats)
         count, weighted, weight, kept = tail[:head].tolist()
+        self.last_weight = weight  # the pooled samples behind the value (the anchor counts them)
         marks = tail[head:head + len(names)].tolist()
         rows = round(max(tail[head + len(names):].tolist()))
         self._pending, self._pending_n, self.pending_updates = {}, 0, 0

@@ -182,6 +182,22 @@ def _snapshot(mas: om.OnlineMAS) -> dict[str, object]:
 # ----------------------------------------------------------------------------- the workers
 
 
+def _slow_run(rank: int | None) -> om.OnlineMAS:
+    """A detector and the slow anchor, importance on every step: the slow copy moves every
+    ROWS samples (pooled over the ranks)."""
+    torch.manual_seed(0)
+    inner = MLP()
+    model = inner if rank is None else nn.parallel.DistributedDataParallel(inner)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    mas = om.OnlineMAS(model, lam=0.1, detector=om.Periodic(every=3), config=EVERY_STEP,
+                       anchor=om.StableAnchor(samples=ROWS, weight=0.5))
+    for t in range(1, 6):
+        x = _batch(t)
+        _train(model, opt, [_shard(x, 0), _shard(x, 1)] if rank is None else [_shard(x, rank)], mas)
+        mas.observe(x if rank is None else _shard(x, rank))
+    return mas
+
+
 def _doubled_run(rank: int | None) -> om.OnlineMAS:
     """``MASConfig(shared_backward=True)`` under DDP: the importance rows in the training step's
     forward and backward. The reference makes one forward of the whole batch (so that it is
@@ -221,6 +237,8 @@ def _worker(rank: int, port: int, out: str) -> None:
             res[name] = _snapshot(_importance_run(name, rank))
         res["nan"] = _snapshot(_nan_run(rank))
         res["doubled"] = _snapshot(_doubled_run(rank))
+        slow = _slow_run(rank)
+        res["slow"] = {**_snapshot(slow), "slow": dict(slow.anchor_policy.source() or {})}
         res["accumulate"] = _snapshot(_accumulate_run(rank))
         res["loss"] = _snapshot(_signal_run("loss", 0, rank))
         res["feature_shift"] = _snapshot(_signal_run("feature_shift", 0, rank))
@@ -388,6 +406,23 @@ def test_shared_backward_under_ddp_equals_the_single_process_run(ranks: list[dic
     _close(r0["running"], ref.running_omega)
     _close(r0["omega"], ref.omega)
     _close(r0["anchors"], ref.anchors)
+
+
+def test_the_slow_anchor_counts_the_pooled_samples_when_every_step_is_an_update(
+    ranks: list[dict[str, object]]
+) -> None:
+    with _one_thread():
+        ref = _slow_run(None)
+    want = ref.anchor_policy.source()
+    assert want is not None
+    for res in ranks:
+        got = res["slow"]
+        assert isinstance(got, dict)
+        for key, value in (("slow", want), ("anchors", ref.anchors)):  # parameters near 0: atol
+            assert list(got[key]) == list(value)  # type: ignore[call-overload]
+            for n in value:
+                torch.testing.assert_close(got[key][n], value[n], rtol=1e-5, atol=1e-7)  # type: ignore[index]
+        assert [e[0] for e in got["events"]] == [e.step for e in ref.events] == [3]
 
 
 def test_sums_kept_by_accumulate_travel_with_the_next_update(ranks: list[dict[str, object]]) -> None:
