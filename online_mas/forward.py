@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from torch import Tensor, nn
 
 from online_mas.estimators.common import unwrapped
+from online_mas.estimators.doubled import DoubledBatch
 from online_mas.estimators.inputs import Inputs, batch_size, is_same
 from online_mas.estimators.shared import SharedForward
 
@@ -86,13 +87,17 @@ class LastForward:
         self.kwargs: dict[str, object] = {}
         self.out: Tensor | None = None
         self.active = True  # False while OnlineMAS runs forwards of its own
-        self.shared: SharedForward | None = None
+        self.shared: SharedForward | DoubledBatch | None = None
 
-    def attach(self, model: nn.Module, *, shared: bool, chunk: int | None) -> Callable[[], None]:
-        """Hook the model's forward (and, with ``shared``, record it for importance); returns the
-        function that detaches everything again."""
+    def attach(self, model: nn.Module, *, shared: bool, chunk: int | None,
+               doubled: bool = False) -> Callable[[], None]:
+        """Hook the model's forward (and, with ``shared``, record it for importance; with
+        ``doubled``, double its batch for importance, :mod:`~online_mas.estimators.doubled`);
+        returns the function that detaches everything again."""
         handle = model.register_forward_hook(self.hook, with_kwargs=True)
-        if shared:
+        if doubled:
+            self.shared = DoubledBatch(unwrap(model), chunk, gate=lambda: self.active)
+        elif shared:
             self.shared = SharedForward(unwrap(model), chunk, gate=lambda: self.active)
         recorder = self.shared
 

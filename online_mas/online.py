@@ -30,6 +30,7 @@ from online_mas.checks import check_choice, is_int, is_real
 from online_mas.consolidate import NORMALIZE, ConsolidationRule, Consolidator, CurrentAnchor, StableAnchor
 from online_mas.estimators import METHODS, BatchImportance, NonFiniteError, OutputFn, estimate
 from online_mas.estimators.common import check_input, model_output
+from online_mas.estimators.doubled import DoubledBatch
 from online_mas.estimators.exact import fast_candidates
 from online_mas.estimators.inputs import Inputs, batch_size, select
 from online_mas.forward import LastForward, Parameters, unwrap
@@ -87,6 +88,7 @@ class MASConfig:
     seed: int = 0  # seed of the subsample generator
     normalize: str | None = None  # rescale a segment's Omega before folding it: None, "max", "mean"
     shared_forward: bool = False  # exact importance from the training forward where it is the same
+    shared_backward: bool = False  # exact importance in the training forward and backward (a doubled batch)
     every: InitVar[object] = None  # gone (it counted observe() calls): raises, naming share
 
     def __post_init__(self, every: object) -> None:
@@ -111,6 +113,11 @@ class MASConfig:
             raise ValueError(f"seed must be an int, got {self.seed!r}")
         if not isinstance(self.shared_forward, bool):
             raise TypeError(f"shared_forward must be a bool, got {self.shared_forward!r}")
+        if not isinstance(self.shared_backward, bool):
+            raise TypeError(f"shared_backward must be a bool, got {self.shared_backward!r}")
+        if self.shared_forward and self.shared_backward:
+            raise ValueError("shared_forward and shared_backward are two ways of reusing the training "
+                             "step: set one of them, got both True")
 
 
 @dataclass
@@ -226,10 +233,11 @@ class OnlineMAS:
         self._schedule = Schedule(self.config.share, self.config.min_estimate)
         self._last_n = self.config.min_estimate  # the batch size _arm_next expects next
         self._seen = LastForward()
-        shared = self.config.shared_forward and output is None and self.config.method == "exact" \
-            and self.config.subsample is None
-        if output is None and (shared or self.trigger.every_step):
-            weakref.finalize(self, self._seen.attach(model, shared=shared, chunk=self.config.chunk_size))
+        reuse = output is None and self.config.method == "exact" and self.config.subsample is None
+        shared, doubled = reuse and self.config.shared_forward, reuse and self.config.shared_backward
+        if output is None and (shared or doubled or self.trigger.every_step):
+            weakref.finalize(self, self._seen.attach(model, shared=shared, doubled=doubled,
+                                                     chunk=self.config.chunk_size))
         self._sync()
         self._arm_next()
 
@@ -564,12 +572,27 @@ class OnlineMAS:
         params = self._params.params
         return local_grads(params) if any_sharded(params) else contextlib.nullcontext(params)
 
-    def _estimate(self, x: Inputs, *, step: bool = True, k: int | None = None) -> BatchImportance:
-        """This batch's importance: from the user's forward (shared_forward, the whole batch) or a
-        separate pass. ``step``: an observe step (``k`` of its samples, at most ``subsample``;
-        factors to fold; offered to the buffer)."""
+    def _estimate(self, x: Inputs, *, step: bool = True, k: int | None = None,
+                  vote: bool = True) -> BatchImportance:
+        """This batch's importance: from the user's forward (shared_forward, shared_backward: the
+        whole batch) or a separate pass. ``step``: an observe step (``k`` of its samples, at most
+        ``subsample``; factors to fold; offered to the buffer). ``vote``: with shared_backward on
+        a sharded model, the ranks agree whether every one of them can skip the separate pass
+        (False: it was agreed already that they cannot)."""
         shared = self._seen.shared
-        batch = shared.take(x, self._params.names) if shared is not None and isinstance(x, Tensor) else None
+        batch, failed = None, None
+        try:
+            if shared is not None and isinstance(x, Tensor):
+                batch = shared.take(x, self._params.names)
+        except NonFiniteError as err:
+            failed = err
+        # a doubled forward across the ranks of a sharded model: every rank takes the separate
+        # pass (FSDP's collectives) or none does
+        if isinstance(shared, DoubledBatch) and self.reducer.size > 1 and any_sharded(self._params.params) \
+                and not (vote and self.reducer.all_agree(batch is not None or failed is not None)):
+            batch, failed = None, None
+        if failed is not None:
+            raise failed
         xs = x
         if batch is None:
             xs = self._subsample(x, k) if step else x
@@ -605,12 +628,16 @@ class OnlineMAS:
     def _check_batch(self, x: Inputs) -> None:
         """``check_input``; across the ranks of a sharded model, a rank whose batch is not finite
         still runs the estimate's forward and backward (FSDP's collectives) on a finite copy,
-        then skips its batch as every model does."""
+        then skips its batch as every model does (with ``shared_backward`` only when another rank
+        takes the separate pass)."""
         try:
             check_input(x)
         except NonFiniteError:
             if self.reducer.size > 1 and any_sharded(self._params.params):
-                self._estimate(finite_copy(x), step=False)
+                if not isinstance(self._seen.shared, DoubledBatch):
+                    self._estimate(finite_copy(x), step=False)
+                elif not self.reducer.all_agree(True):  # this rank needs no pass; do the others?
+                    self._estimate(finite_copy(x), step=False, vote=False)
             raise
 
     def _keep(self, batch: BatchImportance, *, update: bool) -> None:
@@ -691,7 +718,8 @@ class OnlineMAS:
         at the last batch size (a batch of another size may find it unrecorded and take the
         separate pass, or leave the recording unused)."""
         if self._seen.shared is not None:
-            due = self.reducer.size == 1 and self._schedule.due(self._last_n) > 0
+            ranks_ok = self.reducer.size == 1 or isinstance(self._seen.shared, DoubledBatch)
+            due = ranks_ok and self._schedule.due(self._last_n) > 0
             self._seen.arm(self._params.names if due else None, self._params.params)
 
     def _subsample(self, x: Inputs, k: int | None) -> Inputs:

@@ -125,6 +125,17 @@ class Reducer:
                 p.add_(s)
         self._pending_n += n
 
+    def all_agree(self, flag: bool) -> bool:
+        """Whether ``flag`` is True on every rank (one all-reduce of one number, a collective).
+
+        >>> Reducer().all_agree(True)
+        True
+        """
+        if self.size == 1:
+            return flag
+        total = all_reduce_flat([torch.tensor([float(flag)])], self.process_group, stats=self.stats)[0]
+        return bool(total.item() == self.size)
+
     def flush(self, named: Mapping[str, Tensor]) -> BatchImportance | None:
         """All-reduce what is pending (a collective: every rank calls it at the same step)."""
         if self.size == 1:
@@ -227,6 +238,7 @@ class Reducer:
         tail[head + len(names) + rank] = float(batch.n) if batch is not None and factors else 0.0
         *total, tail = all_reduce_flat([*local, tail], group, stats=self.stats)
         count, weighted, weight, kept = tail[:head].tolist()
+        self.last_weight = weight  # the pooled samples behind the value (the anchor counts them)
         marks = tail[head:head + len(names)].tolist()
         rows = round(max(tail[head + len(names):].tolist()))
         self._pending, self._pending_n, self.pending_updates = {}, 0, 0

@@ -28,7 +28,11 @@ For each model (an MLP 784-256-256-10 and the digits MLP 64-100-100-10) the rank
    ``reduce_scatter_tensor`` of one model-sized buffer for reference, in one process per rank;
    median ms per update, and the bytes of OnlineMAS's per-parameter state each rank then holds.
    Then ``observe`` of a training loop (every step an update) under DDP and under FSDP2: median
-   ms per update.
+   ms per update. Last, whole FSDP2 training steps (forward, backward, optimizer step, and for
+   OnlineMAS ``observe`` with an importance update on every step) in interleaved rounds: without
+   OnlineMAS, with today's separate importance pass, and with ``MASConfig(shared_backward=True)``
+   (the importance rows in the user's forward and backward); median ms per step and FSDP2's
+   parameter all-gathers per step (``dist.all_gather_single`` counted).
 
 Every process uses one thread. The tables are printed and written with the raw numbers to
 ``<out>/bench_distributed.json`` (``bench_sharded.json`` and ``results/bench_sharded.md`` for
@@ -249,18 +253,76 @@ def time_observe(sizes: tuple[int, ...], parallel: str, cfg: BenchConfig, rank: 
     return {"observe_ms": statistics.median(times), "state_bytes": local_nbytes(per_param)}
 
 
+STEP_KINDS = ("no OnlineMAS", "separate pass", "shared_backward")
+
+
+def time_fsdp_steps(sizes: tuple[int, ...], cfg: BenchConfig, rank: int, bar: tqdm | None) -> dict[str, Any]:
+    """Whole FSDP2 training steps of the three kinds of STEP_KINDS, one of each per round (the
+    order rotates, a barrier before each): median ms per step and all-gathers per step."""
+    variants = {}
+    for kind in STEP_KINDS:
+        torch.manual_seed(0)
+        model = fsdp(mlp(sizes))
+        config = om.MASConfig(share=1.0, shared_backward=kind == "shared_backward")
+        mas = None if kind == "no OnlineMAS" else om.OnlineMAS(model, lam=1.0, config=config,
+                                                                detector=om.Periodic(every=4))
+        variants[kind] = (model, torch.optim.SGD(model.parameters(), lr=0.01), mas)
+    g = torch.Generator().manual_seed(rank)
+    times: dict[str, list[float]] = {k: [] for k in STEP_KINDS}
+    gathers: dict[str, list[int]] = {k: [] for k in STEP_KINDS}
+    why: dict[str, str] = {}
+    count = [0]
+    real = dist.all_gather_single
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        count[0] += 1
+        return real(*args, **kwargs)
+
+    dist.all_gather_single = counting  # type: ignore[assignment]
+    try:
+        for i in range(cfg.observe_steps + 2):
+            x = torch.randn(cfg.batch, sizes[0], generator=g)
+            y = torch.randint(0, sizes[-1], (cfg.batch,), generator=g)
+            for kind in STEP_KINDS[i % 3:] + STEP_KINDS[:i % 3]:
+                model, opt, mas = variants[kind]
+                dist.barrier()
+                count[0] = 0
+                t0 = time.perf_counter()
+                loss = F.cross_entropy(model(x), y)
+                if mas is not None:
+                    loss = loss + mas.penalty()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                if mas is not None:
+                    mas.observe(x)
+                if i >= 2:
+                    times[kind].append((time.perf_counter() - t0) * 1e3)
+                    gathers[kind].append(count[0])
+                if mas is not None:
+                    why[kind] = str(getattr(mas._seen.shared, "why_not", ""))
+            if bar is not None:
+                bar.update()
+    finally:
+        dist.all_gather_single = real
+    return {kind: {"step_ms": statistics.median(times[kind]),
+                   "gathers_per_step": statistics.median(gathers[kind]), "why_not": why.get(kind, "")}
+            for kind in STEP_KINDS}
+
+
 def sharded_worker(rank: int, cfg: BenchConfig, port: int) -> None:
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=cfg.world, timeout=timedelta(seconds=300))
-    total = len(cfg.sharded_models) * (cfg.rounds + 2 + 2 * (cfg.observe_steps + 2))
+    total = len(cfg.sharded_models) * (cfg.rounds + 2 + 3 * (cfg.observe_steps + 2))
     bar = tqdm(total=total, desc="bench sharded", unit="it") if rank == 0 else None
     results: list[dict[str, Any]] = []
     try:
         for name, sizes in cfg.sharded_models.items():
             row = {"model": name, **time_reductions(sizes, cfg, bar)}
             row["observe"] = {k: time_observe(sizes, k, cfg, rank, bar) for k in ("ddp", "fsdp")}
+            row["steps"] = time_fsdp_steps(sizes, cfg, rank, bar)
             results.append(row)
     finally:
         if bar is not None:
@@ -288,6 +350,20 @@ def report_sharded(cfg: BenchConfig, results: list[dict[str, Any]]) -> None:
         d, f = r["observe"]["ddp"], r["observe"]["fsdp"]
         lines.append(f"| {r['model']} | {d['observe_ms']:.2f} | {f['observe_ms']:.2f} | "
                      f"{d['state_bytes'] / 2**20:.2f} MiB | {f['state_bytes'] / 2**20:.2f} MiB |")
+    lines += ["", "Whole FSDP2 training steps (forward, backward, optimizer step, observe with an "
+                  f"importance update on every step), median of {cfg.observe_steps} interleaved rounds; "
+                  "all-gathers: FSDP2's parameter all-gathers per step", "",
+              "| model | ms/step, no OnlineMAS | separate pass | shared_backward | ratio shared_backward / "
+              "separate | all-gathers/step, no OnlineMAS | separate pass | shared_backward |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        st = r["steps"]
+        p, s_, d = (st[k] for k in STEP_KINDS)
+        lines.append(f"| {r['model']} | {p['step_ms']:.1f} | {s_['step_ms']:.1f} | {d['step_ms']:.1f} | "
+                     f"{d['step_ms'] / s_['step_ms']:.2f} | {p['gathers_per_step']:g} | "
+                     f"{s_['gathers_per_step']:g} | {d['gathers_per_step']:g} |")
+        if d["why_not"]:
+            lines.append(f"\nshared_backward fell back on {r['model']}: {d['why_not']}")
     table = "\n".join(lines)
     print(table)
     out = Path(cfg.out)
@@ -297,7 +373,7 @@ def report_sharded(cfg: BenchConfig, results: list[dict[str, Any]]) -> None:
     (out / "bench_sharded.json").write_text(json.dumps({"config": asdict(cfg), "meta": meta,
                                                         "results": results, "table": table}, indent=2))
     md = Path(__file__).resolve().parent.parent / "results" / "bench_sharded.md"
-    md.write_text("# Sharded (FSDP2) importance reduction against DDP's all-reduce\n\n"
+    md.write_text("# Sharded (FSDP2) importance reduction against DDP's all-reduce; shared_backward\n\n"
                   "Regenerate: `python scripts/bench_distributed.py --sharded`\n\n" + table + "\n")
     print(f"\nwrote {out / 'bench_sharded.json'} and {md}")
 

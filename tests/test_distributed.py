@@ -182,6 +182,50 @@ def _snapshot(mas: om.OnlineMAS) -> dict[str, object]:
 # ----------------------------------------------------------------------------- the workers
 
 
+def _slow_run(rank: int | None) -> om.OnlineMAS:
+    """A detector and the slow anchor, importance on every step: the slow copy moves every
+    ROWS samples (pooled over the ranks)."""
+    torch.manual_seed(0)
+    inner = MLP()
+    model = inner if rank is None else nn.parallel.DistributedDataParallel(inner)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    mas = om.OnlineMAS(model, lam=0.1, detector=om.Periodic(every=3), config=EVERY_STEP,
+                       anchor=om.StableAnchor(samples=ROWS, weight=0.5))
+    for t in range(1, 6):
+        x = _batch(t)
+        _train(model, opt, [_shard(x, 0), _shard(x, 1)] if rank is None else [_shard(x, rank)], mas)
+        mas.observe(x if rank is None else _shard(x, rank))
+    return mas
+
+
+def _doubled_run(rank: int | None) -> om.OnlineMAS:
+    """``MASConfig(shared_backward=True)`` under DDP: the importance rows in the training step's
+    forward and backward. The reference makes one forward of the whole batch (so that it is
+    doubled too) and averages the shards' losses from its output."""
+    torch.manual_seed(0)
+    inner = MLP()
+    model = inner if rank is None else nn.parallel.DistributedDataParallel(inner)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mas = om.OnlineMAS(model, lam=0.5, detector=None, config=om.MASConfig(share=1.0, shared_backward=True))
+    for t in range(1, STEPS + 1):
+        x = _batch(t)
+        mine = x if rank is None else _shard(x, rank)
+        out = model(mine)
+        outs = [out[:SPLIT], out[SPLIT:]] if rank is None else [out]
+        inputs = [_shard(x, 0), _shard(x, 1)] if rank is None else [mine]
+        loss = sum(F.cross_entropy(o, (p[:, 0] > 0).long()) for o, p in zip(outs, inputs, strict=True))
+        opt.zero_grad()
+        (loss / len(outs) + mas.penalty()).backward()
+        opt.step()
+        mas.observe(mine)
+        why = getattr(mas._seen.shared, "why_not", "no recorder")
+        if why:
+            raise AssertionError(f"shared_backward was not used: {why}")
+        if t == CONSOLIDATE:
+            mas.consolidate()
+    return mas
+
+
 def _worker(rank: int, port: int, out: str) -> None:
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.set_num_threads(1)
@@ -192,6 +236,9 @@ def _worker(rank: int, port: int, out: str) -> None:
         for name in CONFIGS:
             res[name] = _snapshot(_importance_run(name, rank))
         res["nan"] = _snapshot(_nan_run(rank))
+        res["doubled"] = _snapshot(_doubled_run(rank))
+        slow = _slow_run(rank)
+        res["slow"] = {**_snapshot(slow), "slow": dict(slow.anchor_policy.source() or {})}
         res["accumulate"] = _snapshot(_accumulate_run(rank))
         res["loss"] = _snapshot(_signal_run("loss", 0, rank))
         res["feature_shift"] = _snapshot(_signal_run("feature_shift", 0, rank))
@@ -349,6 +396,34 @@ def test_importance_equals_single_process_on_the_concatenated_batches(
         per_update = flat + (factors if name == "mean_wide" else products)
         assert (factors < products) == (name == "mean_wide")
         assert r0["elements"] == STEPS * per_update + params + 3  # and the final flush
+
+def test_shared_backward_under_ddp_equals_the_single_process_run(ranks: list[dict[str, object]]) -> None:
+    with _one_thread():
+        ref = _doubled_run(None)
+    r0, r1 = (res["doubled"] for res in ranks)
+    assert isinstance(r0, dict) and isinstance(r1, dict)
+    _identical(r0["omega"], r1["omega"])
+    _close(r0["running"], ref.running_omega)
+    _close(r0["omega"], ref.omega)
+    _close(r0["anchors"], ref.anchors)
+
+
+def test_the_slow_anchor_counts_the_pooled_samples_when_every_step_is_an_update(
+    ranks: list[dict[str, object]]
+) -> None:
+    with _one_thread():
+        ref = _slow_run(None)
+    want = ref.anchor_policy.source()
+    assert want is not None
+    for res in ranks:
+        got = res["slow"]
+        assert isinstance(got, dict)
+        for key, value in (("slow", want), ("anchors", ref.anchors)):  # parameters near 0: atol
+            assert list(got[key]) == list(value)  # type: ignore[call-overload]
+            for n in value:
+                torch.testing.assert_close(got[key][n], value[n], rtol=1e-5, atol=1e-7)  # type: ignore[index]
+        assert [e[0] for e in got["events"]] == [e.step for e in ref.events] == [3]
+
 
 def test_sums_kept_by_accumulate_travel_with_the_next_update(ranks: list[dict[str, object]]) -> None:
     with _one_thread():

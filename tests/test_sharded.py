@@ -7,9 +7,11 @@ single-process run on the concatenated batches.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -75,38 +77,70 @@ def _sharded(model: nn.Module) -> nn.Module:
     return model
 
 
-def _mas(model: nn.Module, detector: object | None) -> om.OnlineMAS:
+def _mas(model: nn.Module, detector: object | None, *, doubled: bool = False) -> om.OnlineMAS:
     anchor = om.StableAnchor(samples=ROWS, weight=0.5) if detector is not None else om.CurrentAnchor()
-    return om.OnlineMAS(model, lam=2.0, config=om.MASConfig(share=1.0), detector=detector, anchor=anchor)
+    return om.OnlineMAS(model, lam=2.0, config=om.MASConfig(share=1.0, shared_backward=doubled),
+                        detector=detector, anchor=anchor)
 
 
-def _run(family: str, rank: int | None, *, detector: bool = False) -> tuple[nn.Module, om.OnlineMAS]:
+@contextlib.contextmanager
+def _gathers() -> Iterator[list[int]]:
+    """Counts FSDP2's parameter all-gathers (``dist.all_gather_single``) inside."""
+    count = [0]
+    real = dist.all_gather_single
+
+    def counting(*args: object, **kwargs: object) -> object:
+        count[0] += 1
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    dist.all_gather_single = counting  # type: ignore[assignment]
+    try:
+        yield count
+    finally:
+        dist.all_gather_single = real
+
+
+def _run(family: str, rank: int | None, *, detector: bool = False, doubled: bool = False
+         ) -> tuple[nn.Module, om.OnlineMAS, dict[str, object]]:
     """STEPS training steps with the penalty in its three forms in turn; a manual consolidation
     after step CONSOLIDATE (no detector) or a Periodic detector every 2 steps. ``rank`` None: the
     single-process reference on the whole batches, its loss the mean of the two shards' losses
-    (FSDP averages the ranks' gradients)."""
+    (FSDP averages the ranks' gradients); with ``doubled`` (``shared_backward``) from one forward
+    of the whole batch. Also returns the all-gathers of each step and the gradients of the steps
+    before the consolidation (the penalty is zero until then)."""
     model = _families()[family][0]
     if rank is not None:
         model = _sharded(model)
-    mas = _mas(model, om.Periodic(every=2) if detector else None)
+    mas = _mas(model, om.Periodic(every=2) if detector else None, doubled=doubled)
     opt = torch.optim.SGD(model.parameters(), lr=LR)
+    seen: dict[str, list[object]] = {"gathers": [], "grads": [], "why": []}
     for t in range(1, STEPS + 1):
         x = _batch(family, t)
-        parts = [_shard(x, 0), _shard(x, 1)] if rank is None else [_shard(x, rank)]
-        outs = [model(p) for p in parts]
-        loss = sum(F.cross_entropy(o, _labels(o)) for o in outs) / len(parts)
-        form = FORMS[t % 3]
-        opt.zero_grad()
-        (loss + mas.penalty() if form == "loss" else loss).backward()
-        if form == "grad":
-            mas.penalty_grad_()
-        opt.step()
-        if form == "proximal":
-            mas.proximal_(LR)
-        mas.observe(x if rank is None else parts[0])
+        with _gathers() as count:
+            if rank is None and doubled:
+                out = model(x)
+                outs = [out[:SPLIT], out[SPLIT:]]
+            else:
+                parts = [_shard(x, 0), _shard(x, 1)] if rank is None else [_shard(x, rank)]
+                outs = [model(p) for p in parts]
+                mine = parts[0]  # the very tensor of this rank's forward
+            loss = sum(F.cross_entropy(o, _labels(o)) for o in outs) / len(outs)
+            form = FORMS[t % 3]
+            opt.zero_grad()
+            (loss + mas.penalty() if form == "loss" else loss).backward()
+            if form == "grad":
+                mas.penalty_grad_()
+            if t <= CONSOLIDATE:
+                seen["grads"].append({k: full(p.grad) for k, p in model.named_parameters()})
+            opt.step()
+            if form == "proximal":
+                mas.proximal_(LR)
+            mas.observe(x if rank is None else mine)
+        seen["gathers"].append(count[0])
+        seen["why"].append(getattr(mas._seen.shared, "why_not", None))
         if not detector and t == CONSOLIDATE:
             mas.consolidate()
-    return model, mas
+    return model, mas, seen
 
 
 def _snapshot(model: nn.Module, mas: om.OnlineMAS) -> dict[str, object]:
@@ -187,9 +221,24 @@ def _collectives(rank: int) -> dict[str, object]:
     return sizes
 
 
+def _plain_gathers(family: str) -> list[int]:
+    """The all-gathers of each of STEPS plain FSDP2 training steps, without OnlineMAS."""
+    model = _sharded(_families()[family][0])
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    counts = []
+    for t in range(1, STEPS + 1):
+        with _gathers() as count:
+            out = model(_batch(family, t)[:SPLIT])
+            opt.zero_grad()
+            F.cross_entropy(out, _labels(out)).backward()
+            opt.step()
+        counts.append(count[0])
+    return counts
+
+
 def _checkpoint(rank: int, path: str) -> dict[str, object]:
     """Save with 2 ranks; load with 2 ranks into a fresh sharded model: the next step agrees."""
-    model, mas = _run("mlp", rank, detector=True)
+    model, mas, _ = _run("mlp", rank, detector=True)
     om.save_sharded({"model": model.state_dict(), "mas": mas.state_dict()}, path)
     again = _sharded(_families()["mlp"][0])
     state = om.load_sharded(path, again)
@@ -236,13 +285,17 @@ def _from_one_process(path: Path) -> dict[str, object]:
             "slow": {k: full(v) for k, v in slow.items()}}
 
 
-def _nan(rank: int | None) -> tuple[dict[str, Tensor], int]:
+def _nan(rank: int | None, *, doubled: bool = False) -> tuple[dict[str, Tensor], int, list[int]]:
     """Three observed batches; at step 2 rank 1's slice is nan (its forwards still run, on
-    zeros, since FSDP's are collectives). The reference sees rank 0's slice alone at step 2."""
+    zeros, since FSDP's are collectives). The reference sees rank 0's slice alone at step 2.
+    ``doubled``: each observe follows a forward and backward (no optimizer step) under
+    ``shared_backward``, rank 1 skips its batch and no rank takes the separate pass. Also the
+    all-gathers of each step."""
     model = _families()["mlp"][0]
     if rank is not None:
         model = _sharded(model)
-    mas = _mas(model, None)
+    mas = _mas(model, None, doubled=doubled)
+    gathers = []
     for t in range(1, 4):
         x = _batch("mlp", 60 + t)
         if rank is None:
@@ -251,8 +304,12 @@ def _nan(rank: int | None) -> tuple[dict[str, Tensor], int]:
         part = _shard(x, rank)
         if t == 2 and rank == 1:
             part = torch.full_like(part, float("nan"))
-        mas.observe(part)
-    return {k: full(v) for k, v in mas.running_omega.items()}, mas.n_skipped
+        with _gathers() as count:
+            if doubled:
+                model(part).pow(2).sum().backward()
+            mas.observe(part)
+        gathers.append(count[0])
+    return {k: full(v) for k, v in mas.running_omega.items()}, mas.n_skipped, gathers
 
 
 def _worker(rank: int, port: int, out: str) -> None:
@@ -262,10 +319,15 @@ def _worker(rank: int, port: int, out: str) -> None:
                             world_size=WORLD, timeout=timedelta(seconds=60))
     try:
         res: dict[str, object] = {"scatter": _scatter(rank), "collectives": _collectives(rank),
-                                  "accumulate": _accumulated(rank), "nan": _nan(rank)}
+                                  "accumulate": _accumulated(rank), "nan": _nan(rank),
+                                  "nan_doubled": _nan(rank, doubled=True)}
         for family in _families():
-            res[family] = _snapshot(*_run(family, rank))
-        res["detector"] = _snapshot(*_run("mlp", rank, detector=True))
+            model, mas, seen = _run(family, rank)
+            res[family] = {**_snapshot(model, mas), **seen}
+            model, mas, seen = _run(family, rank, doubled=True)
+            res[f"{family} doubled"] = {**_snapshot(model, mas), **seen}
+            res[f"{family} plain"] = _plain_gathers(family)
+        res["detector"] = _snapshot(*_run("mlp", rank, detector=True)[:2])
         res["checkpoint"] = _checkpoint(rank, str(Path(out) / "ckpt"))
         res["from_one"] = _from_one_process(Path(out) / "single.pt")
         torch.save(res, Path(out) / f"rank{rank}.pt")
@@ -312,8 +374,10 @@ def _identical(a: object, b: object) -> None:
 @pytest.fixture(scope="module")
 def references() -> dict[str, dict[str, object]]:
     torch.set_num_threads(1)
-    out = {family: _snapshot(*_run(family, None)) for family in _families()}
-    out["detector"] = _snapshot(*_run("mlp", None, detector=True))
+    out = {family: _snapshot(*_run(family, None)[:2]) for family in _families()}
+    for family in _families():
+        out[f"{family} doubled"] = _snapshot(*_run(family, None, doubled=True)[:2])
+    out["detector"] = _snapshot(*_run("mlp", None, detector=True)[:2])
     return out
 
 
@@ -331,6 +395,54 @@ def test_importance_omega_and_anchor_equal_the_single_process_run(
         assert got["events"] == ref["events"] == [(CONSOLIDATE, "manual")]
         assert got["samples"] == ref["samples"] == [float(CONSOLIDATE * ROWS)]
     assert ranks[0][0][family]["local_shapes"] != ranks[0][1][family]["local_shapes"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("family", ["mlp", "conv"])
+def test_shared_backward_equals_the_single_process_run_and_gathers_each_block_once_per_step(
+    ranks: tuple[list[dict[str, object]], Path], references: dict[str, dict[str, object]], family: str
+) -> None:
+    """MASConfig(shared_backward=True) on FSDP2: the values of one process on the concatenated
+    batches, no separate pass (why_not empty on every step), and per step exactly the all-gathers
+    of a plain training step (one per block in the forward, one in the backward); today's
+    separate pass gathers every block twice more."""
+    ref = references[f"{family} doubled"]
+    blocks = sum(1 for m in _families()[family][0].modules()
+                 if any(True for _ in m.parameters(recurse=False)))
+    for res in ranks[0]:
+        got, today, plain = res[f"{family} doubled"], res[family], res[f"{family} plain"]
+        assert isinstance(got, dict) and isinstance(today, dict)
+        assert got["why"] == [""] * STEPS
+        for key in ("running", "omega", "anchors", "params"):
+            _close(got[key], ref[key])
+        assert got["kinds"] == ["DTensor"]
+        print(f"{family}: all-gathers per step: plain {plain}, shared_backward {got['gathers']}, "
+              f"separate pass {today['gathers']}")
+        assert plain == [2 * blocks] * STEPS
+        assert got["gathers"] == plain
+        assert today["gathers"] == [4 * blocks] * STEPS  # the separate pass: a forward and a backward more
+
+
+@pytest.mark.parametrize("family", ["mlp", "conv"])
+def test_shared_backward_leaves_the_training_gradients_unchanged(
+    ranks: tuple[list[dict[str, object]], Path], family: str
+) -> None:
+    for res in ranks[0]:
+        got, today = res[f"{family} doubled"], res[family]
+        assert isinstance(got, dict) and isinstance(today, dict)
+        assert len(got["grads"]) == len(today["grads"]) == CONSOLIDATE  # the penalty is 0 until then
+        for a, b in zip(got["grads"], today["grads"], strict=True):
+            _close(a, b)
+
+
+def test_shared_backward_skips_a_non_finite_rank_without_a_separate_pass(
+    ranks: tuple[list[dict[str, object]], Path]
+) -> None:
+    ref, _, _ = _nan(None)
+    for rank, res in enumerate(ranks[0]):
+        running, skipped, gathers = res["nan_doubled"]  # type: ignore[misc]
+        _close(running, ref)
+        assert skipped == rank
+        assert gathers == [6, 6, 6]  # the training forward and backward only, on every step
 
 
 def test_both_ranks_consolidate_at_the_same_step_with_the_slow_anchor_sharded(
@@ -355,11 +467,12 @@ def test_accumulate_and_a_one_sample_batch_per_rank(ranks: tuple[list[dict[str, 
 def test_a_rank_with_a_non_finite_batch_takes_part_and_is_left_out(
     ranks: tuple[list[dict[str, object]], Path]
 ) -> None:
-    ref, _ = _nan(None)
+    ref, _, _ = _nan(None)
     for rank, res in enumerate(ranks[0]):
-        running, skipped = res["nan"]  # type: ignore[misc]
+        running, skipped, gathers = res["nan"]  # type: ignore[misc]
         _close(running, ref)
         assert skipped == rank  # rank 1 counted its one skipped batch
+        assert gathers == [6, 6, 6]  # every rank took the separate pass (3 blocks, twice)
 
 
 def test_state_per_rank_is_about_half_of_the_single_process_state(

@@ -36,9 +36,11 @@ from online_mas.estimators.registry import rule_for
 __all__ = [
     "Call",
     "Pair",
+    "PatchedForward",
     "covered",
     "exact_sums",
     "fast_candidates",
+    "is_recording",
     "output_grads",
     "pair_sums",
     "pair_versions",
@@ -215,27 +217,38 @@ def recording(
     calls: dict[nn.Module, Call] = {}
     rules = {m: rule_for(m) for m in cands}
     hook = record_hook(calls, batch_dims, clone, rules, edges)
+    _ACTIVE[0] += 1
     handles = []
     patched = []
     for m, rule in rules.items():
         if rule is not None and rule.record is not None:  # an instance attribute, removed below
-            m.__dict__["forward"] = _Patched(rule.record(m, calls, cands), m)
+            m.__dict__["forward"] = PatchedForward(rule.record(m, calls, cands), m)
             patched.append(m)
         elif "forward" not in m.__dict__ and not isinstance(getattr(type(m), "forward", None), property):
-            m.__dict__["forward"] = _Patched(_recorded_forward(m, hook), m)
+            m.__dict__["forward"] = PatchedForward(_recorded_forward(m, hook), m)
             patched.append(m)
         else:
             handles.append(m.register_forward_hook(hook, with_kwargs=True))
     try:
         yield calls
     finally:
+        _ACTIVE[0] -= 1
         for h in handles:
             h.remove()
         for m in patched:
             m.__dict__.pop("forward", None)
 
 
-class _Patched:
+_ACTIVE = [0]  # recording() contexts now open
+
+
+def is_recording() -> bool:
+    """Whether a pass of the exact estimator is recording layer calls now (a doubled forward,
+    :mod:`.doubled`, then leaves the batch as it is)."""
+    return _ACTIVE[0] > 0
+
+
+class PatchedForward:
     """A module's recording forward, installed as an instance attribute for one pass. A copy of
     the module made meanwhile (``copy.deepcopy`` or pickle, e.g. from a user's hook) gets its own
     class's forward instead, not this one, which is bound to the original module."""
