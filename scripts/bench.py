@@ -686,6 +686,7 @@ def bench_detector(cfg: Config) -> dict[str, object]:
     the default detector on a seeded stream of batches of 32 whose input mean moves every 4096
     samples, the samples between each detection's report at lag 0 and at each lag."""
     from online_mas.detectors import PageHinkley
+    from online_mas.onset import OnsetSnapshots
     from online_mas.trigger import Trigger
 
     torch.manual_seed(cfg.seed)
@@ -718,11 +719,35 @@ def bench_detector(cfg: Config) -> dict[str, object]:
     fns: dict[str, Callable[[], object]] = {"train_step": lambda: train_step(model, opt, x, y)}
     fns.update({k: feeder(t) for k, t in triggers.items()})
     fns["input-shift values alone (per call)"] = lambda: shift.per_sample(x).tolist()
+    snapshots = OnsetSnapshots()  # StableAnchor(onset=True): one copy of the parameters per evaluation
+    names, params = [n for n, _ in model.named_parameters()], list(model.parameters())
+    fns["onset snapshot: parameter copy (per evaluation)"] = lambda: snapshots.track(
+        [None, None], 0, names, params)
     summary, _ = interleaved(fns, baseline="train_step", rounds=cfg.rounds, block_ms=cfg.block_ms,
                              clock=cfg.clock)
+    # batch 1: a training step on one sample, and the feed at lag 0 and the default lag
+    xs1, outs1 = [v[:1] for v in xs], [o[:1] for o in outs]
+
+    def feeder1(trigger: Trigger) -> Callable[[], None]:
+        step = [0]
+
+        def feed() -> None:
+            i = step[0] % len(xs1)
+            step[0] += 1
+            trigger.see(xs1[i])
+            trigger.fire(step[0], trigger.value(outs1[i]), n=1)
+        return feed
+
+    fns1: dict[str, Callable[[], object]] = {
+        "train_step, batch 1": lambda: train_step(model, opt, x[:1], y[:1])}
+    for lag in sorted({0, default_lag}):
+        fns1[f"default, lag {lag}, batch 1"] = feeder1(Trigger(om.default_detector(lag=lag)))
+    summary1, _ = interleaved(fns1, baseline="train_step, batch 1", rounds=cfg.rounds, block_ms=cfg.block_ms,
+                              clock=cfg.clock)
     name = next(k for k in triggers if k.endswith("(the default)"))
     ratio = summary[name]["ratio"]
-    return {"batch": 32, "timings": summary, "target": TARGETS["detector_feed"], "default_lag": default_lag,
+    return {"batch": 32, "timings": summary, "timings_batch1": summary1,
+            "target": TARGETS["detector_feed"], "default_lag": default_lag,
             "delays": detection_delays(cfg.detector_lags, seed=cfg.seed),
             "verdict": f"{ratio:.3f}x of a training step at the default lag {default_lag}, target "
                        f"{TARGETS['detector_feed']}x: "
@@ -768,7 +793,13 @@ def detector_table(res: dict[str, object]) -> str:
     delays: dict[str, object] = res["delays"]  # type: ignore[assignment]
     drows = [[lag, str(r["detections"]), "yes" if r["same_indices"] else "NO", f"{r['added_mean']:.0f}",
               f"{r['added_max']:.0f}"] for lag, r in delays["rows"].items()]  # type: ignore[union-attr]
-    return (markdown_table(["what", "us per call", "/ training step (IQR)"], rows) + f"\n\n{res['verdict']}"
+    ones: dict[str, dict[str, float]] = res.get("timings_batch1", {})  # type: ignore[assignment]
+    rows1 = [[k, f"{v['ms'] * 1e3:.1f}", f"{v['ratio']:.3f}x ({v['ratio_q1']:.3f}-{v['ratio_q3']:.3f})"]
+             for k, v in ones.items()]
+    at1 = ("\n\nAt batch 1 (against a training step on one sample):\n\n"
+           + markdown_table(["what", "us per call", "/ training step (IQR)"], rows1)) if rows1 else ""
+    return (markdown_table(["what", "us per call", "/ training step (IQR)"], rows) + at1
+            + f"\n\n{res['verdict']}"
             + f"\n\nDelay the lag adds (default detector, batches of {delays['batch']}, "
             f"{delays['samples']} samples whose input mean moves {delays['changes']} times, 3000 to 5000 "
             "samples apart; samples from the report at lag 0 to the report at each lag):\n\n"
