@@ -146,3 +146,13 @@ def test_snapshots_keep_the_newest_copy_saved_before_every_open_run() -> None:
     assert s.pre_at == 20
     s.track([None, None], 40, names, [p])  # both closed: the run's snapshot is dropped
     assert s.onset is None and s.pre_at == 40
+
+
+@pytest.mark.parametrize("batch", [100, 200])
+def test_a_batch_that_does_not_divide_the_lag_is_counted_in_the_snapshot_it_trained(batch: int) -> None:
+    # a batch that would take the pending samples past the lag is kept after they are evaluated,
+    # but the parameters copied then have trained on it: the snapshot must say so (found by
+    # review: anchors at 3100 and 3200, after the change at 3000)
+    _, anchors = _run(batch, lag=256)
+    assert len(anchors) == 1
+    assert CHANGE - 256 - batch - 4 * 32 <= anchors[0] < LATEST
