@@ -156,3 +156,20 @@ def test_a_batch_that_does_not_divide_the_lag_is_counted_in_the_snapshot_it_trai
     _, anchors = _run(batch, lag=256)
     assert len(anchors) == 1
     assert CHANGE - 256 - batch - 4 * 32 <= anchors[0] < LATEST
+
+
+def test_detections_merged_into_a_held_one_keep_the_onset_of_the_first() -> None:
+    # Windowed(min_segment > 0) holds a detection and merges later ones into it: the change it
+    # reports began at the first one's run (found by review: the onset of the last was kept)
+    rng = random.Random(0)
+    values = ([rng.gauss(0.0, 1.0) for _ in range(320)] + [rng.gauss(3.0, 1.0) for _ in range(320)]
+              + [rng.gauss(8.0, 1.0) for _ in range(400)])
+    w = om.Windowed(om.ScaledCUSUM(warmup=4, threshold=8.0, mode="up"), window=8, min_segment=1024)
+    inner = []
+    for v in values:
+        w.update(v)
+        inner += [w.onset] if w.detector.drift_detected else []
+        if w.drift_detected:
+            break
+    assert w.drift_detected and len(set(inner)) == 1  # two changes, one report
+    assert w.onset is not None and 300 <= w.onset <= 320
