@@ -337,3 +337,26 @@ def test_config_checks() -> None:
         om.MASConfig(shared_backward=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="set one of them, got both True"):
         om.MASConfig(shared_forward=True, shared_backward=True)
+
+
+@pytest.mark.parametrize("how", ["inputs", "autograd.grad"])
+def test_a_backward_to_some_tensors_only_falls_back(how: str) -> None:
+    # backward(inputs=params) and torch.autograd.grad prune the importance rows, whose hooks then
+    # never fire: the importance was all zeros, silently (found by review)
+    torch.manual_seed(0)
+    model = _mlp()
+    mas = om.OnlineMAS(model, config=_config(), detector=None)
+    x = torch.randn(6, 5)
+    ref, _, _ = importance_sums(copy.deepcopy(model), x)
+    loss = model(x).pow(2).sum()
+    params = list(model.parameters())
+    if how == "inputs":
+        loss.backward(inputs=params)
+    else:
+        for p, g in zip(params, torch.autograd.grad(loss, params), strict=True):
+            p.grad = g
+    mas.observe(x)
+    shared = mas._seen.shared
+    assert shared is not None and "did not reach a layer's importance rows" in shared.why_not
+    for name, value in mas.running_omega.items():
+        torch.testing.assert_close(value, ref[name] / 6)

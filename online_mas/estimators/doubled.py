@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.graph import get_gradient_edge
 
 from online_mas.estimators.common import BatchImportance, NonFiniteError, finite
 from online_mas.estimators.exact import (
@@ -56,13 +57,15 @@ class _Record:
     """One recorded layer call of a doubled forward: the importance rows' input, their output
     (for its shape), its versions, the parameters the call read and the gradient the hook caught."""
 
-    __slots__ = ("a", "grads", "like", "params", "versions")
+    __slots__ = ("a", "grads", "like", "node", "params", "reached", "versions")
 
     def __init__(self, a: Tensor, like: Tensor, params: list[Tensor]) -> None:
         self.a, self.params = a, params
         self.like = (like.shape, like.dtype, like.device)
         self.versions = versions(a)
         self.grads: list[Tensor] = []
+        self.node: object = get_gradient_edge(like).node  # until the output's graph is walked
+        self.reached = False  # the output depends on the importance rows' output
 
 
 class _Run:
@@ -178,6 +181,12 @@ class DoubledBatch:
             self.why_not = (f"the backward of the doubled forward's output ran {run.seeds} times "
                             "before observe (it must run once)")
             return None
+        if any(rec.reached and not rec.grads for rec in run.records.values()):
+            # the backward went only to some tensors (backward(inputs=...), torch.autograd.grad),
+            # which prunes the importance rows: their gradients never came
+            self.why_not = ("the backward did not reach a layer's importance rows (backward(inputs=...) "
+                            "or torch.autograd.grad computes only the gradients asked for)")
+            return None
         pairs: list[Pair] = []
         for m, rec in run.records.items():
             if versions(rec.a) != rec.versions:
@@ -288,7 +297,9 @@ class DoubledBatch:
         if not _halves_agree(out, run.n):
             return "the two halves of the doubled output differ (random numbers in the forward?)"
         expected = {id(p) for rec in run.records.values() for p in rec.params if p.requires_grad}
-        uses = _leaf_uses(out)
+        uses, nodes = _leaf_uses(out)
+        for rec in run.records.values():
+            rec.reached, rec.node = id(rec.node) in nodes, None
         if any(uses.get(k, 0) != 1 for k in expected):
             return "a layer's parameter is also used outside its call"
         return ""
@@ -321,12 +332,13 @@ def _own(m: nn.Module) -> Callable[..., Any]:
     return type(m).forward.__get__(m)
 
 
-def _leaf_uses(out: Tensor) -> dict[int, int]:
-    """For each leaf tensor in ``out``'s graph, the number of edges into its gradient accumulator."""
+def _leaf_uses(out: Tensor) -> tuple[dict[int, int], set[int]]:
+    """For each leaf tensor in ``out``'s graph, the number of edges into its gradient accumulator;
+    and the ids of all the graph's nodes (gradient accumulators included)."""
     uses: dict[int, int] = {}
     if out.grad_fn is None:
-        return uses
-    seen, stack = set(), [out.grad_fn]
+        return uses, set()
+    seen, stack = {out.grad_fn}, [out.grad_fn]
     while stack:
         node = stack.pop()
         for nxt, _ in node.next_functions:
@@ -335,7 +347,8 @@ def _leaf_uses(out: Tensor) -> dict[int, int]:
             variable = getattr(nxt, "variable", None)
             if variable is not None:
                 uses[id(variable)] = uses.get(id(variable), 0) + 1
+                seen.add(nxt)
             elif nxt not in seen:
                 seen.add(nxt)
                 stack.append(nxt)
-    return uses
+    return uses, {id(node) for node in seen}
