@@ -18,7 +18,8 @@ and output gradient (``nn.Linear``, convolutions, norms, ``nn.Embedding``, ``nn.
 attention and recurrent rules), called once, with the batch first, and used nowhere else; the
 model called as ``model(x)`` with one tensor, returning one tensor with the batch first; no
 module whose training forward couples samples or draws random numbers (as for
-``shared_forward``); gradients enabled, no autocast, not compiled. Where a forward breaks one of
+``shared_forward``); no forward or backward hook on a submodule (it would see the doubled
+batch; FSDP's are fine); gradients enabled, no autocast, not compiled. Where a forward breaks one of
 these after it ran (also: the two halves of a recorded layer's input or of the output differ, as
 a sequence-first input or random numbers make them), the importance half is seeded with zeros
 (the training gradients stay exact) and ``observe`` takes the separate pass; ``why_not`` says why.
@@ -280,6 +281,10 @@ class DoubledBatch:
         if module is not None:
             self.why_not = f"{type(module).__name__} is in training mode"
             return False
+        hooked = _hooked(self.model)
+        if hooked:
+            self.why_not = f"{hooked} has a forward or backward hook, which would see the doubled batch"
+            return False
         return True
 
     def _check(self, run: _Run, out: Tensor) -> str:
@@ -319,6 +324,24 @@ def _halves_agree(a: Tensor, n: int) -> bool:
     if torch.equal(top, low):
         return True
     return bool(a.is_floating_point() and torch.allclose(top, low, rtol=1e-5, atol=1e-6))
+
+
+def _hooked(model: nn.Module) -> str:
+    """A submodule of ``model`` (or all modules: a global hook) with a forward or backward hook
+    ("" if none): inside the model's forward it would see, and could use or change, the doubled
+    batch, e.g. a loss on a layer's features. The model's own hooks see the training rows only;
+    FSDP's (``torch.distributed``) move parameters and cast inputs, which a doubled batch keeps."""
+    def foreign(hooks: object) -> bool:
+        return any(not (getattr(h, "__module__", None) or "").startswith("torch.distributed.")
+                   for h in hooks.values())  # type: ignore[attr-defined]
+    kinds = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
+    everywhere = nn.modules.module
+    if any(foreign(getattr(everywhere, f"_global{k}", {})) for k in kinds):
+        return "every module"
+    for name, m in model.named_modules():
+        if m is not model and any(foreign(getattr(m, k, {})) for k in kinds):
+            return f"{type(m).__name__} {name!r}"
+    return ""
 
 
 def _functorch_active() -> bool:
