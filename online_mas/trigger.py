@@ -196,16 +196,19 @@ class Trigger:
     def runs(self) -> tuple[tuple[int | None, ...], int] | None:
         """The detector's open CUSUM runs, or None for a detector that does not report them
         (read-only): per channel the latest sample whose parameters count as from before its
-        run (None where no run is open), and the detector's sample count. A run begins with a
-        window, and the detector cannot place a change more finely than its window, so that is
-        the last sample of the run's first window (:attr:`Combined.run_starts
-        <online_mas.detectors.Combined.run_starts>` plus the window, less one)."""
+        run (None where no run is open), and the samples the parameters have trained on on the
+        detector's clock: its sample count plus the pending ones (a batch that would take the
+        pending samples past ``lag`` is kept after they are evaluated, but ``observe`` comes after
+        its step). A run begins with a window, and the detector cannot place a change more finely
+        than its window, so that is the last sample of the run's first window
+        (:attr:`Combined.run_starts <online_mas.detectors.Combined.run_starts>` plus the window,
+        less one)."""
         d = self.detector
         if d is None or getattr(d, "reports_runs", False) is not True:
             return None
         slack = _resolution(d) - 1
         starts = tuple(None if s is None else s + slack for s in d.run_starts)  # type: ignore[attr-defined]
-        return starts, int(d.samples_seen)  # type: ignore[attr-defined]
+        return starts, int(d.samples_seen) + self._pending_n  # type: ignore[attr-defined]
 
     @property
     def onset(self) -> int | None:

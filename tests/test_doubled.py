@@ -337,3 +337,52 @@ def test_config_checks() -> None:
         om.MASConfig(shared_backward=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="set one of them, got both True"):
         om.MASConfig(shared_forward=True, shared_backward=True)
+
+
+@pytest.mark.parametrize("how", ["inputs", "autograd.grad"])
+def test_a_backward_to_some_tensors_only_falls_back(how: str) -> None:
+    # backward(inputs=params) and torch.autograd.grad prune the importance rows, whose hooks then
+    # never fire: the importance was all zeros, silently (found by review)
+    torch.manual_seed(0)
+    model = _mlp()
+    mas = om.OnlineMAS(model, config=_config(), detector=None)
+    x = torch.randn(6, 5)
+    ref, _, _ = importance_sums(copy.deepcopy(model), x)
+    loss = model(x).pow(2).sum()
+    params = list(model.parameters())
+    if how == "inputs":
+        loss.backward(inputs=params)
+    else:
+        for p, g in zip(params, torch.autograd.grad(loss, params), strict=True):
+            p.grad = g
+    mas.observe(x)
+    shared = mas._seen.shared
+    assert shared is not None and "did not reach a layer's importance rows" in shared.why_not
+    for name, value in mas.running_omega.items():
+        torch.testing.assert_close(value, ref[name] / 6)
+
+
+def test_a_hook_inside_the_model_sees_the_batch_and_training_is_unchanged() -> None:
+    # a forward hook on a layer saw the doubled batch: a loss on its features halved their
+    # gradient and reached the importance rows (found by review)
+    torch.manual_seed(0)
+    a = _mlp()
+    b = copy.deepcopy(a)
+    mas = om.OnlineMAS(a, config=_config(), detector=None)
+    x = torch.randn(6, 5)
+    ref, _, _ = importance_sums(copy.deepcopy(a), x)
+    feats: list[Tensor] = []
+    grads = []
+    for m in (a, b):
+        m[2].register_forward_hook(lambda mod, i, o: feats.append(o))
+        out = m(x)
+        assert feats[-1].shape[0] == 6
+        (F.cross_entropy(out, torch.arange(6) % 3) + feats[-1].pow(2).mean()).backward()
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters()})  # type: ignore[union-attr]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-6, atol=1e-8)
+    mas.observe(x)
+    shared = mas._seen.shared
+    assert shared is not None and "Linear '2' has a forward or backward hook" in shared.why_not
+    for name, value in mas.running_omega.items():
+        torch.testing.assert_close(value, ref[name] / 6)

@@ -146,3 +146,30 @@ def test_snapshots_keep_the_newest_copy_saved_before_every_open_run() -> None:
     assert s.pre_at == 20
     s.track([None, None], 40, names, [p])  # both closed: the run's snapshot is dropped
     assert s.onset is None and s.pre_at == 40
+
+
+@pytest.mark.parametrize("batch", [100, 200])
+def test_a_batch_that_does_not_divide_the_lag_is_counted_in_the_snapshot_it_trained(batch: int) -> None:
+    # a batch that would take the pending samples past the lag is kept after they are evaluated,
+    # but the parameters copied then have trained on it: the snapshot must say so (found by
+    # review: anchors at 3100 and 3200, after the change at 3000)
+    _, anchors = _run(batch, lag=256)
+    assert len(anchors) == 1
+    assert CHANGE - 256 - batch - 4 * 32 <= anchors[0] < LATEST
+
+
+def test_detections_merged_into_a_held_one_keep_the_onset_of_the_first() -> None:
+    # Windowed(min_segment > 0) holds a detection and merges later ones into it: the change it
+    # reports began at the first one's run (found by review: the onset of the last was kept)
+    rng = random.Random(0)
+    values = ([rng.gauss(0.0, 1.0) for _ in range(320)] + [rng.gauss(3.0, 1.0) for _ in range(320)]
+              + [rng.gauss(8.0, 1.0) for _ in range(400)])
+    w = om.Windowed(om.ScaledCUSUM(warmup=4, threshold=8.0, mode="up"), window=8, min_segment=1024)
+    inner = []
+    for v in values:
+        w.update(v)
+        inner += [w.onset] if w.detector.drift_detected else []
+        if w.drift_detected:
+            break
+    assert w.drift_detected and len(set(inner)) == 1  # two changes, one report
+    assert w.onset is not None and 300 <= w.onset <= 320

@@ -204,9 +204,10 @@ class Windowed:
             self.detector.update(self._sum / self.window)  # type: ignore[attr-defined]
             self._sum, self._count = 0.0, 0
             if self.detector.drift_detected:
+                if not self._held:  # a detection merged into a held one: the change began at the first
+                    runs = getattr(self.detector, "run_length", None)
+                    self._fired_start = self._seen - runs * self.window if isinstance(runs, int) else None
                 self._held = True
-                runs = getattr(self.detector, "run_length", None)
-                self._fired_start = self._seen - runs * self.window if isinstance(runs, int) else None
         if self._held and self._since >= self.min_segment:
             self._held, self._since = False, 0
             self._drift_detected = True

@@ -18,7 +18,8 @@ and output gradient (``nn.Linear``, convolutions, norms, ``nn.Embedding``, ``nn.
 attention and recurrent rules), called once, with the batch first, and used nowhere else; the
 model called as ``model(x)`` with one tensor, returning one tensor with the batch first; no
 module whose training forward couples samples or draws random numbers (as for
-``shared_forward``); gradients enabled, no autocast, not compiled. Where a forward breaks one of
+``shared_forward``); no forward or backward hook on a submodule (it would see the doubled
+batch; FSDP's are fine); gradients enabled, no autocast, not compiled. Where a forward breaks one of
 these after it ran (also: the two halves of a recorded layer's input or of the output differ, as
 a sequence-first input or random numbers make them), the importance half is seeded with zeros
 (the training gradients stay exact) and ``observe`` takes the separate pass; ``why_not`` says why.
@@ -34,6 +35,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.graph import get_gradient_edge
 
 from online_mas.estimators.common import BatchImportance, NonFiniteError, finite
 from online_mas.estimators.exact import (
@@ -56,13 +58,15 @@ class _Record:
     """One recorded layer call of a doubled forward: the importance rows' input, their output
     (for its shape), its versions, the parameters the call read and the gradient the hook caught."""
 
-    __slots__ = ("a", "grads", "like", "params", "versions")
+    __slots__ = ("a", "grads", "like", "node", "params", "reached", "versions")
 
     def __init__(self, a: Tensor, like: Tensor, params: list[Tensor]) -> None:
         self.a, self.params = a, params
         self.like = (like.shape, like.dtype, like.device)
         self.versions = versions(a)
         self.grads: list[Tensor] = []
+        self.node: object = get_gradient_edge(like).node  # until the output's graph is walked
+        self.reached = False  # the output depends on the importance rows' output
 
 
 class _Run:
@@ -178,6 +182,12 @@ class DoubledBatch:
             self.why_not = (f"the backward of the doubled forward's output ran {run.seeds} times "
                             "before observe (it must run once)")
             return None
+        if any(rec.reached and not rec.grads for rec in run.records.values()):
+            # the backward went only to some tensors (backward(inputs=...), torch.autograd.grad),
+            # which prunes the importance rows: their gradients never came
+            self.why_not = ("the backward did not reach a layer's importance rows (backward(inputs=...) "
+                            "or torch.autograd.grad computes only the gradients asked for)")
+            return None
         pairs: list[Pair] = []
         for m, rec in run.records.items():
             if versions(rec.a) != rec.versions:
@@ -271,6 +281,10 @@ class DoubledBatch:
         if module is not None:
             self.why_not = f"{type(module).__name__} is in training mode"
             return False
+        hooked = _hooked(self.model)
+        if hooked:
+            self.why_not = f"{hooked} has a forward or backward hook, which would see the doubled batch"
+            return False
         return True
 
     def _check(self, run: _Run, out: Tensor) -> str:
@@ -288,7 +302,9 @@ class DoubledBatch:
         if not _halves_agree(out, run.n):
             return "the two halves of the doubled output differ (random numbers in the forward?)"
         expected = {id(p) for rec in run.records.values() for p in rec.params if p.requires_grad}
-        uses = _leaf_uses(out)
+        uses, nodes = _leaf_uses(out)
+        for rec in run.records.values():
+            rec.reached, rec.node = id(rec.node) in nodes, None
         if any(uses.get(k, 0) != 1 for k in expected):
             return "a layer's parameter is also used outside its call"
         return ""
@@ -310,6 +326,24 @@ def _halves_agree(a: Tensor, n: int) -> bool:
     return bool(a.is_floating_point() and torch.allclose(top, low, rtol=1e-5, atol=1e-6))
 
 
+def _hooked(model: nn.Module) -> str:
+    """A submodule of ``model`` (or all modules: a global hook) with a forward or backward hook
+    ("" if none): inside the model's forward it would see, and could use or change, the doubled
+    batch, e.g. a loss on a layer's features. The model's own hooks see the training rows only;
+    FSDP's (``torch.distributed``) move parameters and cast inputs, which a doubled batch keeps."""
+    def foreign(hooks: object) -> bool:
+        return any(not (getattr(h, "__module__", None) or "").startswith("torch.distributed.")
+                   for h in hooks.values())  # type: ignore[attr-defined]
+    kinds = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
+    everywhere = nn.modules.module
+    if any(foreign(getattr(everywhere, f"_global{k}", {})) for k in kinds):
+        return "every module"
+    for name, m in model.named_modules():
+        if m is not model and any(foreign(getattr(m, k, {})) for k in kinds):
+            return f"{type(m).__name__} {name!r}"
+    return ""
+
+
 def _functorch_active() -> bool:
     """Whether the forward runs inside a ``torch.func`` transform (``vmap``, ``grad``)."""
     active = getattr(torch._C, "_are_functorch_transforms_active", None)
@@ -321,12 +355,13 @@ def _own(m: nn.Module) -> Callable[..., Any]:
     return type(m).forward.__get__(m)
 
 
-def _leaf_uses(out: Tensor) -> dict[int, int]:
-    """For each leaf tensor in ``out``'s graph, the number of edges into its gradient accumulator."""
+def _leaf_uses(out: Tensor) -> tuple[dict[int, int], set[int]]:
+    """For each leaf tensor in ``out``'s graph, the number of edges into its gradient accumulator;
+    and the ids of all the graph's nodes (gradient accumulators included)."""
     uses: dict[int, int] = {}
     if out.grad_fn is None:
-        return uses
-    seen, stack = set(), [out.grad_fn]
+        return uses, set()
+    seen, stack = {out.grad_fn}, [out.grad_fn]
     while stack:
         node = stack.pop()
         for nxt, _ in node.next_functions:
@@ -335,7 +370,8 @@ def _leaf_uses(out: Tensor) -> dict[int, int]:
             variable = getattr(nxt, "variable", None)
             if variable is not None:
                 uses[id(variable)] = uses.get(id(variable), 0) + 1
+                seen.add(nxt)
             elif nxt not in seen:
                 seen.add(nxt)
                 stack.append(nxt)
-    return uses
+    return uses, {id(node) for node in seen}
