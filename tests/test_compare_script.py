@@ -178,3 +178,20 @@ def test_each_combination_chooses_its_own_weaker_lam(tmp_path: Path, monkeypatch
         assert len(sets) == 2 * len(selection[learner]) and all(sets.count(k) == 2 for k in sets)
     table = compare.selection_table({"split-mnist1d-domain": selection})
     assert "| split-mnist1d-domain | mas+er | 3 | lam=0.01 | 49.1 (49.0, 49.2) | yes |" in table
+
+
+def test_targets_pair_the_seeds() -> None:
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "scripts"))
+    harness = importlib.import_module("compare_avalanche")
+    ours = {"mas+er": {0: 0.70, 1: 0.74, 2: 0.72}, "tfcl": {0: 0.5, 1: 0.5, 2: 0.5},
+            "er": {0: 0.69, 1: 0.71, 2: 0.72}, "mas+lwf": {0: 0.6, 1: 0.6}}
+    theirs = {"replay": {0: 0.80, 1: 0.70, 2: 0.75}, "lwf": {1: 0.5, 2: 0.7}, "ewc": {0: 0.1, 1: 0.1}}
+    parts = harness.targets(ours, theirs)
+    # mas+er - er: differences 1, 3, 0 points: mean 1.33, sd 1.53, SE 0.88
+    assert parts[1] == "mas+er - our er: +1.3 (paired SE 0.9, 3 seeds)"
+    assert parts[0].endswith("(mas+er) - Avalanche replay (200 samples each, given the boundaries): "
+                             "-3.0 (paired SE 4.0, 3 seeds)")  # -10, +4, -3: sd 7
+    # best of Avalanche's by mean is lwf (0.6); one seed in common with mas+lwf: no paired SE
+    assert parts[2] == ("best task-free memory-free of ours (mas+lwf) - best of Avalanche's EWC, MAS, SI, "
+                        "LwF (lwf): +0.0")
