@@ -195,3 +195,42 @@ def test_targets_pair_the_seeds() -> None:
     # best of Avalanche's by mean is lwf (0.6); one seed in common with mas+lwf: no paired SE
     assert parts[2] == ("best task-free memory-free of ours (mas+lwf) - best of Avalanche's EWC, MAS, SI, "
                         "LwF (lwf): +0.0")
+
+
+def test_compare_variants_changes_one_option_of_the_chosen(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "scripts"))
+    compare = importlib.import_module("compare")
+    variants = importlib.import_module("compare_variants")
+    monkeypatch.chdir(ROOT)
+    chosen = tmp_path / "compare.json"
+    chosen.write_text(json.dumps({"select_seeds": [100, 101], "validation": 0.2, "commit": "x",
+                                  "chosen": {"split-mnist1d-domain": {"mas+er": {"lam": 0.03}}}}))
+    seen: list[tuple[str, int, float, str, bool]] = []
+
+    def fake_runs(jobs: list, workers: int, progress: bool) -> list[dict[str, float]]:
+        out = []
+        for config, unit in jobs:
+            mine = config.learner.mas_er if unit.learner == "mas+er" else config.learner.er
+            importance = getattr(mine, "buffer_importance", False)
+            seen.append((unit.learner, unit.seed, getattr(mine, "lam", -1.0), mine.buffer, importance))
+            assert config.stream.validation == 0.2
+            acc = 0.6 + 0.05 * (unit.learner == "mas+er") + 0.02 * (mine.buffer == "class-balanced")
+            out.append({"average_accuracy": acc - 0.01 * importance + 0.002 * (unit.seed - 100)})
+        return out
+
+    monkeypatch.setattr(compare, "run_units", fake_runs)
+    monkeypatch.setattr(sys, "argv", ["compare_variants.py", "--scenarios", "split-mnist1d-domain",
+                                      "--chosen", str(chosen), "--out", str(tmp_path / "runs"),
+                                      "--results", str(tmp_path / "variants")])
+    variants.main()
+    assert sorted(seen) == sorted(
+        [("er", s, -1.0, b, False) for s in (100, 101) for b in ("reservoir", "class-balanced")]
+        + [("mas+er", s, 0.03, b, i) for s in (100, 101)
+           for b, i in (("reservoir", False), ("reservoir", True), ("class-balanced", False))])
+    text = (tmp_path / "variants.md").read_text()
+    row = ("| split-mnist1d-domain | mas+er | lam=0.03,buffer_importance=True | 64.1 (64.0, 64.2) | -1.0 "
+           "| +4.0 |")
+    assert row in text
+    assert "| split-mnist1d-domain | er | buffer=class-balanced | 62.1 (62.0, 62.2) | -3.0 | +2.0 |" in text
