@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from online_mas.checks import is_int, is_real
+from online_mas.onset import OnsetSnapshots
 from online_mas.sharded import float_zeros, global_stats, is_sharded, place
 
 __all__ = [
@@ -168,8 +169,12 @@ class CurrentAnchor:
     def step(self, n: int, names: Sequence[str], params: Sequence[Tensor]) -> None:
         """Nothing to keep (``n``: the samples of this step)."""
 
-    def source(self) -> dict[str, Tensor] | None:
+    def source(self, onset: int | None = None) -> dict[str, Tensor] | None:
         return None
+
+    def track(self, runs: tuple[Sequence[int | None], int] | None, names: Sequence[str],
+              params: Sequence[Tensor], *, detected: bool = False) -> None:
+        """Nothing to keep."""
 
     def state_dict(self) -> dict[str, object]:
         return {"version": 1, "kind": "current"}
@@ -179,7 +184,17 @@ class CurrentAnchor:
 
 
 class StableAnchor:
-    """Anchor a detector's consolidation at a slow copy of the parameters.
+    """Anchor a detector's consolidation where its change began, or at a slow copy of the parameters.
+
+    With ``onset=True`` (the default) and a detector that reports its CUSUM runs (the default
+    detector: :attr:`Combined.run_starts <online_mas.detectors.Combined.run_starts>`), a detection
+    anchors at the parameters saved before the run that crossed the threshold began (Page's
+    estimate of the change point; :class:`~online_mas.onset.OnsetSnapshots`): the parameters had
+    not yet trained on the new segment. On permuted digits at batch 32 this is 3 points of ACC
+    over the slow copy, level with MAS at the true boundaries (``results/anchor_onset.md``). Two
+    more parameter-sized buffers and one copy of the parameters per detector evaluation while a
+    channel is idle; ``onset=False`` keeps the slow copy only. For any other detector (river's,
+    a plateau rule) or before the first evaluation, the slow copy:
 
     Each time another ``samples`` samples have been observed, the copy moves toward the
     parameters, ``s <- s + weight (theta - s)``: it trails the model by about ``samples / weight``
@@ -203,7 +218,7 @@ class StableAnchor:
     tensor([1., 1.])
     """
 
-    def __init__(self, *args: object, samples: int = 320, weight: float = 0.5,
+    def __init__(self, *args: object, samples: int = 320, weight: float = 0.5, onset: bool = True,
                  every: object = None) -> None:
         if every is not None:
             raise TypeError(f"StableAnchor(every={every!r}) counted observe() calls; the interval is "
@@ -217,8 +232,12 @@ class StableAnchor:
             raise ValueError(f"samples must be an int >= 1, got {samples!r}")
         if not is_real(weight) or not 0.0 < weight <= 1.0:
             raise ValueError(f"weight must be a number in (0, 1], got {weight!r}")
+        if not isinstance(onset, bool):
+            raise TypeError(f"onset must be True or False, got {onset!r}")
         self.samples = samples
         self.weight = float(weight)
+        self.onset = onset
+        self.onsets = OnsetSnapshots()  # used only with onset=True and a detector reporting runs
         self.pending = 0  # samples observed since the copy last moved
         self._slow: dict[str, Tensor] = {}
 
@@ -248,13 +267,30 @@ class StableAnchor:
                 keep = set(names)
                 self._slow = {k: t for k, t in self._slow.items() if k in keep}
 
-    def source(self) -> dict[str, Tensor] | None:
-        """The slow copy (None before the first update)."""
-        return self._slow or None
+    def source(self, onset: int | None = None) -> dict[str, Tensor] | None:
+        """The anchor of a detection whose change began at the detector's sample ``onset``: the
+        parameters saved before it (``onset=True``), else the slow copy (None before its first
+        update)."""
+        kept = self.onsets.before(onset) if self.onset else None
+        return kept if kept is not None else (self._slow or None)
+
+    def track(self, runs: tuple[Sequence[int | None], int] | None, names: Sequence[str],
+              params: Sequence[Tensor], *, detected: bool = False) -> None:
+        """After the detector evaluated samples: ``runs`` = (the channels' open runs' first
+        samples, None where none is open; the detector's sample count), None for a detector that
+        does not report runs; ``detected``: it found a change (and starts afresh)."""
+        if not self.onset or runs is None:
+            return
+        starts, now = runs
+        if detected:
+            self.onsets.restart(now, names, params)
+        else:
+            self.onsets.track(starts, now, names, params)
 
     def state_dict(self) -> dict[str, object]:
-        return {"version": 2, "kind": "stable", "samples": self.samples, "weight": self.weight,
-                "pending": self.pending, "slow": {n: t.clone() for n, t in self._slow.items()}}
+        return {"version": 3, "kind": "stable", "samples": self.samples, "weight": self.weight,
+                "pending": self.pending, "slow": {n: t.clone() for n, t in self._slow.items()},
+                "onset": self.onset, "onsets": self.onsets.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, object],
                         params: Mapping[str, Tensor] | None = None) -> None:
@@ -268,7 +304,9 @@ class StableAnchor:
                              f"every={state.get('every')!r}) and has no count of samples: load it "
                              "through OnlineMAS.load_state_dict, which migrates it when the copy "
                              "moved at the saved step")
-        _check_kind(state, "stable", version=2)
+        if state.get("kind") == "stable" and state.get("version") == 2:
+            state = {**state, "version": 3, "onsets": {}}  # before the onset snapshots: none kept
+        _check_kind(state, "stable", version=3)
         slow = state.get("slow", {})
         if not isinstance(slow, dict):
             raise TypeError("StableAnchor state['slow'] must be a dict of tensors")
@@ -276,6 +314,11 @@ class StableAnchor:
         if not isinstance(pending, int) or isinstance(pending, bool) or pending < 0:
             raise ValueError(f"StableAnchor state['pending'] must be an int >= 0, got {pending!r}")
         self.pending = pending % self.samples
+        onsets = state.get("onsets", {})
+        if not isinstance(onsets, dict):
+            raise TypeError("StableAnchor state['onsets'] must be a dict")
+        self.onsets = OnsetSnapshots()
+        self.onsets.load_state_dict(onsets, params)
         self._slow = {}
         for n, t in slow.items():
             p = params.get(n) if params is not None else t

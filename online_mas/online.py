@@ -465,8 +465,12 @@ class OnlineMAS:
         the end of a stream); the :class:`Event` if they hold a detection (then consolidated)."""
         self._sync()
         self._add(self.reducer.flush(self._params.named()))
-        if detector and self.trigger.flush() == "detector":
-            return self._consolidate("detector", self.anchor_policy.source(), self.trigger.last_signal)
+        if detector:
+            self.trigger.evaluated = 0
+            if self.trigger.flush() == "detector":
+                return self._detected()
+            if self.trigger.evaluated:
+                self.anchor_policy.track(self.trigger.runs, self._params.names, self._params.params)
         return None
 
     # ------------------------------------------------------------------ state
@@ -636,8 +640,18 @@ class OnlineMAS:
             self.anchor_policy.step(samples, self._params.names, self._params.params)
         reason = self.trigger.fire(self._step, value, n=n, pooled=pooled)
         if reason == "detector":  # the signal of the last batch the detector evaluated
-            return self._consolidate(reason, self.anchor_policy.source(), self.trigger.last_signal)
+            return self._detected()
+        if self.trigger.evaluated:  # the parameters where a run opens (StableAnchor(onset=True))
+            self.anchor_policy.track(self.trigger.runs, self._params.names, self._params.params)
         return self._consolidate(reason, None, None) if reason else None
+
+    def _detected(self) -> Event:
+        """Consolidate at a detection, anchored before the change where the detector says where it
+        began (then the anchor policy starts afresh with the detector)."""
+        event = self._consolidate("detector", self.anchor_policy.source(self.trigger.onset),
+                                  self.trigger.last_signal)
+        self.anchor_policy.track(self.trigger.runs, self._params.names, self._params.params, detected=True)
+        return event
 
     def _consolidate(self, reason: str, anchor: dict[str, Tensor] | None, signal: float | None) -> Event:
         self._sync()

@@ -174,6 +174,7 @@ class Trigger:
         self._out: Tensor | None = None  # output of the last value(), to keep (lag > 0)
         self._pending: list[tuple[Tensor, Tensor | None]] = []  # copies of (output, inputs) per batch
         self._pending_n = 0  # samples in _pending
+        self.evaluated = 0  # samples the detector evaluated in the last fire() or flush()
 
     @property
     def lag(self) -> int:
@@ -188,6 +189,31 @@ class Trigger:
     def pending(self) -> int:
         """Samples kept for the next bulk evaluation (read-only)."""
         return self._pending_n
+
+    @property
+    def runs(self) -> tuple[tuple[int | None, ...], int] | None:
+        """The detector's open CUSUM runs, or None for a detector that does not report them
+        (read-only): per channel the latest sample whose parameters count as from before its
+        run (None where no run is open), and the detector's sample count. A run begins with a
+        window, and the detector cannot place a change more finely than its window, so that is
+        the last sample of the run's first window (:attr:`Combined.run_starts
+        <online_mas.detectors.Combined.run_starts>` plus the window, less one)."""
+        d = self.detector
+        if d is None or getattr(d, "reports_runs", False) is not True:
+            return None
+        slack = _resolution(d) - 1
+        starts = tuple(None if s is None else s + slack for s in d.run_starts)  # type: ignore[attr-defined]
+        return starts, int(d.samples_seen)  # type: ignore[attr-defined]
+
+    @property
+    def onset(self) -> int | None:
+        """For the detector's last detection, the latest sample whose parameters count as from
+        before its change (as in :attr:`runs`; None: not reported), read-only."""
+        d = self.detector
+        if d is None or getattr(d, "reports_runs", False) is not True:
+            return None
+        onset = getattr(d, "onset", None)
+        return onset + _resolution(d) - 1 if isinstance(onset, int) else None
 
     @property
     def by_loss(self) -> bool:
@@ -255,6 +281,7 @@ class Trigger:
         samples, self._samples = self._samples, None
         inputs, self._inputs = self._inputs, None
         out, self._out = self._out, None
+        self.evaluated = 0
         if self.boundaries is not None:
             return "boundary" if step in self.boundaries else None
         if self.detector is None or value is None:
@@ -267,6 +294,7 @@ class Trigger:
         self.last_signal = value
         if self.per_sample:
             values: Sequence[float] = samples if samples is not None and not pooled else [value] * max(1, n)
+            self.evaluated += len(values)
             many = getattr(self.detector, "update_many", None)
             if callable(many):
                 if getattr(self.detector, "takes_inputs", False):  # across ranks: the signal only
@@ -288,6 +316,7 @@ class Trigger:
         pending, self._pending, self._pending_n = self._pending, [], 0
         if not pending or self.detector is None:
             return None
+        self.evaluated += sum(o.shape[0] for o, _ in pending)
         fired = False
         for run in _runs(pending):  # batches of one output and input shape and device each
             fired = self._evaluate(run) or fired
@@ -368,6 +397,15 @@ class Trigger:
             load_signal(signal)
         self._pending = [(o, i) for o, i in zip(outs, ins, strict=True)]
         self._pending_n = sum(o.shape[0] for o in outs)
+
+
+def _resolution(detector: object) -> int:
+    """Samples per value of a per-sample detector: its window (a Combined: its channels' widest)."""
+    windows = [getattr(d, "window", 1) for d in (getattr(detector, "detector", None),
+                                                 getattr(detector, "shift_detector", None)) if d is not None]
+    if isinstance(detector, Windowed):
+        windows.append(detector.window)
+    return max([w for w in windows if isinstance(w, int)] or [1])
 
 
 def check_boundaries(boundaries: Iterable[int]) -> frozenset[int]:

@@ -169,10 +169,11 @@ def run_one(stream_name: str, batch: int, seed: int, learner: str, cfg: Detectio
     changes = [c * batch for c in stream.change_points]  # first sample of each new segment
     by_loss = stream_name == "river-sea-loss"
     lam = cfg.lam if lam is None else lam
-    if learner == "online-mas":
+    if learner in ("online-mas", "online-mas-slow"):  # -slow: the anchor before onset snapshots
         detector = om.default_detector() if cfg.lag is None else om.default_detector(lag=cfg.lag)
         mas: om.OnlineMAS | None = om.OnlineMAS(model, lam=lam, signal="loss" if by_loss else "entropy",
-                                                detector=detector)
+                                                detector=detector,
+                                                anchor=om.StableAnchor(onset=learner == "online-mas"))
     elif learner == "mas-oracle":
         mas = om.OnlineMAS(model, lam=lam, boundaries=list(stream.change_points))
     else:

@@ -78,11 +78,32 @@ class Combined:
         self._drift_detected = False
         self.detections: list[int] = []  # sample indices (0-based) of this call's detection
         self.fired_by: str | None = None  # "signal", "shift" or "both": who fired last
+        self.onset: int | None = None  # where the change of the last reported detection began
 
     @property
     def drift_detected(self) -> bool:
         """Whether the last update detected (read-only)."""
         return self._drift_detected
+
+    @property
+    def samples_seen(self) -> int:
+        """Samples fed since construction (read-only): the clock of :attr:`run_starts` and
+        :attr:`onset`."""
+        return self._seen
+
+    @property
+    def reports_runs(self) -> bool:
+        """Both channels report their CUSUM runs (:attr:`Windowed.reports_runs`), so
+        :attr:`run_starts` and :attr:`onset` are known (read-only)."""
+        return all(getattr(d, "reports_runs", False) is True for d in (self.detector, self.shift_detector))
+
+    @property
+    def run_starts(self) -> tuple[int | None, int | None]:
+        """Per channel (signal, shift), the sample index where its open CUSUM run began, None where
+        none is open (read-only). A change that a channel detects later began at or after its
+        run's start: parameters saved before that sample had not seen it."""
+        return tuple(None if (a := getattr(d, "run_age", None)) is None else self._seen - a  # type: ignore[return-value]
+                     for d in (self.detector, self.shift_detector))
 
     def update(self, x: float) -> None:
         """Feed one sample of the signal (no inputs: the shift detector waits)."""
@@ -177,6 +198,10 @@ class Combined:
         self._drift_detected = True
         self.detections = [self._seen - 1]
         self.fired_by = "both" if by_signal and by_shift else "signal" if by_signal else "shift"
+        ages = [getattr(d, "fired_age", None) for d, fired in
+                ((self.detector, by_signal), (self.shift_detector, by_shift)) if fired]
+        known = [a for a in ages if isinstance(a, int)]
+        self.onset = self._seen - max(known) if len(known) == len(ages) else None
         self.shift.restart()
         for d, fired in ((self.detector, by_signal), (self.shift_detector, by_shift)):
             # Windowed.restart(); a bare river detector: _reset(), river's way to start afresh
@@ -192,7 +217,7 @@ class Combined:
             return f() if callable(f) else None
         return {"version": _VERSION, "detector": "Combined", "min_segment": self.min_segment,
                 "since": self._since, "seen": self._seen, "drift_detected": self._drift_detected,
-                "fired_by": self.fired_by, "signal_detector": inner(self.detector),
+                "fired_by": self.fired_by, "onset": self.onset, "signal_detector": inner(self.detector),
                 "shift_detector": inner(self.shift_detector), "shift": self.shift.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -219,6 +244,8 @@ class Combined:
         self._since, self._seen = int(state["since"]), int(state["seen"])
         self._drift_detected = bool(state["drift_detected"])
         self.fired_by = state["fired_by"] if isinstance(state["fired_by"], str) else None
+        onset = state.get("onset")  # absent in states saved before it was kept
+        self.onset = int(onset) if isinstance(onset, int) else None
 
     def __repr__(self) -> str:
         return (f"Combined({self.detector!r}, {self.shift_detector!r}, {self.shift!r}, "

@@ -66,7 +66,7 @@ class ScaledCUSUM(BaseDetector):
     """
 
     _HYPERPARAMETERS = ("warmup", "slack", "threshold", "clip", "half_life", "mode")
-    _STATE = ("n", "warm", "mean", "var", "sum_up", "sum_down")
+    _STATE = ("n", "warm", "mean", "var", "sum_up", "sum_down", "run_up", "run_down")
 
     def __init__(
         self,
@@ -95,6 +95,28 @@ class ScaledCUSUM(BaseDetector):
         self._var = 0.0
         self._sum_up = 0.0
         self._sum_down = 0.0
+        self._run_up = 0  # values since S+ was last 0 (0: it is 0)
+        self._run_down = 0
+
+    @property
+    def run_length(self) -> int:
+        """Values since the watched sum last was 0 (0: it is 0 now), read-only: the current run
+        began that many values ago, Page's estimate of where a change it detects began
+        (``"both"``: the longer run)."""
+        if self.mode == "up":
+            return self._run_up
+        if self.mode == "down":
+            return self._run_down
+        return max(self._run_up, self._run_down)
+
+    def load_state_dict(self, state_dict: dict[str, object]) -> None:
+        """Restore :meth:`state_dict`; a state saved before the run lengths were kept gets runs of
+        one value where its sums are open (their starts are unknown)."""
+        state = state_dict.get("state") if isinstance(state_dict, dict) else None
+        if isinstance(state, dict) and "run_up" not in state and "sum_up" in state:
+            state = {**state, "run_up": int(state["sum_up"] > 0.0), "run_down": int(state["sum_down"] > 0.0)}
+            state_dict = {**state_dict, "state": state}
+        super().load_state_dict(state_dict)
 
     def _update(self, x: float) -> None:
         self._n += 1
@@ -118,6 +140,8 @@ class ScaledCUSUM(BaseDetector):
             self._var = self._rate * r * r
         self._sum_up = max(0.0, self._sum_up + z - self.slack)
         self._sum_down = max(0.0, self._sum_down - z - self.slack)
+        self._run_up = self._run_up + 1 if self._sum_up > 0.0 else 0
+        self._run_down = self._run_down + 1 if self._sum_down > 0.0 else 0
         up = self._sum_up > self.threshold
         down = self._sum_down > self.threshold
         if self.mode == "up":

@@ -64,6 +64,7 @@ class Windowed:
         self._held = False  # a detection waits for min_segment
         self._seen = 0  # samples fed since construction
         self._drift_detected = False
+        self._fired_start: int | None = None  # where the run of the wrapped detector's last detection began
         self.detections: list[int] = []  # sample indices (0-based) of this call's detections
 
     @property
@@ -80,6 +81,45 @@ class Windowed:
     def n_skipped(self) -> int:
         """Non-finite samples ignored (read-only)."""
         return self._n_skipped
+
+    @property
+    def reports_runs(self) -> bool:
+        """The wrapped detector says how long its current run is (``run_length``, e.g.
+        :class:`~online_mas.detectors.ScaledCUSUM`; river's detectors do not)."""
+        return isinstance(getattr(self.detector, "run_length", None), int)
+
+    @property
+    def run_age(self) -> int | None:
+        """Samples since the first sample of the window that opened the wrapped detector's current
+        run (None: no run is open, or the detector does not report runs), read-only."""
+        runs = getattr(self.detector, "run_length", None)
+        if not isinstance(runs, int) or runs <= 0 or self.detector.drift_detected:
+            return None
+        return runs * self.window + self._count
+
+    @property
+    def samples_seen(self) -> int:
+        """Finite samples fed since construction (read-only): the clock of :attr:`run_starts`."""
+        return self._seen
+
+    @property
+    def run_starts(self) -> tuple[int | None]:
+        """The sample index where the open run began (None: none open), as a 1-tuple (one
+        channel), read-only."""
+        age = self.run_age
+        return (None if age is None else self._seen - age,)
+
+    @property
+    def onset(self) -> int | None:
+        """Where the run of the last detection began (its sample index; None: unknown), read-only."""
+        return self._fired_start
+
+    @property
+    def fired_age(self) -> int | None:
+        """Samples since the first sample of the window that opened the run of the wrapped
+        detector's last detection (Page's estimate of where that change began; None: no detection
+        yet, or the detector does not report runs), read-only."""
+        return None if self._fired_start is None else self._seen - self._fired_start
 
     def update(self, x: float) -> None:
         """Feed one sample."""
@@ -165,6 +205,8 @@ class Windowed:
             self._sum, self._count = 0.0, 0
             if self.detector.drift_detected:
                 self._held = True
+                runs = getattr(self.detector, "run_length", None)
+                self._fired_start = self._seen - runs * self.window if isinstance(runs, int) else None
         if self._held and self._since >= self.min_segment:
             self._held, self._since = False, 0
             self._drift_detected = True
@@ -177,7 +219,7 @@ class Windowed:
                 "min_segment": self.min_segment, "sum": self._sum, "count": self._count,
                 "since": self._since, "held": self._held, "seen": self._seen,
                 "drift_detected": self._drift_detected, "n_skipped": self._n_skipped,
-                "inner": inner() if callable(inner) else None}
+                "fired_start": self._fired_start, "inner": inner() if callable(inner) else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; window and min_segment must match."""
@@ -203,6 +245,8 @@ class Windowed:
         self._seen = int(state["seen"])
         self._drift_detected = bool(state["drift_detected"])
         self._n_skipped = int(state["n_skipped"])
+        start = state.get("fired_start")  # absent in states saved before it was kept
+        self._fired_start = int(start) if isinstance(start, int) else None
 
     def __repr__(self) -> str:
         return f"Windowed({self.detector!r}, window={self.window}, min_segment={self.min_segment})"
