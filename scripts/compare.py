@@ -17,11 +17,17 @@ permutations, initial weights and sample orders than the reported seeds 0-4; two
 noisily: 5 of the 18 comparisons were missed with it, 3 with two), and the grid value with the best
 mean validation ACC is used for the reported runs, which train on the full training data and are
 evaluated on the test data. Stage 1 chooses online MAS's ``lam`` (x 1/3, 1, 3 around the config's),
-MAS-at-boundaries' ``lam`` and LwF's weight; stage 2 gives ``mas+er``, ``tfcl`` and ``mas+lwf``
-online MAS's chosen ``lam`` and chooses whether ``tfcl``'s hard buffer shares its slots among
-detected segments (``eras``) and the distillation weight and confidence exponent of ``mas+lwf``.
-``er``, ``der`` and fine-tuning keep the runner's defaults (200 stored samples, replay batch 32).
-The penalty form is the config's.
+MAS-at-boundaries' ``lam`` and LwF's weight; stage 2, at online MAS's chosen ``lam``, chooses whether
+``tfcl``'s hard buffer shares its slots among detected segments (``eras``) and the distillation
+weight and confidence exponent of ``mas+lwf``; stage 3 chooses the ``lam`` of each combination
+(``mas+er``, ``tfcl``, ``mas+lwf``) among online MAS's chosen ``lam`` x 1/9, 1/3, 1, with its stage
+2 options fixed (the x 1 runs are stage 2's, not run again). Weaker only: a combination's replay or
+distillation term already holds part of what the penalty holds, so it may need less of it; a
+stronger one is not tried (compute is scarce). Tuning ``lam`` after the other options costs 2 runs
+per combination, scenario and selection seed (3 for ``mas+er``, whose x 1 had nothing to choose in
+stage 2); a joint grid would cost 4 more for ``tfcl`` and 8 for ``mas+lwf``. ``er``, ``der`` and
+fine-tuning keep the runner's defaults (200 stored samples, replay batch 32). The penalty form is
+the config's.
 
 Writes the selection runs under ``--out``/select and one run directory per scenario under
 ``--out`` (default ``runs/compare``; an existing one is continued, ``--fresh`` starts over), and the
@@ -39,7 +45,7 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,7 +61,7 @@ from online_mas.experiment.rundir import Unit, continue_or_create, units
 SCENARIOS = ("permuted-digits", "rotated-digits", "split-digits-domain", "recurring-digits",
              "permuted-mnist1d", "split-mnist1d-domain")
 LEARNERS = ("finetune", "online-mas", "mas-oracle", "er", "der", "lwf", "tfcl", "mas+er", "mas+lwf")
-WITH_MAS = ("tfcl", "mas+er", "mas+lwf")  # take online-mas's penalty form (and its chosen lam)
+WITH_MAS = ("tfcl", "mas+er", "mas+lwf")  # take online-mas's penalty form; lam: x its chosen one
 PASSES_SCALE = 0.5  # both scripts run each config's passes x this (compute is scarce): 10 -> 5, 6 -> 3
 
 
@@ -67,7 +73,7 @@ class CompareConfig:
     select_seeds: tuple[int, ...] = (100, 101)  # the hyperparameters are chosen on these
     validation: float = 0.2  # held-out share of the training data the selection runs evaluate on
     lam_factors: tuple[float, ...] = (1 / 3, 1.0, 3.0)  # online-mas, mas-oracle: x the config's lam
-    combo_lam_factors: tuple[float, ...] = (1.0,)  # tfcl, mas+er, mas+lwf: x online-mas's chosen lam
+    combo_lam_factors: tuple[float, ...] = (1 / 9, 1 / 3, 1.0)  # stage 3: x online-mas's chosen lam
     lwf_weights: tuple[float, ...] = (0.3, 1.0)  # lwf (true boundaries): distillation weight
     mas_lwf_weights: tuple[float, ...] = (0.3, 1.0)  # mas+lwf: distillation weight
     mas_lwf_confidence: tuple[float, ...] = (0.0, 4.0)  # mas+lwf: confidence exponent (0: plain LwF)
@@ -184,9 +190,10 @@ def _num(v: float) -> float:
 
 def grid(learner: str, base: ExperimentConfig, cfg: CompareConfig,
          lam: float | None) -> list[dict[str, Any]]:
-    """The option sets tried for ``learner`` (``[{}]``: nothing is chosen for it).
+    """The option sets tried for ``learner`` in stage 1 or 2 (``[{}]``: nothing is chosen for it).
 
-    ``lam`` is online MAS's chosen strength (stage 2 learners need it; None in stage 1).
+    ``lam`` is online MAS's chosen strength (stage 2 learners need it; None in stage 1): stage 2
+    runs the combinations at that ``lam``; :func:`lam_grid` then chooses their own.
     """
     opts = base.learner
     if learner == "online-mas":
@@ -197,16 +204,29 @@ def grid(learner: str, base: ExperimentConfig, cfg: CompareConfig,
         return [{"weight": w} for w in cfg.lwf_weights]
     if learner in WITH_MAS and lam is None:
         raise ValueError(f"{learner} is chosen in stage 2, after online-mas's lam")
+    lam = _num(lam)  # type: ignore[arg-type]
     if learner == "mas+er":
-        return [{"lam": _num(lam * f)} for f in cfg.combo_lam_factors]  # type: ignore[operator]
+        return [{"lam": lam}]
     if learner == "tfcl":
-        return [{"lam": _num(lam * f), "eras": e}  # type: ignore[operator]
-                for f, e in itertools.product(cfg.combo_lam_factors, cfg.tfcl_eras)]
+        return [{"lam": lam, "eras": e} for e in cfg.tfcl_eras]
     if learner == "mas+lwf":
-        return [{"lam": _num(lam * f), "weight": w, "confidence": c}  # type: ignore[operator]
-                for f, w, c in itertools.product(cfg.combo_lam_factors, cfg.mas_lwf_weights,
-                                                 cfg.mas_lwf_confidence)]
+        return [{"lam": lam, "weight": w, "confidence": c}
+                for w, c in itertools.product(cfg.mas_lwf_weights, cfg.mas_lwf_confidence)]
     return [{}]
+
+
+def lam_grid(learner: str, cfg: CompareConfig, lam: float,
+             options: dict[str, Any]) -> list[dict[str, Any]]:
+    """Stage 3: ``options`` (a combination's stage 2 choice) with ``lam`` x each combo_lam_factors.
+
+    Examples
+    --------
+    >>> lam_grid("tfcl", CompareConfig(), 0.09, {"lam": 0.09, "eras": False})
+    [{'lam': 0.01, 'eras': False}, {'lam': 0.03, 'eras': False}, {'lam': 0.09, 'eras': False}]
+    """
+    if learner not in WITH_MAS:
+        raise ValueError(f"stage 3 chooses the lam of {', '.join(WITH_MAS)}, not of {learner!r}")
+    return [{**options, "lam": _num(lam * f)} for f in cfg.combo_lam_factors]
 
 
 def _label(options: dict[str, Any]) -> str:
@@ -230,39 +250,50 @@ def _base(scenario: str) -> tuple[Path, ExperimentConfig]:
     return path, load_config(path)
 
 
-def run_selection(cfg: CompareConfig, stage: Sequence[str], lams: dict[str, float | None],
-                  fresh: bool) -> dict[str, dict[str, list[dict[str, Any]]]]:
+Selection = dict[str, dict[str, list[dict[str, Any]]]]  # scenario -> learner -> rows
+
+
+def run_selection(cfg: CompareConfig, stage: Sequence[str],
+                  options_of: Callable[[str, str, ExperimentConfig], list[dict[str, Any]]],
+                  fresh: bool, done: Selection | None = None) -> Selection:
     """Run every grid value of ``stage``'s learners on the selection seeds and validation split.
 
-    Returns, per scenario and learner, ``[{"options", "acc": [per seed], "mean"}]``; a grid of one
-    value is not run (``acc`` empty, ``mean`` None).
+    ``options_of(scenario, learner, base config)`` is the learner's grid. Returns, per scenario and
+    learner, ``[{"options", "acc": [per seed], "mean"}]`` in grid order; a grid of one value is not
+    run (``acc`` empty, ``mean`` None); an option set that ``done`` holds with a result is taken
+    from it, not run again.
     """
     jobs: list[tuple[ExperimentConfig, Unit]] = []
-    index: list[tuple[str, str, dict[str, Any], Path]] = []
-    fixed: list[tuple[str, str, dict[str, Any]]] = []
+    pending: list[tuple[dict[str, Any], Path]] = []  # rows to fill from the runs, and their directory
+    out: Selection = {}
     for scenario in cfg.scenarios:
         path, base = _base(scenario)
         for learner in stage:
             if learner not in cfg.learners:
                 continue
-            options_list = grid(learner, base, cfg, lams.get(scenario))
+            options_list = options_of(scenario, learner, base)
             if options_list == [{}]:
                 continue
+            rows = out.setdefault(scenario, {}).setdefault(learner, [])
             if len(options_list) == 1:
-                fixed.append((scenario, learner, options_list[0]))
+                rows.append({"options": options_list[0], "acc": [], "mean": None})
                 continue
+            known = {json.dumps(r["options"]): r for r in (done or {}).get(scenario, {}).get(learner, [])
+                     if r["mean"] is not None}
             for options in options_list:
+                if json.dumps(options) in known:
+                    rows.append(known[json.dumps(options)])
+                    continue
                 sets = [*_common(base, cfg, cfg.workers), f'experiment.learners=["{learner}"]',
                         f"experiment.seeds={json.dumps(list(cfg.select_seeds))}",
                         f"stream.validation={cfg.validation}", *_sets(learner, options)]
                 config = load_config(path, sets)
                 where = Path(cfg.out) / "select" / scenario / f"{learner}-{_label(options)}"
                 run_dir, config = continue_or_create(config, where, fresh=fresh)
-                index.append((scenario, learner, options, run_dir))
+                row: dict[str, Any] = {"options": options, "acc": [], "mean": None}
+                rows.append(row)
+                pending.append((row, run_dir))
                 jobs.extend((config, u) for u in units(config, run_dir))
-    out: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for scenario, learner, options in fixed:
-        out.setdefault(scenario, {})[learner] = [{"options": options, "acc": [], "mean": None}]
     if not jobs:
         return out
     start = time.perf_counter()
@@ -270,37 +301,70 @@ def run_selection(cfg: CompareConfig, stage: Sequence[str], lams: dict[str, floa
           f"{', '.join(map(str, cfg.select_seeds))} (validation {cfg.validation:g})", flush=True)
     results = run_units(jobs, workers=cfg.workers, progress=False)
     print(f"selection of {', '.join(stage)}: {time.perf_counter() - start:.0f} s", flush=True)
-    for scenario, learner, options, run_dir in index:
-        accs = [r["average_accuracy"] for (_, u), r in zip(jobs, results, strict=True)
-                if u.path.is_relative_to(run_dir)]
-        mean = sum(accs) / len(accs)
-        out.setdefault(scenario, {}).setdefault(learner, []).append(
-            {"options": options, "acc": accs, "mean": mean})
-        print(f"  {scenario} {learner} {_label(options)}: validation ACC {100 * mean:.1f}", flush=True)
+    for row, run_dir in pending:
+        row["acc"] = [r["average_accuracy"] for (_, u), r in zip(jobs, results, strict=True)
+                      if u.path.is_relative_to(run_dir)]
+        row["mean"] = sum(row["acc"]) / len(row["acc"])
+    for scenario, by in out.items():
+        for learner, rows in by.items():
+            for row in rows:
+                if row["mean"] is not None:
+                    print(f"  {scenario} {learner} {_label(row['options'])}: validation ACC "
+                          f"{100 * row['mean']:.1f}", flush=True)
     return out
 
 
-def chosen_options(selection: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, dict[str, Any]]:
+def select(cfg: CompareConfig, fresh: bool) -> Selection:
+    """The three stages of the selection (the module's docstring); every row carries its ``stage``.
+
+    A combination's rows are its stage 2 runs followed by its stage 3 runs at the other lams.
+    """
+    stage1 = run_selection(cfg, ("online-mas", "mas-oracle", "lwf"),
+                           lambda sc, ln, base: grid(ln, base, cfg, None), fresh)
+    lams: dict[str, float] = {}
+    for scenario in cfg.scenarios:
+        lam = chosen_options(stage1).get(scenario, {}).get("online-mas", {}).get("lam")
+        lams[scenario] = lam if lam is not None else _base(scenario)[1].learner.online_mas.lam
+    stage2 = run_selection(cfg, WITH_MAS, lambda sc, ln, base: grid(ln, base, cfg, lams[sc]), fresh)
+    picked = chosen_options(stage2)
+    stage3 = run_selection(cfg, WITH_MAS, lambda sc, ln, base: lam_grid(ln, cfg, lams[sc], picked[sc][ln]),
+                           fresh, done=stage2)
+    selection: Selection = {}
+    for number, stage in enumerate((stage1, stage2, stage3), start=1):
+        for scenario, by in stage.items():
+            for learner, rows in by.items():
+                mine = selection.setdefault(scenario, {}).setdefault(learner, [])
+                if any(r["mean"] is not None for r in rows):  # a stage 3 grid replaces a stage 2 "not run"
+                    mine[:] = [r for r in mine if r["mean"] is not None]
+                for row in rows:
+                    row.setdefault("stage", number)
+                    if all(r is not row for r in mine):
+                        mine.append(row)
+    return selection
+
+
+def chosen_options(selection: Selection) -> dict[str, dict[str, Any]]:
     """Per scenario and learner, the options with the best mean validation ACC (first on ties)."""
     return {sc: {ln: max(rows, key=lambda r: -math.inf if r["mean"] is None else r["mean"])["options"]
                  for ln, rows in by.items()} for sc, by in selection.items()}
 
 
-def selection_table(selection: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
-    lines = ["| scenario | learner | options | validation ACC % (per seed) | chosen |",
-             "|---|---|---|---|---|"]
+def selection_table(selection: Selection) -> str:
+    lines = ["| scenario | learner | stage | options | validation ACC % (per seed) | chosen |",
+             "|---|---|---|---|---|---|"]
     best = chosen_options(selection)
     for scenario, by in selection.items():
         for learner, rows in by.items():
             for r in rows:
+                stage = r.get("stage", "")
                 if r["mean"] is None:
-                    lines.append(f"| {scenario} | {learner} | {_label(r['options'])} | not run (the only "
-                                 f"value) | yes |")
+                    lines.append(f"| {scenario} | {learner} | {stage} | {_label(r['options'])} | not run "
+                                 f"(the only value) | yes |")
                     continue
                 seeds = ", ".join(f"{100 * a:.1f}" for a in r["acc"])
                 mark = "yes" if r["options"] == best[scenario][learner] else ""
-                lines.append(f"| {scenario} | {learner} | {_label(r['options'])} | {100 * r['mean']:.1f} "
-                             f"({seeds}) | {mark} |")
+                lines.append(f"| {scenario} | {learner} | {stage} | {_label(r['options'])} | "
+                             f"{100 * r['mean']:.1f} ({seeds}) | {mark} |")
     return "\n".join(lines)
 
 
@@ -383,14 +447,7 @@ def main() -> None:
         return
     start = time.perf_counter()
 
-    stage1 = run_selection(cfg, ("online-mas", "mas-oracle", "lwf"), {}, args.fresh)
-    chosen = chosen_options(stage1)
-    lams: dict[str, float | None] = {}
-    for scenario in cfg.scenarios:
-        lam = chosen.get(scenario, {}).get("online-mas", {}).get("lam")
-        lams[scenario] = lam if lam is not None else _base(scenario)[1].learner.online_mas.lam
-    stage2 = run_selection(cfg, WITH_MAS, lams, args.fresh)
-    selection = {sc: {**stage1.get(sc, {}), **stage2.get(sc, {})} for sc in cfg.scenarios}
+    selection = select(cfg, args.fresh)
     chosen = chosen_options(selection)
     select_seconds = time.perf_counter() - start
 
@@ -437,8 +494,12 @@ def main() -> None:
                       f"seeds {', '.join(map(str, cfg.select_seeds))}, evaluated on a stratified "
                       f"{100 * cfg.validation:g}% of every segment's training data held out "
                       f"(stream.validation = {cfg.validation:g}); best mean validation ACC. Chosen: "
-                      f"{chosen_text}. er, der and finetune keep the runner's defaults. Penalty form: "
-                      f"online-mas's from the config for every MAS combination.")
+                      f"{chosen_text}. Stages: 1 online-mas's lam (x 1/3, 1, 3 the config's), "
+                      f"mas-oracle's lam, lwf's weight; 2, at online-mas's chosen lam, tfcl's eras and "
+                      f"mas+lwf's weight and confidence; 3 the lam of mas+er, tfcl and mas+lwf, x "
+                      f"{', '.join(f'{f:.3g}' for f in cfg.combo_lam_factors)} online-mas's chosen one, "
+                      f"their stage 2 options fixed. er, der and finetune keep the runner's defaults. "
+                      f"Penalty form: online-mas's from the config for every MAS combination.")
     run_seconds = sum(float(r["timing"]["wall_time_s"]) for r in results)
     passes = "" if cfg.passes is None else f" --passes {cfg.passes:g}"
     footer = (f"`python scripts/compare.py --workers {cfg.workers} --seeds {' '.join(map(str, cfg.seeds))} "

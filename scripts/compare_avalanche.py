@@ -332,29 +332,54 @@ def _ours(root: Path, scenario: str, seeds: Sequence[int]) -> dict[str, list[dic
                 if forgetting is None and s.get("accuracy_matrix"):
                     forgetting = stream_forgetting(s["accuracy_matrix"], s["order"])
                 out.setdefault(s["learner"], []).append({
-                    "average_accuracy": s["average_accuracy"], "forgetting": forgetting,
+                    "seed": seed, "average_accuracy": s["average_accuracy"], "forgetting": forgetting,
                     "backward_transfer": s["backward_transfer"],
                     "stored_samples": s.get("stored_samples", 0),
                     "ms_per_step": 1000 / s["timing"]["steps_per_s"]})
     return out
 
 
-def targets(ours: dict[str, float], theirs: dict[str, float]) -> list[str]:
-    """The issue's two targets as differences of mean ACC (points), from what is present."""
+def _diff(a: dict[int, float], b: dict[int, float]) -> str:
+    """mean(a) - mean(b) in points, with the standard error of the per-seed differences.
+
+    ``a`` and ``b`` map seeds to ACC; seed ``s`` of both is the same stream (samples, order, initial
+    weights), so the differences are paired.
+
+    Examples
+    --------
+    >>> _diff({0: 0.70, 1: 0.74}, {0: 0.69, 1: 0.71})
+    '+2.0 (paired SE 1.0, 2 seeds)'
+    """
+    text = f"{100 * (_mean_std(list(a.values()))[0] - _mean_std(list(b.values()))[0]):+.1f}"
+    common = sorted(set(a) & set(b))
+    if len(common) > 1:
+        sd = _mean_std([a[s] - b[s] for s in common])[1]
+        text += f" (paired SE {100 * sd / math.sqrt(len(common)):.1f}, {len(common)} seeds)"  # type: ignore[operator]
+    return text
+
+
+def targets(ours: dict[str, dict[int, float]], theirs: dict[str, dict[int, float]]) -> list[str]:
+    """The issue's two targets as differences of mean ACC (points), from what is present.
+
+    ``ours`` and ``theirs`` map each learner to its ACC per seed.
+    """
     parts = []
-    replay_ours = {k: ours[k] for k in ("mas+er", "tfcl") if k in ours}
-    if replay_ours and "replay" in theirs:
-        a = max(replay_ours, key=replay_ours.__getitem__)
+    mean = {k: _mean_std(list(v.values()))[0] for k, v in {**ours, **{f"av {n}": v for n, v in
+                                                                    theirs.items()}}.items() if v}
+    replay_ours = [k for k in ("mas+er", "tfcl") if k in mean]
+    if replay_ours and "av replay" in mean:
+        a = max(replay_ours, key=mean.__getitem__)
         parts.append(f"best of task-free mas+er, tfcl ({a}) - Avalanche replay (200 samples each, given "
-                     f"the boundaries): {100 * (replay_ours[a] - theirs['replay']):+.1f}")
-        if "er" in ours:
-            parts.append(f"{a} - our er: {100 * (replay_ours[a] - ours['er']):+.1f}")
-    free_ours = {k: ours[k] for k in ("online-mas", "mas+lwf") if k in ours}
-    free_theirs = {k: theirs[k] for k in ("ewc", "mas", "si", "lwf") if k in theirs}
+                     f"the boundaries): {_diff(ours[a], theirs['replay'])}")
+        if "er" in mean:
+            parts.append(f"{a} - our er: {_diff(ours[a], ours['er'])}")
+    free_ours = [k for k in ("online-mas", "mas+lwf") if k in mean]
+    free_theirs = [k for k in ("ewc", "mas", "si", "lwf") if f"av {k}" in mean]
     if free_ours and free_theirs:
-        a, b = max(free_ours, key=free_ours.__getitem__), max(free_theirs, key=free_theirs.__getitem__)
+        a = max(free_ours, key=mean.__getitem__)
+        b = max(free_theirs, key=lambda k: mean[f"av {k}"])
         parts.append(f"best task-free memory-free of ours ({a}) - best of Avalanche's EWC, MAS, SI, "
-                     f"LwF ({b}): {100 * (free_ours[a] - free_theirs[b]):+.1f}")
+                     f"LwF ({b}): {_diff(ours[a], theirs[b])}")
     return parts
 
 
@@ -451,8 +476,9 @@ def main() -> None:
         accs_ours[scenario] = {k: [r["average_accuracy"] for r in v]
                                for k, v in _ours(Path(args.ours), scenario, cfg.seeds).items()}
         accs_theirs[scenario] = {k: [r["average_accuracy"] for r in v] for k, v in results[scenario].items()}
-        ours = {k: _mean_std(v)[0] for k, v in accs_ours[scenario].items()}
-        theirs = {k: _mean_std(v)[0] for k, v in accs_theirs[scenario].items()}
+        ours = {k: {r["seed"]: r["average_accuracy"] for r in v}
+                for k, v in _ours(Path(args.ours), scenario, cfg.seeds).items()}
+        theirs = {k: {r["seed"]: r["average_accuracy"] for r in v} for k, v in results[scenario].items()}
         notes.append(f"- {scenario}: ACC points, " + "; ".join(targets(ours, theirs)))
     lines = ["| scenario | learner | seeds | ACC % | forgetting % | BWT % | stored samples | ms / step |",
              "|---|---|---|---|---|---|---|---|"]
