@@ -1,4 +1,5 @@
-"""Worker processes (``run.workers > 1``) die with their parent, and a resume then finishes the runs."""
+"""Worker processes (``run.workers > 1``) die with their parent, and a resume then finishes the runs
+(that one is ``slow``: ``pytest -m slow``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -39,9 +42,8 @@ def _alive(pid: int) -> bool:
     return state != "Z"  # a zombie has exited (nobody reaped it yet)
 
 
-def test_workers_die_with_their_parent(tmp_path: Path) -> None:
-    """Issue 18, item 6: SIGKILL the parent; no worker lives on (ppid 1) for minutes."""
-    run_dir = tmp_path / "run"
+def _kill_the_parent_mid_run(run_dir: Path) -> None:
+    """Start a two-worker run, SIGKILL the parent once both workers run; no worker lives on."""
     sets = [a for s in SETTINGS for a in ("--set", s)]
     proc = subprocess.Popen([sys.executable, "-m", "online_mas", "run", "--out", str(run_dir), *sets,
                              "--no-progress"], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
@@ -66,6 +68,17 @@ def test_workers_die_with_their_parent(tmp_path: Path) -> None:
                 os.kill(w, signal.SIGKILL)
         if proc.poll() is None:
             proc.kill()
+
+
+def test_workers_die_with_their_parent(tmp_path: Path) -> None:
+    """Issue 18, item 6: SIGKILL the parent; no worker lives on (ppid 1) for minutes."""
+    _kill_the_parent_mid_run(tmp_path / "run")
+
+
+@pytest.mark.slow  # the resume runs the rest of both learners' streams (~40 s on 2 cores)
+def test_a_resume_finishes_the_runs_the_killed_workers_left(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    _kill_the_parent_mid_run(run_dir)
     resumed = subprocess.run([sys.executable, "-m", "online_mas", "run", "--resume", str(run_dir),
                               "--no-progress"], cwd=ROOT, env=ENV, capture_output=True, text=True,
                              timeout=600)

@@ -307,8 +307,10 @@ def check_finite_sums(sums: Mapping[str, Tensor]) -> None:
 
 
 def sq_norm_total(out: Tensor) -> Tensor:
-    """sum_n ||f(x_n)||^2, computed in float32."""
-    return out.float().pow(2).sum()
+    """sum_n ||f(x_n)||^2, computed in float32 at least (a float64 output stays float64: the
+    backward's seed ``2 f(x_n)`` rounded to float32 is amplified wherever the gradient is a
+    cancellation, e.g. before a final LayerNorm, whose output norm barely depends on its input)."""
+    return (out if out.dtype == torch.float64 else out.float()).pow(2).sum()
 
 
 @contextlib.contextmanager
