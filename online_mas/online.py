@@ -45,7 +45,14 @@ from online_mas.penalty import (
 )
 from online_mas.reduce import Reducer
 from online_mas.schedule import Schedule
-from online_mas.sharded import any_sharded, finite_copy, local_grads, local_lists, whole_value
+from online_mas.sharded import (
+    any_sharded,
+    check_data_parallel,
+    finite_copy,
+    local_grads,
+    local_lists,
+    whole_value,
+)
 from online_mas.signals import per_sample
 from online_mas.skips import Skips
 from online_mas.trigger import Trigger, default_detector
@@ -226,6 +233,7 @@ class OnlineMAS:
         self.anchor_policy = anchor if anchor is not None else StableAnchor()
         self.buffer = buffer
         self.reducer = reducer if reducer is not None else Reducer()
+        check_data_parallel(model)
         self._params = Parameters(model)
         self._step = 0
         self._skips = Skips()

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
 from online_mas.distributed import CommStats, reduce_scatter_rows
 
@@ -76,6 +76,38 @@ def any_sharded(tensors: Sequence[Tensor]) -> bool:
         return False
     cls = module.DTensor
     return any(isinstance(t, cls) for t in tensors)
+
+
+def check_data_parallel(model: nn.Module) -> None:
+    """Raise where a DTensor parameter is not sharded by FSDP2 for data parallelism: one outside
+    every ``fully_shard``-ed module, or with more than one ``Shard`` placement (tensor
+    parallelism: its ranks see the same batch, each holding a slice of the layer, so neither the
+    per-sample products of the rules nor the sum over ranks would be the importance).
+
+    >>> check_data_parallel(nn.Linear(2, 2))  # plain parameters: nothing to check
+    """
+    module = sys.modules.get("torch.distributed.tensor")
+    if module is None or not any(isinstance(p, module.DTensor) for p in model.parameters()):
+        return
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import Replicate, Shard
+
+    managed: set[int] = set()
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            managed.update(id(p) for p in m.parameters())
+    for name, p in model.named_parameters():
+        if not isinstance(p, module.DTensor):
+            continue
+        shards = sum(isinstance(q, Shard) for q in p.placements)
+        others = [q for q in p.placements if not isinstance(q, Shard | Replicate)]
+        if id(p) not in managed or shards > 1 or others:
+            where = "outside every fully_shard-ed module" if id(p) not in managed else "on a 2-D mesh"
+            raise ValueError(
+                f"parameter {name!r} is a DTensor with placements {tuple(p.placements)} {where}"
+                f": tensor parallelism is not supported (its ranks share a batch and each holds a slice "
+                f"of the layer); OnlineMAS and om.importance take FSDP2's fully_shard on a 1-D "
+                f"mesh (data parallel) or HSDP (Replicate, Shard), or DDP")
 
 
 def local(t: Any) -> Tensor:

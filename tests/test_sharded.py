@@ -312,6 +312,33 @@ def _nan(rank: int | None, *, doubled: bool = False) -> tuple[dict[str, Tensor],
     return {k: full(v) for k, v in mas.running_omega.items()}, mas.n_skipped, gathers
 
 
+def _tensor_parallel(rank: int) -> list[str]:
+    """Tensor parallelism (``parallelize_module``, ranks sharing a batch): a clear error from
+    ``OnlineMAS``, ``om.importance`` and an FSDP2 model with one TP layer, never a number."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    errors = []
+    mesh = init_device_mesh("cpu", (WORLD,))
+    torch.manual_seed(0)
+    tp = parallelize_module(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)), mesh,
+                            {"0": ColwiseParallel(), "2": RowwiseParallel()})
+    mixed = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    parallelize_module(mixed[0], mesh, ColwiseParallel())
+    fully_shard(mixed[2])
+    for model, make in ((tp, lambda m: om.OnlineMAS(m, lam=1.0)),
+                        (tp, lambda m: om.importance(m, torch.randn(4, 8))),
+                        (mixed, lambda m: om.OnlineMAS(m, lam=1.0))):
+        try:
+            make(model)
+        except ValueError as e:
+            errors.append(str(e))
+        else:
+            errors.append("no error")
+    return errors
+
+
 def _worker(rank: int, port: int, out: str) -> None:
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.set_num_threads(1)
@@ -330,6 +357,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         res["detector"] = _snapshot(*_run("mlp", rank, detector=True)[:2])
         res["checkpoint"] = _checkpoint(rank, str(Path(out) / "ckpt"))
         res["from_one"] = _from_one_process(Path(out) / "single.pt")
+        res["tensor_parallel"] = _tensor_parallel(rank)
         torch.save(res, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -570,3 +598,11 @@ def test_bad_arguments() -> None:
         om.load_sharded("/nonexistent/ckpt", MLP())
     with pytest.raises(TypeError, match="state must be a dict"):
         om.save_sharded([1, 2], "/tmp/never")  # type: ignore[arg-type]
+
+
+def test_tensor_parallel_parameters_are_refused_by_name(ranks: tuple[list[dict[str, object]], Path]) -> None:
+    for res in ranks[0]:
+        errors = res["tensor_parallel"]
+        assert isinstance(errors, list) and len(errors) == 3
+        for e in errors:
+            assert "tensor parallelism is not supported" in e and "'0.weight'" in e, e

@@ -282,8 +282,11 @@ def _run(
 ) -> BatchImportance:
     """Summed (``mean=False``) or averaged importance. The average scales the small output gradients
     on the exact path, never a parameter-sized tensor."""
+    from online_mas.sharded import check_data_parallel  # here: sharded imports the estimators
+
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model)!r}")
+    check_data_parallel(model)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if output is not None and not callable(output):
