@@ -29,7 +29,7 @@ from online_mas.buffer import HardBuffer
 from online_mas.checks import check_choice, is_int, is_real
 from online_mas.consolidate import NORMALIZE, ConsolidationRule, Consolidator, CurrentAnchor, StableAnchor
 from online_mas.estimators import METHODS, BatchImportance, NonFiniteError, OutputFn, estimate
-from online_mas.estimators.common import check_input, model_output
+from online_mas.estimators.common import call_model, check_input, finite, model_output
 from online_mas.estimators.doubled import DoubledBatch
 from online_mas.estimators.exact import fast_candidates
 from online_mas.estimators.inputs import Inputs, batch_size, select
@@ -604,13 +604,21 @@ class OnlineMAS:
         xs = x
         if batch is None:
             xs = self._subsample(x, k) if step else x
+            # across the ranks of a sharded model the pass's backward (FSDP's collectives) runs
+            # even where this rank's output is not finite: on the output with nan/inf set to 0,
+            # and the batch is skipped after it (raising before it left the ranks' collectives
+            # out of step: the other ranks' all-gathers paired with this rank's next reduction)
+            output, bad = _finite_output(self.output) if self.reducer.size > 1 and any_sharded(
+                self._params.params) else (self.output, None)
             self._seen.active = False
             try:
-                batch = estimate(unwrap(self.model), xs, method=self.config.method, output=self.output,
+                batch = estimate(unwrap(self.model), xs, method=self.config.method, output=output,
                                  chunk_size=self._chunk(xs), factors=step,
                                  memory_budget=self.config.memory_budget)
             finally:
                 self._seen.active = True
+            if bad:
+                raise NonFiniteError("the model output contains non-finite values (nan or inf)")
         if self.buffer is not None and step and isinstance(xs, Tensor):
             surprise = getattr(self.trigger.signal, "surprise", None)
             scores = surprise(batch.out) if callable(surprise) else per_sample("entropy", batch.out)
@@ -749,6 +757,22 @@ def _for_signal(out: Tensor | None) -> Tensor | None:
         raise TypeError(f"the model output must be floating point for the detector's signal, got "
                         f"{out.dtype}: pass output= to choose a floating tensor")
     return out.unsqueeze(1) if out.dim() == 1 else out
+
+
+
+def _finite_output(fn: OutputFn | None) -> tuple[OutputFn, list[bool]]:
+    """``fn`` (default: the model's forward) with nan/inf outputs set to 0, and a list that
+    records each call whose output was not finite."""
+    bad: list[bool] = []
+
+    def output(model: nn.Module, x: Inputs) -> Tensor:
+        out = fn(model, x) if fn is not None else call_model(model, x)
+        if isinstance(out, Tensor) and out.is_floating_point() and not finite(out):
+            bad.append(True)
+            out = torch.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+        return out
+
+    return output, bad
 
 
 def _loss_value(loss: object) -> float | None:

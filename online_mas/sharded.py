@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from online_mas.distributed import CommStats, reduce_scatter_rows
+from online_mas.estimators.common import finite
 
 if TYPE_CHECKING:
     from torch.distributed.tensor import DTensor
@@ -349,13 +350,20 @@ def local_grads(params: Sequence[Any]) -> Iterator[list[Tensor]]:
 
 
 def finite_copy(x: Any) -> Any:
-    """A batch (a tensor, or a tuple, list or dict of them) with nan and inf replaced by 0.
+    """A batch (a tensor, or a tuple, list or dict of them) with nan and inf replaced by 0; a
+    tensor whose values are finite but whose sum overflows (the input check's one reduction,
+    :func:`~online_mas.estimators.common.finite`, refuses it) becomes zeros.
 
     >>> finite_copy((torch.tensor([1.0, float("nan")]), 3))
     (tensor([1., 0.]), 3)
+    >>> finite_copy(torch.tensor([3e38, 3e38]))
+    tensor([0., 0.])
     """
     if isinstance(x, Tensor):
-        return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0) if x.is_floating_point() else x
+        if not x.is_floating_point():
+            return x
+        y = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        return y if finite(y) else torch.zeros_like(y)
     if isinstance(x, dict):
         return {k: finite_copy(v) for k, v in x.items()}
     if isinstance(x, list | tuple):

@@ -285,25 +285,37 @@ def _from_one_process(path: Path) -> dict[str, object]:
             "slow": {k: full(v) for k, v in slow.items()}}
 
 
-def _nan(rank: int | None, *, doubled: bool = False) -> tuple[dict[str, Tensor], int, list[int]]:
+def _nan(rank: int | None, *, doubled: bool = False, overflow: str = ""
+         ) -> tuple[dict[str, Tensor], int, list[int]]:
     """Three observed batches; at step 2 rank 1's slice is nan (its forwards still run, on
     zeros, since FSDP's are collectives). The reference sees rank 0's slice alone at step 2.
     ``doubled``: each observe follows a forward and backward (no optimizer step) under
     ``shared_backward``, rank 1 skips its batch and no rank takes the separate pass. Also the
-    all-gathers of each step."""
-    model = _families()["mlp"][0]
+    all-gathers of each step. ``overflow``: an unbounded ReLU MLP (first weights x 1000), and rank
+    1's slice is finite but large: ``"sum"``, values near 1e38, whose sum (the input check's one
+    reduction) overflows; ``"output"``, values near 1e36, whose sum does not but the model's output
+    does (the separate pass finds it after its forward, on one rank only)."""
+    family = "mlp"
+    model = _families()[family][0]
+    if overflow:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 3))
+        with torch.no_grad():
+            model[0].weight.mul_(1000.0)
     if rank is not None:
         model = _sharded(model)
     mas = _mas(model, None, doubled=doubled)
     gathers = []
     for t in range(1, 4):
-        x = _batch("mlp", 60 + t)
+        x = _batch(family, 60 + t)
         if rank is None:
             mas.observe(x[:SPLIT] if t == 2 else x)
             continue
         part = _shard(x, rank)
         if t == 2 and rank == 1:
-            part = torch.full_like(part, float("nan"))
+            part = (part.clamp(-3, 3) * (1e38 if overflow == "sum" else 1e36) if overflow
+                    else torch.full_like(part, float("nan")))
+            assert bool(torch.isfinite(part).all()) == bool(overflow)
         with _gathers() as count:
             if doubled:
                 model(part).pow(2).sum().backward()
@@ -347,7 +359,8 @@ def _worker(rank: int, port: int, out: str) -> None:
     try:
         res: dict[str, object] = {"scatter": _scatter(rank), "collectives": _collectives(rank),
                                   "accumulate": _accumulated(rank), "nan": _nan(rank),
-                                  "nan_doubled": _nan(rank, doubled=True)}
+                                  "nan_doubled": _nan(rank, doubled=True),
+                                  **{f"overflow {k}": _nan(rank, overflow=k) for k in ("sum", "output")}}
         for family in _families():
             model, mas, seen = _run(family, rank)
             res[family] = {**_snapshot(model, mas), **seen}
@@ -501,6 +514,23 @@ def test_a_rank_with_a_non_finite_batch_takes_part_and_is_left_out(
         _close(running, ref)
         assert skipped == rank  # rank 1 counted its one skipped batch
         assert gathers == [6, 6, 6]  # every rank took the separate pass (3 blocks, twice)
+
+
+@pytest.mark.parametrize("overflow", ["sum", "output"])
+def test_a_rank_whose_finite_batch_overflows_is_left_out_without_a_hang(
+    ranks: tuple[list[dict[str, object]], Path], overflow: str
+) -> None:
+    """Both hung before (the other ranks' all-gathers waited for this rank's estimate pass):
+    ``sum``, the input check refused the batch and its finite copy alike; ``output``, the pass
+    raised after its forward, before its backward."""
+    ref, _, _ = _nan(None, overflow=overflow)
+    seen = []
+    for rank, res in enumerate(ranks[0]):
+        running, skipped, gathers = res[f"overflow {overflow}"]  # type: ignore[misc]
+        assert skipped == rank  # rank 1 skipped its batch
+        _close(running, ref)  # which is left out of the sum
+        seen.append(gathers)
+    assert seen[0] == seen[1] and len(set(seen[0])) == 1  # every step the same all-gathers
 
 
 def test_state_per_rank_is_about_half_of_the_single_process_state(

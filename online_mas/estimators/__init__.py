@@ -282,7 +282,7 @@ def _run(
 ) -> BatchImportance:
     """Summed (``mean=False``) or averaged importance. The average scales the small output gradients
     on the exact path, never a parameter-sized tensor."""
-    from online_mas.sharded import check_data_parallel  # here: sharded imports the estimators
+    from online_mas.sharded import check_data_parallel  # here: sharded imports estimators.common
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model)!r}")
