@@ -3,7 +3,8 @@
 before), against MAS at the true boundaries; ACC on permuted and recurring digits at batch 1, 4
 and 32 over several seeds, with paired differences. Writes ``results/anchor_onset.md``.
 
-    python scripts/anchor_onset.py                      # seeds 0-5, about 25 min on one core
+    python scripts/anchor_onset.py                      # seeds 0-5, batch 1 too: over an hour on one core
+    python scripts/anchor_onset.py --batches 4 32       # what results/anchor_onset.md holds (~30 min)
     python scripts/anchor_onset.py --seeds 0 1 --batches 32 --streams permuted
 
 The runs are those of ``scripts/detection.py`` (its model, learning rates, lam and penalty).
