@@ -759,7 +759,6 @@ def _for_signal(out: Tensor | None) -> Tensor | None:
     return out.unsqueeze(1) if out.dim() == 1 else out
 
 
-
 def _finite_output(fn: OutputFn | None) -> tuple[OutputFn, list[bool]]:
     """``fn`` (default: the model's forward) with nan/inf outputs set to 0, and a list that
     records each call whose output was not finite."""
