@@ -705,14 +705,15 @@ def bench_detector(cfg: Config) -> dict[str, object]:
                                                                     lag=default_lag)
     triggers["PageHinkley per call (the default before Windowed)"] = Trigger(PageHinkley(mode="up"))
 
-    def feeder(trigger: Trigger) -> Callable[[], None]:
+    def feeder(trigger: Trigger, xs: list[Tensor] = xs, outs: list[Tensor] = outs,
+               n: int = 32) -> Callable[[], None]:
         step = [0]
 
         def feed() -> None:
             i = step[0] % len(xs)
             step[0] += 1
             trigger.see(xs[i])
-            trigger.fire(step[0], trigger.value(outs[i]), n=32)
+            trigger.fire(step[0], trigger.value(outs[i]), n=n)
         return feed
 
     shift = om.InputShift()
@@ -728,20 +729,10 @@ def bench_detector(cfg: Config) -> dict[str, object]:
     # batch 1: a training step on one sample, and the feed at lag 0 and the default lag
     xs1, outs1 = [v[:1] for v in xs], [o[:1] for o in outs]
 
-    def feeder1(trigger: Trigger) -> Callable[[], None]:
-        step = [0]
-
-        def feed() -> None:
-            i = step[0] % len(xs1)
-            step[0] += 1
-            trigger.see(xs1[i])
-            trigger.fire(step[0], trigger.value(outs1[i]), n=1)
-        return feed
-
     fns1: dict[str, Callable[[], object]] = {
         "train_step, batch 1": lambda: train_step(model, opt, x[:1], y[:1])}
     for lag in sorted({0, default_lag}):
-        fns1[f"default, lag {lag}, batch 1"] = feeder1(Trigger(om.default_detector(lag=lag)))
+        fns1[f"default, lag {lag}, batch 1"] = feeder(Trigger(om.default_detector(lag=lag)), xs1, outs1, 1)
     summary1, _ = interleaved(fns1, baseline="train_step, batch 1", rounds=cfg.rounds, block_ms=cfg.block_ms,
                               clock=cfg.clock)
     name = next(k for k in triggers if k.endswith("(the default)"))
