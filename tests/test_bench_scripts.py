@@ -198,3 +198,18 @@ def test_bench_river_writes_its_table(tmp_path: Path) -> None:
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert 0.0 <= float(cells[2]) <= 100.0 and 0.0 <= float(cells[3]) <= 100.0 and float(cells[4]) > 0
+
+
+def test_detection_scores_and_sea_visibility_by_hand() -> None:
+    """scripts/detection.py's learning rates (linear in the batch, capped) and its table of what a
+    change leaves in the training errors, against hand-computed counts."""
+    det = _load("detection")
+    assert [det.lr_for(b) for b in (1, 4, 8, 32, 128)] == [0.005, 0.02, 0.04, 0.05, 0.05]
+    errors = [0] * 40 + [1, 0, 0, 0] * 10  # rate 0 before sample 40, then 1 in 4
+    errors[25] = errors[30] = 1  # 2 errors in the 20 samples before it: rate 0.1
+    (row,) = det._visibility(errors, [40], before=20, after=8)
+    assert row["rate_before"] == pytest.approx(0.1) and row["errors_after"] == 2
+    assert row["excess"] == pytest.approx(2 - 0.8)
+    assert row["z"] == pytest.approx(1.2 / math.sqrt(0.8 * 0.9))
+    s = det._scores([105, 300], [100], [0, 1], 400)  # a detection 5 after the change, one alarm
+    assert (s["precision"], s["recall"], s["false_alarms"], s["mean_delay"]) == (0.5, 1.0, 1, 5)

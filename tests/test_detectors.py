@@ -875,3 +875,87 @@ def test_input_shift_a_nan_input_moves_nothing_and_leaves_the_reference_finite(b
     later = torch.randn(64, 6, generator=g) + 3.0  # a shift is still seen after the nan
     seen = b.piece_sums(later)[0] if bulk else b.per_sample(later)
     assert float(seen.sum()) > 10 * 64
+
+
+def _joint_stream(seed: int, mean_step: float, signal_step: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """8000 samples; at sample 4000 the inputs' mean and the signal both move a little."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.cat([torch.randn(4000, 8, generator=g), torch.randn(4000, 8, generator=g) + mean_step])
+    v = 1.0 + 0.1 * torch.randn(8000, generator=g)
+    v[4000:] += signal_step
+    return x, v
+
+
+def _joint_detector(joint: float | None) -> Any:
+    from online_mas.detectors import Combined
+    from online_mas.signals import InputShift
+
+    return Combined(Windowed(ScaledCUSUM(warmup=16, threshold=16.0, half_life=64.0), window=32),
+                    Windowed(ScaledCUSUM(warmup=16, threshold=16.0), window=32),
+                    InputShift(window=32, projections=0), min_segment=1024, joint_threshold=joint)
+
+
+@pytest.mark.parametrize("batch", [1, 64])
+def test_combined_joint_threshold_finds_a_change_each_channel_alone_misses(batch: int) -> None:
+    """A change too small for either channel's own threshold (16) is found when both statistics
+    are at or above joint_threshold (6) at once: once, by "joint", soon after sample 4000, at the
+    same sample up to the batch; with no change (and with joint_threshold=None) nothing fires."""
+    def run(joint: float | None, x: torch.Tensor, v: torch.Tensor, b: int) -> list[tuple[int, str | None]]:
+        c = _joint_detector(joint)
+        out = []
+        for i in range(0, len(x), b):
+            c.update_many(v[i:i + b].tolist(), inputs=x[i:i + b])
+            out += [(d, c.fired_by) for d in c.detections]
+        return out
+
+    x, v = _joint_stream(0, 0.15, 0.015)
+    assert run(None, x, v, batch) == []
+    found = run(6.0, x, v, batch)
+    assert len(found) == 1 and found[0][1] == "joint" and 4000 < found[0][0] < 5000, found
+    one = found if batch == 1 else run(6.0, x, v, 1)
+    assert -(-one[0][0] // batch) * batch - 1 <= found[0][0] + batch, (one, found)
+    still_x, still_v = _joint_stream(1, 0.0, 0.0)
+    assert run(6.0, still_x, still_v, batch) == []
+
+
+def test_combined_joint_detection_anchors_at_the_earlier_run_and_restarts_both() -> None:
+    """A joint detection reports the onset of the older of the two open runs, restarts both
+    channels (their statistics are 0 after it) and the input reference, and keeps its threshold
+    in repr; the bulk path (update_batches) finds the same sample."""
+    x, v = _joint_stream(0, 0.15, 0.015)
+    c, bulk = _joint_detector(6.0), _joint_detector(6.0)
+    ages: list[int | None] = []
+    found: list[int] = []
+    for i in range(0, len(x), 16):
+        ages = [c.detector.run_age, c.shift_detector.run_age]
+        c.update_many(v[i:i + 16].tolist(), inputs=x[i:i + 16])
+        if c.detections:
+            found += c.detections
+            assert c.onset == c.detections[0] + 1 - 16 - max(a or 0 for a in ages)  # the older run's start
+            assert c.detector.statistic == 0.0 and c.shift_detector.statistic == 0.0
+            assert c.shift.state_dict()["count"] == 0
+    bulk.update_batches(v, x, [16] * (len(x) // 16))
+    assert found and bulk.detections == found
+    assert repr(c).endswith("min_segment=1024, lag=0, joint_threshold=6)")
+
+
+def test_combined_joint_threshold_checks_its_value_and_channels() -> None:
+    from online_mas.detectors import Combined
+
+    for bad in (0.0, -1.0, math.nan, "6"):
+        with pytest.raises((ValueError, TypeError), match="joint_threshold"):
+            _joint_detector(bad)  # type: ignore[arg-type]
+
+    class Bare:  # a per-sample detector without a statistic
+        drift_detected = False
+
+        def update_many(self, values: object) -> None:
+            pass
+
+    with pytest.raises(TypeError, match="joint_threshold needs channels that report their statistic"):
+        Combined(Bare(), Windowed(ScaledCUSUM()), joint_threshold=6.0)
+    w = Windowed(ScaledCUSUM(warmup=2, threshold=100.0), window=1)
+    for value in (0.0, 1.0, 0.0, 5.0, 5.0):
+        w.update(value)
+    assert w.statistic == w.detector.statistic > 0.0
+    assert Windowed(drift.ADWIN()).statistic is None

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from online_mas.detectors.base import check_int
+from online_mas.detectors.base import check_float, check_int
 from online_mas.detectors.windowed import Windowed
 from online_mas.signals import InputShift
 
@@ -37,6 +37,15 @@ class Combined:
         The input-shift signal (its window should equal ``shift_detector``'s).
     min_segment
         Least number of samples between two reported detections, >= 0.
+    joint_threshold
+        None (the default: either channel alone decides), or a level > 0 in the channels'
+        own units (standard deviations for :class:`ScaledCUSUM` channels): a detection also when,
+        at the end of a batch, both channels' statistics (:attr:`Windowed.statistic`) are at or
+        above it at once, though neither reached its own threshold: a change that both see
+        (a return to a learned segment moves the inputs and, a little, the entropy). On a
+        stationary stream the two statistics are nearly independent (the input shift does not
+        depend on the model), so both are seldom high at the same time. ``fired_by`` is then
+        ``"joint"``.
 
     Examples
     --------
@@ -58,7 +67,7 @@ class Combined:
     takes_inputs = True  # and the batch's inputs
 
     def __init__(self, detector: object, shift_detector: object, shift: InputShift | None = None, *,
-                 min_segment: int = 1024, lag: int = 0) -> None:
+                 min_segment: int = 1024, lag: int = 0, joint_threshold: float | None = None) -> None:
         for name, d in (("detector", detector), ("shift_detector", shift_detector)):
             if not callable(getattr(d, "update_many", None)) or not hasattr(d, "drift_detected"):
                 raise TypeError(f"{name} must be a per-sample detector with update_many(values) and "
@@ -70,6 +79,14 @@ class Combined:
         self.shift = shift if shift is not None else InputShift()
         self.min_segment = check_int("min_segment", min_segment, minimum=0)
         self.lag = check_int("lag", lag, minimum=0)
+        if joint_threshold is not None:
+            joint_threshold = check_float("joint_threshold", joint_threshold, minimum=0.0,
+                                          strict_minimum=True)
+            for name, d in (("detector", detector), ("shift_detector", shift_detector)):
+                if not hasattr(d, "statistic"):
+                    raise TypeError(f"joint_threshold needs channels that report their statistic "
+                                    f"(Windowed of a ScaledCUSUM); {name} is {type(d)!r}")
+        self.joint_threshold = joint_threshold
         if self.lag > self.min_segment:
             raise ValueError(f"lag must be an integer from 0 to min_segment={self.min_segment} "
                              f"(detections of one deferred evaluation consolidate once), got {lag!r}")
@@ -77,7 +94,7 @@ class Combined:
         self._seen = 0
         self._drift_detected = False
         self.detections: list[int] = []  # sample indices (0-based) of this call's detection
-        self.fired_by: str | None = None  # "signal", "shift" or "both": who fired last
+        self.fired_by: str | None = None  # "signal", "shift", "both" or "joint": who fired last
         self.onset: int | None = None  # where the change of the last reported detection began
 
     @property
@@ -192,23 +209,35 @@ class Combined:
         at least ``min_segment`` samples after the previous report."""
         self._seen += n
         self._since += n
-        if not (by_signal or by_shift) or self._since < self.min_segment:
+        joint = not (by_signal or by_shift) and self._joint()
+        if not (by_signal or by_shift or joint) or self._since < self.min_segment:
             return False
         self._since = 0
         self._drift_detected = True
         self.detections = [self._seen - 1]
-        self.fired_by = "both" if by_signal and by_shift else "signal" if by_signal else "shift"
-        ages = [getattr(d, "fired_age", None) for d, fired in
-                ((self.detector, by_signal), (self.shift_detector, by_shift)) if fired]
+        if joint:  # neither channel fired: both open runs are the change's, both start afresh
+            self.fired_by = "joint"
+            ages = [getattr(d, "run_age", None) for d in (self.detector, self.shift_detector)]
+        else:
+            self.fired_by = "both" if by_signal and by_shift else "signal" if by_signal else "shift"
+            ages = [getattr(d, "fired_age", None) for d, fired in
+                    ((self.detector, by_signal), (self.shift_detector, by_shift)) if fired]
         known = [a for a in ages if isinstance(a, int)]
         self.onset = self._seen - max(known) if len(known) == len(ages) else None
         self.shift.restart()
         for d, fired in ((self.detector, by_signal), (self.shift_detector, by_shift)):
             # Windowed.restart(); a bare river detector: _reset(), river's way to start afresh
             reset = getattr(d, "restart", None) or getattr(d, "_reset", None)
-            if not fired and callable(reset):
+            if (joint or not fired) and callable(reset):
                 reset()
         return True
+
+    def _joint(self) -> bool:
+        """Both channels' statistics are at or above ``joint_threshold`` now."""
+        if self.joint_threshold is None:
+            return False
+        stats = [getattr(d, "statistic", None) for d in (self.detector, self.shift_detector)]
+        return all(isinstance(v, float) and v >= self.joint_threshold for v in stats)
 
     def state_dict(self) -> dict[str, Any]:
         """Primitives and tensors only: both detectors' states and the input reference."""
@@ -249,7 +278,9 @@ class Combined:
 
     def __repr__(self) -> str:
         return (f"Combined({self.detector!r}, {self.shift_detector!r}, {self.shift!r}, "
-                f"min_segment={self.min_segment}, lag={self.lag})")
+                f"min_segment={self.min_segment}, lag={self.lag}"
+                + ("" if self.joint_threshold is None else f", joint_threshold={self.joint_threshold:g}")
+                + ")")
 
 
 def _lined_up(detector: object, shift: InputShift) -> bool:

@@ -109,6 +109,16 @@ class ScaledCUSUM(BaseDetector):
             return self._run_down
         return max(self._run_up, self._run_down)
 
+    @property
+    def statistic(self) -> float:
+        """The watched sum now, in standard deviations (``"both"``: the larger), read-only: what
+        is compared with ``threshold`` (0 during the warm-up)."""
+        if self.mode == "up":
+            return self._sum_up
+        if self.mode == "down":
+            return self._sum_down
+        return max(self._sum_up, self._sum_down)
+
     def load_state_dict(self, state_dict: dict[str, object]) -> None:
         """Restore :meth:`state_dict`; a state saved before the run lengths were kept gets runs of
         one value where its sums are open (their starts are unknown)."""

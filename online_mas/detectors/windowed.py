@@ -98,6 +98,14 @@ class Windowed:
         return runs * self.window + self._count
 
     @property
+    def statistic(self) -> float | None:
+        """The wrapped detector's ``statistic`` (e.g. :attr:`ScaledCUSUM.statistic
+        <online_mas.detectors.ScaledCUSUM.statistic>`, in standard deviations), None where it has
+        none (river's detectors), read-only."""
+        value = getattr(self.detector, "statistic", None)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    @property
     def samples_seen(self) -> int:
         """Finite samples fed since construction (read-only): the clock of :attr:`run_starts`."""
         return self._seen
