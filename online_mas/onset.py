@@ -84,7 +84,7 @@ class OnsetSnapshots:
                 for t, p in zip(pre.values(), params, strict=True):
                     t.copy_(p.detach())
             else:
-                torch._foreach_copy_(list(pre.values()), [p.detach() for p in params])
+                torch._foreach_copy_(list(pre.values()), list(params))  # under no_grad: no detach
         self.pre, self.pre_at = pre, now
 
     def state_dict(self) -> dict[str, object]:
