@@ -124,4 +124,8 @@ def test_detection_writes_the_measured_scores(tmp_path: Path, capsys: pytest.Cap
     assert len(permuted["changes"]) == 4 and all(f % 128 == 127 for f in permuted["fired"])
     row = next(line for line in md.splitlines() if line.startswith("| permuted | 128 "))
     assert f"| {permuted['f1']:.2f} |" in row
-    assert "| 128 | " in md.split("per batch size:")[1]  # the stationary table
+    still = md.split("Stationary streams")[1]  # the stationary table, with the joint statistic's peak
+    still_run = next(r for r in runs if r["stream"] == "stationary")
+    peak = still_run["joint_peak"]
+    assert peak >= 0.0 and (peak >= 8.0) == ("joint" in still_run["fired_by"])  # threshold 8 fires
+    assert any(line.startswith("| 128 | ") and line.endswith(f"| {peak:.1f} |") for line in still.splitlines())

@@ -937,6 +937,17 @@ def test_combined_joint_detection_anchors_at_the_earlier_run_and_restarts_both()
     bulk.update_batches(v, x, [16] * (len(x) // 16))
     assert found and bulk.detections == found
     assert repr(c).endswith("min_segment=1024, lag=0, joint_threshold=6)")
+    again = _joint_detector(6.0)
+    again.load_state_dict(c.state_dict())
+    assert again.state_dict().keys() == c.state_dict().keys()
+    old = c.state_dict()
+    del old["joint_threshold"]  # as saved before it was kept: it had none
+    with pytest.raises(ValueError, match=r"joint_threshold differs: saved None \(a state saved before "
+                                         r"joint_threshold was kept\), this detector 6.0; .*joint_threshold=None"):
+        again.load_state_dict(old)
+    _joint_detector(None).load_state_dict(old)
+    with pytest.raises(ValueError, match="joint_threshold differs: saved 6.0, this detector 8.0"):
+        _joint_detector(8.0).load_state_dict(c.state_dict())
 
 
 def test_combined_joint_threshold_checks_its_value_and_channels() -> None:

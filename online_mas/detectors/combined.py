@@ -245,12 +245,14 @@ class Combined:
             f = getattr(d, "state_dict", None)
             return f() if callable(f) else None
         return {"version": _VERSION, "detector": "Combined", "min_segment": self.min_segment,
+                "joint_threshold": self.joint_threshold,
                 "since": self._since, "seen": self._seen, "drift_detected": self._drift_detected,
                 "fired_by": self.fired_by, "onset": self.onset, "signal_detector": inner(self.detector),
                 "shift_detector": inner(self.shift_detector), "shift": self.shift.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; ``min_segment`` must match."""
+        """Restore :meth:`state_dict`; ``min_segment`` and ``joint_threshold`` must match (a state
+        saved before ``joint_threshold`` was kept had none)."""
         if not isinstance(state, dict):
             raise TypeError(f"state_dict must be a dict, got {type(state).__name__}")
         if state.get("detector") != "Combined":
@@ -265,6 +267,14 @@ class Combined:
         if state["min_segment"] != self.min_segment:
             raise ValueError(f"min_segment differs: saved {state['min_segment']!r}, this detector "
                              f"{self.min_segment!r}")
+        joint = state.get("joint_threshold")
+        if joint != self.joint_threshold:
+            raise ValueError(f"joint_threshold differs: saved {joint!r}"
+                             + (" (a state saved before joint_threshold was kept)" if "joint_threshold"
+                                not in state else "")
+                             + f", this detector {self.joint_threshold!r}; to continue the state, "
+                             f"build the detector with joint_threshold={joint!r} (e.g. "
+                             f"default_detector(joint_threshold={joint!r}))")
         for d, key in ((self.detector, "signal_detector"), (self.shift_detector, "shift_detector")):
             load = getattr(d, "load_state_dict", None)
             if state[key] is not None and callable(load):
