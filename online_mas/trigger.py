@@ -99,7 +99,7 @@ def default_detector(*, window: int = 32, warmup: int = 2048, min_segment: int =
     mode='up'), window=32, min_segment=0), Windowed(ScaledCUSUM(warmup=16, slack=0.5,
     threshold=16.0, clip=4.0, half_life=16.0, mode='up'), window=32, min_segment=0),
     InputShift(window=32, half_life=2048, eps=0.001, projections=64, seed=0), min_segment=1024,
-    lag=256, joint_threshold=8)
+    lag=256, joint_threshold=8.0)
     """
     window = check_int("window", window, minimum=2)
     warmup = check_int("warmup", warmup, minimum=1)

@@ -94,11 +94,9 @@ class DetectionConfig:
 
 def lr_for(batch: int) -> float:
     """Learning rates that train at small batches with momentum 0.9: 0.005 per sample of the batch
-    (linear scaling), at most 0.05. At batch 8, 0.05 (this script's rate there until
-    ``joint_threshold`` came in) trains unstably: on stationary digits the loss jumps tenfold for a
-    few hundred samples now and then (final ACC 91.6-97.8 over 4 seeds, 97.2-98.6 at 0.04), and
-    the entropy channel saw those jumps: once per seed, 4 of the 5 false alarms at batch 8 in the
-    ``results/detection.md`` of commit eb99a07 (none on those 4 seeds at 0.04)."""
+    (linear scaling), at most 0.05. At batch 8 this script used 0.05 until commit eb99a07: there
+    the loss of stationary digits jumped tenfold for a few hundred samples now and then, and the
+    entropy channel saw those jumps (false alarms; the README's detection section has the counts)."""
     return min(0.05, 0.005 * batch)
 
 
@@ -109,16 +107,16 @@ def _model(seed: int, d: int, classes: int) -> nn.Module:
 
 
 class _Watched(om.Combined):
-    """The default detector, keeping the largest joint statistic (the smaller of its two channels'
-    CUSUM statistics) seen at the end of a batch: how near a stream came to ``joint_threshold``."""
+    """The default detector, keeping the largest :attr:`~online_mas.Combined.joint_statistic` at
+    the batch ends where it is compared with ``joint_threshold`` (neither channel fired, the
+    inputs were fed, ``min_segment`` samples since the last report): how near a stream came."""
 
     joint_peak = 0.0
 
-    def _end_batch(self, n: int, by_signal: bool, by_shift: bool) -> bool:
-        stats = [d.statistic for d in (self.detector, self.shift_detector)]  # type: ignore[attr-defined]
-        if all(isinstance(v, float) for v in stats):
-            self.joint_peak = max(self.joint_peak, min(stats))
-        return super()._end_batch(n, by_signal, by_shift)
+    def _end_batch(self, n: int, by_signal: bool, by_shift: bool, fed_shift: bool = True) -> bool:
+        if not (by_signal or by_shift) and fed_shift and self._since + n >= self.min_segment:
+            self.joint_peak = max(self.joint_peak, self.joint_statistic or 0.0)
+        return super()._end_batch(n, by_signal, by_shift, fed_shift)
 
 
 @dataclass
@@ -251,6 +249,8 @@ def _visibility(errors: list[int], changes: list[int], *, before: int = 2000,
     their excess over that rate and the excess in binomial standard deviations."""
     rows = []
     for t in changes:
+        if t + after > len(errors):  # the run diverged (or ended) before: nothing to measure
+            continue
         rate = statistics.fmean(errors[max(0, t - before):t])
         seen = sum(errors[t:t + after])
         expected = rate * after

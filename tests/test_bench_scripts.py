@@ -211,5 +211,6 @@ def test_detection_scores_and_sea_visibility_by_hand() -> None:
     assert row["rate_before"] == pytest.approx(0.1) and row["errors_after"] == 2
     assert row["excess"] == pytest.approx(2 - 0.8)
     assert row["z"] == pytest.approx(1.2 / math.sqrt(0.8 * 0.9))
+    assert det._visibility(errors[:45], [40], before=20, after=8) == []  # diverged before its end
     s = det._scores([105, 300], [100], [0, 1], 400)  # a detection 5 after the change, one alarm
     assert (s["precision"], s["recall"], s["false_alarms"], s["mean_delay"]) == (0.5, 1.0, 1, 5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,10 +23,14 @@ class Combined:
     fires; detections less than ``min_segment`` samples after the previous reported one (or the
     start) are dropped: they are the same change seen twice, or the model's own transient after it.
 
+    With ``joint_threshold`` set, both channels' statistics at or above it at once (each with an
+    open run that has not fired) are a detection too.
+
     After a reported detection the input reference restarts (the new segment becomes it) and both
     detectors start afresh (river's ``_reset()``), so the one that did not fire does not report the
     same change later. Fed without inputs (``inputs=None``: inputs that are not a floating-point
-    tensor, or across ranks, where the inputs differ from rank to rank), only ``detector`` watches.
+    tensor, or across ranks, where the inputs differ from rank to rank), only ``detector`` watches:
+    no joint detection is made in such a batch.
 
     Parameters
     ----------
@@ -83,9 +88,10 @@ class Combined:
             joint_threshold = check_float("joint_threshold", joint_threshold, minimum=0.0,
                                           strict_minimum=True)
             for name, d in (("detector", detector), ("shift_detector", shift_detector)):
-                if not hasattr(d, "statistic"):
-                    raise TypeError(f"joint_threshold needs channels that report their statistic "
-                                    f"(Windowed of a ScaledCUSUM); {name} is {type(d)!r}")
+                if not isinstance(getattr(d, "statistic", None), float) or not hasattr(d, "run_age"):
+                    raise TypeError(f"joint_threshold needs channels that report their statistic and "
+                                    f"run (statistic, run_age: e.g. Windowed of a ScaledCUSUM); {name} "
+                                    f"is {d!r}")
         self.joint_threshold = joint_threshold
         if self.lag > self.min_segment:
             raise ValueError(f"lag must be an integer from 0 to min_segment={self.min_segment} "
@@ -140,7 +146,7 @@ class Combined:
             self.shift_detector.update_many(shifted)  # type: ignore[attr-defined]
             by_shift = bool(self.shift_detector.drift_detected)  # type: ignore[attr-defined]
             n = max(n, len(shifted))
-        self._end_batch(n, by_signal, by_shift)
+        self._end_batch(n, by_signal, by_shift, inputs is not None)
 
     def update_batches(self, values: Tensor, inputs: Tensor | None, sizes: Sequence[int]) -> None:
         """Feed several batches at once, as the Trigger's deferred evaluation does (``lag``).
@@ -198,18 +204,21 @@ class Combined:
                     shift_values = self.shift.per_sample(inputs[start + lo:start + hi]).tolist()
                     self.shift_detector.update_many(shift_values)  # type: ignore[attr-defined]
                 by_shift = bool(self.shift_detector.drift_detected)  # type: ignore[attr-defined]
-            if self._end_batch(hi - lo, by_signal, by_shift):
+            if self._end_batch(hi - lo, by_signal, by_shift, inputs is not None):
                 found.append(self._seen - 1)
                 return b + 1
         return len(bounds) - 1
 
-    def _end_batch(self, n: int, by_signal: bool, by_shift: bool) -> bool:
-        """Count a batch of ``n`` samples in which the channels did or did not fire; report a
-        detection (restarting the input reference and the channel that did not fire) if one did
-        at least ``min_segment`` samples after the previous report."""
+    def _end_batch(self, n: int, by_signal: bool, by_shift: bool, fed_shift: bool = True) -> bool:
+        """Count a batch of ``n`` samples in which the channels did or did not fire (the shift
+        channel fed or not); report a detection if one did, or the two statistics are at or above
+        ``joint_threshold`` (the shift channel fed), at least ``min_segment`` samples after the
+        previous report. It restarts the input reference and the channels that did not fire
+        (both, after a joint detection)."""
         self._seen += n
         self._since += n
-        joint = not (by_signal or by_shift) and self._joint()
+        joint = (not (by_signal or by_shift) and fed_shift and self.joint_threshold is not None
+                 and (self.joint_statistic or 0.0) >= self.joint_threshold)
         if not (by_signal or by_shift or joint) or self._since < self.min_segment:
             return False
         self._since = 0
@@ -232,12 +241,18 @@ class Combined:
                 reset()
         return True
 
-    def _joint(self) -> bool:
-        """Both channels' statistics are at or above ``joint_threshold`` now."""
-        if self.joint_threshold is None:
-            return False
+    @property
+    def joint_statistic(self) -> float | None:
+        """The smaller of the two channels' statistics now, 0.0 unless both have an open run that
+        has not fired (a channel's detection dropped by ``min_segment`` leaves its sum above its
+        threshold until its next window: that is not a joint change), None where a channel reports
+        no statistic (read-only). ``joint_threshold`` is compared with it at batch ends."""
         stats = [getattr(d, "statistic", None) for d in (self.detector, self.shift_detector)]
-        return all(isinstance(v, float) and v >= self.joint_threshold for v in stats)
+        if not all(isinstance(v, float) for v in stats):
+            return None
+        if any(getattr(d, "run_age", None) is None for d in (self.detector, self.shift_detector)):
+            return 0.0
+        return min(stats)  # type: ignore[type-var]
 
     def state_dict(self) -> dict[str, Any]:
         """Primitives and tensors only: both detectors' states and the input reference."""
@@ -251,8 +266,9 @@ class Combined:
                 "shift_detector": inner(self.shift_detector), "shift": self.shift.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; ``min_segment`` and ``joint_threshold`` must match (a state
-        saved before ``joint_threshold`` was kept had none)."""
+        """Restore :meth:`state_dict`; ``min_segment`` and ``joint_threshold`` must match. A state
+        saved before ``joint_threshold`` existed had none: it is continued as it was saved, with
+        ``joint_threshold`` set to None here and a warning."""
         if not isinstance(state, dict):
             raise TypeError(f"state_dict must be a dict, got {type(state).__name__}")
         if state.get("detector") != "Combined":
@@ -268,18 +284,21 @@ class Combined:
             raise ValueError(f"min_segment differs: saved {state['min_segment']!r}, this detector "
                              f"{self.min_segment!r}")
         joint = state.get("joint_threshold")
-        if joint != self.joint_threshold:
-            raise ValueError(f"joint_threshold differs: saved {joint!r}"
-                             + (" (a state saved before joint_threshold was kept)" if "joint_threshold"
-                                not in state else "")
-                             + f", this detector {self.joint_threshold!r}; to continue the state, "
-                             f"build the detector with joint_threshold={joint!r} (e.g. "
-                             f"default_detector(joint_threshold={joint!r}))")
+        if "joint_threshold" in state and joint != self.joint_threshold:
+            raise ValueError(f"joint_threshold differs: saved {joint!r}, this detector "
+                             f"{self.joint_threshold!r}; to continue the state, build the detector "
+                             f"with joint_threshold={joint!r} (e.g. default_detector(joint_threshold="
+                             f"{joint!r}))")
         for d, key in ((self.detector, "signal_detector"), (self.shift_detector, "shift_detector")):
             load = getattr(d, "load_state_dict", None)
             if state[key] is not None and callable(load):
                 load(state[key])
         self.shift.load_state_dict(state["shift"])
+        if "joint_threshold" not in state and self.joint_threshold is not None:
+            warnings.warn(f"a Combined state saved before joint_threshold existed: continued as saved, "
+                          f"without joint detections (joint_threshold {self.joint_threshold!r} -> None)",
+                          RuntimeWarning, stacklevel=2)
+            self.joint_threshold = None
         self._since, self._seen = int(state["since"]), int(state["seen"])
         self._drift_detected = bool(state["drift_detected"])
         self.fired_by = state["fired_by"] if isinstance(state["fired_by"], str) else None
@@ -289,7 +308,7 @@ class Combined:
     def __repr__(self) -> str:
         return (f"Combined({self.detector!r}, {self.shift_detector!r}, {self.shift!r}, "
                 f"min_segment={self.min_segment}, lag={self.lag}"
-                + ("" if self.joint_threshold is None else f", joint_threshold={self.joint_threshold:g}")
+                + ("" if self.joint_threshold is None else f", joint_threshold={self.joint_threshold!r}")
                 + ")")
 
 
