@@ -26,6 +26,10 @@ trained on recurring digits at batch 32 (boundaries known), within segments agai
 The SEA table: the extra training errors each change of ``river-sea-loss`` leaves (what the loss
 signal has to see). The stationary table also gives the largest joint statistic (the smaller of the
 two CUSUM statistics at the end of a batch), against the detector's ``joint_threshold``.
+With 3 seeds or more, ACC is also compared seed by seed (task-free MAS minus the oracle, mean and
+standard error); ``--late-oracle`` adds the oracle consolidating one batch after each change, how
+far ACC moves when a boundary moves by one batch: at batch 1 and 4 that moves it from seed to seed
+as much as detecting the changes does (``results/detection_acc.md``).
 
 Writes ``results/detection.md`` and ``results/detection.json`` (one JSON record per run in
 ``--out``/runs.jsonl as they finish).
@@ -87,6 +91,7 @@ class DetectionConfig:
     lams: tuple[float, ...] = (0.0, 0.01, 0.1, 1.0)  # false alarms against lam (empty: skip)
     lam_batch: int = 4  # ... on stationary digits at this batch size
     signal_choice: bool = True  # the input / features / logits table
+    late_oracle: bool = False  # also the oracle consolidating one batch after each change
     lag: int | None = None  # the default detector's lag in samples (None: default_detector's)
     out: str = "runs/detection"  # runs.jsonl
     results: str = "results/detection"  # <results>.md and .json
@@ -196,8 +201,9 @@ def run_one(stream_name: str, batch: int, seed: int, learner: str, cfg: Detectio
         mas: om.OnlineMAS | None = om.OnlineMAS(model, lam=lam, signal="loss" if by_loss else "entropy",
                                                 detector=detector,
                                                 anchor=om.StableAnchor(onset=learner == "online-mas"))
-    elif learner == "mas-oracle":
-        mas = om.OnlineMAS(model, lam=lam, boundaries=list(stream.change_points))
+    elif learner in ("mas-oracle", "mas-oracle-late"):  # -late: each boundary one batch later
+        late = int(learner == "mas-oracle-late")
+        mas = om.OnlineMAS(model, lam=lam, boundaries=[c + late for c in stream.change_points])
     else:
         mas = None
     fired: list[int] = []
@@ -344,11 +350,46 @@ def _jobs(cfg: DetectionConfig) -> list[tuple[str, int, int, str, float | None]]
                 tier = (3 if b >= 8 else 5) if mnist1d else 0
                 tiers[tier].append((s, b, seed, "online-mas", None))
                 if cfg.acc and s in cfg.acc_streams and (river or b in cfg.acc_batches):
-                    tiers[4 if b == 1 and not river else 2] += [(s, b, seed, learner, None)
-                                                               for learner in LEARNERS[1:]]
+                    tiers[4 if b == 1 and not river else 2] += [
+                        (s, b, seed, learner, None)
+                        for learner in LEARNERS[1:] + (("mas-oracle-late",) if cfg.late_oracle else ())]
     tiers[1] = [("stationary", cfg.lam_batch, seed, "online-mas", lam) for lam in cfg.lams
                 for seed in cfg.seeds]
     return [job for tier in tiers for job in tier]
+
+
+def _paired(main: list[dict[str, Any]]) -> list[str]:
+    """ACC differences paired by seed (the same stream and initial model): task-free MAS against
+    the oracle, and the oracle one batch late against the oracle, mean +- standard error."""
+    def acc(s: str, b: int, learner: str) -> dict[int, float]:
+        return {r["seed"]: 100 * r["acc"] for r in main if (r["stream"], r["batch"], r["learner"])
+                == (s, b, learner) and r.get("acc") is not None and math.isfinite(r["acc"])}
+
+    def diff(a: dict[int, float], o: dict[int, float]) -> str:
+        d = [a[k] - o[k] for k in sorted(a.keys() & o.keys())]
+        if len(d) < 2:
+            return "n/a"
+        sd = statistics.stdev(d)
+        return f"{statistics.fmean(d):+.1f} +- {sd / math.sqrt(len(d)):.1f} (SD {sd:.1f})"
+    rows = ["| stream | batch | seeds | ACC % task-free | oracle | task-free - oracle | oracle one batch "
+            "late - oracle |", "|---|---|---|---|---|---|---|"]
+    keys = sorted({(r["stream"], r["batch"]) for r in main if r["learner"] == "mas-oracle"})
+    for s, b in keys:
+        tf, oracle, late = acc(s, b, "online-mas"), acc(s, b, "mas-oracle"), acc(s, b, "mas-oracle-late")
+        n = len(tf.keys() & oracle.keys())
+        if n < 3 or STREAMS[s][0] == "river":
+            continue
+        both = sorted(tf.keys() & oracle.keys())
+        rows.append(f"| {s} | {b} | {n} | {statistics.fmean(tf[k] for k in both):.1f} | "
+                    f"{statistics.fmean(oracle[k] for k in both):.1f} | {diff(tf, oracle)} | "
+                    f"{diff(late, oracle)} |")
+    if len(rows) == 2:
+        return []
+    return ["ACC paired by seed (the same stream and initial model), mean +- standard error over the "
+            "seeds, and the seeds' SD of the difference. The last column is the oracle consolidating "
+            "one batch after each true change instead of at it: how far ACC moves when a boundary "
+            "moves by one batch (`--late-oracle`), the noise floor of the comparison before it:",
+            "\n".join(rows)]
 
 
 def _tables(cfg: DetectionConfig, runs: list[dict[str, Any]]) -> list[str]:
@@ -368,9 +409,10 @@ def _tables(cfg: DetectionConfig, runs: list[dict[str, Any]]) -> list[str]:
                 f"{_fmt(_mean(om_, 'precision'))} | {_fmt(_mean(om_, 'recall_new'))} / "
                 f"{_fmt(_mean(om_, 'recall_returning'))} | {om_[0]['tolerance']} | "
                 f"{_fmt(_mean(om_, 'mean_delay'), 0)} | {_fmt(_mean(om_, 'false_alarms_per_1e5'), 1)} | "
-                f"{_fmt(_mean(om_, 'consolidations'), 1)} ({' / '.join(f'{k:g}' for k in by)}) | "
+                f"{_fmt(_mean(om_, 'consolidations'), 1)} ({' / '.join(f'{round(k, 2):g}' for k in by)}) | "
                 + " / ".join(_fmt(100 * v if v is not None else None, 1) for v in accs) + " |")
     out = ["\n".join(head)]
+    out += _paired(main)
     still = [r for r in main if r["learner"] == "online-mas" and STREAMS[r["stream"]][2] == 1
              and STREAMS[r["stream"]][0] != "river"]
     lines = ["| batch | stationary samples | false alarms | per 10^5 samples | largest joint statistic |",
@@ -417,6 +459,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--acc-streams", nargs="+", default=list(d.acc_streams), choices=list(STREAMS))
     p.add_argument("--no-lams", action="store_true", help="skip false alarms against lam")
     p.add_argument("--no-signal-choice", action="store_true", help="skip the signal-choice table")
+    p.add_argument("--late-oracle", action="store_true",
+                   help="also the oracle consolidating one batch after each change (how much ACC "
+                        "moves with that)")
     p.add_argument("--lag", type=int, default=None, help="the default detector's lag (samples)")
     p.add_argument("--from-runs", action="store_true",
                    help="only tabulate the runs already in --out/runs.jsonl (e.g. of an interrupted run)")
@@ -428,7 +473,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           stationary_samples=a.stationary_samples, acc=not a.no_acc,
                           acc_batches=tuple(a.acc_batches), acc_streams=tuple(a.acc_streams),
                           lams=() if a.no_lams else d.lams,
-                          signal_choice=not a.no_signal_choice, lag=a.lag, out=a.out, results=a.results)
+                          signal_choice=not a.no_signal_choice, late_oracle=a.late_oracle, lag=a.lag,
+                          out=a.out, results=a.results)
     torch.set_num_threads(1)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     jobs = _jobs(cfg)

@@ -214,3 +214,21 @@ def test_detection_scores_and_sea_visibility_by_hand() -> None:
     assert det._visibility(errors[:45], [40], before=20, after=8) == []  # diverged before its end
     s = det._scores([105, 300], [100], [0, 1], 400)  # a detection 5 after the change, one alarm
     assert (s["precision"], s["recall"], s["false_alarms"], s["mean_delay"]) == (0.5, 1.0, 1, 5)
+
+
+def test_detection_pairs_acc_by_seed() -> None:
+    """The paired ACC table: differences taken seed by seed, mean +- standard error, by hand."""
+    det = _load("detection")
+    accs = {"online-mas": [0.50, 0.60, 0.70], "mas-oracle": [0.55, 0.58, 0.80],
+            "mas-oracle-late": [0.50, 0.60, 0.75]}
+    runs = [{"stream": "permuted", "batch": 1, "seed": k, "learner": learner, "acc": v}
+            for learner, vs in accs.items() for k, v in enumerate(vs)]
+    runs.append({"stream": "permuted", "batch": 1, "seed": 3, "learner": "online-mas", "acc": 0.9})
+    _, table = det._paired(runs)  # seed 3 has no oracle: left out
+    row = table.splitlines()[2].split(" | ")
+    d = [-5.0, 2.0, -10.0]  # task-free - oracle, in points
+    sd = math.sqrt(sum((v - sum(d) / 3) ** 2 for v in d) / 2)
+    assert row[2] == "3" and row[3] == "60.0" and row[4] == "64.3"
+    assert row[5] == f"{sum(d) / 3:+.1f} +- {sd / math.sqrt(3):.1f} (SD {sd:.1f})"
+    assert row[6].startswith("-2.7 +- ")  # late - oracle: -5, +2, -5
+    assert det._paired(runs[:2] + runs[3:5]) == []  # fewer than 3 paired seeds: no table
