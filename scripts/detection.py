@@ -376,11 +376,10 @@ def _paired(main: list[dict[str, Any]]) -> list[str]:
     keys = sorted({(r["stream"], r["batch"]) for r in main if r["learner"] == "mas-oracle"})
     for s, b in keys:
         tf, oracle, late = acc(s, b, "online-mas"), acc(s, b, "mas-oracle"), acc(s, b, "mas-oracle-late")
-        n = len(tf.keys() & oracle.keys())
-        if n < 3 or STREAMS[s][0] == "river":
+        both = tf.keys() & oracle.keys()
+        if len(both) < 3 or STREAMS[s][0] == "river":
             continue
-        both = sorted(tf.keys() & oracle.keys())
-        rows.append(f"| {s} | {b} | {n} | {statistics.fmean(tf[k] for k in both):.1f} | "
+        rows.append(f"| {s} | {b} | {len(both)} | {statistics.fmean(tf[k] for k in both):.1f} | "
                     f"{statistics.fmean(oracle[k] for k in both):.1f} | {diff(tf, oracle)} | "
                     f"{diff(late, oracle)} |")
     if len(rows) == 2:
