@@ -819,6 +819,34 @@ def test_river_detectors_plug_into_both_channels_fed_per_window(batch: int) -> N
     assert [-(-s // batch) * batch for s in one] == big
 
 
+@pytest.mark.parametrize("batch", [4, 96, 1024, 5000])
+def test_combined_finds_the_same_samples_at_any_batch_size(batch: int) -> None:
+    """Three changes (the input scale, then the mean and the signal) found by the default detector
+    at the same sample indices, at window ends, whether the stream comes one sample at a time or
+    in batches larger than a window (the rule is checked at each window's end inside a batch, and
+    the restart after a detection happens there), by update_many and by update_batches."""
+    import online_mas as om
+    g = torch.Generator().manual_seed(3)
+    x = torch.cat([torch.randn(4000, 16, generator=g), torch.randn(4000, 16, generator=g) * 1.5,
+                   torch.randn(4000, 16, generator=g) + 0.5, torch.randn(4000, 16, generator=g)])
+    v = (x[:, 0].abs() * 0.3 + 0.5).float()
+    v[8000:12000] += 0.3
+    one = om.default_detector(lag=0)
+    reference = []
+    for i in range(len(x)):
+        one.update_many([float(v[i])], inputs=x[i:i + 1])
+        reference += one.detections
+    assert len(reference) == 3 and all((d + 1) % 32 == 0 for d in reference), reference
+    many, bulk = om.default_detector(lag=0), om.default_detector(lag=0)
+    found = []
+    for i in range(0, len(x), batch):
+        many.update_many(v[i:i + batch].tolist(), inputs=x[i:i + batch])
+        found += many.detections
+    sizes = [min(batch, len(x) - i) for i in range(0, len(x), batch)]
+    bulk.update_batches(v, x, sizes)
+    assert found == reference and bulk.detections == reference, (found, bulk.detections, reference)
+
+
 @pytest.mark.parametrize("batch", [1, 7, 32, 48, 200])
 def test_combined_update_batches_is_update_many_batch_after_batch(batch: int) -> None:
     import online_mas as om
@@ -895,11 +923,12 @@ def _joint_detector(joint: float | None) -> Any:
                     InputShift(window=32, projections=0), min_segment=1024, joint_threshold=joint)
 
 
-@pytest.mark.parametrize("batch", [1, 64])
+@pytest.mark.parametrize("batch", [1, 64, 1024])
 def test_combined_joint_threshold_finds_a_change_each_channel_alone_misses(batch: int) -> None:
     """A change too small for either channel's own threshold (16) is found when both statistics
     are at or above joint_threshold (6) at once: once, by "joint", soon after sample 4000, at the
-    same sample up to the batch; with no change (and with joint_threshold=None) nothing fires."""
+    same sample whatever the batch size (the rule is checked at every window's end, also inside a
+    batch); with no change (and with joint_threshold=None) nothing fires."""
     def run(joint: float | None, x: torch.Tensor, v: torch.Tensor, b: int) -> list[tuple[int, str | None]]:
         c = _joint_detector(joint)
         out = []
@@ -913,7 +942,7 @@ def test_combined_joint_threshold_finds_a_change_each_channel_alone_misses(batch
     found = run(6.0, x, v, batch)
     assert len(found) == 1 and found[0][1] == "joint" and 4000 < found[0][0] < 5000, found
     one = found if batch == 1 else run(6.0, x, v, 1)
-    assert -(-(one[0][0] + 1) // batch) * batch - 1 == found[0][0], (one, found)  # its batch's end
+    assert found == one and (found[0][0] + 1) % 32 == 0, (one, found)  # a window's end
     still_x, still_v = _joint_stream(1, 0.0, 0.0)
     assert run(6.0, still_x, still_v, batch) == []
 

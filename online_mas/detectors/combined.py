@@ -26,9 +26,11 @@ class Combined:
     With ``joint_threshold`` set, both channels' statistics at or above it at once (each with an
     open run that has not fired) are a detection too.
 
-    After a reported detection the input reference restarts (the new segment becomes it) and both
-    detectors start afresh (river's ``_reset()``), so the one that did not fire does not report the
-    same change later. Fed without inputs (``inputs=None``: inputs that are not a floating-point
+    The rule is checked at the end of every window of either channel, inside a batch too, and at
+    each batch's end: the same stream in batches of any size gives the same detections, at the
+    same samples (:attr:`detections`). After a reported detection the input reference restarts
+    (the new segment becomes it) and both detectors start afresh (river's ``_reset()``), so the
+    one that did not fire does not report the same change later. Fed without inputs (``inputs=None``: inputs that are not a floating-point
     tensor, or across ranks, where the inputs differ from rank to rank), only ``detector`` watches:
     no joint detection is made in such a batch.
 
@@ -45,8 +47,9 @@ class Combined:
     joint_threshold
         None (the default: either channel alone decides), or a level > 0 in the channels'
         own units (standard deviations for :class:`ScaledCUSUM` channels): a detection also when,
-        at the end of a batch, both channels' statistics (:attr:`Windowed.statistic`) are at or
-        above it at once, though neither reached its own threshold: a change that both see
+        at the end of a window (or of a batch), both channels' statistics
+        (:attr:`Windowed.statistic`) are at or above it at once, though neither reached its own
+        threshold: a change that both see
         (a return to a learned segment moves the inputs and, a little, the entropy). On a
         stationary stream the two statistics are nearly independent (the input shift does not
         depend on the model), so both are seldom high at the same time. ``fired_by`` is then
@@ -134,19 +137,33 @@ class Combined:
 
     def update_many(self, values: Sequence[float], inputs: Tensor | None = None) -> None:
         """Feed a batch: the signal's per-sample ``values`` and, if given, the batch's ``inputs``
-        (batch first)."""
+        (batch first). The batch is fed piece by piece, each ending where a window of either
+        channel ends (or at the batch's end), and the rule is checked after each piece: the
+        detections are at the same samples whatever the batch size (:attr:`detections`)."""
         self._drift_detected = False
-        self.detections = []
+        found: list[int] = []
         n = len(values)
-        self.detector.update_many(values)  # type: ignore[attr-defined]
-        by_signal = bool(self.detector.drift_detected)  # type: ignore[attr-defined]
-        by_shift = False
-        if inputs is not None:
-            shifted = self.shift.per_sample(inputs).tolist()
-            self.shift_detector.update_many(shifted)  # type: ignore[attr-defined]
-            by_shift = bool(self.shift_detector.drift_detected)  # type: ignore[attr-defined]
-            n = max(n, len(shifted))
-        self._end_batch(n, by_signal, by_shift, inputs is not None)
+        if inputs is not None and inputs.shape[0] != n:  # not one value per input: the batch at once
+            self.detector.update_many(values)  # type: ignore[attr-defined]
+            self.shift_detector.update_many(self.shift.per_sample(inputs).tolist())  # type: ignore[attr-defined]
+            if self._end_batch(max(n, inputs.shape[0]), bool(self.detector.drift_detected),  # type: ignore[attr-defined]
+                               bool(self.shift_detector.drift_detected)):  # type: ignore[attr-defined]
+                found.append(self._seen - 1)
+            n = 0
+        start = 0
+        while start < n:
+            end = start + min(self._window_ends(n - start) | {n - start})
+            self.detector.update_many(values[start:end])  # type: ignore[attr-defined]
+            by_signal = bool(self.detector.drift_detected)  # type: ignore[attr-defined]
+            by_shift = False
+            if inputs is not None:
+                self.shift_detector.update_many(self.shift.per_sample(inputs[start:end]).tolist())  # type: ignore[attr-defined]
+                by_shift = bool(self.shift_detector.drift_detected)  # type: ignore[attr-defined]
+            if self._end_batch(end - start, by_signal, by_shift, inputs is not None):
+                found.append(self._seen - 1)
+            start = end
+        self.detections = found
+        self._drift_detected = bool(found)
 
     def update_batches(self, values: Tensor, inputs: Tensor | None, sizes: Sequence[int]) -> None:
         """Feed several batches at once, as the Trigger's deferred evaluation does (``lag``).
@@ -168,26 +185,28 @@ class Combined:
         if bounds[-1] != values.shape[0] or (inputs is not None and inputs.shape[0] != bounds[-1]):
             raise ValueError(f"sizes sum to {bounds[-1]}, but there are {values.shape[0]} values and "
                              f"{None if inputs is None else inputs.shape[0]} inputs")
-        b = 0
-        while b < len(sizes):
-            b = self._feed_from(values, inputs, bounds, b, found)
+        start = 0
+        while start < bounds[-1]:
+            start = self._feed_from(values, inputs, bounds, start, found)
         self.detections = found
         self._drift_detected = bool(found)
 
-    def _feed_from(self, values: Tensor, inputs: Tensor | None, bounds: list[int], first: int,
+    def _feed_from(self, values: Tensor, inputs: Tensor | None, bounds: list[int], start: int,
                    found: list[int]) -> int:
-        """Feed the batches from ``first`` on until one reports a detection (which restarts the
-        input shift and so changes what follows); returns the next batch to feed."""
-        start = bounds[first]
-        cuts = [e - start for e in bounds[first + 1:]]
+        """Feed the samples from ``start`` on, piece by piece (the pieces end at the batch ends
+        ``bounds`` and at the windows' ends, as :meth:`update_many` feeds them), until a piece
+        reports a detection (which restarts the input shift and the windows, and so changes what
+        follows); returns the sample to go on from."""
+        n = bounds[-1] - start
+        cuts = sorted({e - start for e in bounds if e > start} | self._window_ends(n))
         signal = _window_sums(self.detector, values[start:], cuts)
         shift = None
         if inputs is not None and _lined_up(self.shift_detector, self.shift):
             sums, lengths = self.shift.piece_sums(inputs[start:], cuts)
             shift = _by_batch(sums.tolist(), lengths, cuts)
         each = values[start:].tolist() if signal is None else None
-        for i, b in enumerate(range(first, len(bounds) - 1)):
-            lo, hi = bounds[b] - start, bounds[b + 1] - start
+        lo = 0
+        for i, hi in enumerate(cuts):
             if signal is not None and all(math.isfinite(v) for v in signal[i][0]):
                 self.detector.update_sums(*signal[i])  # type: ignore[attr-defined]
             else:
@@ -206,14 +225,24 @@ class Combined:
                 by_shift = bool(self.shift_detector.drift_detected)  # type: ignore[attr-defined]
             if self._end_batch(hi - lo, by_signal, by_shift, inputs is not None):
                 found.append(self._seen - 1)
-                return b + 1
-        return len(bounds) - 1
+                return start + hi
+            lo = hi
+        return bounds[-1]
+
+    def _window_ends(self, n: int) -> set[int]:
+        """The offsets in the next ``n`` samples (0 < offset < n) where a window of either channel
+        (a :class:`Windowed`) ends."""
+        ends: set[int] = set()
+        for d in (self.detector, self.shift_detector):
+            if isinstance(d, Windowed):
+                ends.update(range(d.window - d.open_count, n, d.window))
+        return ends
 
     def _end_batch(self, n: int, by_signal: bool, by_shift: bool, fed_shift: bool = True) -> bool:
-        """Count a batch of ``n`` samples in which the channels did or did not fire (the shift
-        channel fed or not); report a detection if one did, or the two statistics are at or above
-        ``joint_threshold`` (the shift channel fed), at least ``min_segment`` samples after the
-        previous report. It restarts the input reference and the channels that did not fire
+        """Count a piece of ``n`` samples (a batch, or its part up to a window's end) in which the
+        channels did or did not fire (the shift channel fed or not); whether it is a detection:
+        one did, or the two statistics are at or above ``joint_threshold`` (the shift channel
+        fed), at least ``min_segment`` samples after the previous report. It restarts the input reference and the channels that did not fire
         (both, after a joint detection)."""
         self._seen += n
         self._since += n
@@ -222,8 +251,6 @@ class Combined:
         if not (by_signal or by_shift or joint) or self._since < self.min_segment:
             return False
         self._since = 0
-        self._drift_detected = True
-        self.detections = [self._seen - 1]
         if joint:  # neither channel fired: both open runs are the change's, both start afresh
             self.fired_by = "joint"
             ages = [getattr(d, "run_age", None) for d in (self.detector, self.shift_detector)]
@@ -246,7 +273,8 @@ class Combined:
         """The smaller of the two channels' statistics now, 0.0 unless both have an open run that
         has not fired (a channel's detection dropped by ``min_segment`` leaves its sum above its
         threshold until its next window: that is not a joint change), None where a channel reports
-        no statistic (read-only). ``joint_threshold`` is compared with it at batch ends."""
+        no statistic (read-only). ``joint_threshold`` is compared with it at every window's end
+        (and batch end), inside a batch too."""
         stats = [getattr(d, "statistic", None) for d in (self.detector, self.shift_detector)]
         if not all(isinstance(v, float) for v in stats):
             return None
