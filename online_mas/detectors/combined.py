@@ -30,9 +30,10 @@ class Combined:
     each batch's end: the same stream in batches of any size gives the same detections, at the
     same samples (:attr:`detections`). After a reported detection the input reference restarts
     (the new segment becomes it) and both detectors start afresh (river's ``_reset()``), so the
-    one that did not fire does not report the same change later. Fed without inputs (``inputs=None``: inputs that are not a floating-point
-    tensor, or across ranks, where the inputs differ from rank to rank), only ``detector`` watches:
-    no joint detection is made in such a batch.
+    one that did not fire does not report the same change later. Fed without inputs
+    (``inputs=None``: inputs that are not a floating-point tensor, or across ranks, where the
+    inputs differ from rank to rank), only ``detector`` watches: no joint detection is made in
+    such a batch.
 
     Parameters
     ----------
@@ -242,8 +243,8 @@ class Combined:
         """Count a piece of ``n`` samples (a batch, or its part up to a window's end) in which the
         channels did or did not fire (the shift channel fed or not); whether it is a detection:
         one did, or the two statistics are at or above ``joint_threshold`` (the shift channel
-        fed), at least ``min_segment`` samples after the previous report. It restarts the input reference and the channels that did not fire
-        (both, after a joint detection)."""
+        fed), at least ``min_segment`` samples after the previous report. It restarts the input
+        reference and the channels that did not fire (both, after a joint detection)."""
         self._seen += n
         self._since += n
         joint = (not (by_signal or by_shift) and fed_shift and self.joint_threshold is not None
