@@ -247,8 +247,7 @@ class Combined:
         reference and the channels that did not fire (both, after a joint detection)."""
         self._seen += n
         self._since += n
-        joint = (not (by_signal or by_shift) and fed_shift and self.joint_threshold is not None
-                 and (self.joint_statistic or 0.0) >= self.joint_threshold)
+        joint = not (by_signal or by_shift) and fed_shift and self._joint()
         if not (by_signal or by_shift or joint) or self._since < self.min_segment:
             return False
         self._since = 0
@@ -268,6 +267,18 @@ class Combined:
             if (joint or not fired) and callable(reset):
                 reset()
         return True
+
+    def _joint(self) -> bool:
+        """:attr:`joint_statistic` is at or above ``joint_threshold`` (the statistics first: mostly
+        one is below, and the runs need not be looked at)."""
+        t = self.joint_threshold
+        if t is None:
+            return False
+        for d in (self.detector, self.shift_detector):
+            v = getattr(d, "statistic", None)
+            if not isinstance(v, float) or v < t:
+                return False
+        return (self.joint_statistic or 0.0) >= t
 
     @property
     def joint_statistic(self) -> float | None:
