@@ -193,12 +193,19 @@ def test_input_shift_states_before_fourier_features() -> None:
 
 
 def test_input_shift_fourier_bad_values() -> None:
+    from online_mas.trigger import default_detector
+
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match=f"fourier must be an int >= 0, got {bad!r}"):
             InputShift(fourier=bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=f"shift_fourier must be an integer >= 0, got {bad!r}"):
+            default_detector(shift_fourier=bad)  # type: ignore[arg-type]
     for bad in (0, -0.5, math.nan, math.inf, True, "1"):
         with pytest.raises(ValueError, match=f"bandwidth must be a finite number > 0, got {bad!r}"):
             InputShift(bandwidth=bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=f"shift_bandwidth must be a finite number > 0, got {bad!r}"):
+            default_detector(shift_bandwidth=bad)  # type: ignore[arg-type]
+    assert "fourier=64, bandwidth=0.25" in repr(default_detector(shift_fourier=64, shift_bandwidth=0.25))
 
 
 def test_per_sample_many_is_per_sample() -> None:
