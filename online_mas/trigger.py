@@ -42,9 +42,10 @@ def default_detector(*, window: int = 32, warmup: int = 2048, min_segment: int =
     ``joint_threshold`` (:class:`Combined`).
 
     The entropy rises when the model meets inputs it has not learned; the input shift moves on any
-    change of the input means or of their second moments along random directions (permutations that
-    keep every position's mean included), returns to a learned segment included (where the entropy
-    barely moves). Each :class:`~online_mas.detectors.ScaledCUSUM` standardises its window means by
+    change of the input means, of their second moments along random directions (permutations that
+    keep every position's mean included) or of the means of random Fourier features (where the
+    inputs lie: river's RandomRBF generators), returns to a learned segment included (where the
+    entropy barely moves). Each :class:`~online_mas.detectors.ScaledCUSUM` standardises its window means by
     their own robust running scale in the current segment, so the thresholds are in standard
     deviations, not nats. The entropy's scale is set on ``warmup`` samples after each detection and
     follows with a half-life of as many samples: long enough to span many model states at batch 128
