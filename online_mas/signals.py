@@ -251,12 +251,24 @@ class InputShift:
     projections (:math:`r_j` Gaussian with variance :math:`1/D`, drawn from ``seed``): their means
     are the input's second moments along :math:`k` random directions, which move when the pixels
     or positions are permuted, or the inputs rotate, even where every per-dimension mean stays
-    (MNIST-1D's shifted signals: ``results/detection.md``). With the reference mean :math:`\mu`
-    and per-feature variance :math:`v` (frozen during a window),
+    (MNIST-1D's shifted signals: ``results/detection.md``). With ``fourier`` :math:`= m > 0`,
+    :math:`m` random Fourier features :math:`\cos(w_j^\top x / \sigma + b_j)` follow
+    (:math:`w_j` standard Gaussian, :math:`b_j` uniform on :math:`[0, 2\pi)`, drawn from ``seed``
+    apart from the projections; Rahimi and Recht, NIPS 2007): their means are a Gaussian-kernel
+    embedding of the input distribution, bounded features that see a change of where the inputs
+    lie which moves neither the means nor the second moments much (river's RandomRBF A B A).
+    :math:`\sigma` is ``bandwidth`` times the median Euclidean distance between the samples of
+    the first window after construction (or after inputs of a new size): the median of the
+    positive distances, at least :math:`10^{-6}` times the samples' root mean square norm (that
+    norm when the samples are all the same, 1 when they are all zero); it stays for the stream
+    (:meth:`restart` keeps it). Until that window is complete its raw inputs are kept, so the
+    features are the same whatever the batch size. With
+    the reference mean :math:`\mu` and per-feature variance :math:`v` (frozen during a window),
     :math:`y_n = (f_n - \mu) / \sqrt{v + \epsilon \bar v}` (:math:`\bar v` the mean of :math:`v`
-    over the input's features, and separately over the projections', so the floor is scale-free)
-    and :math:`P_n` the sum of the :math:`y` of the window's earlier samples, sample :math:`n` gets
-    :math:`s_n = (2\langle y_n, P_n\rangle + \|y_n\|^2)/F` (:math:`F = D + k` features), so that a
+    over the input's features, and separately over the projections' and the Fourier features', so
+    the floor is scale-free) and :math:`P_n` the sum of the :math:`y` of the window's earlier
+    samples, sample :math:`n` gets :math:`s_n = (2\langle y_n, P_n\rangle + \|y_n\|^2)/F`
+    (:math:`F = D + k + m` features), so that a
     window sums to :math:`\|\sum_n y_n\|^2 / F`, :math:`W` times the mean over features of
     :math:`W (m_f - \mu_f)^2 / v_f`: the values average about 1 on a stationary stream and much
     more when the input distribution moves. Values depend only on earlier samples and windows are
@@ -285,8 +297,13 @@ class InputShift:
         Random projections whose squares join the features, >= 0 (0: the input means only, the
         statistic before version 2). They cost a ``(N, D) x (D, k)`` product per batch and ``D k``
         float32 values of memory on the inputs' device.
+    fourier
+        Random Fourier features that join the features, >= 0 (0: none, the statistic before
+        version 3). They cost a ``(N, D) x (D, m)`` product and a cosine per batch.
+    bandwidth
+        The Fourier features' length scale in units of the first window's median distance, > 0.
     seed
-        Seed of the projections (the same on every rank and run), >= 0.
+        Seed of the projections and the Fourier features (the same on every rank and run), >= 0.
 
     Examples
     --------
@@ -302,21 +319,27 @@ class InputShift:
     name = "input_shift"
 
     def __init__(self, *, window: int = 32, half_life: float = 2048.0, eps: float = 1e-3,
-                 projections: int = 64, seed: int = 0) -> None:
+                 projections: int = 64, fourier: int = 256, bandwidth: float = 0.5,
+                 seed: int = 0) -> None:
         if not (isinstance(window, int) and not isinstance(window, bool) and window >= 2):
             raise ValueError(f"window must be an int >= 2 (samples), got {window!r}")
-        for key, n in (("projections", projections), ("seed", seed)):
+        for key, n in (("projections", projections), ("fourier", fourier), ("seed", seed)):
             if not (isinstance(n, int) and not isinstance(n, bool) and n >= 0):
                 raise ValueError(f"{key} must be an int >= 0, got {n!r}")
-        for key, v in (("half_life", half_life), ("eps", eps)):
+        for key, v in (("half_life", half_life), ("eps", eps), ("bandwidth", bandwidth)):
             if isinstance(v, bool) or not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
                 raise ValueError(f"{key} must be a finite number > 0, got {v!r}")
         self.window = window
         self.half_life = float(half_life)
         self.eps = float(eps)
         self.projections = projections
+        self.fourier = fourier
+        self.bandwidth = float(bandwidth)
         self.seed = seed
         self._proj: Tensor | None = None  # (D, projections) float32, drawn from seed for this D
+        self._rff: tuple[object, Tensor, Tensor] | None = None  # key, (D, fourier) w / sigma, b
+        self._sigma: float | None = None  # the Fourier features' length scale (None: not yet set)
+        self._sigma_inputs: int | None = None  # ... for inputs of this size
         self._constants: tuple[object, Constants] | None = None  # piece_sums' matrices
         self.restart()
 
@@ -325,8 +348,16 @@ class InputShift:
         """Samples in the open window (read-only): where the next window ends."""
         return self._count
 
+    @property
+    def fourier_scale(self) -> float | None:
+        """The Fourier features' length scale :math:`\\sigma` (read-only; None until the first
+        window is complete)."""
+        return self._sigma
+
     def restart(self) -> None:
-        """Forget the reference (after a consolidation: the new segment becomes the reference)."""
+        """Forget the reference (after a consolidation: the new segment becomes the reference).
+        The Fourier features' length scale stays: it is the stream's, measured once."""
+        self._raw: Tensor | None = None  # the first window's inputs while the length scale waits
         self._mean: Tensor | None = None
         self._scale: Tensor | None = None  # 1 / sqrt(v + eps * mean(v))
         self._var: Tensor | None = None
@@ -338,12 +369,17 @@ class InputShift:
 
     def per_sample(self, x: Tensor) -> Tensor:
         """The values of the samples of ``x`` (batch first, any shape), shape ``(N,)``, float64."""
-        flat = self._features(self._finite_rows(x.detach().flatten(1)))
-        kept = self._sum if self._sum is not None else self._mean
-        if kept is not None and kept.shape != flat.shape[1:]:
-            self.restart()  # the inputs changed size (a growing river model): a new reference
-        elif kept is not None and kept.device != flat.device:
-            self._to(flat.device)
+        flat = self._finite_rows(x.detach().flatten(1))
+        self._follow(flat)
+        if self._waiting(flat.shape[0]):
+            self._keep_raw(flat)
+            return flat.new_zeros(flat.shape[0], dtype=torch.float64)
+        if self.fourier and self._sigma is None:
+            raw = self._settle(flat)
+            if raw is not None:
+                f = self._features(raw)
+                self._sum, self._sumsq = f.sum(0), f.pow(2).sum(0)
+        flat = self._features(flat)
         out, i, n = [], 0, flat.shape[0]
         while i < n:
             take = min(self.window - self._count, n - i)
@@ -376,22 +412,24 @@ class InputShift:
         """
         flat = self._finite_rows(x.detach().flatten(1))
         n, d = flat.shape
-        width = d + self.projections
-        kept = self._sum if self._sum is not None else self._mean
-        if kept is not None and kept.shape[0] != width:
-            self.restart()  # the inputs changed size: a new reference
-        elif kept is not None and kept.device != flat.device:
-            self._to(flat.device)
+        self._follow(flat)
         if n == 0:
             return flat.new_zeros(0, dtype=torch.float64), []
         w, c0 = self.window, self._count
         ends = [*sorted({c for c in cuts if 0 < c < n} | set(range(w - c0, n, w))), n]
         lengths = [e - s for s, e in zip([0, *ends[:-1]], ends, strict=True)]
-        f = flat.float()
-        feats = [f] if self.projections == 0 else [f, (f @ self._projection(flat)).square_()]
+        if self._waiting(n):  # the first window is still open: zeros, and its inputs are kept
+            self._keep_raw(flat)
+            return flat.new_zeros(len(lengths), dtype=torch.float64), lengths
+        if self.fourier and self._sigma is None:
+            raw = self._settle(flat)
+            if raw is not None:
+                s0, q0 = _piece_sums(self._blocks(raw.float()), [raw.shape[0]])
+                self._sum, self._sumsq = s0[0], q0[0]
+        feats = self._blocks(flat.float())
         sums, sumsq = _piece_sums(feats, lengths)
         ref = Reference(self._mean, self._var, self._scale, self._sum, self._sumsq, c0, self._windows)
-        blocks = (d,) if self.projections == 0 else (d, self.projections)
+        blocks = tuple(t.shape[1] for t in feats)
         key = (w, self.half_life, self.eps, blocks)
         if self._constants is None or self._constants[0] != key:
             self._constants = (key, Constants(window=w, half_life=self.half_life, eps=self.eps,
@@ -411,7 +449,7 @@ class InputShift:
             return flat
         good = torch.isfinite(flat).all(1)
         d = flat.shape[1]
-        if self._mean is not None and self._mean.shape[0] == d + self.projections:
+        if self._mean is not None and self._mean.shape[0] == d + self.projections + self.fourier:
             fill = self._mean[:d].to(flat.device, flat.dtype)
         elif bool(good.any()):
             fill = flat[good].double().mean(0).to(flat.dtype)
@@ -419,12 +457,68 @@ class InputShift:
             fill = flat.new_zeros(d)
         return torch.where(good[:, None], flat, fill)
 
+    def _follow(self, flat: Tensor) -> None:
+        """Start afresh when the inputs change size (a growing river model: a new reference, new
+        projections and a new length scale); follow them to another device."""
+        d = flat.shape[1]
+        kept = self._sum if self._sum is not None else self._mean
+        size = (self._raw.shape[1] if self._raw is not None
+                else kept.shape[0] - self.projections - self.fourier if kept is not None
+                else self._sigma_inputs)
+        if size is not None and size != d:
+            self._sigma, self._sigma_inputs = None, None
+            self.restart()
+        elif kept is not None and kept.device != flat.device:
+            self._to(flat.device)
+        if self._raw is not None and self._raw.device != flat.device:
+            self._raw = self._raw.to(flat.device)
+
+    def _waiting(self, n: int) -> bool:
+        """``n`` more samples leave the first window (that sets the length scale) open."""
+        return bool(self.fourier) and self._sigma is None and self._count + n < self.window
+
+    def _keep_raw(self, flat: Tensor) -> None:
+        self._raw = flat.clone() if self._raw is None else torch.cat([self._raw, flat.to(self._raw.dtype)])
+        self._count += flat.shape[0]
+
+    def _settle(self, flat: Tensor) -> Tensor | None:
+        """The first window closes within ``flat``: set the length scale from its samples (the
+        kept ones and the first of ``flat``); returns the kept ones (None if none)."""
+        raw, self._raw = self._raw, None
+        rows = flat[: self.window - self._count]
+        rows = rows if raw is None else torch.cat([raw.to(rows.dtype), rows])
+        self._sigma = self.bandwidth * _median_distance(rows)
+        self._sigma_inputs = flat.shape[1]
+        return raw
+
+    def _blocks(self, f: Tensor) -> list[Tensor]:
+        """The feature blocks of float32 inputs ``f``: the inputs, the squares of their random
+        projections, their random Fourier features (the blocks with features)."""
+        feats = [f]
+        if self.projections:
+            feats.append((f @ self._projection(f)).square_())
+        if self.fourier:
+            w, b = self._fourier_weights(f)
+            feats.append(torch.addmm(b, f, w).cos_())
+        return feats
+
     def _features(self, flat: Tensor) -> Tensor:
-        """The inputs and the squares of their random projections, float64."""
-        if self.projections == 0:
+        """The inputs, the squares of their random projections and their Fourier features, float64."""
+        if self.projections == 0 and self.fourier == 0:
             return flat.double()
-        z = flat.float() @ self._projection(flat)
-        return torch.cat([flat.double(), z.double().square()], 1)
+        return torch.cat([flat.double(), *(t.double() for t in self._blocks(flat.float())[1:])], 1)
+
+    def _fourier_weights(self, flat: Tensor) -> tuple[Tensor, Tensor]:
+        """``w / sigma`` (``(D, fourier)``) and ``b`` (``(fourier,)``), float32 on the inputs' device."""
+        d = flat.shape[1]
+        key = (d, self._sigma, str(flat.device))
+        if self._rff is None or self._rff[0] != key:
+            g = torch.Generator().manual_seed((self.seed + _FOURIER_STREAM) % 2**64)
+            w = torch.randn(d, self.fourier, generator=g, dtype=torch.float64)
+            b = torch.rand(self.fourier, generator=g, dtype=torch.float64) * (2.0 * math.pi)
+            sigma = self._sigma if self._sigma is not None else 1.0
+            self._rff = (key, (w / sigma).float().to(flat.device), b.float().to(flat.device))
+        return self._rff[1], self._rff[2]
 
     def _projection(self, flat: Tensor) -> Tensor:
         """The ``(D, projections)`` float32 projections for inputs ``flat`` (drawn once per size)."""
@@ -467,51 +561,82 @@ class InputShift:
             self._var += rate * ((second - 2.0 * m * self._mean + self._mean * self._mean) - self._var)
             self._mean += rate * (m - self._mean)
         self._windows += 1
-        floor = self._var.mean().expand_as(self._var)
-        if self.projections:  # each block its own floor: the squares' variances are of another scale
-            d = self._var.shape[0] - self.projections
-            floor = torch.cat([self._var[:d].mean().expand(d), self._var[d:].mean().expand(self.projections)])
+        # each block its own floor: the squares' and the cosines' variances are of other scales
+        d = self._var.shape[0] - self.projections - self.fourier
+        parts = self._var.split([k for k in (d, self.projections, self.fourier) if k])
+        floor = torch.cat([v.mean().expand_as(v) for v in parts])
         self._scale = (self._var + self.eps * floor + 1e-12).rsqrt()
         self._sum, self._sumsq, self._prefix, self._count = None, None, None, 0
 
     def _to(self, device: torch.device) -> None:
-        for key in ("_mean", "_scale", "_var", "_prefix", "_sum", "_sumsq"):
+        for key in ("_mean", "_scale", "_var", "_prefix", "_sum", "_sumsq", "_raw"):
             v = getattr(self, key)
             if isinstance(v, Tensor):
                 setattr(self, key, v.to(device))
 
     def state_dict(self) -> dict[str, object]:
-        return {"version": 2, "window": self.window, "half_life": self.half_life, "eps": self.eps,
-                "projections": self.projections, "seed": self.seed, "count": self._count,
+        return {"version": 3, "window": self.window, "half_life": self.half_life, "eps": self.eps,
+                "projections": self.projections, "fourier": self.fourier,
+                "bandwidth": self.bandwidth, "seed": self.seed, "fourier_scale": self._sigma,
+                "fourier_inputs": self._sigma_inputs, "raw": self._raw, "count": self._count,
                 "windows": self._windows, "mean": self._mean, "var": self._var,
                 "scale": self._scale,
                 "prefix": self._prefix, "sum": self._sum, "sumsq": self._sumsq}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         version = state.get("version")
-        if version not in (1, 2):
-            raise ValueError(f"unsupported InputShift state version {version!r}; this library reads 1 and 2")
-        saved = state.get("projections", 0) if version == 2 else 0  # version 1: the input means only
-        if saved != self.projections or (version == 2 and state.get("seed") != self.seed):
+        if version not in (1, 2, 3):
+            raise ValueError(f"unsupported InputShift state version {version!r}; this library reads 1, 2 and 3")
+        saved = state.get("projections", 0) if version != 1 else 0  # version 1: the input means only
+        if saved != self.projections or (version != 1 and state.get("seed") != self.seed):
             raise ValueError(
                 f"the saved input shift has projections={saved!r}"
-                + (f", seed={state.get('seed')!r}" if version == 2 else " (a version 1 state)")
+                + (f", seed={state.get('seed')!r}" if version != 1 else " (a version 1 state)")
                 + f"; this one projections={self.projections!r}, seed={self.seed!r}: build it with the "
                 "saved values to continue (default_detector(shift_projections=...))")
+        fourier = state.get("fourier", 0) if version == 3 else 0  # before version 3: none
+        if fourier != self.fourier:
+            raise ValueError(
+                f"the saved input shift has fourier={fourier!r}"
+                + (f" (a version {version} state, before Fourier features)" if version != 3 else "")
+                + f"; this one fourier={self.fourier!r}: build it with the saved value to continue "
+                f"(default_detector(shift_fourier={fourier!r}))")
         if state.get("window") != self.window:
             raise ValueError(f"window differs: saved {state.get('window')!r}, this signal {self.window!r}")
         self.half_life = float(state["half_life"])  # type: ignore[arg-type]
         self.eps = float(state["eps"])  # type: ignore[arg-type]
+        if version == 3:
+            self.bandwidth = float(state["bandwidth"])  # type: ignore[arg-type]
+            sigma, inputs = state.get("fourier_scale"), state.get("fourier_inputs")
+            self._sigma = float(sigma) if sigma is not None else None  # type: ignore[arg-type]
+            self._sigma_inputs = int(inputs) if inputs is not None else None  # type: ignore[call-overload]
+        else:
+            self._sigma, self._sigma_inputs = None, None
         self._count = int(state["count"])  # type: ignore[call-overload]
         self._windows = int(state["windows"])  # type: ignore[call-overload]
-        for key in ("mean", "var", "scale", "prefix", "sum", "sumsq"):
+        for key in ("mean", "var", "scale", "prefix", "sum", "sumsq", "raw"):
             v = state.get(key)
             setattr(self, "_" + key, v.clone() if isinstance(v, Tensor) else None)
 
     def __repr__(self) -> str:
         return (f"InputShift(window={self.window}, half_life={self.half_life:g}, eps={self.eps:g}, "
-                f"projections={self.projections}, seed={self.seed})")
+                f"projections={self.projections}, fourier={self.fourier}, "
+                f"bandwidth={self.bandwidth:g}, seed={self.seed})")
 
+
+_FOURIER_STREAM = 0x9E3779B97F4A7C15  # the Fourier features' generator: seed + this (mod 2**64)
+
+
+def _median_distance(rows: Tensor) -> float:
+    """The median of the positive Euclidean distances between the rows (float64), at least 1e-6
+    times the rows' root mean square norm; when every row is the same, that norm (1.0 if zero)."""
+    r = rows.double()
+    dist = torch.pdist(r) if r.shape[0] > 1 else r.new_zeros(0)
+    positive = dist[dist > 0]
+    rms = float(r.pow(2).sum(1).mean().sqrt()) if r.numel() else 0.0
+    if positive.numel() == 0:
+        return rms if rms > 0.0 else 1.0
+    return max(float(positive.median()), 1e-6 * rms)
 
 
 def _piece_sums(feats: list[Tensor], lengths: list[int]) -> tuple[Tensor, Tensor]:

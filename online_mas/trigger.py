@@ -32,7 +32,8 @@ _NOT_FINITE = torch.empty(0)  # value() saw an output that is not finite: fire()
 def default_detector(*, window: int = 32, warmup: int = 2048, min_segment: int = 1024,
                      threshold: float = 16.0, shift_threshold: float = 16.0,
                      shift_warmup: int = 512, shift_half_life: float = 2048.0,
-                     shift_projections: int = 64, lag: int = 256,
+                     shift_projections: int = 64, shift_fourier: int = 256,
+                     shift_bandwidth: float = 0.5, lag: int = 256,
                      joint_threshold: float | None = 8.0) -> Combined:
     """The detector ``OnlineMAS`` uses when none is given: two self-calibrated one-sided CUSUMs fed
     per sample in windows of ``window`` samples whatever the batch size, one on the predictive
@@ -41,9 +42,10 @@ def default_detector(*, window: int = 32, warmup: int = 2048, min_segment: int =
     ``joint_threshold`` (:class:`Combined`).
 
     The entropy rises when the model meets inputs it has not learned; the input shift moves on any
-    change of the input means or of their second moments along random directions (permutations that
-    keep every position's mean included), returns to a learned segment included (where the entropy
-    barely moves). Each :class:`~online_mas.detectors.ScaledCUSUM` standardises its window means by
+    change of the input means, of their second moments along random directions (permutations that
+    keep every position's mean included) or of the means of random Fourier features (where the
+    inputs lie: river's RandomRBF generators), returns to a learned segment included (where the
+    entropy barely moves). Each :class:`~online_mas.detectors.ScaledCUSUM` standardises its window means by
     their own robust running scale in the current segment, so the thresholds are in standard
     deviations, not nats. The entropy's scale is set on ``warmup`` samples after each detection and
     follows with a half-life of as many samples: long enough to span many model states at batch 128
@@ -75,6 +77,12 @@ def default_detector(*, window: int = 32, warmup: int = 2048, min_segment: int =
     shift_projections
         Random projections of the input shift (:class:`~online_mas.signals.InputShift`), >= 0;
         0 gives the detector of before version 2 of its state (the input means only).
+    shift_fourier
+        Random Fourier features of the input shift, >= 0; 0 gives the detector of before version 3
+        of its state (continue a state saved before them with ``shift_fourier=0``).
+    shift_bandwidth
+        Their length scale in units of the median distance between the samples of the stream's
+        first window, > 0.
     joint_threshold
         Both CUSUMs at or above this many standard deviations at once also consolidate, though
         neither reached its own threshold (:class:`Combined`): a change that moves the inputs and
@@ -98,19 +106,24 @@ def default_detector(*, window: int = 32, warmup: int = 2048, min_segment: int =
     Combined(Windowed(ScaledCUSUM(warmup=64, slack=0.5, threshold=16.0, clip=4.0, half_life=64.0,
     mode='up'), window=32, min_segment=0), Windowed(ScaledCUSUM(warmup=16, slack=0.5,
     threshold=16.0, clip=4.0, half_life=16.0, mode='up'), window=32, min_segment=0),
-    InputShift(window=32, half_life=2048, eps=0.001, projections=64, seed=0), min_segment=1024,
-    lag=256, joint_threshold=8.0)
+    InputShift(window=32, half_life=2048, eps=0.001, projections=64, fourier=256, bandwidth=0.5,
+    seed=0), min_segment=1024, lag=256, joint_threshold=8.0)
     """
     window = check_int("window", window, minimum=2)
     warmup = check_int("warmup", warmup, minimum=1)
     shift_warmup = check_int("shift_warmup", shift_warmup, minimum=1)
+    shift_fourier = check_int("shift_fourier", shift_fourier, minimum=0)
+    if isinstance(shift_bandwidth, bool) or not (isinstance(shift_bandwidth, int | float)
+                                                 and math.isfinite(shift_bandwidth) and shift_bandwidth > 0):
+        raise ValueError(f"shift_bandwidth must be a finite number > 0, got {shift_bandwidth!r}")
     windows = max(2, -(-warmup // window))
     entropy = Windowed(ScaledCUSUM(warmup=windows, threshold=threshold, half_life=float(windows),
                                    mode="up"), window=window)
     shift = Windowed(ScaledCUSUM(warmup=max(2, -(-shift_warmup // window)), threshold=shift_threshold,
                                  mode="up"), window=window)
     return Combined(entropy, shift, InputShift(window=window, half_life=shift_half_life,
-                                               projections=shift_projections),
+                                               projections=shift_projections, fourier=shift_fourier,
+                                               bandwidth=shift_bandwidth),
                     min_segment=min_segment, lag=lag, joint_threshold=joint_threshold)
 
 

@@ -657,19 +657,30 @@ def test_detector_state_helpers() -> None:
 
 
 def _shift_by_hand(x: np.ndarray, window: int, half_life: float, eps: float,
-                   proj: np.ndarray | None = None) -> np.ndarray:
+                   proj: np.ndarray | None = None,
+                   rff: tuple[np.ndarray, np.ndarray, float] | None = None) -> np.ndarray:
     """InputShift recomputed window by window in NumPy from its definition (``proj``: the random
-    projections, whose squares join the features, each block with its own variance floor)."""
-    d = x.shape[1]
+    projections, whose squares join the features; ``rff``: ``(w, b, bandwidth)``, the random
+    Fourier features ``cos(x w / sigma + b)``, sigma the bandwidth times the median distance of
+    the first window's samples; each block with its own variance floor)."""
+    blocks = [x]
     if proj is not None:
-        x = np.concatenate([x, (x @ proj) ** 2], 1)
+        blocks.append((x @ proj) ** 2)
+    if rff is not None:
+        w, b, bandwidth = rff
+        first = x[:window]
+        dist = np.sqrt(((first[:, None] - first[None]) ** 2).sum(-1))[np.triu_indices(window, 1)]
+        sigma = bandwidth * np.sort(dist)[(len(dist) - 1) // 2]  # the lower median, as torch's
+        blocks.append(np.cos(x @ w / sigma + b))
+    sizes = [t.shape[1] for t in blocks]
+    x = np.concatenate(blocks, 1)
     out = np.zeros(len(x))
     mean = var = None
     for windows, start in enumerate(range(0, len(x) - len(x) % window, window)):
         w = x[start:start + window]
         if mean is not None:
-            floor = var.mean() if proj is None else np.concatenate(
-                [np.full(d, var[:d].mean()), np.full(x.shape[1] - d, var[d:].mean())])
+            floor = np.concatenate([np.full(k, v.mean()) for k, v in
+                                    zip(sizes, np.split(var, np.cumsum(sizes)[:-1]), strict=True)])
             y = (w - mean) / np.sqrt(var + eps * floor + 1e-12)
             prefix = np.cumsum(y, 0) - y
             out[start:start + window] = (2 * (y * prefix).sum(1) + (y * y).sum(1)) / x.shape[1]
@@ -691,18 +702,27 @@ def test_input_shift_is_its_definition_whatever_the_batch_size(batch: int) -> No
     g = torch.Generator().manual_seed(0)
     x = torch.cat([torch.randn(200, 5, generator=g), torch.randn(200, 5, generator=g) * 3 + 1])
     x[:, 4] = 2.0  # a constant input: the relative floor keeps it finite
-    shift = InputShift(window=8, half_life=64.0, projections=0)
+    shift = InputShift(window=8, half_life=64.0, projections=0, fourier=0)
     got = torch.cat([shift.per_sample(x[i:i + batch]) for i in range(0, len(x), batch)]).numpy()
     want = _shift_by_hand(x.double().numpy(), 8, 64.0, 1e-3)
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
     # about 4/5 (the constant input adds 0), then much more
     assert abs(got[16:200].mean() - 0.8) < 0.3 and got[200:240].mean() > 5
     # with projections: their squares are features too (drawn from the seed, variance 1/D)
-    shift = InputShift(window=8, half_life=64.0, projections=3, seed=7)
+    shift = InputShift(window=8, half_life=64.0, projections=3, fourier=0, seed=7)
     got = torch.cat([shift.per_sample(x[i:i + batch]) for i in range(0, len(x), batch)]).numpy()
     proj = (torch.randn(5, 3, generator=torch.Generator().manual_seed(7)) / math.sqrt(5)).double().numpy()
     want = _shift_by_hand(x.double().numpy(), 8, 64.0, 1e-3, proj)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)  # the projection is in float32
+    # with Fourier features: cos(x w / sigma + b), w, b from the seed's own stream
+    shift = InputShift(window=8, half_life=64.0, projections=3, fourier=6, bandwidth=0.5, seed=7)
+    got = torch.cat([shift.per_sample(x[i:i + batch]) for i in range(0, len(x), batch)]).numpy()
+    g = torch.Generator().manual_seed((7 + 0x9E3779B97F4A7C15) % 2**64)
+    w = torch.randn(5, 6, generator=g, dtype=torch.float64).numpy()
+    b = (torch.rand(6, generator=g, dtype=torch.float64) * 2 * math.pi).numpy()
+    want = _shift_by_hand(x.double().numpy(), 8, 64.0, 1e-3, proj, (w, b, 0.5))
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)  # the features are in float32
+    assert shift.fourier_scale is not None and abs(got[200:240].mean()) > 5
 
 
 def test_input_shift_projections_see_a_permutation_that_keeps_every_mean() -> None:
@@ -719,7 +739,7 @@ def test_input_shift_projections_see_a_permutation_that_keeps_every_mean() -> No
     x = torch.cat([smooth[: n // 2], smooth[n // 2:, perm]])
     ratios = {}
     for projections in (0, 64):
-        shift = InputShift(window=32, projections=projections)
+        shift = InputShift(window=32, projections=projections, fourier=0)
         v = torch.cat([shift.per_sample(x[i:i + 32]) for i in range(0, n, 32)])
         ratios[projections] = float(v[n // 2: n // 2 + 256].mean() / v[512: n // 2].mean())
     assert ratios[0] < 1.5 and ratios[64] > 3, ratios
@@ -750,10 +770,12 @@ def test_input_shift_state_round_trip_mid_window() -> None:
     with pytest.raises(ValueError, match="saved input shift has projections=64, seed=0; this one "
                                          "projections=8"):
         InputShift(window=4, projections=8).load_state_dict(a.state_dict())
-    old = InputShift(window=4, projections=0)  # a version 1 state: the input means only
+    old = InputShift(window=4, projections=0, fourier=0)  # a version 1 state: the input means only
     old.per_sample(torch.randn(6, 3, generator=g))
-    v1 = {k: v for k, v in old.state_dict().items() if k not in ("projections", "seed")} | {"version": 1}
-    continued = InputShift(window=4, projections=0)
+    v1 = {k: v for k, v in old.state_dict().items()
+          if k not in ("projections", "seed", "fourier", "bandwidth", "fourier_scale", "fourier_inputs",
+                       "raw")} | {"version": 1}
+    continued = InputShift(window=4, projections=0, fourier=0)
     continued.load_state_dict(v1)
     x = torch.randn(5, 3, generator=g)
     assert torch.equal(continued.per_sample(x), old.per_sample(x))

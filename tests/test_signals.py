@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 
 import pytest
@@ -55,10 +56,12 @@ def test_bad_names_and_parameters() -> None:
 
 
 @pytest.mark.parametrize("batch", [1, 7, 32, 48, 1000])
-@pytest.mark.parametrize("projections", [0, 64])
-def test_input_shift_piece_sums_are_the_sums_of_its_per_sample_values(batch: int, projections: int) -> None:
+@pytest.mark.parametrize(("projections", "fourier"), [(0, 0), (64, 0), (64, 256), (0, 64)])
+def test_input_shift_piece_sums_are_the_sums_of_its_per_sample_values(batch: int, projections: int,
+                                                                      fourier: int) -> None:
     g = torch.Generator().manual_seed(batch)
-    bulk, each = InputShift(projections=projections), InputShift(projections=projections)
+    bulk = InputShift(projections=projections, fourier=fourier)
+    each = InputShift(projections=projections, fourier=fourier)
     for i in range(max(6, 1200 // batch)):
         x = torch.rand(batch, 16, generator=g) + (0.5 if i * batch > 600 else 0.0)
         cuts = [batch // 2] if batch > 1 else []
@@ -72,6 +75,137 @@ def test_input_shift_piece_sums_are_the_sums_of_its_per_sample_values(batch: int
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     assert bulk.open_count == each.open_count
+    assert bulk.fourier_scale == each.fourier_scale and (bulk.fourier_scale is None) == (fourier == 0)
+    assert bulk.state_dict()["mean"].shape == (16 + projections + fourier,)  # type: ignore[union-attr]
+
+
+def _stream(n: int = 1280, d: int = 10, seed: int = 0) -> torch.Tensor:
+    """Inputs whose distribution moves at sample 640 (a mean shift of one standard deviation)."""
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+    x[n // 2:] += 1.0
+    return x
+
+
+@pytest.mark.parametrize("bulk", [False, True])
+def test_input_shift_fourier_values_are_the_same_at_batch_1_and_64(bulk: bool) -> None:
+    x = _stream()
+    got = {}
+    for batch in (1, 64):
+        shift = InputShift(fourier=256)
+        if bulk:  # piece_sums at the batch ends: at batch 1 each sample's own value
+            parts = [shift.piece_sums(x[i:i + batch], cuts=list(range(1, batch)))[0]
+                     for i in range(0, len(x), batch)]
+        else:
+            parts = [shift.per_sample(x[i:i + batch]) for i in range(0, len(x), batch)]
+        got[batch] = torch.cat(parts)
+        assert shift.open_count == 0 and shift.fourier_scale is not None
+    torch.testing.assert_close(got[1], got[64], rtol=1e-4, atol=1e-5)
+    assert torch.equal(got[1][:32], torch.zeros(32, dtype=torch.float64))  # the first window
+    assert bool((got[1][32:] != 0).all())  # then the reference's values
+    # the change: the windows after it are far above the stationary ones (about 1 on average)
+    assert 0.5 < float(got[1][64:640].mean()) < 1.5 and float(got[1][640:704].mean()) > 5
+
+
+def test_input_shift_bandwidth_is_the_first_windows_median_distance_at_any_batch() -> None:
+    x = _stream()
+    want = 0.25 * float(torch.pdist(x[:32].double()).median())
+    for batch in (1, 5, 31, 32, 33, 100):
+        for bulk in (False, True):
+            shift = InputShift(fourier=16, bandwidth=0.25)
+            for i in range(0, 64, batch):
+                if shift.fourier_scale is None:
+                    assert shift.open_count == i  # the first window's inputs are kept until it closes
+                if bulk:
+                    shift.piece_sums(x[i:i + batch])
+                else:
+                    shift.per_sample(x[i:i + batch])
+            assert shift.fourier_scale == pytest.approx(want, rel=1e-12), (batch, bulk)
+    shift = InputShift(fourier=16)
+    shift.per_sample(x[:40])
+    shift.restart()  # a consolidation keeps the stream's length scale
+    assert shift.fourier_scale == pytest.approx(0.5 * want / 0.25)
+    shift.per_sample(torch.randn(40, 3, generator=torch.Generator().manual_seed(5)) * 100)
+    assert shift.fourier_scale > 10 * want  # inputs of a new size: a new one, from them
+
+
+def test_input_shift_degenerate_first_windows_give_finite_values() -> None:
+    g = torch.Generator().manual_seed(3)
+    cases = {  # first window -> the length scale over the bandwidth
+        "zeros": (torch.zeros(32, 4), 1.0),
+        "constant": (torch.full((32, 4), 3.0), 6.0),  # the inputs' norm, sqrt(4 * 9)
+        "half the same": (torch.cat([torch.zeros(24, 4), torch.ones(8, 4)]), 2.0),  # positive ones
+        "tiny": (torch.randn(32, 4, generator=g, dtype=torch.float64) * 1e-9 + 1.0, 2e-6),  # 1e-6 of the norm
+    }
+    for name, (first, scale) in cases.items():
+        for bulk in (False, True):
+            shift = InputShift(window=32, fourier=64)
+            later = torch.randn(96, 4, generator=g) + 1.0
+            x = torch.cat([first, later])
+            x[40] = math.nan  # a non-finite sample is replaced, as before
+            v = (shift.piece_sums(x, cuts=list(range(1, 128)))[0] if bulk else shift.per_sample(x))
+            assert shift.fourier_scale == pytest.approx(0.5 * scale, rel=1e-5), name
+            assert bool(torch.isfinite(v).all()), (name, bulk)
+            assert bool(torch.isfinite(shift.state_dict()["scale"]).all()), name  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("stop", [20, 50, 77])  # within the first window, within a later one
+@pytest.mark.parametrize("bulk", [False, True])
+def test_input_shift_fourier_state_round_trip(stop: int, bulk: bool) -> None:
+    x = _stream()
+    a = InputShift(fourier=128)
+    for i in range(0, stop, 10):
+        a.per_sample(x[i:min(i + 10, stop)])
+    state = a.state_dict()
+    assert state["version"] == 3 and (state["raw"] is not None) == (stop < 32)
+    assert (state["fourier_scale"] is None) == (stop < 32)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    b = InputShift(fourier=128)
+    b.load_state_dict(torch.load(buf, weights_only=True))
+    for i in range(stop, 300, 23):
+        if bulk:
+            assert torch.equal(a.piece_sums(x[i:i + 23], [5])[0], b.piece_sums(x[i:i + 23], [5])[0])
+        else:
+            assert torch.equal(a.per_sample(x[i:i + 23]), b.per_sample(x[i:i + 23]))
+    assert a.fourier_scale == b.fourier_scale is not None
+    assert repr(b) == ("InputShift(window=32, half_life=2048, eps=0.001, projections=64, fourier=128, "
+                       "bandwidth=0.5, seed=0)")
+
+
+def test_input_shift_states_before_fourier_features() -> None:
+    x = _stream()
+    old = InputShift(fourier=0)
+    old.per_sample(x[:50])
+    v2 = {k: v for k, v in old.state_dict().items()
+          if k not in ("fourier", "bandwidth", "fourier_scale", "fourier_inputs", "raw")} | {"version": 2}
+    with pytest.raises(ValueError, match=r"saved input shift has fourier=0 \(a version 2 state, before "
+                                         r"Fourier features\); this one fourier=256: build it with the "
+                                         r"saved value to continue \(default_detector\(shift_fourier=0\)\)"):
+        InputShift().load_state_dict(v2)
+    continued = InputShift(fourier=0)
+    continued.load_state_dict(v2)
+    assert torch.equal(continued.per_sample(x[50:90]), old.per_sample(x[50:90]))
+    with pytest.raises(ValueError, match=r"saved input shift has fourier=64; this one fourier=256"):
+        InputShift().load_state_dict(InputShift(fourier=64).state_dict())
+    with pytest.raises(ValueError, match="this library reads 1, 2 and 3"):
+        InputShift().load_state_dict({"version": 4})
+
+
+def test_input_shift_fourier_bad_values() -> None:
+    from online_mas.trigger import default_detector
+
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match=f"fourier must be an int >= 0, got {bad!r}"):
+            InputShift(fourier=bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=f"shift_fourier must be an integer >= 0, got {bad!r}"):
+            default_detector(shift_fourier=bad)  # type: ignore[arg-type]
+    for bad in (0, -0.5, math.nan, math.inf, True, "1"):
+        with pytest.raises(ValueError, match=f"bandwidth must be a finite number > 0, got {bad!r}"):
+            InputShift(bandwidth=bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=f"shift_bandwidth must be a finite number > 0, got {bad!r}"):
+            default_detector(shift_bandwidth=bad)  # type: ignore[arg-type]
+    assert "fourier=64, bandwidth=0.25" in repr(default_detector(shift_fourier=64, shift_bandwidth=0.25))
 
 
 def test_per_sample_many_is_per_sample() -> None:

@@ -69,7 +69,7 @@ class Combined:
     ...     c.update_many([0.0] * 16, inputs=x)
     ...     fired += c.detections
     >>> fired
-    [1727]
+    [1759]
     """
 
     per_sample = True  # the Trigger feeds it one value per sample
