@@ -411,7 +411,7 @@ class InputShift:
         True
         """
         flat = self._finite_rows(x.detach().flatten(1))
-        n, d = flat.shape
+        n = flat.shape[0]
         self._follow(flat)
         if n == 0:
             return flat.new_zeros(0, dtype=torch.float64), []
@@ -586,7 +586,8 @@ class InputShift:
     def load_state_dict(self, state: dict[str, object]) -> None:
         version = state.get("version")
         if version not in (1, 2, 3):
-            raise ValueError(f"unsupported InputShift state version {version!r}; this library reads 1, 2 and 3")
+            raise ValueError(f"unsupported InputShift state version {version!r}; this library reads "
+                             "1, 2 and 3")
         saved = state.get("projections", 0) if version != 1 else 0  # version 1: the input means only
         if saved != self.projections or (version != 1 and state.get("seed") != self.seed):
             raise ValueError(
