@@ -97,8 +97,8 @@ def default_detector(*, window: int = 32, warmup: int = 2048, min_segment: int =
         samples later (see :class:`Trigger`), and anchored at the parameters saved before the
         block in which its change's run began (:class:`~online_mas.consolidate.StableAnchor`), so
         the later report costs no accuracy (permuted digits at batch 32, 10 seeds: ACC 62.8 at
-        ``lag=256``, 61.9 at ``lag=0``). ``lag=256`` costs about a third of ``lag=0`` per call at
-        batch 32, a quarter at batch 1 (``results/detector_feed.md``).
+        ``lag=256``, 61.9 at ``lag=0``). ``lag=256`` costs about a quarter of ``lag=0`` per call at
+        batch 32, a fifth at batch 1 (``results/detector_feed.md``).
 
     Examples
     --------
