@@ -281,9 +281,10 @@ class InputShift:
     The inputs, not the model's features, because they do not drift while the model learns: on
     recurring permuted digits the window statistic of the penultimate features or the logits
     varies within a segment as much as at a change (``results/detection.md``). It sees changes of
-    the input means and of the second moments along the projections, returns to a learned segment
-    included, and nothing of P(y|x) (use the ``loss`` signal for that); a change that keeps both
-    (e.g. a new class whose inputs look, on average, like the old ones) stays for the entropy.
+    the input means, of the second moments along the projections and of the Fourier features'
+    means (where the inputs lie, at the scale of :math:`\sigma`), returns to a learned segment
+    included, and nothing of P(y|x) (use the ``loss`` signal for that); a change that keeps all
+    three (e.g. a new class whose inputs lie among the old ones) stays for the entropy.
 
     Parameters
     ----------

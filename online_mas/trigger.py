@@ -140,8 +140,9 @@ class Trigger:
     sample indices. The consolidation comes that much later; the anchor it takes
     (``StableAnchor``) was saved before the block in which the change's run began.
     Detections of one evaluation (at most ``lag`` samples, or one larger batch) give one reason,
-    as those of one batch do at ``lag=0``; ``Combined`` keeps ``lag <= min_segment`` so that its
-    detections never share one. Batches whose output is not finite are not kept (``value``
+    as those of one batch do at ``lag=0``; ``Combined`` keeps ``lag <= min_segment`` so that only
+    a batch larger than ``min_segment`` can hold two (one consolidation, anchored at the last
+    one's onset). Batches whose output is not finite are not kept (``value``
     returns nan, and ``OnlineMAS.observe`` skips them, as at ``lag=0``). Across ranks
     (``pooled``) there is no deferral: the pooled batch mean is fed at once. :meth:`flush`
     evaluates what is pending now (the end of a stream: ``OnlineMAS.flush(detector=True)``);

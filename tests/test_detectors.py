@@ -869,6 +869,37 @@ def test_combined_finds_the_same_samples_at_any_batch_size(batch: int) -> None:
     assert found == reference and bulk.detections == reference, (found, bulk.detections, reference)
 
 
+class _AlwaysHigh:
+    """A channel whose statistic is always 10 with an open run, and that never fires."""
+
+    statistic = 10.0
+    run_length = 1
+    drift_detected = False
+
+    def update(self, x: float) -> None:
+        pass
+
+    def _reset(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("batch", [1, 2, 4, 6, 40])
+def test_combined_joint_rule_is_checked_at_window_ends_only(batch: int) -> None:
+    """With min_segment (10) not a multiple of the window (4), a joint detection held back at a
+    window end is not taken at a later batch end inside the next window: at every batch size the
+    detections are at the window ends where 10 samples have passed."""
+    from online_mas.detectors import Combined
+    from online_mas.signals import InputShift
+    c = Combined(Windowed(_AlwaysHigh(), window=4), Windowed(_AlwaysHigh(), window=4),
+                 InputShift(window=4, projections=0, fourier=0), min_segment=10, joint_threshold=5.0)
+    x = torch.zeros(40, 2)
+    found = []
+    for i in range(0, 40, batch):
+        c.update_many([0.0] * len(x[i:i + batch]), inputs=x[i:i + batch])
+        found += c.detections
+    assert found == [11, 23, 35], found
+
+
 @pytest.mark.parametrize("batch", [1, 7, 32, 48, 200])
 def test_combined_update_batches_is_update_many_batch_after_batch(batch: int) -> None:
     import online_mas as om

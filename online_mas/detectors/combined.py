@@ -26,11 +26,14 @@ class Combined:
     With ``joint_threshold`` set, both channels' statistics at or above it at once (each with an
     open run that has not fired) are a detection too.
 
-    The rule is checked at the end of every window of either channel, inside a batch too, and at
-    each batch's end: the same stream in batches of any size gives the same detections, at the
-    same samples (:attr:`detections`). After a reported detection the input reference restarts
-    (the new segment becomes it) and both detectors start afresh (river's ``_reset()``), so the
-    one that did not fire does not report the same change later. Fed without inputs
+    The rule is checked at the end of every window of either channel, inside a batch too (the
+    joint rule only there), and at each batch's end: with :class:`Windowed` channels whose own
+    ``min_segment`` is 0 (the default's), the same stream in batches of any size gives the same
+    detections, at the same samples (:attr:`detections`); a channel that holds its detections
+    back (``min_segment > 0``) reports them at the next window or batch end. After a reported
+    detection the input reference restarts (the new segment becomes it) and both detectors start
+    afresh (river's ``_reset()``), so the one that did not fire does not report the same change
+    later. Fed without inputs
     (``inputs=None``: inputs that are not a floating-point tensor, or across ranks, where the
     inputs differ from rank to rank), only ``detector`` watches: no joint detection is made in
     such a batch.
@@ -171,7 +174,9 @@ class Combined:
 
         ``values`` holds the per-sample signal values of all of them (1-D), ``inputs`` their inputs
         stacked (batch first) or None, ``sizes`` the batch sizes. The detections are those of
-        :meth:`update_many` batch after batch, up to the rounding of the window sums:
+        :meth:`update_many` batch after batch, up to the rounding of the window sums (and of the
+        Fourier features' length scale when a detection falls inside the input shift's first
+        window, which here is measured on the whole window):
         :attr:`detections` lists each reported one (its sample index), ``drift_detected`` says
         whether there was any. The window sums of both channels are computed in bulk
         (:meth:`InputShift.piece_sums <online_mas.signals.InputShift.piece_sums>`) when the channels
@@ -274,6 +279,9 @@ class Combined:
         t = self.joint_threshold
         if t is None:
             return False
+        windowed = [d for d in (self.detector, self.shift_detector) if isinstance(d, Windowed)]
+        if windowed and all(d.open_count for d in windowed):
+            return False  # mid-window (a batch's end): only at a window's end, whatever the batch
         for d in (self.detector, self.shift_detector):
             v = getattr(d, "statistic", None)
             if not isinstance(v, float) or v < t:
