@@ -372,14 +372,8 @@ class InputShift:
         """The values of the samples of ``x`` (batch first, any shape), shape ``(N,)``, float64."""
         flat = self._finite_rows(x.detach().flatten(1))
         self._follow(flat)
-        if self._waiting(flat.shape[0]):
-            self._keep_raw(flat)
+        if self._first_window(flat):
             return flat.new_zeros(flat.shape[0], dtype=torch.float64)
-        if self.fourier and self._sigma is None:
-            raw = self._settle(flat)
-            if raw is not None:
-                f = self._features(raw)
-                self._sum, self._sumsq = f.sum(0), f.pow(2).sum(0)
         flat = self._features(flat)
         out, i, n = [], 0, flat.shape[0]
         while i < n:
@@ -419,14 +413,8 @@ class InputShift:
         w, c0 = self.window, self._count
         ends = [*sorted({c for c in cuts if 0 < c < n} | set(range(w - c0, n, w))), n]
         lengths = [e - s for s, e in zip([0, *ends[:-1]], ends, strict=True)]
-        if self._waiting(n):  # the first window is still open: zeros, and its inputs are kept
-            self._keep_raw(flat)
+        if self._first_window(flat):
             return flat.new_zeros(len(lengths), dtype=torch.float64), lengths
-        if self.fourier and self._sigma is None:
-            raw = self._settle(flat)
-            if raw is not None:
-                s0, q0 = _piece_sums(self._blocks(raw.float()), [raw.shape[0]])
-                self._sum, self._sumsq = s0[0], q0[0]
         feats = self._blocks(flat.float())
         sums, sumsq = _piece_sums(feats, lengths)
         ref = Reference(self._mean, self._var, self._scale, self._sum, self._sumsq, c0, self._windows)
@@ -474,9 +462,20 @@ class InputShift:
         if self._raw is not None and self._raw.device != flat.device:
             self._raw = self._raw.to(flat.device)
 
-    def _waiting(self, n: int) -> bool:
-        """``n`` more samples leave the first window (that sets the length scale) open."""
-        return bool(self.fourier) and self._sigma is None and self._count + n < self.window
+    def _first_window(self, flat: Tensor) -> bool:
+        """While the first window (that sets the Fourier features' length scale) stays open after
+        ``flat``, keep its inputs and say so (its values are zeros); once ``flat`` closes it, set
+        the length scale and the window's feature sums from the kept inputs."""
+        if not self.fourier or self._sigma is not None:
+            return False
+        if self._count + flat.shape[0] < self.window:
+            self._keep_raw(flat)
+            return True
+        raw = self._settle(flat)
+        if raw is not None:
+            s0, q0 = _piece_sums(self._blocks(raw.float()), [raw.shape[0]])
+            self._sum, self._sumsq = s0[0], q0[0]
+        return False
 
     def _keep_raw(self, flat: Tensor) -> None:
         self._raw = flat.clone() if self._raw is None else torch.cat([self._raw, flat.to(self._raw.dtype)])

@@ -30,7 +30,9 @@ class Combined:
     joint rule only there), and at each batch's end: with :class:`Windowed` channels whose own
     ``min_segment`` is 0 (the default's), the same stream in batches of any size gives the same
     detections, at the same samples (:attr:`detections`); a channel that holds its detections
-    back (``min_segment > 0``) reports them at the next window or batch end. After a reported
+    back (``min_segment > 0``) reports them at the next window or batch end, and a detection
+    inside the input shift's first window (which sets its Fourier features' length scale) leaves
+    that scale measured on the samples of the batch. After a reported
     detection the input reference restarts (the new segment becomes it) and both detectors start
     afresh (river's ``_reset()``), so the one that did not fire does not report the same change
     later. Fed without inputs
@@ -154,17 +156,21 @@ class Combined:
                                bool(self.shift_detector.drift_detected)):  # type: ignore[attr-defined]
                 found.append(self._seen - 1)
             n = 0
-        start = 0
+        start, at = 0, 0
+        shifted: list[float] | None = None  # the input shift of the samples from ``at`` on
         while start < n:
             end = start + min(self._window_ends(n - start) | {n - start})
             self.detector.update_many(values[start:end])  # type: ignore[attr-defined]
             by_signal = bool(self.detector.drift_detected)  # type: ignore[attr-defined]
             by_shift = False
             if inputs is not None:
-                self.shift_detector.update_many(self.shift.per_sample(inputs[start:end]).tolist())  # type: ignore[attr-defined]
+                if shifted is None:  # once per batch, and again after a detection restarted it
+                    shifted, at = self.shift.per_sample(inputs[start:]).tolist(), start
+                self.shift_detector.update_many(shifted[start - at:end - at])  # type: ignore[attr-defined]
                 by_shift = bool(self.shift_detector.drift_detected)  # type: ignore[attr-defined]
             if self._end_batch(end - start, by_signal, by_shift, inputs is not None):
                 found.append(self._seen - 1)
+                shifted = None
             start = end
         self.detections = found
         self._drift_detected = bool(found)
@@ -174,9 +180,7 @@ class Combined:
 
         ``values`` holds the per-sample signal values of all of them (1-D), ``inputs`` their inputs
         stacked (batch first) or None, ``sizes`` the batch sizes. The detections are those of
-        :meth:`update_many` batch after batch, up to the rounding of the window sums (and of the
-        Fourier features' length scale when a detection falls inside the input shift's first
-        window, which here is measured on the whole window):
+        :meth:`update_many` batch after batch, up to the rounding of the window sums:
         :attr:`detections` lists each reported one (its sample index), ``drift_detected`` says
         whether there was any. The window sums of both channels are computed in bulk
         (:meth:`InputShift.piece_sums <online_mas.signals.InputShift.piece_sums>`) when the channels
