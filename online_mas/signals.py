@@ -19,12 +19,12 @@ hard-sample buffer). None of them reads a label.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from online_mas.estimators.common import finite
 from online_mas.shift_windows import Constants, Reference, piece_statistics
 
 __all__ = [
@@ -259,10 +259,14 @@ class InputShift:
     lie which moves neither the means nor the second moments much (river's RandomRBF A B A).
     :math:`\sigma` is ``bandwidth`` times the median Euclidean distance between the samples of
     the first window after construction (or after inputs of a new size): the median of the
-    positive distances, at least :math:`10^{-6}` times the samples' root mean square norm (that
-    norm when the samples are all the same, 1 when they are all zero); it stays for the stream
-    (:meth:`restart` keeps it). Until that window is complete its raw inputs are kept, so the
-    features are the same whatever the batch size. With
+    positive distances between its usable samples, at least :math:`10^{-6}` times their root mean
+    square norm (that norm when the samples are all the same, 1 when they are all zero); it stays
+    for the stream (:meth:`restart` keeps it). Until that window is complete its raw inputs are
+    kept, so the features are the same whatever the batch size. A sample that holds a nan or an
+    inf, or a value beyond :meth:`input_limit` (where the float32 features or their window sums
+    of squares would overflow: about :math:`10^8` with projections), is left out with a warning:
+    the reference's mean input (before there is one, the first window's mean usable input)
+    stands in for it. With
     the reference mean :math:`\mu` and per-feature variance :math:`v` (frozen during a window),
     :math:`y_n = (f_n - \mu) / \sqrt{v + \epsilon \bar v}` (:math:`\bar v` the mean of :math:`v`
     over the input's features, and separately over the projections' and the Fourier features', so
@@ -341,6 +345,8 @@ class InputShift:
         self._rff: tuple[object, Tensor, Tensor] | None = None  # key, (D, fourier) w / sigma, b
         self._sigma: float | None = None  # the Fourier features' length scale (None: not yet set)
         self._sigma_inputs: int | None = None  # ... for inputs of this size
+        self._fill: Tensor | None = None  # the first window's mean usable input (set with sigma)
+        self._proj_norm: tuple[int, float] | None = None  # inputs, largest projection column norm
         self._constants: tuple[object, Constants] | None = None  # piece_sums' matrices
         self.restart()
 
@@ -370,11 +376,11 @@ class InputShift:
 
     def per_sample(self, x: Tensor) -> Tensor:
         """The values of the samples of ``x`` (batch first, any shape), shape ``(N,)``, float64."""
-        flat = self._finite_rows(x.detach().flatten(1))
-        self._follow(flat)
-        if self._first_window(flat):
-            return flat.new_zeros(flat.shape[0], dtype=torch.float64)
-        flat = self._features(flat)
+        raw = x.detach().flatten(1)
+        self._follow(raw)
+        if self._first_window(raw):
+            return raw.new_zeros(raw.shape[0], dtype=torch.float64)
+        flat = self._features(self._usable(raw))
         out, i, n = [], 0, flat.shape[0]
         while i < n:
             take = min(self.window - self._count, n - i)
@@ -405,17 +411,17 @@ class InputShift:
         >>> torch.allclose(sums, torch.stack([v.sum() for v in each]), rtol=1e-4, atol=1e-6)
         True
         """
-        flat = self._finite_rows(x.detach().flatten(1))
-        n = flat.shape[0]
-        self._follow(flat)
+        raw = x.detach().flatten(1)
+        n = raw.shape[0]
+        self._follow(raw)
         if n == 0:
-            return flat.new_zeros(0, dtype=torch.float64), []
+            return raw.new_zeros(0, dtype=torch.float64), []
         w, c0 = self.window, self._count
         ends = [*sorted({c for c in cuts if 0 < c < n} | set(range(w - c0, n, w))), n]
         lengths = [e - s for s, e in zip([0, *ends[:-1]], ends, strict=True)]
-        if self._first_window(flat):
-            return flat.new_zeros(len(lengths), dtype=torch.float64), lengths
-        feats = self._blocks(flat.float())
+        if self._first_window(raw):
+            return raw.new_zeros(len(lengths), dtype=torch.float64), lengths
+        feats = self._blocks(self._usable(raw).float())
         sums, sumsq = _piece_sums(feats, lengths)
         ref = Reference(self._mean, self._var, self._scale, self._sum, self._sumsq, c0, self._windows)
         blocks = tuple(t.shape[1] for t in feats)
@@ -430,21 +436,43 @@ class InputShift:
         self._prefix = prefix
         return out, lengths
 
-    def _finite_rows(self, flat: Tensor) -> Tensor:
-        """``flat`` with each sample that holds a nan or inf replaced by the reference's mean input
-        (before there is one, by the mean of the batch's finite samples): such a sample moves
-        nothing, and the reference stays finite. One reduction when every value is finite."""
-        if flat.numel() == 0 or finite(flat):
+    def _usable(self, flat: Tensor) -> Tensor:
+        """``flat`` with each sample the input shift cannot use replaced by the reference's mean
+        input (before there is one, by the mean of the first window's usable samples, or of this
+        batch's where the first window is not kept: ``fourier=0``), with a warning: a sample that
+        holds a nan or an inf, or a value beyond :meth:`input_limit` (its float32 features would
+        overflow). Such a sample moves nothing, and the reference stays finite. One reduction when
+        every sample is usable."""
+        if flat.numel() == 0:
             return flat
-        good = torch.isfinite(flat).all(1)
+        limit = self.input_limit(flat.shape[1])
+        lo, hi = torch.aminmax(flat.detach())
+        if -limit <= float(lo) and float(hi) <= limit:  # False for a nan too
+            return flat
+        good = _usable_rows(flat, limit)
+        warnings.warn(f"InputShift: {int((~good).sum())} of {flat.shape[0]} samples have a nan, an inf or "
+                      f"a value beyond +-{limit:.3g} (float32 features would overflow): they are left "
+                      "out of the input shift (replaced by its reference's mean input); scale the "
+                      "inputs to keep them", RuntimeWarning, stacklevel=3)
         d = flat.shape[1]
         if self._mean is not None and self._mean.shape[0] == d + self.projections + self.fourier:
             fill = self._mean[:d].to(flat.device, flat.dtype)
-        elif bool(good.any()):
-            fill = flat[good].double().mean(0).to(flat.dtype)
+        elif self._fill is not None and self._fill.shape[0] == d:
+            fill = self._fill.to(flat.device, flat.dtype)
         else:
-            fill = flat.new_zeros(d)
+            fill = _mean_of(flat, good)
         return torch.where(good[:, None], flat, fill)
+
+    def input_limit(self, inputs: int) -> float:
+        """The largest absolute input value of a usable sample of ``inputs`` values: below it the
+        float32 features, the squares of the projections included, and their squares summed over
+        a window stay within float32 range."""
+        top = math.sqrt(torch.finfo(torch.float32).max / (4 * self.window))  # a feature's bound
+        if not self.projections:
+            return top
+        if self._proj_norm is None or self._proj_norm[0] != inputs:
+            self._proj_norm = (inputs, float(self._draw_projection(inputs).norm(dim=0).max()))
+        return min(top, math.sqrt(top) / (self._proj_norm[1] * math.sqrt(inputs)))
 
     def _follow(self, flat: Tensor) -> None:
         """Start afresh when the inputs change size (a growing river model: a new reference, new
@@ -455,7 +483,7 @@ class InputShift:
                 else kept.shape[0] - self.projections - self.fourier if kept is not None
                 else self._sigma_inputs)
         if size is not None and size != d:
-            self._sigma, self._sigma_inputs = None, None
+            self._sigma, self._sigma_inputs, self._fill = None, None, None
             self.restart()
         elif kept is not None and kept.device != flat.device:
             self._to(flat.device)
@@ -473,7 +501,7 @@ class InputShift:
             return True
         raw = self._settle(flat)
         if raw is not None:
-            s0, q0 = _piece_sums(self._blocks(raw.float()), [raw.shape[0]])
+            s0, q0 = _piece_sums(self._blocks(self._usable(raw).float()), [raw.shape[0]])
             self._sum, self._sumsq = s0[0], q0[0]
         return False
 
@@ -487,8 +515,10 @@ class InputShift:
         raw, self._raw = self._raw, None
         rows = flat[: self.window - self._count]
         rows = rows if raw is None else torch.cat([raw.to(rows.dtype), rows])
-        self._sigma = self.bandwidth * _median_distance(rows)
+        good = _usable_rows(rows, self.input_limit(rows.shape[1]))
+        self._sigma = self.bandwidth * _median_distance(rows[good])
         self._sigma_inputs = flat.shape[1]
+        self._fill = _mean_of(rows, good)  # stands in for unusable samples until there is a reference
         return raw
 
     def _blocks(self, f: Tensor) -> list[Tensor]:
@@ -524,10 +554,13 @@ class InputShift:
         """The ``(D, projections)`` float32 projections for inputs ``flat`` (drawn once per size)."""
         d = flat.shape[1]
         if self._proj is None or self._proj.shape[0] != d or self._proj.device != flat.device:
-            g = torch.Generator().manual_seed(self.seed)
-            proj = torch.randn(d, self.projections, generator=g) / math.sqrt(d)
-            self._proj = proj.to(flat.device)
+            self._proj = self._draw_projection(d).to(flat.device)
         return self._proj
+
+    def _draw_projection(self, d: int) -> Tensor:
+        """The ``(d, projections)`` projections drawn from ``seed``, float32 on the CPU."""
+        g = torch.Generator().manual_seed(self.seed)
+        return torch.randn(d, self.projections, generator=g) / math.sqrt(d)
 
     def _chunk(self, x: Tensor) -> Tensor:
         if self._sum is None or self._sumsq is None:
@@ -578,10 +611,9 @@ class InputShift:
         return {"version": 3, "window": self.window, "half_life": self.half_life, "eps": self.eps,
                 "projections": self.projections, "fourier": self.fourier,
                 "bandwidth": self.bandwidth, "seed": self.seed, "fourier_scale": self._sigma,
-                "fourier_inputs": self._sigma_inputs, "raw": self._raw, "count": self._count,
-                "windows": self._windows, "mean": self._mean, "var": self._var,
-                "scale": self._scale,
-                "prefix": self._prefix, "sum": self._sum, "sumsq": self._sumsq}
+                "fourier_inputs": self._sigma_inputs, "fill": self._fill, "raw": self._raw,
+                "count": self._count, "windows": self._windows, "mean": self._mean, "var": self._var,
+                "scale": self._scale, "prefix": self._prefix, "sum": self._sum, "sumsq": self._sumsq}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         version = state.get("version")
@@ -615,7 +647,7 @@ class InputShift:
             self._sigma, self._sigma_inputs = None, None
         self._count = int(state["count"])  # type: ignore[call-overload]
         self._windows = int(state["windows"])  # type: ignore[call-overload]
-        for key in ("mean", "var", "scale", "prefix", "sum", "sumsq", "raw"):
+        for key in ("mean", "var", "scale", "prefix", "sum", "sumsq", "raw", "fill"):  # fill: absent before
             v = state.get(key)
             setattr(self, "_" + key, v.clone() if isinstance(v, Tensor) else None)
 
@@ -626,6 +658,18 @@ class InputShift:
 
 
 _FOURIER_STREAM = 0x9E3779B97F4A7C15  # the Fourier features' generator: seed + this (mod 2**64)
+
+
+def _usable_rows(flat: Tensor, limit: float) -> Tensor:
+    """Which rows hold only finite values within ``+-limit`` (a bool mask)."""
+    return torch.isfinite(flat).all(1) & (flat.abs().amax(1) <= limit)
+
+
+def _mean_of(flat: Tensor, good: Tensor) -> Tensor:
+    """The mean of the rows of ``flat`` that ``good`` marks (float64 sums; zeros if none)."""
+    if not bool(good.any()):
+        return flat.new_zeros(flat.shape[1])
+    return flat[good].double().mean(0).to(flat.dtype)
 
 
 def _median_distance(rows: Tensor) -> float:

@@ -1099,3 +1099,43 @@ def test_combined_no_joint_detection_from_a_stale_or_fired_channel() -> None:
         dropped += [i] if c.detector.drift_detected and not c.detections else []
         assert c.detections == [], (i, c.detections, c.fired_by, c.onset)
     assert dropped == [95]  # the case happened: a signal detection held back by min_segment
+
+
+@pytest.mark.parametrize("batch", [1, 32, 48])
+def test_combined_update_batches_with_unusable_values_and_inputs_is_update_many(batch: int) -> None:
+    """A nan signal value (its channel skips it, which moves that channel's windows) and inputs the
+    input shift cannot use (a nan, an inf, values whose float32 features overflow) give the same
+    detections by update_batches as by update_many batch after batch, with a warning for the
+    inputs, and nothing non-finite in the state (they crashed update_batches before)."""
+    import warnings
+
+    import online_mas as om
+    g = torch.Generator().manual_seed(batch)
+    x = torch.cat([torch.randn(5000, 16, generator=g), torch.randn(5000, 16, generator=g) * 1.5,
+                   torch.randn(5000, 16, generator=g) + 0.5])
+    v = (x[:, 0].abs() * 0.3 + 0.5).float()
+    v[7500:] += 0.3
+    v[[100, 3001, 3002, 6007, 9000]] = math.nan
+    x[200, 3] = math.nan
+    x[4000, 0] = math.inf
+    x[8100] = 1e25  # finite, but the squares of its projections are not in float32
+    a, b = om.default_detector(lag=0), om.default_detector(lag=0)
+    one, bulk, sizes, start = [], [], [], 0
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for i in range(0, len(x), batch):
+            n = min(batch, len(x) - i)
+            a.update_many(v[i:i + n].tolist(), inputs=x[i:i + n])
+            one += a.detections
+            sizes.append(n)
+            if sum(sizes) >= 300 or i + n == len(x):
+                end = start + sum(sizes)
+                b.update_batches(v[start:end], x[start:end], sizes)
+                bulk += b.detections
+                start, sizes = end, []
+    assert len(one) == 3 and bulk == one, (one, bulk)
+    assert any("left out of the input shift" in str(w.message) for w in seen)
+    assert a.detector.n_skipped == b.detector.n_skipped == 5
+    for d in (a, b):
+        state = d.shift.state_dict()
+        assert all(bool(torch.isfinite(t).all()) for t in state.values() if isinstance(t, torch.Tensor))

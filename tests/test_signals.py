@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 
 import pytest
 import torch
@@ -142,7 +143,8 @@ def test_input_shift_degenerate_first_windows_give_finite_values() -> None:
             later = torch.randn(96, 4, generator=g) + 1.0
             x = torch.cat([first, later])
             x[40] = math.nan  # a non-finite sample is replaced, as before
-            v = (shift.piece_sums(x, cuts=list(range(1, 128)))[0] if bulk else shift.per_sample(x))
+            with pytest.warns(RuntimeWarning, match="1 of 128 samples have a nan"):
+                v = (shift.piece_sums(x, cuts=list(range(1, 128)))[0] if bulk else shift.per_sample(x))
             assert shift.fourier_scale == pytest.approx(0.5 * scale, rel=1e-5), name
             assert bool(torch.isfinite(v).all()), (name, bulk)
             assert bool(torch.isfinite(shift.state_dict()["scale"]).all()), name  # type: ignore[arg-type]
@@ -213,3 +215,56 @@ def test_per_sample_many_is_per_sample() -> None:
     for name in ("entropy", "max_prob", "output_norm"):
         sig = signal_from(name)
         torch.testing.assert_close(sig.per_sample_many(out), per_sample(name, out))  # type: ignore[attr-defined]
+
+
+def test_input_shift_leaves_out_unusable_inputs_with_a_warning() -> None:
+    """A sample with a nan, or with values whose float32 features would overflow (beyond
+    input_limit), moves nothing: the values are those of the stream with the reference's mean
+    input in its place, by per_sample and piece_sums alike, and a warning says so."""
+    x = _stream()
+    shift = InputShift()
+    limit = shift.input_limit(10)
+    assert 1e6 < limit < 1e10  # the squares of the projections, summed over a window, in float32
+    bad = x.clone()
+    bad[300], bad[301, 2], bad[302, 5] = 10 * limit, math.nan, -math.inf
+    for bulk in (False, True):
+        a, b = InputShift(), InputShift()
+        got, want = [], []
+        for i in range(0, len(x), 50):
+            if i == 300:
+                with pytest.warns(RuntimeWarning, match=r"3 of 50 samples have a nan, an inf or a value "
+                                                        r"beyond \+-[0-9.e+]+ \(float32 features would "
+                                                        r"overflow\): they are left out"):
+                    got.append(a.piece_sums(bad[i:i + 50])[0] if bulk else a.per_sample(bad[i:i + 50]))
+                stand_in = x[i:i + 50].clone()
+                stand_in[:3] = b.state_dict()["mean"][:10]  # type: ignore[index]
+                want.append(b.piece_sums(stand_in)[0] if bulk else b.per_sample(stand_in))
+            else:
+                got.append(a.piece_sums(bad[i:i + 50])[0] if bulk else a.per_sample(bad[i:i + 50]))
+                want.append(b.piece_sums(x[i:i + 50])[0] if bulk else b.per_sample(x[i:i + 50]))
+        torch.testing.assert_close(torch.cat(got), torch.cat(want), rtol=1e-5, atol=1e-6)
+        assert bool(torch.isfinite(torch.cat(got)).all())
+    assert InputShift(projections=0).input_limit(10) > 1e17  # the inputs and their squares only
+
+
+@pytest.mark.parametrize("bulk", [False, True])
+def test_input_shift_first_window_ignores_unusable_samples_at_any_batch(bulk: bool) -> None:
+    """Non-finite samples in the first window are left out of the Fourier length scale and stand
+    in as the mean of its usable samples, so the length scale and the values do not depend on the
+    batch size (before, a stand-in was its batch's mean and joined the median)."""
+    x = _stream()[:256]
+    x[[3, 17, 30]] = math.nan
+    good = torch.ones(len(x), dtype=torch.bool)
+    good[[3, 17, 30]] = False
+    want = 0.5 * float(torch.pdist(x[:32][good[:32]].double()).median())
+    got = {}
+    for batch in (1, 5, 32, 64):
+        shift = InputShift(fourier=64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            parts = [shift.piece_sums(x[i:i + batch], cuts=list(range(1, batch)))[0] if bulk
+                     else shift.per_sample(x[i:i + batch]) for i in range(0, 256, batch)]
+        assert shift.fourier_scale == pytest.approx(want, rel=1e-12), batch
+        got[batch] = torch.cat(parts)
+    for batch in (5, 32, 64):
+        torch.testing.assert_close(got[batch], got[1], rtol=1e-4, atol=1e-5)

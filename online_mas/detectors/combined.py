@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -12,6 +11,7 @@ from torch import Tensor
 
 from online_mas.detectors.base import check_float, check_int
 from online_mas.detectors.windowed import Windowed
+from online_mas.estimators.common import finite
 from online_mas.signals import InputShift
 
 _VERSION = 1
@@ -207,28 +207,31 @@ class Combined:
         ``bounds`` and at the windows' ends, as :meth:`update_many` feeds them), until a piece
         reports a detection (which restarts the input shift and the windows, and so changes what
         follows); returns the sample to go on from."""
+        if not finite(values[start:]):  # rare: the signal's channel skips a non-finite value, which
+            for end in (e for e in bounds if e > start):  # moves its windows: batch by batch
+                self.update_many(values[start:end].tolist(), None if inputs is None else inputs[start:end])
+                found += self.detections
+                start = end
+            return start
         n = bounds[-1] - start
         cuts = sorted({e - start for e in bounds if e > start} | self._window_ends(n))
         signal = _window_sums(self.detector, values[start:], cuts)
         shift = None
         if inputs is not None and _lined_up(self.shift_detector, self.shift):
-            sums, lengths = self.shift.piece_sums(inputs[start:], cuts)
-            shift = _by_batch(sums.tolist(), lengths, cuts)
+            sums, lengths = self.shift.piece_sums(inputs[start:], cuts)  # finite: unusable inputs are
+            shift = _by_batch(sums.tolist(), lengths, cuts)  # replaced (InputShift's input_limit)
         each = values[start:].tolist() if signal is None else None
         lo = 0
         for i, hi in enumerate(cuts):
-            if signal is not None and all(math.isfinite(v) for v in signal[i][0]):
+            if signal is not None:
                 self.detector.update_sums(*signal[i])  # type: ignore[attr-defined]
             else:
-                part = each[lo:hi] if each is not None else values[start + lo:start + hi].tolist()
-                self.detector.update_many(part)  # type: ignore[attr-defined]
+                self.detector.update_many(each[lo:hi])  # type: ignore[attr-defined,index]
             by_signal = bool(self.detector.drift_detected)  # type: ignore[attr-defined]
             by_shift = False
             if inputs is not None:
-                if shift is not None and all(math.isfinite(v) for v in shift[i][0]):
+                if shift is not None:
                     self.shift_detector.update_sums(*shift[i])  # type: ignore[attr-defined]
-                elif shift is not None:  # non-finite inputs: their chunks are skipped
-                    self.shift_detector.update_many([math.nan] * (hi - lo))  # type: ignore[attr-defined]
                 else:
                     shift_values = self.shift.per_sample(inputs[start + lo:start + hi]).tolist()
                     self.shift_detector.update_many(shift_values)  # type: ignore[attr-defined]
