@@ -735,9 +735,24 @@ def bench_detector(cfg: Config) -> dict[str, object]:
         fns1[f"default, lag {lag}, batch 1"] = feeder(Trigger(om.default_detector(lag=lag)), xs1, outs1, 1)
     summary1, _ = interleaved(fns1, baseline="train_step, batch 1", rounds=cfg.rounds, block_ms=cfg.block_ms,
                               clock=cfg.clock)
+    # the same feed against the training steps of the MNIST-sized models (batch 32, 1x28x28)
+    larger: dict[str, dict[str, dict[str, float]]] = {}
+    for model_name in cfg.models:
+        torch.manual_seed(cfg.seed)
+        big = MODELS[model_name]()
+        big_opt = torch.optim.SGD(big.parameters(), lr=0.05, momentum=0.9)
+        bx, by = make_batch(32, cfg.seed)
+        bxs = [bx + 0.01 * torch.randn(bx.shape, generator=g) for _ in range(16)]
+        with torch.no_grad():
+            bouts = [big(v) for v in bxs]
+        fns_big: dict[str, Callable[[], object]] = {
+            "train_step": lambda big=big, big_opt=big_opt, bx=bx, by=by: train_step(big, big_opt, bx, by),
+            f"default, lag {default_lag}": feeder(Trigger(om.default_detector()), bxs, bouts)}
+        larger[model_name], _ = interleaved(fns_big, baseline="train_step", rounds=cfg.rounds,
+                                            block_ms=cfg.block_ms, clock=cfg.clock)
     name = next(k for k in triggers if k.endswith("(the default)"))
     ratio = summary[name]["ratio"]
-    return {"batch": 32, "timings": summary, "timings_batch1": summary1,
+    return {"batch": 32, "timings": summary, "timings_batch1": summary1, "timings_larger": larger,
             "target": TARGETS["detector_feed"], "default_lag": default_lag,
             "delays": detection_delays(cfg.detector_lags, seed=cfg.seed),
             "verdict": f"{ratio:.3f}x of a training step at the default lag {default_lag}, target "
@@ -789,7 +804,13 @@ def detector_table(res: dict[str, object]) -> str:
              for k, v in ones.items()]
     at1 = ("\n\nAt batch 1 (against a training step on one sample):\n\n"
            + markdown_table(["what", "us per call", "/ training step (IQR)"], rows1)) if rows1 else ""
-    return (markdown_table(["what", "us per call", "/ training step (IQR)"], rows) + at1
+    larger: dict[str, dict[str, dict[str, float]]] = res.get("timings_larger", {})  # type: ignore[assignment]
+    rows2 = [[model, k, f"{v['ms'] * 1e3:.1f}", f"{v['ratio']:.3f}x ({v['ratio_q1']:.3f}-{v['ratio_q3']:.3f})"]
+             for model, timings in larger.items() for k, v in timings.items()]
+    at28 = ("\n\nThe same feed against the training steps of the MNIST-sized models of `scripts/_bench_models.py` "
+            "(batch 32, 1x28x28 inputs: 784 input values for the input shift, 10 outputs):\n\n"
+            + markdown_table(["model", "what", "us per call", "/ training step (IQR)"], rows2)) if rows2 else ""
+    return (markdown_table(["what", "us per call", "/ training step (IQR)"], rows) + at1 + at28
             + f"\n\n{res['verdict']}"
             + f"\n\nDelay the lag adds (default detector, batches of {delays['batch']}, "
             f"{delays['samples']} samples whose input mean moves {delays['changes']} times, 3000 to 5000 "
