@@ -682,9 +682,11 @@ def bench_detector(cfg: Config) -> dict[str, object]:
     shared forward or the hook) to the decision, i.e. ``Trigger.see``, ``value`` and ``fire`` on a
     new batch each call, amortised over many calls (the bulk evaluations every ``lag`` samples
     included), for the default detector at each lag, its entropy channel alone and the per-call
-    PageHinkley of before; and the input-shift values alone (per call). Then the delay the lag adds:
-    the default detector on a seeded stream of batches of 32 whose input mean moves every 4096
-    samples, the samples between each detection's report at lag 0 and at each lag."""
+    PageHinkley of before; where the default lag's time goes (keeping each batch, and the pieces
+    of one bulk evaluation, per 32 samples); the input-shift values alone (per call); the default
+    feed against the MNIST-sized MLP and CNN steps. Then the delay the lag adds: the default
+    detector on a seeded stream of batches of 32 whose input mean moves every 4096 samples, the
+    samples between each detection's report at lag 0 and at each lag."""
     from online_mas.detectors import PageHinkley
     from online_mas.onset import OnsetSnapshots
     from online_mas.trigger import Trigger
@@ -724,8 +726,35 @@ def bench_detector(cfg: Config) -> dict[str, object]:
     names, params = [n for n, _ in model.named_parameters()], list(model.parameters())
     fns["onset snapshot: parameter copy (per evaluation)"] = lambda: snapshots.track(
         [None, None], 0, names, params)
+    # where the default's time goes, per call of 32 samples: keeping the batch (see, value, fire
+    # with nothing evaluated), and the pieces of one bulk evaluation of `default_lag` samples
+    keeper = Trigger(om.default_detector(), lag=default_lag * 1024)  # never evaluates
+    keeper.last_signal = 0.0  # as after a first evaluation (before one, value() computes the signal)
+    keep_feed = feeder(keeper)
+
+    def keep_only() -> None:
+        keep_feed()
+        if keeper.pending >= default_lag:  # drop what was kept (a benchmark's shortcut)
+            keeper._pending, keeper._pending_n = [], 0
+    per_eval = default_lag // 32
+    block_x, block_out = torch.cat(xs[:per_eval]), torch.cat(outs[:per_eval])
+    bulk, bulk_shift = om.default_detector(), om.InputShift()
+    block_values = keeper.signal.per_sample_many(block_out)  # type: ignore[attr-defined]
+    cuts = list(range(32, default_lag + 1, 32))
+    entropy = keeper.signal.per_sample_many  # type: ignore[attr-defined]
+    pieces: dict[str, Callable[[], object]] = {
+        "  of which: keeping the batch (no evaluation)": keep_only,
+        f"  of which: entropy of {default_lag} outputs": lambda: entropy(block_out),
+        f"  of which: input-shift window sums of {default_lag} inputs": lambda: bulk_shift.piece_sums(
+            block_x, cuts),
+        f"  of which: both channels' bulk update of {default_lag} samples (the window sums "
+        "included)": lambda: bulk.update_batches(
+            block_values, block_x, [32] * per_eval)}
+    at = list(fns).index(next(k for k in fns if k.endswith("(the default)"))) + 1
+    fns = dict([*list(fns.items())[:at], *pieces.items(), *list(fns.items())[at:]])
+    steps = {k: per_eval for k in list(pieces)[1:]}
     summary, _ = interleaved(fns, baseline="train_step", rounds=cfg.rounds, block_ms=cfg.block_ms,
-                             clock=cfg.clock)
+                             clock=cfg.clock, steps=steps)
     # batch 1: a training step on one sample, and the feed at lag 0 and the default lag
     xs1, outs1 = [v[:1] for v in xs], [o[:1] for o in outs]
 
@@ -805,11 +834,14 @@ def detector_table(res: dict[str, object]) -> str:
     at1 = ("\n\nAt batch 1 (against a training step on one sample):\n\n"
            + markdown_table(["what", "us per call", "/ training step (IQR)"], rows1)) if rows1 else ""
     larger: dict[str, dict[str, dict[str, float]]] = res.get("timings_larger", {})  # type: ignore[assignment]
-    rows2 = [[model, k, f"{v['ms'] * 1e3:.1f}", f"{v['ratio']:.3f}x ({v['ratio_q1']:.3f}-{v['ratio_q3']:.3f})"]
+    rows2 = [[model, k, f"{v['ms'] * 1e3:.1f}",
+              f"{v['ratio']:.3f}x ({v['ratio_q1']:.3f}-{v['ratio_q3']:.3f})"]
              for model, timings in larger.items() for k, v in timings.items()]
-    at28 = ("\n\nThe same feed against the training steps of the MNIST-sized models of `scripts/_bench_models.py` "
-            "(batch 32, 1x28x28 inputs: 784 input values for the input shift, 10 outputs):\n\n"
-            + markdown_table(["model", "what", "us per call", "/ training step (IQR)"], rows2)) if rows2 else ""
+    at28 = ("\n\nThe same feed against the training steps of the MNIST-sized models of "
+            "`scripts/_bench_models.py` (batch 32, 1x28x28 inputs: 784 input values for the input "
+            "shift, 10 outputs):\n\n"
+            + markdown_table(["model", "what", "us per call", "/ training step (IQR)"], rows2)
+            ) if rows2 else ""
     return (markdown_table(["what", "us per call", "/ training step (IQR)"], rows) + at1 + at28
             + f"\n\n{res['verdict']}"
             + f"\n\nDelay the lag adds (default detector, batches of {delays['batch']}, "

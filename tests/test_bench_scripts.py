@@ -95,6 +95,13 @@ def test_bench_reports_every_part(tmp_path: Path) -> None:
     assert feed["verdict"].startswith(f"{ratio:.3f}x of a training step at the default lag "
                                       f"{default_lag}, target 0.02x: ")
     assert {"default, lag 0", "entropy channel alone, lag 0"} <= set(feed["timings"])
+    names = list(feed["timings"])  # the breakdown of the default lag follows its row
+    at = names.index(f"default, lag {default_lag} (the default)")
+    assert names[at + 1] == "  of which: keeping the batch (no evaluation)"
+    assert feed["timings"][names[at + 2]]["steps_per_call"] == default_lag // 32
+    larger = feed["timings_larger"]["mlp"]  # the --models given: the MNIST-sized MLP
+    _check_timings(larger, "train_step")
+    assert f"{larger[f'default, lag {default_lag}']['ratio']:.3f}x" in (tmp_path / "detector_feed.md").read_text()
     delays = feed["delays"]["rows"]
     assert delays["0"]["added_max"] == 0 and delays["256"]["same_indices"]
     assert 0 <= delays["256"]["added_mean"] <= delays["256"]["added_max"] < 256 + 32
