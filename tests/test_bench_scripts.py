@@ -101,7 +101,8 @@ def test_bench_reports_every_part(tmp_path: Path) -> None:
     assert feed["timings"][names[at + 2]]["steps_per_call"] == default_lag // 32
     larger = feed["timings_larger"]["mlp"]  # the --models given: the MNIST-sized MLP
     _check_timings(larger, "train_step")
-    assert f"{larger[f'default, lag {default_lag}']['ratio']:.3f}x" in (tmp_path / "detector_feed.md").read_text()
+    printed = (tmp_path / "detector_feed.md").read_text()
+    assert f"{larger[f'default, lag {default_lag}']['ratio']:.3f}x" in printed
     delays = feed["delays"]["rows"]
     assert delays["0"]["added_max"] == 0 and delays["256"]["same_indices"]
     assert 0 <= delays["256"]["added_mean"] <= delays["256"]["added_max"] < 256 + 32
