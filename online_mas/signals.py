@@ -262,11 +262,14 @@ class InputShift:
     positive distances between its usable samples, at least :math:`10^{-6}` times their root mean
     square norm (that norm when the samples are all the same, 1 when they are all zero); it stays
     for the stream (:meth:`restart` keeps it). Until that window is complete its raw inputs are
-    kept, so the features are the same whatever the batch size. A sample that holds a nan or an
-    inf, or a value beyond :meth:`input_limit` (where the float32 features or their window sums
-    of squares would overflow: about :math:`10^8` with projections), is left out with a warning:
-    the reference's mean input (before there is one, the first window's mean usable input)
-    stands in for it. With
+    kept, so the features are the same whatever the batch size; :math:`\sigma` is at least where
+    no usable input can overflow the features' arguments. A sample that holds a nan or an inf, or
+    a value beyond :meth:`input_limit` (where the float32 features or their window sums of squares
+    would overflow: about :math:`10^8` with projections), is left out with a warning: the
+    reference's mean input at its window's start (before there is a reference, the first window's
+    mean usable input) stands in for it, whatever the batch size. A stand-in does not move the
+    reference's mean but shrinks its variance: where many samples are unusable for long (half of
+    them, on a stationary stream), the shift channel can fire on that alone. With
     the reference mean :math:`\mu` and per-feature variance :math:`v` (frozen during a window),
     :math:`y_n = (f_n - \mu) / \sqrt{v + \epsilon \bar v}` (:math:`\bar v` the mean of :math:`v`
     over the input's features, and separately over the projections' and the Fourier features', so
@@ -376,17 +379,20 @@ class InputShift:
 
     def per_sample(self, x: Tensor) -> Tensor:
         """The values of the samples of ``x`` (batch first, any shape), shape ``(N,)``, float64."""
-        raw = x.detach().flatten(1)
+        raw = self._rows(x)
         self._follow(raw)
+        good = self._good_rows(raw)
         if self._first_window(raw):
             return raw.new_zeros(raw.shape[0], dtype=torch.float64)
-        flat = self._features(self._usable(raw))
-        out, i, n = [], 0, flat.shape[0]
-        while i < n:
+        flat = self._features(raw) if good is None else None
+        out, i, n = [], 0, raw.shape[0]
+        while i < n:  # window by window (a stand-in is the reference's mean at its window's start)
             take = min(self.window - self._count, n - i)
-            out.append(self._chunk(flat[i:i + take]))
+            chunk = (flat[i:i + take] if flat is not None
+                     else self._features(self._stand_in(raw[i:i + take], good[i:i + take])))  # type: ignore[index]
+            out.append(self._chunk(chunk))
             i += take
-        return torch.cat(out) if out else flat.new_zeros(0)
+        return torch.cat(out) if out else raw.new_zeros(0, dtype=torch.float64)
 
     def piece_sums(self, x: Tensor, cuts: Sequence[int] = ()) -> tuple[Tensor, list[int]]:
         """The sums of :meth:`per_sample`'s values over the pieces of ``x`` that ``cuts`` (sample
@@ -411,7 +417,7 @@ class InputShift:
         >>> torch.allclose(sums, torch.stack([v.sum() for v in each]), rtol=1e-4, atol=1e-6)
         True
         """
-        raw = x.detach().flatten(1)
+        raw = self._rows(x)
         n = raw.shape[0]
         self._follow(raw)
         if n == 0:
@@ -419,9 +425,29 @@ class InputShift:
         w, c0 = self.window, self._count
         ends = [*sorted({c for c in cuts if 0 < c < n} | set(range(w - c0, n, w))), n]
         lengths = [e - s for s, e in zip([0, *ends[:-1]], ends, strict=True)]
+        good = self._good_rows(raw)
         if self._first_window(raw):
             return raw.new_zeros(len(lengths), dtype=torch.float64), lengths
-        feats = self._blocks(self._usable(raw).float())
+        if good is None:
+            return self._bulk(raw, lengths), lengths
+        groups: list[list[int]] = [[]]  # the pieces, window by window (a stand-in is the
+        pos = self._count  # reference's mean at its window's start)
+        for k in lengths:
+            groups[-1].append(k)
+            pos += k
+            if pos % w == 0:
+                groups.append([])
+        out, at = [], 0
+        for group in (g for g in groups if g):
+            m = sum(group)
+            out.append(self._bulk(self._stand_in(raw[at:at + m], good[at:at + m]), group))
+            at += m
+        return torch.cat(out), lengths
+
+    def _bulk(self, flat: Tensor, lengths: list[int]) -> Tensor:
+        """:meth:`piece_sums` of usable inputs ``flat`` over pieces of ``lengths`` samples."""
+        w, c0 = self.window, self._count
+        feats = self._blocks(flat.float())
         sums, sumsq = _piece_sums(feats, lengths)
         ref = Reference(self._mean, self._var, self._scale, self._sum, self._sumsq, c0, self._windows)
         blocks = tuple(t.shape[1] for t in feats)
@@ -434,32 +460,44 @@ class InputShift:
         self._sum, self._sumsq = after.sum, after.sumsq
         self._count, self._windows = after.filled, after.windows
         self._prefix = prefix
-        return out, lengths
+        return out
 
-    def _usable(self, flat: Tensor) -> Tensor:
-        """``flat`` with each sample the input shift cannot use replaced by the reference's mean
-        input (before there is one, by the mean of the first window's usable samples, or of this
-        batch's where the first window is not kept: ``fourier=0``), with a warning: a sample that
-        holds a nan or an inf, or a value beyond :meth:`input_limit` (its float32 features would
-        overflow). Such a sample moves nothing, and the reference stays finite. One reduction when
-        every sample is usable."""
+    @staticmethod
+    def _rows(x: Tensor) -> Tensor:
+        """The samples of ``x`` as rows, floating point (bool and integer inputs in float64)."""
+        raw = x.detach().flatten(1)
+        return raw if raw.is_floating_point() else raw.double()
+
+    def _good_rows(self, flat: Tensor) -> Tensor | None:
+        """None when the input shift can use every sample of ``flat`` (one reduction), else which
+        it can (a bool mask), with a warning: a sample that holds a nan or an inf, or a value
+        beyond :meth:`input_limit` (its float32 features would overflow), is left out."""
         if flat.numel() == 0:
-            return flat
+            return None
         limit = self.input_limit(flat.shape[1])
-        lo, hi = torch.aminmax(flat.detach())
+        lo, hi = torch.aminmax(flat)
         if -limit <= float(lo) and float(hi) <= limit:  # False for a nan too
-            return flat
+            return None
         good = _usable_rows(flat, limit)
         warnings.warn(f"InputShift: {int((~good).sum())} of {flat.shape[0]} samples have a nan, an inf or "
                       f"a value beyond +-{limit:.3g} (float32 features would overflow): they are left "
-                      "out of the input shift (replaced by its reference's mean input); scale the "
-                      "inputs to keep them", RuntimeWarning, stacklevel=3)
+                      "out of the input shift (the reference's mean input stands in for them; before "
+                      "there is a reference, the first window's mean usable input); scale the inputs "
+                      "to keep them", RuntimeWarning, stacklevel=3)
+        return good
+
+    def _stand_in(self, flat: Tensor, good: Tensor) -> Tensor:
+        """``flat`` with the rows that ``good`` does not mark replaced by the reference's mean
+        input (before there is one, the first window's mean usable input): such a sample moves
+        the reference's mean by nothing."""
+        if bool(good.all()):
+            return flat
         d = flat.shape[1]
         if self._mean is not None and self._mean.shape[0] == d + self.projections + self.fourier:
             fill = self._mean[:d].to(flat.device, flat.dtype)
         elif self._fill is not None and self._fill.shape[0] == d:
             fill = self._fill.to(flat.device, flat.dtype)
-        else:
+        else:  # not reached: the first window sets the fill
             fill = _mean_of(flat, good)
         return torch.where(good[:, None], flat, fill)
 
@@ -491,18 +529,26 @@ class InputShift:
             self._raw = self._raw.to(flat.device)
 
     def _first_window(self, flat: Tensor) -> bool:
-        """While the first window (that sets the Fourier features' length scale) stays open after
-        ``flat``, keep its inputs and say so (its values are zeros); once ``flat`` closes it, set
-        the length scale and the window's feature sums from the kept inputs."""
-        if not self.fourier or self._sigma is not None:
+        """While the stream's first window (that sets the Fourier features' length scale and the
+        stand-in of unusable samples) stays open after ``flat``, keep its inputs and say so (its
+        values are zeros); once ``flat`` closes it, set them and the window's feature sums from the
+        kept inputs. A state that has measured anything (one saved before the first window was
+        kept) goes on as it was."""
+        if self._sigma_inputs is not None or self._mean is not None or (self._sum is not None
+                                                                       and self._raw is None):
             return False
         if self._count + flat.shape[0] < self.window:
             self._keep_raw(flat)
             return True
         raw = self._settle(flat)
         if raw is not None:
-            s0, q0 = _piece_sums(self._blocks(self._usable(raw).float()), [raw.shape[0]])
-            self._sum, self._sumsq = s0[0], q0[0]
+            kept = self._stand_in(raw, _usable_rows(raw, self.input_limit(raw.shape[1])))
+            if self.fourier:  # summed in float32 (as before), and fourier=0 in float64 (as per_sample)
+                s0, q0 = _piece_sums(self._blocks(kept.float()), [raw.shape[0]])
+                self._sum, self._sumsq = s0[0], q0[0]
+            else:
+                f = self._features(kept)
+                self._sum, self._sumsq = f.sum(0), f.pow(2).sum(0)
         return False
 
     def _keep_raw(self, flat: Tensor) -> None:
@@ -516,10 +562,19 @@ class InputShift:
         rows = flat[: self.window - self._count]
         rows = rows if raw is None else torch.cat([raw.to(rows.dtype), rows])
         good = _usable_rows(rows, self.input_limit(rows.shape[1]))
-        self._sigma = self.bandwidth * _median_distance(rows[good])
+        if self.fourier:  # at least where no usable input can overflow the features' arguments
+            self._sigma = max(self.bandwidth * _median_distance(rows[good]), self._least_scale(rows.shape[1]))
         self._sigma_inputs = flat.shape[1]
         self._fill = _mean_of(rows, good)  # stands in for unusable samples until there is a reference
         return raw
+
+    def _least_scale(self, inputs: int) -> float:
+        """The least Fourier length scale at which ``w.x / sigma`` stays finite in float32 for
+        every usable input (of norm at most ``sqrt(inputs)`` times :meth:`input_limit`)."""
+        g = torch.Generator().manual_seed((self.seed + _FOURIER_STREAM) % 2**64)  # _fourier_weights' w
+        w = torch.randn(inputs, self.fourier, generator=g, dtype=torch.float64)
+        top = float(w.norm(dim=0).max()) * math.sqrt(inputs) * self.input_limit(inputs)
+        return 4.0 * top / torch.finfo(torch.float32).max
 
     def _blocks(self, f: Tensor) -> list[Tensor]:
         """The feature blocks of float32 inputs ``f``: the inputs, the squares of their random
@@ -661,8 +716,9 @@ _FOURIER_STREAM = 0x9E3779B97F4A7C15  # the Fourier features' generator: seed + 
 
 
 def _usable_rows(flat: Tensor, limit: float) -> Tensor:
-    """Which rows hold only finite values within ``+-limit`` (a bool mask)."""
-    return torch.isfinite(flat).all(1) & (flat.abs().amax(1) <= limit)
+    """Which rows hold only finite values within ``+-limit`` (a bool mask; compared in float64,
+    as :meth:`InputShift._good_rows` does)."""
+    return torch.isfinite(flat).all(1) & (flat.abs().amax(1).double() <= limit)
 
 
 def _mean_of(flat: Tensor, good: Tensor) -> Tensor:

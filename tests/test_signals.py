@@ -268,3 +268,56 @@ def test_input_shift_first_window_ignores_unusable_samples_at_any_batch(bulk: bo
         got[batch] = torch.cat(parts)
     for batch in (5, 32, 64):
         torch.testing.assert_close(got[batch], got[1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("fourier", [0, 64])
+def test_input_shift_stand_ins_do_not_depend_on_the_batch_size(fourier: int) -> None:
+    """An unusable sample's stand-in is the reference's mean at the start of its own window (and
+    in the first window, that window's mean usable input, with or without Fourier features): the
+    values are the same at any batch size, by per_sample and piece_sums (review of 0c0f487)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(640, 10, generator=g)
+    x[64:] += 2.0  # the reference moves
+    x[[5, 100, 101, 333]] = math.nan
+    x[200, 3] = 1e30
+    got = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for batch in (1, 32, 128, 640):
+            for bulk in (False, True):
+                shift = InputShift(fourier=fourier)
+                parts = [shift.piece_sums(x[i:i + batch], cuts=list(range(1, batch)))[0] if bulk
+                         else shift.per_sample(x[i:i + batch]) for i in range(0, len(x), batch)]
+                got[batch, bulk] = torch.cat(parts)
+                assert bool(torch.isfinite(got[batch, bulk]).all())
+    for key, v in got.items():
+        torch.testing.assert_close(v, got[1, False], rtol=1e-4, atol=1e-5, msg=str(key))
+
+
+def test_input_shift_a_tiny_first_window_keeps_the_fourier_features_finite() -> None:
+    """A first window of near-zero inputs gives a tiny length scale; it is floored where no usable
+    input can overflow the features' arguments, so the values stay finite (they were nan, and
+    Combined.update_batches refused them)."""
+    import online_mas as om
+    x = torch.randn(128, 10, generator=torch.Generator().manual_seed(1))
+    x[:32] = 0.0
+    x[5, 0] = 1e-39
+    shift = InputShift()
+    assert bool(torch.isfinite(shift.per_sample(x)).all())
+    assert shift.fourier_scale is not None and shift.fourier_scale > 0
+    late = x.clone()
+    late[32:] *= 5e7  # below the input limit
+    assert float(late.abs().max()) < InputShift().input_limit(10)
+    a, b = om.default_detector(lag=0), om.default_detector(lag=0)
+    a.update_many([0.0] * 128, inputs=late)
+    b.update_batches(torch.zeros(128), late, [64, 64])
+    assert a.detections == b.detections
+    assert all(bool(torch.isfinite(t).all()) for t in b.shift.state_dict().values()
+               if isinstance(t, torch.Tensor))
+
+
+def test_input_shift_reads_bool_and_integer_inputs() -> None:
+    x = torch.rand(96, 6, generator=torch.Generator().manual_seed(2)) > 0.5
+    for inputs in (x, x.to(torch.int64), x.to(torch.uint8)):
+        a, b = InputShift(), InputShift()
+        torch.testing.assert_close(a.per_sample(inputs), b.per_sample(x.double()))
