@@ -257,6 +257,13 @@ class InputShift:
     apart from the projections; Rahimi and Recht, NIPS 2007): their means are a Gaussian-kernel
     embedding of the input distribution, bounded features that see a change of where the inputs
     lie which moves neither the means nor the second moments much (river's RandomRBF A B A).
+    For inputs larger than the projections (:math:`D > k > 0`) the Fourier features are of the
+    projections instead, :math:`\cos(w_j^\top R^\top x / \sigma + b_j)` with :math:`w_j` of size
+    :math:`k` (a Gaussian kernel on a random :math:`k`-dimensional projection of the inputs, which
+    keeps their distances up to a few tens of percent): their cost stops growing with :math:`D`
+    (a ``(N, D) x (D, k)`` and a ``(N, k) x (k, m)`` product instead of ``(N, D) x (D, k + m)``:
+    ``results/detector_feed.md`` times both at :math:`D = 784`), and :math:`\sigma` is measured
+    between the projections.
     :math:`\sigma` is ``bandwidth`` times the median Euclidean distance between the samples of
     the first window after construction (or after inputs of a new size): the median of the
     positive distances between its usable samples, at least :math:`10^{-6}` times their root mean
@@ -307,7 +314,8 @@ class InputShift:
         float32 values of memory on the inputs' device.
     fourier
         Random Fourier features that join the features, >= 0 (0: none, the statistic before
-        version 3). They cost a ``(N, D) x (D, m)`` product and a cosine per batch.
+        version 3). They cost a ``(N, D) x (D, m)`` product (``(N, k) x (k, m)`` for
+        :math:`D > k`: of the projections, since version 4) and a cosine per batch.
     bandwidth
         The Fourier features' length scale in units of the first window's median distance, > 0.
     seed
@@ -563,28 +571,49 @@ class InputShift:
         rows = rows if raw is None else torch.cat([raw.to(rows.dtype), rows])
         good = _usable_rows(rows, self.input_limit(rows.shape[1]))
         if self.fourier:  # at least where no usable input can overflow the features' arguments
-            self._sigma = max(self.bandwidth * _median_distance(rows[good]), self._least_scale(rows.shape[1]))
+            d = rows.shape[1]
+            usable = rows[good]
+            if self._of_projections(d):  # the distances between the projections
+                usable = usable.float() @ self._projection(usable)
+            self._sigma = max(self.bandwidth * _median_distance(usable), self._least_scale(d))
         self._sigma_inputs = flat.shape[1]
         self._fill = _mean_of(rows, good)  # stands in for unusable samples until there is a reference
         return raw
 
+    def _of_projections(self, inputs: int) -> bool:
+        """The Fourier features are of the projections (inputs larger than the projections), not
+        of the inputs themselves."""
+        return 0 < self.projections < inputs
+
     def _least_scale(self, inputs: int) -> float:
-        """The least Fourier length scale at which ``w.x / sigma`` stays finite in float32 for
-        every usable input (of norm at most ``sqrt(inputs)`` times :meth:`input_limit`)."""
+        """The least Fourier length scale at which ``w.v / sigma`` stays finite in float32 for
+        every usable input (of norm at most ``sqrt(inputs)`` times :meth:`input_limit`; ``v`` the
+        input or its projections)."""
+        top = math.sqrt(inputs) * self.input_limit(inputs)  # the largest norm of a usable input
+        size = inputs
+        if self._of_projections(inputs):
+            norms = self._draw_projection(inputs).norm(dim=0)
+            top, size = top * float(norms.norm()), self.projections  # |P^T x| <= |P|_F |x|
         g = torch.Generator().manual_seed((self.seed + _FOURIER_STREAM) % 2**64)  # _fourier_weights' w
-        w = torch.randn(inputs, self.fourier, generator=g, dtype=torch.float64)
-        top = float(w.norm(dim=0).max()) * math.sqrt(inputs) * self.input_limit(inputs)
-        return 4.0 * top / torch.finfo(torch.float32).max
+        w = torch.randn(size, self.fourier, generator=g, dtype=torch.float64)
+        return 4.0 * float(w.norm(dim=0).max()) * top / torch.finfo(torch.float32).max
 
     def _blocks(self, f: Tensor) -> list[Tensor]:
         """The feature blocks of float32 inputs ``f``: the inputs, the squares of their random
-        projections, their random Fourier features (the blocks with features)."""
+        projections, the random Fourier features of the inputs (of the projections, for inputs
+        larger than the projections) (the blocks with features)."""
         feats = [f]
+        source = f
         if self.projections:
-            feats.append((f @ self._projection(f)).square_())
+            u = f @ self._projection(f)
+            if self._of_projections(f.shape[1]):
+                source = u
+                feats.append(u.square())
+            else:
+                feats.append(u.square_())
         if self.fourier:
-            w, b = self._fourier_weights(f)
-            feats.append(torch.addmm(b, f, w).cos_())
+            w, b = self._fourier_weights(source)
+            feats.append(torch.addmm(b, source, w).cos_())
         return feats
 
     def _features(self, flat: Tensor) -> Tensor:
@@ -594,7 +623,8 @@ class InputShift:
         return torch.cat([flat.double(), *(t.double() for t in self._blocks(flat.float())[1:])], 1)
 
     def _fourier_weights(self, flat: Tensor) -> tuple[Tensor, Tensor]:
-        """``w / sigma`` (``(D, fourier)``) and ``b`` (``(fourier,)``), float32 on the inputs' device."""
+        """``w / sigma`` (``(V, fourier)``, ``V`` the size of ``flat``'s rows: the inputs or their
+        projections) and ``b`` (``(fourier,)``), float32 on ``flat``'s device."""
         d = flat.shape[1]
         key = (d, self._sigma, str(flat.device))
         if self._rff is None or self._rff[0] != key:
@@ -657,13 +687,13 @@ class InputShift:
         self._sum, self._sumsq, self._prefix, self._count = None, None, None, 0
 
     def _to(self, device: torch.device) -> None:
-        for key in ("_mean", "_scale", "_var", "_prefix", "_sum", "_sumsq", "_raw"):
+        for key in ("_mean", "_scale", "_var", "_prefix", "_sum", "_sumsq", "_raw", "_fill"):
             v = getattr(self, key)
             if isinstance(v, Tensor):
                 setattr(self, key, v.to(device))
 
     def state_dict(self) -> dict[str, object]:
-        return {"version": 3, "window": self.window, "half_life": self.half_life, "eps": self.eps,
+        return {"version": 4, "window": self.window, "half_life": self.half_life, "eps": self.eps,
                 "projections": self.projections, "fourier": self.fourier,
                 "bandwidth": self.bandwidth, "seed": self.seed, "fourier_scale": self._sigma,
                 "fourier_inputs": self._sigma_inputs, "fill": self._fill, "raw": self._raw,
@@ -671,10 +701,13 @@ class InputShift:
                 "scale": self._scale, "prefix": self._prefix, "sum": self._sum, "sumsq": self._sumsq}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
+        """Restore :meth:`state_dict`. A version 3 state of inputs larger than the projections
+        (its Fourier features were of the inputs, now of their projections) starts afresh, with a
+        warning: no reference, and the length scale measured again on the next window."""
         version = state.get("version")
-        if version not in (1, 2, 3):
+        if version not in (1, 2, 3, 4):
             raise ValueError(f"unsupported InputShift state version {version!r}; this library reads "
-                             "1, 2 and 3")
+                             "1 to 4")
         saved = state.get("projections", 0) if version != 1 else 0  # version 1: the input means only
         if saved != self.projections or (version != 1 and state.get("seed") != self.seed):
             raise ValueError(
@@ -682,18 +715,27 @@ class InputShift:
                 + (f", seed={state.get('seed')!r}" if version != 1 else " (a version 1 state)")
                 + f"; this one projections={self.projections!r}, seed={self.seed!r}: build it with the "
                 "saved values to continue (default_detector(shift_projections=...))")
-        fourier = state.get("fourier", 0) if version == 3 else 0  # before version 3: none
+        fourier = state.get("fourier", 0) if version in (3, 4) else 0  # before version 3: none
         if fourier != self.fourier:
             raise ValueError(
                 f"the saved input shift has fourier={fourier!r}"
-                + (f" (a version {version} state, before Fourier features)" if version != 3 else "")
+                + (f" (a version {version} state, before Fourier features)" if version in (1, 2) else "")
                 + f"; this one fourier={self.fourier!r}: build it with the saved value to continue "
                 f"(default_detector(shift_fourier={fourier!r}))")
         if state.get("window") != self.window:
             raise ValueError(f"window differs: saved {state.get('window')!r}, this signal {self.window!r}")
         self.half_life = float(state["half_life"])  # type: ignore[arg-type]
         self.eps = float(state["eps"])  # type: ignore[arg-type]
-        if version == 3:
+        if fourier_of_inputs(state):
+            warnings.warn(f"a version 3 InputShift state of {_saved_inputs(state)} inputs, more than its "
+                          f"{self.projections} projections: its Fourier features were of the inputs, "
+                          "now of their projections; the input shift starts afresh (a new reference, "
+                          "the length scale measured again)", RuntimeWarning, stacklevel=2)
+            self.bandwidth = float(state["bandwidth"])  # type: ignore[arg-type]
+            self._sigma, self._sigma_inputs, self._fill = None, None, None
+            self.restart()
+            return
+        if version in (3, 4):
             self.bandwidth = float(state["bandwidth"])  # type: ignore[arg-type]
             sigma, inputs = state.get("fourier_scale"), state.get("fourier_inputs")
             self._sigma = float(sigma) if sigma is not None else None  # type: ignore[arg-type]
@@ -713,6 +755,28 @@ class InputShift:
 
 
 _FOURIER_STREAM = 0x9E3779B97F4A7C15  # the Fourier features' generator: seed + this (mod 2**64)
+
+
+def fourier_of_inputs(state: dict[str, object]) -> bool:
+    """Whether an :class:`InputShift` state holds Fourier features of inputs larger than its
+    projections (version 3; version 4 takes them of the projections there)."""
+    if state.get("version") != 3 or not state.get("fourier"):
+        return False
+    inputs, projections = _saved_inputs(state), state.get("projections", 0)
+    return isinstance(projections, int) and inputs is not None and 0 < projections < inputs
+
+
+def _saved_inputs(state: dict[str, object]) -> int | None:
+    """The input size of an InputShift state (None: it has seen none)."""
+    if isinstance(state.get("fourier_inputs"), int):
+        return int(state["fourier_inputs"])  # type: ignore[call-overload]
+    raw = state.get("raw")
+    if isinstance(raw, Tensor):
+        return raw.shape[1]
+    kept = state.get("sum") if isinstance(state.get("sum"), Tensor) else state.get("mean")
+    if isinstance(kept, Tensor):
+        return kept.shape[0] - int(state.get("projections", 0)) - int(state.get("fourier", 0))  # type: ignore[call-overload]
+    return None
 
 
 def _usable_rows(flat: Tensor, limit: float) -> Tensor:

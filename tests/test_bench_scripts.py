@@ -147,9 +147,9 @@ def test_bench_reports_every_part(tmp_path: Path) -> None:
     # multiply-adds per sample of the MLP 784-256-256-10, counted by hand: forward F, weight
     # gradients F, input gradients of the last two layers I; a plain step is F + F + I, the
     # separate importance pass the same again, the shared one all but the forward; the default
-    # detector's input shift adds its 64 random projections and 256 random Fourier features of the
-    # 784 inputs, P
-    f, i, p = 784 * 256 + 256 * 256 + 256 * 10, 256 * 256 + 256 * 10, 784 * (64 + 256)
+    # detector's input shift adds its 64 random projections of the 784 inputs and 256 random
+    # Fourier features of those projections, P
+    f, i, p = 784 * 256 + 256 * 256 + 256 * 10, 256 * 256 + 256 * 10, 784 * 64 + 64 * 256
     flops = report["profile"]["flops"]["mlp"]
     # (the projections over whole lags of the deferred detector, per step; its window recursion
     # adds a few small matmuls)

@@ -130,3 +130,20 @@ def test_detection_writes_the_measured_scores(tmp_path: Path, capsys: pytest.Cap
     assert peak >= 0.0 and (peak >= 8.0) == ("joint" in still_run["fired_by"])  # 8: it fires there
     lines = still.splitlines()
     assert any(line.startswith("| 128 | ") and line.endswith(f"| {peak:.1f} |") for line in lines)
+
+
+def test_shift_large_inputs_script_scores_its_own_detections(tmp_path: Path) -> None:
+    """scripts/shift_large_inputs.py on one seed at batch 32: the table's counts are those of the
+    JSON rows, and on 784-value inputs (Fourier features of the projections) the default detector
+    finds the two new segments and the two returns."""
+    script = _load("shift_large_inputs")
+    res = script.main(["--seeds", "0", "--batches", "32", "--stationary-samples", "4000",
+                       "--results", str(tmp_path / "large")])
+    rows = json.loads((tmp_path / "large.json").read_text())
+    assert rows == json.loads(json.dumps(res["rows"]))
+    abcab = next(r for r in rows if r["stream"] == "digits28 A B C A B")
+    assert abcab["found"] == [True, True, True, True] and abcab["kinds"] == ["new", "new", "return", "return"]
+    still = next(r for r in rows if r["stream"] == "digits28 stationary")
+    lines = (tmp_path / "large.md").read_text().splitlines()
+    line = next(t for t in lines if t.startswith("| digits28 stationary"))
+    assert line.endswith(f"| {still['false_alarms']} ({1e5 * still['false_alarms'] / 4000:.2f}) |")

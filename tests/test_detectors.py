@@ -664,14 +664,17 @@ def _shift_by_hand(x: np.ndarray, window: int, half_life: float, eps: float,
     Fourier features ``cos(x w / sigma + b)``, sigma the bandwidth times the median distance of
     the first window's samples; each block with its own variance floor)."""
     blocks = [x]
+    source = x  # of the Fourier features: the inputs, or their projections where those are fewer
     if proj is not None:
         blocks.append((x @ proj) ** 2)
+        if proj.shape[1] < x.shape[1]:
+            source = x @ proj
     if rff is not None:
         w, b, bandwidth = rff
-        first = x[:window]
+        first = source[:window]
         dist = np.sqrt(((first[:, None] - first[None]) ** 2).sum(-1))[np.triu_indices(window, 1)]
         sigma = bandwidth * np.sort(dist)[(len(dist) - 1) // 2]  # the lower median, as torch's
-        blocks.append(np.cos(x @ w / sigma + b))
+        blocks.append(np.cos(source @ w / sigma + b))
     sizes = [t.shape[1] for t in blocks]
     x = np.concatenate(blocks, 1)
     out = np.zeros(len(x))
@@ -714,15 +717,18 @@ def test_input_shift_is_its_definition_whatever_the_batch_size(batch: int) -> No
     proj = (torch.randn(5, 3, generator=torch.Generator().manual_seed(7)) / math.sqrt(5)).double().numpy()
     want = _shift_by_hand(x.double().numpy(), 8, 64.0, 1e-3, proj)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)  # the projection is in float32
-    # with Fourier features: cos(x w / sigma + b), w, b from the seed's own stream
-    shift = InputShift(window=8, half_life=64.0, projections=3, fourier=6, bandwidth=0.5, seed=7)
-    got = torch.cat([shift.per_sample(x[i:i + batch]) for i in range(0, len(x), batch)]).numpy()
-    g = torch.Generator().manual_seed((7 + 0x9E3779B97F4A7C15) % 2**64)
-    w = torch.randn(5, 6, generator=g, dtype=torch.float64).numpy()
-    b = (torch.rand(6, generator=g, dtype=torch.float64) * 2 * math.pi).numpy()
-    want = _shift_by_hand(x.double().numpy(), 8, 64.0, 1e-3, proj, (w, b, 0.5))
-    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)  # the features are in float32
-    assert shift.fourier_scale is not None and abs(got[200:240].mean()) > 5
+    # with Fourier features: cos(v w / sigma + b), w, b from the seed's own stream, v the inputs
+    # (as many projections as inputs, or more) or their projections (fewer projections)
+    for k in (3, 5, 8):
+        shift = InputShift(window=8, half_life=64.0, projections=k, fourier=6, bandwidth=0.5, seed=7)
+        got = torch.cat([shift.per_sample(x[i:i + batch]) for i in range(0, len(x), batch)]).numpy()
+        proj = (torch.randn(5, k, generator=torch.Generator().manual_seed(7)) / math.sqrt(5)).double().numpy()
+        g = torch.Generator().manual_seed((7 + 0x9E3779B97F4A7C15) % 2**64)
+        w = torch.randn(min(k, 5), 6, generator=g, dtype=torch.float64).numpy()
+        b = (torch.rand(6, generator=g, dtype=torch.float64) * 2 * math.pi).numpy()
+        want = _shift_by_hand(x.double().numpy(), 8, 64.0, 1e-3, proj, (w, b, 0.5))
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)  # the features are in float32
+        assert shift.fourier_scale is not None and abs(got[200:240].mean()) > 5
 
 
 def test_input_shift_projections_see_a_permutation_that_keeps_every_mean() -> None:

@@ -12,7 +12,7 @@ from torch import Tensor
 from online_mas.detectors.base import check_float, check_int
 from online_mas.detectors.windowed import Windowed
 from online_mas.estimators.common import finite
-from online_mas.signals import InputShift
+from online_mas.signals import InputShift, fourier_of_inputs
 
 _VERSION = 1
 
@@ -349,6 +349,11 @@ class Combined:
             if state[key] is not None and callable(load):
                 load(state[key])
         self.shift.load_state_dict(state["shift"])
+        if fourier_of_inputs(state["shift"]):  # the input shift starts afresh: its channel with it
+            d = self.shift_detector
+            restart = getattr(d, "restart", None) or getattr(d, "_reset", None)
+            if callable(restart):
+                restart()
         if "joint_threshold" not in state and self.joint_threshold is not None:
             warnings.warn(f"a Combined state saved before joint_threshold existed: continued as saved, "
                           f"without joint detections (joint_threshold {self.joint_threshold!r} -> None)",
