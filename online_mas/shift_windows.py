@@ -14,8 +14,11 @@ reference after the block. The reference recursion
 
 (:math:`m_k, q_k` the mean and second moment of window :math:`k`, :math:`r_k` its rate) is linear:
 with :math:`A_k = \prod_{i \le k} (1 - r_i)`,
-:math:`\mu_k = A_k \mu_0 + \sum_{i \le k} (A_k / A_i)\, r_i m_i`, one matrix product for all
-:math:`k`, and the same for :math:`v` once the :math:`\mu_{k-1}` are known. The sum of the values
+:math:`\mu_k = A_k \mu_0 + \sum_{i \le k} (A_k / A_i)\, r_i m_i
+= \mu_0 + \sum_{i \le k} (A_k / A_i)\, r_i (m_i - \mu_0)` (the weights sum to :math:`1 - A_k`),
+one matrix product for all :math:`k`, taken in the second form so that windows equal to the
+reference leave it exactly where it was (a constant stream: its values stay exactly 0, as in
+``per_sample``), and the same for :math:`v` once the :math:`\mu_{k-1}` are known. The sum of the values
 over a piece is :math:`(\|P_{\text{end}}\|^2 - \|P_{\text{start}}\|^2) / F`, with :math:`P` the
 sum of :math:`y = (f - \mu) s` from the window's start: the window's feature sum so far minus its
 count times :math:`\mu`, times :math:`s` (the reference is frozen during a window). The results
@@ -195,11 +198,14 @@ def _references(s: Tensor, q: Tensor, ref: Reference, constants: Constants) -> t
         mean0 = s[0] / window  # the first window sets the reference
         var0 = (q[0] / window - mean0 * mean0).clamp_min(0.0)
         s, q, windows, scale0 = s[1:], q[1:], 1, None
-    weights = constants.weights(s.shape[0], windows, s)
-    mean = weights @ torch.cat([mean0[None], s])  # row j: after j windows
+    weights = constants.weights(s.shape[0], windows, s)[:, 1:]
+    # row j: after j windows; as steps from the reference before (the weights of the windows sum
+    # to 1 minus the weight that stays on it), so a window equal to the reference moves nothing,
+    # exactly, as in per_sample's recursion
+    mean = torch.addmm(mean0, weights, torch.add(s, mean0, alpha=-window))
     before = mean[:-1]
     target = torch.addcmul(q, before, torch.add(before, s, alpha=-2.0 / window), value=window)
-    var = weights @ torch.cat([var0[None], target])
+    var = torch.addmm(var0, weights, torch.add(target.clamp_min_(0.0), var0, alpha=-window))
     if scale0 is not None and s.shape[0] == 0:
         return mean, var, scale0[None]
     block_mean, spread = constants.floor(var)

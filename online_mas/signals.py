@@ -406,8 +406,8 @@ class InputShift:
         """The sums of :meth:`per_sample`'s values over the pieces of ``x`` that ``cuts`` (sample
         offsets into ``x``, e.g. batch ends) and the window ends delimit, and the pieces' lengths.
 
-        The same sums and the same state after as ``per_sample(x)`` up to rounding (the features
-        are summed over each piece in float32, the reference in float64), in a fixed number of
+        The same sums and the same state after as ``per_sample(x)`` up to rounding (the float32
+        features are summed over each piece in float64, as the reference is kept), in a fixed number of
         tensor operations whatever the number of windows in ``x``
         (:func:`~online_mas.shift_windows.piece_statistics`): what a detector of window means
         needs, and how the Trigger's deferred evaluation feeds
@@ -676,7 +676,8 @@ class InputShift:
             self._mean, self._var = m, (second - m * m).clamp_min(0.0)
         else:
             rate = max(1.0 - 0.5 ** (self.window / self.half_life), 1.0 / (self._windows + 1))
-            self._var += rate * ((second - 2.0 * m * self._mean + self._mean * self._mean) - self._var)
+            target = (second - 2.0 * m * self._mean + self._mean * self._mean).clamp_min_(0.0)
+            self._var += rate * (target - self._var)
             self._mean += rate * (m - self._mean)
         self._windows += 1
         # each block its own floor: the squares' and the cosines' variances are of other scales
@@ -806,7 +807,10 @@ def _median_distance(rows: Tensor) -> float:
 
 def _piece_sums(feats: list[Tensor], lengths: list[int]) -> tuple[Tensor, Tensor]:
     """Sums of the rows of the feature blocks ``feats`` and of their squares over consecutive
-    pieces of ``lengths`` rows, blocks side by side, float64 (accumulated in the features' dtype)."""
+    pieces of ``lengths`` rows, blocks side by side, float64 (accumulated in float64, as
+    ``per_sample`` sums: float32 sums of a constant stream's features round, and a reference of
+    zero variance would standardise that rounding into large values)."""
+    feats = [t.double() for t in feats]
     if all(k == lengths[0] for k in lengths):
         shape = (len(lengths), lengths[0], -1)
         sums = [t.view(shape).sum(1) for t in feats]
@@ -817,5 +821,5 @@ def _piece_sums(feats: list[Tensor], lengths: list[int]) -> tuple[Tensor, Tensor
         sums = [t.new_zeros(len(lengths), t.shape[1]).index_add_(0, index, t) for t in feats]
         sumsq = [t.new_zeros(len(lengths), t.shape[1]).index_add_(0, index, t.square()) for t in feats]
     if len(feats) == 1:
-        return sums[0].double(), sumsq[0].double()
-    return torch.cat(sums, 1).double(), torch.cat(sumsq, 1).double()
+        return sums[0], sumsq[0]
+    return torch.cat(sums, 1), torch.cat(sumsq, 1)

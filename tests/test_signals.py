@@ -356,3 +356,34 @@ def test_input_shift_version_3_states_continue_or_start_afresh(bulk: bool) -> No
             fresh.load_state_dict(state)
         assert fresh.shift_detector.open_count == fresh.shift.open_count == 0
         assert fresh.detector.open_count == c.detector.open_count  # the entropy channel goes on
+
+
+@pytest.mark.parametrize("scale", [0.7, 1e3, 1e7])
+def test_input_shift_a_constant_reference_is_exact_in_bulk(scale: float) -> None:
+    """A reference of identical samples (every variance 0): piece_sums sums in float64 and steps
+    the reference from where it was, so a window equal to it gives exactly 0, as per_sample does,
+    and a change the same value; before, piece_sums gave 14 for such a window, then nan, and
+    Combined.update_batches raised (review of 887032e). A constant stream gives no detection at
+    lag 0 nor at the default lag (the rounding noise of the bulk path set off the shift channel's
+    CUSUM, which is scale-free)."""
+    import online_mas as om
+    x = torch.cat([torch.ones(64, 10), -torch.ones(32, 10)]) * scale
+    each, bulk = InputShift(), InputShift()
+    v = torch.stack([t.sum() for t in each.per_sample(x).split(32)])
+    b = bulk.piece_sums(x)[0]
+    assert float(b[1]) == float(v[1]) == 0.0
+    assert float(v[2]) > 1e6 and math.isfinite(float(b[2]))
+    torch.testing.assert_close(b[2], v[2], rtol=1e-6, atol=0.0)
+    stream = torch.full((8192, 10), scale)
+    found = {}
+    for lag in (0, 256):
+        d = om.default_detector(lag=lag)
+        if lag:
+            d.update_batches(torch.full((len(stream),), 0.5), stream, [32] * (len(stream) // 32))
+            found[lag] = d.detections
+        else:
+            found[lag] = []
+            for i in range(0, len(stream), 32):
+                d.update_many([0.5] * 32, inputs=stream[i:i + 32])
+                found[lag] += d.detections
+    assert found == {0: [], 256: []}
