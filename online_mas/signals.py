@@ -407,7 +407,8 @@ class InputShift:
         offsets into ``x``, e.g. batch ends) and the window ends delimit, and the pieces' lengths.
 
         The same sums and the same state after as ``per_sample(x)`` up to rounding (the float32
-        features are summed over each piece in float64, as the reference is kept), in a fixed number of
+        features are summed over each piece around the reference mean, the reference is kept in
+        float64; a constant stream gives exactly per_sample's zeros), in a fixed number of
         tensor operations whatever the number of windows in ``x``
         (:func:`~online_mas.shift_windows.piece_statistics`): what a detector of window means
         needs, and how the Trigger's deferred evaluation feeds
@@ -456,7 +457,7 @@ class InputShift:
         """:meth:`piece_sums` of usable inputs ``flat`` over pieces of ``lengths`` samples."""
         w, c0 = self.window, self._count
         feats = self._blocks(flat.float())
-        sums, sumsq = _piece_sums(feats, lengths)
+        sums, sumsq = _piece_sums(feats, lengths, self._mean)
         ref = Reference(self._mean, self._var, self._scale, self._sum, self._sumsq, c0, self._windows)
         blocks = tuple(t.shape[1] for t in feats)
         key = (w, self.half_life, self.eps, blocks)
@@ -805,21 +806,26 @@ def _median_distance(rows: Tensor) -> float:
     return max(float(positive.median()), 1e-6 * rms)
 
 
-def _piece_sums(feats: list[Tensor], lengths: list[int]) -> tuple[Tensor, Tensor]:
+def _piece_sums(feats: list[Tensor], lengths: list[int],
+                center: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Sums of the rows of the feature blocks ``feats`` and of their squares over consecutive
-    pieces of ``lengths`` rows, blocks side by side, float64 (accumulated in float64, as
-    ``per_sample`` sums: float32 sums of a constant stream's features round, and a reference of
-    zero variance would standardise that rounding into large values)."""
-    feats = [t.double() for t in feats]
+    pieces of ``lengths`` rows, blocks side by side, float64. Accumulated in the features' dtype
+    around ``center`` (the reference mean, ``(F,)``; None: the first row), and moved back in
+    float64: the features of a constant stream sum to exactly ``n`` times their value, as in
+    ``per_sample`` (a plain float32 sum rounds, and a reference of zero variance would
+    standardise that rounding into large values)."""
+    flat = torch.cat(feats, 1) if len(feats) > 1 else feats[0]
+    c = (flat[0] if center is None else center.to(flat.dtype)).clone()
+    flat = flat - c
     if all(k == lengths[0] for k in lengths):
         shape = (len(lengths), lengths[0], -1)
-        sums = [t.view(shape).sum(1) for t in feats]
-        sumsq = [t.square().view(shape).sum(1) for t in feats]
+        sums, sumsq = flat.view(shape).sum(1), flat.square().view(shape).sum(1)
     else:
-        index = torch.repeat_interleave(torch.arange(len(lengths), device=feats[0].device),
-                                        torch.tensor(lengths, device=feats[0].device))
-        sums = [t.new_zeros(len(lengths), t.shape[1]).index_add_(0, index, t) for t in feats]
-        sumsq = [t.new_zeros(len(lengths), t.shape[1]).index_add_(0, index, t.square()) for t in feats]
-    if len(feats) == 1:
-        return sums[0], sumsq[0]
-    return torch.cat(sums, 1), torch.cat(sumsq, 1)
+        index = torch.repeat_interleave(torch.arange(len(lengths), device=flat.device),
+                                        torch.tensor(lengths, device=flat.device))
+        sums = flat.new_zeros(len(lengths), flat.shape[1]).index_add_(0, index, flat)
+        sumsq = flat.new_zeros(len(lengths), flat.shape[1]).index_add_(0, index, flat.square())
+    sums, sumsq, c64 = sums.double(), sumsq.double(), c.double()
+    n = torch.tensor(lengths, dtype=torch.float64, device=flat.device)[:, None]
+    # sum f = sum (f - c) + n c;  sum f^2 = sum (f - c)^2 + 2 c sum (f - c) + n c^2
+    return sums + n * c64, sumsq + 2.0 * c64 * sums + n * c64 * c64

@@ -955,8 +955,9 @@ def test_input_shift_a_nan_input_moves_nothing_and_leaves_the_reference_finite(b
     else:
         va, vb = a.per_sample(x), b.per_sample(poisoned)
     assert bool(torch.isfinite(vb).all())
-    before = 3 if bulk else 96  # the windows before the one with the nan are untouched
-    assert torch.equal(va[:before], vb[:before])
+    before = 3 if bulk else 96  # the windows before the one with the nan are untouched (in bulk,
+    # up to the float32 rounding of sums taken around another centre: window by window from the nan)
+    torch.testing.assert_close(va[:before], vb[:before], rtol=1e-6 if bulk else 0.0, atol=0.0)
     state = b.state_dict()
     assert all(bool(torch.isfinite(state[k]).all()) for k in ("mean", "var", "scale"))
     later = torch.randn(64, 6, generator=g) + 3.0  # a shift is still seen after the nan
