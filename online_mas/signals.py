@@ -814,18 +814,24 @@ def _piece_sums(feats: list[Tensor], lengths: list[int],
     float64: the features of a constant stream sum to exactly ``n`` times their value, as in
     ``per_sample`` (a plain float32 sum rounds, and a reference of zero variance would
     standardise that rounding into large values)."""
-    flat = torch.cat(feats, 1) if len(feats) > 1 else feats[0]
-    c = (flat[0] if center is None else center.to(flat.dtype)).clone()
-    flat = flat - c
-    if all(k == lengths[0] for k in lengths):
-        shape = (len(lengths), lengths[0], -1)
-        sums, sumsq = flat.view(shape).sum(1), flat.square().view(shape).sum(1)
-    else:
-        index = torch.repeat_interleave(torch.arange(len(lengths), device=flat.device),
-                                        torch.tensor(lengths, device=flat.device))
-        sums = flat.new_zeros(len(lengths), flat.shape[1]).index_add_(0, index, flat)
-        sumsq = flat.new_zeros(len(lengths), flat.shape[1]).index_add_(0, index, flat.square())
-    sums, sumsq, c64 = sums.double(), sumsq.double(), c.double()
-    n = torch.tensor(lengths, dtype=torch.float64, device=flat.device)[:, None]
+    widths = [t.shape[1] for t in feats]
+    first = torch.cat([t[0] for t in feats]) if center is None else center.to(feats[0].dtype)
+    centers = first.split(widths)
+    equal = all(k == lengths[0] for k in lengths)
+    index = None if equal else torch.repeat_interleave(
+        torch.arange(len(lengths), device=feats[0].device), torch.tensor(lengths, device=feats[0].device))
+    sums, sumsq = [], []
+    for t, c in zip(feats, centers, strict=True):  # block by block: no temporary of all features
+        d = t - c
+        if index is None:
+            shape = (len(lengths), lengths[0], -1)
+            sums.append(d.view(shape).sum(1))
+            sumsq.append(d.square_().view(shape).sum(1))
+        else:
+            sums.append(d.new_zeros(len(lengths), d.shape[1]).index_add_(0, index, d))
+            sumsq.append(d.new_zeros(len(lengths), d.shape[1]).index_add_(0, index, d.square_()))
+    s0, q0 = torch.cat(sums, 1).double(), torch.cat(sumsq, 1).double()
+    c64 = torch.cat(centers).double()
+    n = torch.tensor(lengths, dtype=torch.float64, device=s0.device)[:, None]
     # sum f = sum (f - c) + n c;  sum f^2 = sum (f - c)^2 + 2 c sum (f - c) + n c^2
-    return sums + n * c64, sumsq + 2.0 * c64 * sums + n * c64 * c64
+    return s0 + n * c64, q0 + 2.0 * c64 * s0 + n * c64 * c64
