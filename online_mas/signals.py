@@ -260,10 +260,10 @@ class InputShift:
     For inputs larger than the projections (:math:`D > k > 0`) the Fourier features are of the
     projections instead, :math:`\cos(w_j^\top R^\top x / \sigma + b_j)` with :math:`w_j` of size
     :math:`k` (a Gaussian kernel on a random :math:`k`-dimensional projection of the inputs, which
-    keeps their distances up to a few tens of percent): their cost stops growing with :math:`D`
-    (a ``(N, D) x (D, k)`` and a ``(N, k) x (k, m)`` product instead of ``(N, D) x (D, k + m)``:
-    ``results/detector_feed.md`` times both at :math:`D = 784`), and :math:`\sigma` is measured
-    between the projections.
+    scales their distances by about :math:`\sqrt{k / D}`, within some ten percent): their cost
+    stops growing with :math:`D` (a ``(N, D) x (D, k)`` and a ``(N, k) x (k, m)`` product instead
+    of ``(N, D) x (D, k)`` and ``(N, D) x (D, m)``), and :math:`\sigma` is measured between the
+    projections, so the scale of the distances does not matter.
     :math:`\sigma` is ``bandwidth`` times the median Euclidean distance between the samples of
     the first window after construction (or after inputs of a new size): the median of the
     positive distances between its usable samples, at least :math:`10^{-6}` times their root mean
