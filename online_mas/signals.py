@@ -549,9 +549,9 @@ class InputShift:
         if self._count + flat.shape[0] < self.window:
             self._keep_raw(flat)
             return True
-        raw = self._settle(flat)
+        raw, good = self._settle(flat)
         if raw is not None:
-            kept = self._stand_in(raw, _usable_rows(raw, self.input_limit(raw.shape[1])))
+            kept = self._stand_in(raw, good[:raw.shape[0]])
             if self.fourier:  # summed in float32 (as before), and fourier=0 in float64 (as per_sample)
                 s0, q0 = _piece_sums(self._blocks(kept.float()), [raw.shape[0]])
                 self._sum, self._sumsq = s0[0], q0[0]
@@ -564,9 +564,10 @@ class InputShift:
         self._raw = flat.clone() if self._raw is None else torch.cat([self._raw, flat.to(self._raw.dtype)])
         self._count += flat.shape[0]
 
-    def _settle(self, flat: Tensor) -> Tensor | None:
+    def _settle(self, flat: Tensor) -> tuple[Tensor | None, Tensor]:
         """The first window closes within ``flat``: set the length scale from its samples (the
-        kept ones and the first of ``flat``); returns the kept ones (None if none)."""
+        kept ones and the first of ``flat``); returns the kept ones (None if none) and which of
+        the window's samples are usable, the kept ones first."""
         raw, self._raw = self._raw, None
         rows = flat[: self.window - self._count]
         rows = rows if raw is None else torch.cat([raw.to(rows.dtype), rows])
@@ -579,7 +580,7 @@ class InputShift:
             self._sigma = max(self.bandwidth * _median_distance(usable), self._least_scale(d))
         self._sigma_inputs = flat.shape[1]
         self._fill = _mean_of(rows, good)  # stands in for unusable samples until there is a reference
-        return raw
+        return raw, good
 
     def _of_projections(self, inputs: int) -> bool:
         """The Fourier features are of the projections (inputs larger than the projections), not
@@ -595,8 +596,7 @@ class InputShift:
         if self._of_projections(inputs):
             norms = self._draw_projection(inputs).norm(dim=0)
             top, size = top * float(norms.norm()), self.projections  # |P^T x| <= |P|_F |x|
-        g = torch.Generator().manual_seed((self.seed + _FOURIER_STREAM) % 2**64)  # _fourier_weights' w
-        w = torch.randn(size, self.fourier, generator=g, dtype=torch.float64)
+        w, _ = self._draw_fourier(size)
         return 4.0 * float(w.norm(dim=0).max()) * top / torch.finfo(torch.float32).max
 
     def _blocks(self, f: Tensor) -> list[Tensor]:
@@ -629,12 +629,17 @@ class InputShift:
         d = flat.shape[1]
         key = (d, self._sigma, str(flat.device))
         if self._rff is None or self._rff[0] != key:
-            g = torch.Generator().manual_seed((self.seed + _FOURIER_STREAM) % 2**64)
-            w = torch.randn(d, self.fourier, generator=g, dtype=torch.float64)
-            b = torch.rand(self.fourier, generator=g, dtype=torch.float64) * (2.0 * math.pi)
+            w, b = self._draw_fourier(d)
             sigma = self._sigma if self._sigma is not None else 1.0
             self._rff = (key, (w / sigma).float().to(flat.device), b.float().to(flat.device))
         return self._rff[1], self._rff[2]
+
+    def _draw_fourier(self, d: int) -> tuple[Tensor, Tensor]:
+        """The Fourier features' ``w`` (``(d, fourier)``) and ``b`` drawn from ``seed`` on their
+        own stream, float64 on the CPU."""
+        g = torch.Generator().manual_seed((self.seed + _FOURIER_STREAM) % 2**64)
+        w = torch.randn(d, self.fourier, generator=g, dtype=torch.float64)
+        return w, torch.rand(self.fourier, generator=g, dtype=torch.float64) * (2.0 * math.pi)
 
     def _projection(self, flat: Tensor) -> Tensor:
         """The ``(D, projections)`` float32 projections for inputs ``flat`` (drawn once per size)."""

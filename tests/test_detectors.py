@@ -906,6 +906,24 @@ def test_combined_joint_rule_is_checked_at_window_ends_only(batch: int) -> None:
     assert found == [11, 23, 35], found
 
 
+def _many_and_bulk(a: object, b: object, v: torch.Tensor, x: torch.Tensor,
+                   batch: int) -> tuple[list[int], list[int]]:
+    """The detections of ``a`` fed batch after batch by update_many, and of ``b`` fed the same
+    batches by update_batches, about 300 samples at a time (as the Trigger's lag does)."""
+    one, bulk, sizes, start = [], [], [], 0
+    for i in range(0, len(x), batch):
+        n = min(batch, len(x) - i)
+        a.update_many(v[i:i + n].tolist(), inputs=x[i:i + n])  # type: ignore[attr-defined]
+        one += a.detections  # type: ignore[attr-defined]
+        sizes.append(n)
+        if sum(sizes) >= 300 or i + n == len(x):
+            end = start + sum(sizes)
+            b.update_batches(v[start:end], x[start:end], sizes)  # type: ignore[attr-defined]
+            bulk += b.detections  # type: ignore[attr-defined]
+            start, sizes = end, []
+    return one, bulk
+
+
 @pytest.mark.parametrize("batch", [1, 7, 32, 48, 200])
 def test_combined_update_batches_is_update_many_batch_after_batch(batch: int) -> None:
     import online_mas as om
@@ -915,17 +933,7 @@ def test_combined_update_batches_is_update_many_batch_after_batch(batch: int) ->
     v = (x[:, 0].abs() * 0.3 + 0.5).float()
     v[7500:] += 0.3  # the signal rises too
     a, b = om.default_detector(lag=0), om.default_detector(lag=0)
-    one, bulk, sizes, start = [], [], [], 0
-    for i in range(0, len(x), batch):
-        n = min(batch, len(x) - i)
-        a.update_many(v[i:i + n].tolist(), inputs=x[i:i + n])
-        one += a.detections
-        sizes.append(n)
-        if sum(sizes) >= 300 or i + n == len(x):
-            end = start + sum(sizes)
-            b.update_batches(v[start:end], x[start:end], sizes)
-            bulk += b.detections
-            start, sizes = end, []
+    one, bulk = _many_and_bulk(a, b, v, x, batch)
     assert len(one) == 3 and bulk == one
     with pytest.raises(ValueError, match="sizes sum to 3"):
         b.update_batches(v[:4], x[:4], [1, 2])
@@ -1127,19 +1135,9 @@ def test_combined_update_batches_with_unusable_values_and_inputs_is_update_many(
     x[4000, 0] = math.inf
     x[8100] = 1e25  # finite, but the squares of its projections are not in float32
     a, b = om.default_detector(lag=0), om.default_detector(lag=0)
-    one, bulk, sizes, start = [], [], [], 0
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        for i in range(0, len(x), batch):
-            n = min(batch, len(x) - i)
-            a.update_many(v[i:i + n].tolist(), inputs=x[i:i + n])
-            one += a.detections
-            sizes.append(n)
-            if sum(sizes) >= 300 or i + n == len(x):
-                end = start + sum(sizes)
-                b.update_batches(v[start:end], x[start:end], sizes)
-                bulk += b.detections
-                start, sizes = end, []
+        one, bulk = _many_and_bulk(a, b, v, x, batch)
     assert len(one) == 3 and bulk == one, (one, bulk)
     assert any("left out of the input shift" in str(w.message) for w in seen)
     assert a.detector.n_skipped == b.detector.n_skipped == 5

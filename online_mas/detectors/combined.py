@@ -274,10 +274,8 @@ class Combined:
         self.onset = self._seen - max(known) if len(known) == len(ages) else None
         self.shift.restart()
         for d, fired in ((self.detector, by_signal), (self.shift_detector, by_shift)):
-            # Windowed.restart(); a bare river detector: _reset(), river's way to start afresh
-            reset = getattr(d, "restart", None) or getattr(d, "_reset", None)
-            if (joint or not fired) and callable(reset):
-                reset()
+            if joint or not fired:
+                _restart(d)
         return True
 
     def _joint(self) -> bool:
@@ -350,10 +348,7 @@ class Combined:
                 load(state[key])
         self.shift.load_state_dict(state["shift"])
         if fourier_of_inputs(state["shift"]):  # the input shift starts afresh: its channel with it
-            d = self.shift_detector
-            restart = getattr(d, "restart", None) or getattr(d, "_reset", None)
-            if callable(restart):
-                restart()
+            _restart(self.shift_detector)
         if "joint_threshold" not in state and self.joint_threshold is not None:
             warnings.warn(f"a Combined state saved before joint_threshold existed: continued as saved, "
                           f"without joint detections (joint_threshold {self.joint_threshold!r} -> None)",
@@ -370,6 +365,13 @@ class Combined:
                 f"min_segment={self.min_segment}, lag={self.lag}"
                 + ("" if self.joint_threshold is None else f", joint_threshold={self.joint_threshold!r}")
                 + ")")
+
+
+def _restart(detector: object) -> None:
+    """Start a channel afresh: Windowed.restart(); a bare river detector: _reset(), river's way."""
+    reset = getattr(detector, "restart", None) or getattr(detector, "_reset", None)
+    if callable(reset):
+        reset()
 
 
 def _lined_up(detector: object, shift: InputShift) -> bool:
